@@ -1,0 +1,71 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let strict: [SwiftSetting] = [
+    .swiftLanguageMode(.v6),
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("InternalImportsByDefault"),
+]
+
+let package = Package(
+    name: "ferry",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "ferry", targets: ["ferry"])
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+    ],
+    targets: [
+        .executableTarget(name: "ferry", dependencies: ["FerryCLI"], swiftSettings: strict),
+        .target(
+            name: "FerryCLI",
+            dependencies: [
+                "FerryCore", "FerryEngine", "FerryLocal",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .target(
+            name: "FerryCore",
+            dependencies: [
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Yams", package: "Yams"),
+            ],
+            swiftSettings: strict
+        ),
+        .target(
+            name: "FerryEngine",
+            dependencies: [
+                "FerryCore", "FerryDigest",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .target(name: "FerryDigest", dependencies: ["CCrypto"], swiftSettings: strict),
+        .target(name: "FerryLocal", dependencies: ["FerryCore", "CFerrySys"], swiftSettings: strict),
+        .target(name: "CFerrySys"),
+        .target(name: "FerryTesting", dependencies: ["FerryCore", "FerryDigest"], swiftSettings: strict),
+        .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
+        .testTarget(
+            name: "FerryCoreTests",
+            dependencies: ["FerryCore", "FerryDigest", "FerryLocal", "FerryTesting"],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "FerryEngineTests",
+            dependencies: ["FerryCore", "FerryEngine", "FerryLocal", "FerryTesting"],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "FerryIntegrationTests",
+            dependencies: ["FerryCore", "FerryDigest", "FerryTesting"],
+            swiftSettings: strict
+        ),
+    ]
+)

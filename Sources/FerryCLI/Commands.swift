@@ -1,0 +1,319 @@
+public import ArgumentParser
+import Foundation
+import FerryCore
+import FerryEngine
+import Logging
+
+public let ferryVersion = "0.1.0"
+
+public struct FerryCommand: ParsableCommand {
+    public init() {}
+    public static let configuration = CommandConfiguration(
+        commandName: "ferry",
+        abstract: "Move and replicate large datasets between machines and stores with minimal downtime.",
+        discussion: """
+            Exit codes: 0 success (run: verified and ready for cutover), 1 verify found mismatches, 2 plan error,
+            3 any other failure, 4 a cutover gate is not met.
+            """,
+        version: ferryVersion,
+        subcommands: [PlanCommand.self, RunCommand.self, VerifyCommand.self, StatusCommand.self, CutoverCommand.self]
+    )
+}
+
+struct GlobalOptions: ParsableArguments {
+    @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error.")
+    var logLevel: String = "info"
+
+    @Flag(name: .long, help: "No progress output.")
+    var quiet = false
+
+    func logger() -> Logger {
+        var l = Logger(label: "ferry") { StreamLogHandler.standardError(label: $0) }
+        l.logLevel = Logger.Level(rawValue: logLevel) ?? .info
+        return l
+    }
+
+    func progressOutput() -> ProgressTracker.ProgressOutput {
+        if quiet { return .none }
+        if isatty(2) == 1 { return .terminal }
+        let interval = ProcessInfo.processInfo.environment["FERRY_PROGRESS_INTERVAL"].flatMap(Double.init) ?? 5
+        return .log(interval: interval)
+    }
+}
+
+enum Exit {
+    static let mismatch: Int32 = 1
+    static let planError: Int32 = 2
+    static let failure: Int32 = 3
+    static let gate: Int32 = 4
+}
+
+func printError(_ text: String) {
+    FileHandle.standardError.write(Data(("ferry: " + text + "\n").utf8))
+}
+
+/// Loads and validates the plan, printing every diagnostic and exiting 2 when it is invalid.
+func loadPlan(_ path: String) throws -> Plan {
+    do {
+        return try Registry.loader.load(file: path)
+    } catch {
+        for d in error.diagnostics { FileHandle.standardError.write(Data("\(d)\n".utf8)) }
+        FileHandle.standardError.write(Data("ferry: plan \(path) is invalid (\(error.diagnostics.count) problem(s))\n".utf8))
+        throw ExitCode(Exit.planError)
+    }
+}
+
+func makeJob(_ plan: Plan, _ options: GlobalOptions) throws -> Job {
+    let source = try Registry.store(plan.source, readRoot: plan.snapshot.path)
+    let destination = try Registry.store(plan.destination)
+    return Job(
+        plan: plan, source: source, destination: destination, logger: options.logger(),
+        progress: ProgressTracker(output: options.progressOutput()))
+}
+
+/// Runs a command body, turning errors into a message on stderr and the documented exit code.
+func guarded(_ body: () throws -> Void) throws {
+    do {
+        try body()
+    } catch let e as ExitCode {
+        throw e
+    } catch let e as FerryError {
+        printError(e.description)
+        throw ExitCode(e.code == .invalidPlan ? Exit.planError : e.code == .gateNotMet ? Exit.gate : Exit.failure)
+    } catch {
+        printError("\(error)")
+        throw ExitCode(Exit.failure)
+    }
+}
+
+func writeJSON<T: Encodable>(_ value: T) throws {
+    let enc = JSONEncoder()
+    enc.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+    enc.keyEncodingStrategy = .convertToSnakeCase
+    FileHandle.standardOutput.write(try enc.encode(value))
+    FileHandle.standardOutput.write(Data("\n".utf8))
+}
+
+func out(_ s: String = "") { print(s) }
+
+// MARK: - plan
+
+struct PlanCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "plan", abstract: "Work with plan files.", subcommands: [PlanCheck.self])
+}
+
+struct PlanCheck: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "check", abstract: "Validate a plan: exit 0 when valid, 2 with precise errors when not.")
+    @Argument(help: "The plan file (YAML).") var plan: String
+
+    func run() throws {
+        let p = try loadPlan(plan)
+        out("plan \(plan) is valid: job '\(p.name)', \(p.source.displayName) → \(p.destination.displayName)")
+        out("state: \(p.stateDirectory)")
+    }
+}
+
+// MARK: - run
+
+struct RunCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Snapshot, copy and verify; stops when ready for cutover. Resumes where a previous run stopped.")
+    @Argument(help: "The plan file (YAML).") var plan: String
+    @Flag(name: .long, help: "Inventory the source and estimate the copy; write nothing.") var dryRun = false
+    @Flag(name: .long, help: "Re-scan the source and copy what changed since the snapshot.") var catchUp = false
+    @Flag(name: .long, help: "Re-copy the entries that the last verify found bad.") var repair = false
+    @OptionGroup var global: GlobalOptions
+
+    func run() throws {
+        let p = try loadPlan(plan)
+        try guarded {
+            if dryRun {
+                try runDry(p)
+                return
+            }
+            let job = try makeJob(p, global)
+            switch try job.run(RunOptions(catchUp: catchUp, repair: repair)) {
+            case .alreadyDone(let why):
+                out(why)
+            case .ready(let report):
+                printReport(report, stateDirectory: p.stateDirectory)
+                out("job '\(p.name)' is ready for cutover: `ferry cutover \(plan)`")
+            case .mismatches(let report):
+                printReport(report, stateDirectory: p.stateDirectory)
+                out("run `ferry run \(plan) --repair` to re-copy the bad entries")
+                throw ExitCode(Exit.mismatch)
+            }
+        }
+    }
+
+    func runDry(_ p: Plan) throws {
+        let source = try Registry.store(p.source, readRoot: p.snapshot.path)
+        out("dry run: \(source.displayName) → \(p.destination.displayName) (nothing is written)")
+        if p.snapshot.hook != nil { out("note: the snapshot hook is not run in a dry run; the live tree is inventoried") }
+        let inv = try DryRun.inventory(source: source, bandwidth: p.copy.bandwidth, concurrency: p.copy.concurrency)
+        out("files        \(inv.files)  (\(Units.formatBytes(inv.bytes)))")
+        out("directories  \(inv.directories)")
+        out("symlinks     \(inv.symlinks)")
+        if !inv.skipped.isEmpty {
+            out("unreadable   \(inv.skipped.count)")
+            for s in inv.skipped.prefix(10) { out("  \(s)") }
+        }
+        if !inv.largest.isEmpty {
+            out("largest files:")
+            for l in inv.largest { out("  \(pad(Units.formatBytes(l.size), 12))  \(l.path)") }
+        }
+        if !inv.topLevel.isEmpty {
+            out("per top-level directory:")
+            for t in inv.topLevel.prefix(30) {
+                out("  \(pad(t.name, 30)) \(pad(String(t.files), 10)) files  \(Units.formatBytes(t.bytes))")
+            }
+            if inv.topLevel.count > 30 { out("  ... and \(inv.topLevel.count - 30) more") }
+        }
+        let bw = p.copy.bandwidth.map { Units.formatBytes($0) + "/s" } ?? "unlimited"
+        out(
+            "read probe   \(Units.formatBytes(Int64(inv.probeBytesPerSecond)))/s, "
+                + "\(Units.formatDecimal(inv.probeSecondsPerFile * 1000, places: 2)) ms per file")
+        out("estimate     about \(Units.formatDuration(inv.estimatedSeconds)) (concurrency \(p.copy.concurrency), bandwidth \(bw))")
+    }
+}
+
+func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s : s + String(repeating: " ", count: n - s.count) }
+
+func printReport(_ r: VerifyReport, stateDirectory: String) {
+    let what = r.mode == "full" ? "full" : "sample \(Units.formatDecimal(r.sample * 100, places: 1))% (round \(r.round))"
+    out(
+        "verify: \(what), \(r.entries) entries checked, \(r.filesContentChecked) files hashed "
+            + "(\(Units.formatBytes(r.bytesChecked))) in \(Units.formatDuration(r.seconds))")
+    if r.ok {
+        out("result: CLEAN")
+    } else {
+        out("result: MISMATCH, \(r.mismatches) problem(s)")
+        let width = min(60, max(4, r.problems.prefix(50).map(\.path.count).max() ?? 4))
+        out("  \(pad("PATH", width))  REASON")
+        for p in r.problems.prefix(50) { out("  \(pad(p.path, width))  \(p.reason)") }
+        if r.problems.count > 50 || r.problemsTruncated { out("  ... see the JSON report for all of them") }
+    }
+    if r.drift.total > 0 {
+        out(
+            "source drift since the snapshot: \(r.drift.changed) changed, \(r.drift.added) new, \(r.drift.deleted) removed "
+                + "(`ferry run --catch-up` copies them)")
+    }
+    out("report: \(stateDirectory)/verify-\(r.run).json")
+}
+
+// MARK: - verify
+
+struct VerifyCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "verify", abstract: "Prove parity between source and destination: exit 0 clean, 1 mismatch.")
+    @Argument(help: "The plan file (YAML).") var plan: String
+    @Flag(name: .long, help: "Print the report as JSON on stdout.") var json = false
+    @OptionGroup var global: GlobalOptions
+
+    func run() throws {
+        let p = try loadPlan(plan)
+        try guarded {
+            let job = try makeJob(p, global)
+            let report = try job.verifyOnly()
+            if json { try writeJSON(report) } else { printReport(report, stateDirectory: p.stateDirectory) }
+            if !report.ok { throw ExitCode(Exit.mismatch) }
+        }
+    }
+}
+
+// MARK: - status
+
+struct StatusCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "status", abstract: "Show the job's phase and progress (safe while a run is working).")
+    @Argument(help: "The plan file (YAML).") var plan: String
+    @Flag(name: .long, help: "Print as JSON.") var json = false
+    @OptionGroup var global: GlobalOptions
+
+    func run() throws {
+        let p = try loadPlan(plan)
+        try guarded {
+            let job = try makeJob(p, global)
+            guard let s = try job.status() else {
+                if json {
+                    try writeJSON(["job": p.name, "phase": "not-started"])
+                } else {
+                    out("job '\(p.name)' has not started (no state at \(p.stateDirectory)); `ferry run \(plan)` starts it")
+                }
+                return
+            }
+            if json {
+                try writeJSON(s)
+                return
+            }
+            out("job          \(s.job)  (\(plan))")
+            var phase = s.phase
+            if let r = s.runner, r.alive {
+                phase += "  (running: pid \(r.pid)"
+                if let age = r.heartbeatAgeSeconds { phase += ", heartbeat \(Units.formatDuration(age)) ago" }
+                phase += ")"
+            }
+            out("phase        \(phase)")
+            out("source       \(s.source)")
+            out("destination  \(s.destination)")
+            if let at = s.snapshotAt { out("snapshot     \(at)") }
+            let pct = s.bytesTotal > 0 ? Int(Double(s.bytesDone) / Double(s.bytesTotal) * 100) : 100
+            var files = "\(s.filesDone)/\(s.filesTotal) done"
+            if s.filesPending > 0 { files += ", \(s.filesPending) pending" }
+            if s.filesFailed > 0 { files += ", \(s.filesFailed) failed" }
+            if s.filesVanished > 0 { files += ", \(s.filesVanished) removed from the source" }
+            out("files        \(files)")
+            out("bytes        \(Units.formatBytes(s.bytesDone)) / \(Units.formatBytes(s.bytesTotal)) (\(pct)%)")
+            if let r = s.runner, r.alive {
+                out("live         \(r.liveFilesDone) files, \(Units.formatBytes(r.liveBytesDone)) (this run's counters)")
+            }
+            out("other        \(s.directories) directories, \(s.symlinks) symlinks, \(s.skipped) unreadable entries")
+            if let v = s.lastVerify {
+                let age = Units.formatDuration(Date().timeIntervalSince1970 - (v.finishedAt ?? v.startedAt))
+                out(
+                    "verify       \(v.ok ? "clean" : "\(v.mismatches) mismatches"), \(age) ago (\(v.mode), "
+                        + "\(v.filesChecked) files hashed)\(v.drift > 0 ? ", source drift \(v.drift)" : "")")
+            } else {
+                out("verify       never")
+            }
+            out("cutover      \(s.cutoverAt.map { "done at \($0)\(s.cutoverForced ? " (forced)" : "")" } ?? "not yet")")
+            if let e = s.lastError { out("last error   \(e)") }
+        }
+    }
+}
+
+// MARK: - cutover
+
+struct CutoverCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "cutover",
+        abstract: "Check the gates, run the plan's cutover hooks and record the switch (exit 4 when a gate is not met).")
+    @Argument(help: "The plan file (YAML).") var plan: String
+    @Flag(name: .long, help: "Cut over even when gates are not met (recorded in the ledger).") var force = false
+    @OptionGroup var global: GlobalOptions
+
+    func run() throws {
+        let p = try loadPlan(plan)
+        try guarded {
+            let job = try makeJob(p, global)
+            func show(_ gates: [Gate]) {
+                for g in gates { out("  [\(g.ok ? "ok" : "FAIL")] \(pad(g.name, 20)) \(g.detail)") }
+            }
+            switch try job.cutover(force: force) {
+            case .alreadyDone(let at):
+                out("already cut over at \(ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: at))); nothing to do")
+            case .refused(let gates):
+                out("cutover refused: gates not met")
+                show(gates)
+                printError("cutover gate not met: " + gates.filter { !$0.ok }.map(\.name).joined(separator: ", "))
+                throw ExitCode(Exit.gate)
+            case .done(let gates, let forced):
+                show(gates)
+                out(forced ? "cutover done (FORCED past unmet gates; recorded)" : "cutover done")
+            }
+        }
+    }
+}

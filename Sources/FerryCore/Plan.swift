@@ -1,0 +1,90 @@
+/// A validated migration plan. Paths are absolute: the loader resolves them against the plan file's directory.
+public struct Plan: Sendable {
+    public var version: Int
+    public var name: String
+    /// Absolute path of the plan file.
+    public var file: String
+    public var source: StoreSpec
+    public var destination: StoreSpec
+    public var snapshot: SnapshotSpec
+    public var tap: TapSpec?
+    public var copy: CopySpec
+    public var verify: VerifySpec
+    public var cutover: CutoverSpec
+    /// Absolute path of the state directory (ledger, reports).
+    public var stateDirectory: String
+
+    /// The part of the plan that the snapshot and the committed chunks depend on. When it changes, a saved job
+    /// cannot be resumed: the manifest describes another source or the chunks another layout.
+    public var identity: String {
+        var parts = ["v\(version)", "source=\(source.identity)", "destination=\(destination.identity)"]
+        parts.append("snapshot.path=\(snapshot.path ?? "")")
+        parts.append("chunk_size=\(copy.chunkSize)")
+        return parts.joined(separator: "\n")
+    }
+}
+
+/// Where data comes from or goes to. `kind` picks the store; the remaining keys belong to that kind.
+public struct StoreSpec: Sendable {
+    public var kind: String
+    /// Absolute path for the filesystem-backed kinds.
+    public var path: String?
+    /// Kind-specific settings other than `kind` and `path`, as plain strings.
+    public var options: [String: String]
+
+    public init(kind: String, path: String?, options: [String: String] = [:]) {
+        self.kind = kind
+        self.path = path
+        self.options = options
+    }
+
+    public var identity: String {
+        let opts = options.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
+        return "\(kind):\(path ?? ""):\(opts)"
+    }
+
+    public var displayName: String { path.map { "\(kind):\($0)" } ?? kind }
+}
+
+public struct SnapshotSpec: Sendable {
+    /// A shell command run before the manifest is taken (e.g. `btrfs subvolume snapshot -r`).
+    public var hook: String?
+    /// Where to read the source from instead of its live path (e.g. the read-only snapshot).
+    public var path: String?
+    public init(hook: String? = nil, path: String? = nil) {
+        self.hook = hook
+        self.path = path
+    }
+}
+
+public struct TapSpec: Sendable {
+    public var kind: String
+    public var options: [String: String]
+}
+
+public struct CopySpec: Sendable {
+    public var chunkSize: Int64 = 8 * 1_048_576
+    public var concurrency: Int = 4
+    /// Bytes per second, or nil for unlimited.
+    public var bandwidth: Int64? = nil
+    public var compression: String = "off"
+    public init() {}
+}
+
+public struct VerifySpec: Sendable {
+    public enum Mode: String, Sendable { case full, sample }
+    public var mode: Mode = .full
+    /// Fraction of files whose content is hashed in `sample` mode.
+    public var sample: Double = 1.0
+    /// For metric stores: how far back point-level verify looks (seconds).
+    public var window: Double? = nil
+    public init() {}
+}
+
+public struct CutoverSpec: Sendable {
+    public var maxVerifyAge: Double = 3600
+    public var maxTapLag: Double? = nil
+    public var hooks: [String] = []
+    public var rollbackWindow: Double? = nil
+    public init() {}
+}

@@ -1,0 +1,459 @@
+import Foundation
+internal import Yams
+
+/// One precise complaint about a plan: where (file, line, column), which field, and what was expected.
+public struct PlanDiagnostic: Sendable, CustomStringConvertible {
+    public var file: String
+    public var line: Int?
+    public var column: Int?
+    public var field: String
+    public var message: String
+
+    public var description: String {
+        var loc = file
+        if let line {
+            loc += ":\(line)"
+            if let column { loc += ":\(column)" }
+        }
+        return field.isEmpty ? "\(loc): \(message)" : "\(loc): \(field): \(message)"
+    }
+}
+
+/// Thrown when a plan has one or more problems; carries all of them, not only the first.
+public struct PlanError: Error, CustomStringConvertible, Sendable {
+    public var diagnostics: [PlanDiagnostic]
+    public var description: String { diagnostics.map(\.description).joined(separator: "\n") }
+}
+
+/// What a store kind accepts in a plan, supplied by the composition root (the CLI's registry), so that the core
+/// validates keys without knowing any concrete store.
+public struct StoreKindSchema: Sendable {
+    public var kind: String
+    /// Keys other than `kind` that the kind accepts.
+    public var keys: Set<String>
+    /// Keys that must be present.
+    public var required: Set<String>
+    /// Whether `path` names a local directory (resolved against the plan's directory and checked).
+    public var pathIsLocal: Bool
+
+    public init(kind: String, keys: Set<String>, required: Set<String>, pathIsLocal: Bool) {
+        self.kind = kind
+        self.keys = keys
+        self.required = required
+        self.pathIsLocal = pathIsLocal
+    }
+}
+
+/// Reads and validates YAML plans.
+public struct PlanLoader: Sendable {
+    public var storeKinds: [String: StoreKindSchema]
+    public var tapKinds: Set<String>
+    /// Kinds a plan may name that this build does not implement yet, with the reason shown to the operator.
+    public var plannedKinds: [String: String]
+
+    public init(storeKinds: [StoreKindSchema], tapKinds: Set<String> = [], plannedKinds: [String: String] = [:]) {
+        self.storeKinds = Dictionary(uniqueKeysWithValues: storeKinds.map { ($0.kind, $0) })
+        self.tapKinds = tapKinds
+        self.plannedKinds = plannedKinds
+    }
+
+    public func load(file path: String) throws(PlanError) -> Plan {
+        let absolute = PathUtil.absolute(path, relativeTo: FileManager.default.currentDirectoryPath)
+        guard let data = FileManager.default.contents(atPath: absolute) else {
+            let reason = FileManager.default.fileExists(atPath: absolute) ? "cannot be read" : "does not exist"
+            throw PlanError(diagnostics: [
+                PlanDiagnostic(file: path, line: nil, column: nil, field: "", message: "plan file \(reason)")
+            ])
+        }
+        guard let text = String(data: data, encoding: .utf8) else {
+            throw PlanError(diagnostics: [
+                PlanDiagnostic(file: path, line: nil, column: nil, field: "", message: "plan file is not UTF-8 text")
+            ])
+        }
+        return try parse(text, displayPath: path, absolutePath: absolute)
+    }
+
+    public func parse(_ text: String, displayPath: String, absolutePath: String) throws(PlanError) -> Plan {
+        var ctx = Context(file: displayPath, baseDirectory: PathUtil.directory(of: absolutePath))
+        let root: Node?
+        do {
+            root = try Yams.compose(yaml: text)
+        } catch let error as YamlError {
+            throw PlanError(diagnostics: [Self.diagnostic(for: error, file: displayPath)])
+        } catch {
+            throw PlanError(diagnostics: [
+                PlanDiagnostic(file: displayPath, line: nil, column: nil, field: "", message: "\(error)")
+            ])
+        }
+        guard let root, let top = root.mapping else {
+            ctx.fail(root, "", "a plan is a YAML mapping with keys version, name, source, destination, ...")
+            throw PlanError(diagnostics: ctx.diagnostics)
+        }
+        let fields = ctx.fields(
+            top,
+            at: "",
+            allowed: ["version", "name", "source", "destination", "snapshot", "tap", "copy", "verify", "cutover", "state"],
+            required: ["version", "name", "source", "destination"]
+        )
+
+        var version = 1
+        if let v = fields["version"] {
+            if let n = ctx.int(v, "version") {
+                if n != 1 { ctx.fail(v, "version", "only version 1 exists, got \(n)") }
+                version = n
+            }
+        }
+        var name = "unnamed"
+        if let n = fields["name"], let s = ctx.string(n, "name") {
+            if s.isEmpty || s.count > 100 || !s.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "._-".contains($0)) })
+                || s.hasPrefix(".")
+            {
+                ctx.fail(n, "name", "expected letters, digits, '.', '_' or '-' (it names the state directory), got \"\(s)\"")
+            } else {
+                name = s
+            }
+        }
+
+        let source = fields["source"].flatMap { storeSpec($0, field: "source", ctx: &ctx, mustExist: true) }
+        let destination = fields["destination"].flatMap { storeSpec($0, field: "destination", ctx: &ctx, mustExist: false) }
+
+        var snapshot = SnapshotSpec()
+        if let node = fields["snapshot"], let map = ctx.mapping(node, "snapshot") {
+            let f = ctx.fields(map, at: "snapshot", allowed: ["hook", "path"], required: [])
+            if let h = f["hook"], let s = ctx.nonEmptyString(h, "snapshot.hook") { snapshot.hook = s }
+            if let p = f["path"], let s = ctx.nonEmptyString(p, "snapshot.path") {
+                let resolved = ctx.resolve(s)
+                snapshot.path = resolved
+                if snapshot.hook == nil && !PathUtil.isDirectory(resolved) {
+                    ctx.fail(p, "snapshot.path", "\(resolved) is not a directory (and no snapshot.hook creates it)")
+                }
+            }
+        }
+
+        var tap: TapSpec?
+        if let node = fields["tap"], let map = ctx.mapping(node, "tap") {
+            var kind: String?
+            var options: [String: String] = [:]
+            for (k, v) in map {
+                guard let key = ctx.string(k, "tap") else { continue }
+                if key == "kind" {
+                    kind = ctx.string(v, "tap.kind")
+                } else if let s = v.scalar?.string {
+                    options[key] = s
+                }
+            }
+            if let kind {
+                if tapKinds.contains(kind) {
+                    tap = TapSpec(kind: kind, options: options)
+                } else if let why = plannedKinds["tap:" + kind] {
+                    ctx.fail(map["kind"], "tap.kind", "'\(kind)' \(why)")
+                } else {
+                    ctx.fail(map["kind"], "tap.kind", "unknown tap kind '\(kind)' (known: carbon, s3, fs-journal)")
+                }
+            } else {
+                ctx.fail(node, "tap", "missing required key 'kind'")
+            }
+        }
+
+        var copy = CopySpec()
+        if let node = fields["copy"], let map = ctx.mapping(node, "copy") {
+            let f = ctx.fields(map, at: "copy", allowed: ["chunk_size", "concurrency", "bandwidth", "compression"], required: [])
+            if let v = f["chunk_size"], let s = ctx.string(v, "copy.chunk_size") {
+                if let size = Units.parseSize(s) {
+                    if size < 64 * 1024 || size > 1024 * 1_048_576 {
+                        ctx.fail(v, "copy.chunk_size", "must be between 64KiB and 1GiB, got \(s)")
+                    } else {
+                        copy.chunkSize = size
+                    }
+                } else {
+                    ctx.fail(v, "copy.chunk_size", "expected a size such as 8MiB, 512KiB or 1GiB, got \"\(s)\"")
+                }
+            }
+            if let v = f["concurrency"], let n = ctx.int(v, "copy.concurrency") {
+                if n < 1 || n > 256 {
+                    ctx.fail(v, "copy.concurrency", "must be between 1 and 256, got \(n)")
+                } else {
+                    copy.concurrency = n
+                }
+            }
+            if let v = f["bandwidth"], let s = ctx.string(v, "copy.bandwidth") {
+                switch Units.parseRate(s) {
+                case .success(let rate): copy.bandwidth = rate
+                case .failure:
+                    ctx.fail(v, "copy.bandwidth", "expected a rate such as 50MiB/s, or off, got \"\(s)\"")
+                }
+            }
+            if let v = f["compression"], let s = ctx.string(v, "copy.compression") {
+                if s == "off" || s == "zstd" {
+                    copy.compression = s
+                } else {
+                    ctx.fail(v, "copy.compression", "expected off or zstd, got \"\(s)\"")
+                }
+            }
+        }
+
+        var verify = VerifySpec()
+        if let node = fields["verify"], let map = ctx.mapping(node, "verify") {
+            let f = ctx.fields(map, at: "verify", allowed: ["mode", "sample", "window"], required: [])
+            if let v = f["mode"], let s = ctx.string(v, "verify.mode") {
+                if let m = VerifySpec.Mode(rawValue: s) {
+                    verify.mode = m
+                } else {
+                    ctx.fail(v, "verify.mode", "expected full or sample, got \"\(s)\"")
+                }
+            }
+            if let v = f["sample"], let s = ctx.string(v, "verify.sample") {
+                if let fraction = Units.parseFraction(s) {
+                    verify.sample = fraction
+                    if verify.mode == .full {
+                        ctx.fail(v, "verify.sample", "only applies with mode: sample (mode is full)")
+                    }
+                } else {
+                    ctx.fail(v, "verify.sample", "expected a percentage in (0%, 100%] such as 5%, got \"\(s)\"")
+                }
+            } else if verify.mode == .sample {
+                ctx.fail(f["mode"], "verify.sample", "mode: sample needs a sample rate such as sample: 5%")
+            }
+            if let v = f["window"], let s = ctx.string(v, "verify.window") {
+                if let d = Units.parseDuration(s), d > 0 {
+                    verify.window = d
+                } else {
+                    ctx.fail(v, "verify.window", "expected a duration such as 30d or 12h, got \"\(s)\"")
+                }
+            }
+        }
+
+        var cutover = CutoverSpec()
+        if let node = fields["cutover"], let map = ctx.mapping(node, "cutover") {
+            let f = ctx.fields(
+                map, at: "cutover", allowed: ["max_verify_age", "max_tap_lag", "hooks", "rollback_window"], required: [])
+            if let v = f["max_verify_age"], let d = ctx.duration(v, "cutover.max_verify_age") { cutover.maxVerifyAge = d }
+            if let v = f["max_tap_lag"], let d = ctx.duration(v, "cutover.max_tap_lag") { cutover.maxTapLag = d }
+            if let v = f["rollback_window"], let d = ctx.duration(v, "cutover.rollback_window") {
+                cutover.rollbackWindow = d
+            }
+            if let v = f["hooks"] {
+                if let seq = v.sequence {
+                    for (i, item) in seq.enumerated() {
+                        if let s = ctx.nonEmptyString(item, "cutover.hooks[\(i)]") { cutover.hooks.append(s) }
+                    }
+                } else {
+                    ctx.fail(v, "cutover.hooks", "expected a list of shell commands, e.g. [ \"systemctl reload nginx\" ]")
+                }
+            }
+        }
+
+        var stateDirectory = ctx.resolve(".ferry/\(name)")
+        if let v = fields["state"], let s = ctx.nonEmptyString(v, "state") { stateDirectory = ctx.resolve(s) }
+
+        if let source, let destination, let sp = source.path, let dp = destination.path,
+            storeKinds[source.kind]?.pathIsLocal == true, storeKinds[destination.kind]?.pathIsLocal == true
+        {
+            let s = PathUtil.canonical(sp)
+            let d = PathUtil.canonical(dp)
+            if s == d {
+                ctx.fail(fields["destination"], "destination.path", "is the source itself (\(d))")
+            } else if PathUtil.isInside(d, s) {
+                ctx.fail(fields["destination"], "destination.path", "\(d) is inside the source \(s); ferry would copy its own output")
+            } else if PathUtil.isInside(s, d) {
+                ctx.fail(fields["destination"], "destination.path", "\(d) contains the source \(s)")
+            }
+            if let snap = snapshot.path {
+                let c = PathUtil.canonical(snap)
+                if c == d || PathUtil.isInside(c, d) || PathUtil.isInside(d, c) {
+                    ctx.fail(fields["snapshot"], "snapshot.path", "\(c) overlaps the destination \(d)")
+                }
+            }
+            if PathUtil.isInside(PathUtil.canonical(stateDirectory), d) || PathUtil.canonical(stateDirectory) == d {
+                ctx.fail(fields["state"] ?? fields["destination"], "state", "the state directory must not be inside the destination")
+            }
+        }
+
+        guard ctx.diagnostics.isEmpty, let source, let destination else {
+            if ctx.diagnostics.isEmpty {
+                ctx.fail(root, "", "plan is incomplete")
+            }
+            throw PlanError(diagnostics: ctx.diagnostics)
+        }
+        return Plan(
+            version: version, name: name, file: absolutePath, source: source, destination: destination,
+            snapshot: snapshot, tap: tap, copy: copy, verify: verify, cutover: cutover,
+            stateDirectory: stateDirectory)
+    }
+
+    private func storeSpec(_ node: Node, field: String, ctx: inout Context, mustExist: Bool) -> StoreSpec? {
+        guard let map = ctx.mapping(node, field) else { return nil }
+        guard let kindNode = map["kind"] else {
+            ctx.fail(node, field, "missing required key 'kind' (one of: \(storeKinds.keys.sorted().joined(separator: ", ")))")
+            return nil
+        }
+        guard let kind = ctx.string(kindNode, "\(field).kind") else { return nil }
+        guard let schema = storeKinds[kind] else {
+            if let why = plannedKinds[kind] {
+                ctx.fail(kindNode, "\(field).kind", "'\(kind)' \(why)")
+            } else {
+                ctx.fail(
+                    kindNode, "\(field).kind",
+                    "unknown kind '\(kind)' (known: \(storeKinds.keys.sorted().joined(separator: ", ")))")
+            }
+            return nil
+        }
+        let f = ctx.fields(map, at: field, allowed: schema.keys.union(["kind"]), required: schema.required)
+        var path: String?
+        var options: [String: String] = [:]
+        for (key, value) in f where key != "kind" {
+            guard let s = ctx.nonEmptyString(value, "\(field).\(key)") else { continue }
+            if key == "path" {
+                path = schema.pathIsLocal ? ctx.resolve(s) : s
+            } else {
+                options[key] = s
+            }
+        }
+        if schema.pathIsLocal, let p = path {
+            if mustExist {
+                if !PathUtil.exists(p) {
+                    ctx.fail(f["path"], "\(field).path", "\(p) does not exist")
+                } else if !PathUtil.isDirectory(p) {
+                    ctx.fail(f["path"], "\(field).path", "\(p) is not a directory")
+                }
+            } else if PathUtil.exists(p) && !PathUtil.isDirectory(p) {
+                ctx.fail(f["path"], "\(field).path", "\(p) exists and is not a directory")
+            }
+        }
+        return StoreSpec(kind: kind, path: path, options: options)
+    }
+
+    static func diagnostic(for error: YamlError, file: String) -> PlanDiagnostic {
+        switch error {
+        case .scanner(let context, let problem, let mark, _), .parser(let context, let problem, let mark, _),
+            .composer(let context, let problem, let mark, _):
+            let what = [context?.text, problem].compactMap { $0 }.filter { !$0.isEmpty }.joined(separator: " ")
+            return PlanDiagnostic(
+                file: file, line: mark.line, column: mark.column, field: "", message: "malformed YAML: \(what)")
+        case .duplicatedKeysInMapping(let duplicates, let context):
+            return PlanDiagnostic(
+                file: file, line: context.mark.line, column: context.mark.column, field: "",
+                message: "duplicate key(s) \(duplicates.joined(separator: ", "))")
+        default:
+            return PlanDiagnostic(file: file, line: nil, column: nil, field: "", message: "malformed YAML: \(error)")
+        }
+    }
+
+    /// Collects diagnostics while walking the YAML tree.
+    struct Context {
+        var file: String
+        var baseDirectory: String
+        var diagnostics: [PlanDiagnostic] = []
+
+        mutating func fail(_ node: Node?, _ field: String, _ message: String) {
+            diagnostics.append(
+                PlanDiagnostic(file: file, line: node?.mark?.line, column: node?.mark?.column, field: field, message: message))
+        }
+
+        func resolve(_ path: String) -> String {
+            PathUtil.normalize(PathUtil.absolute(PathUtil.expandTilde(path), relativeTo: baseDirectory))
+        }
+
+        /// Checks keys against the allowed set, reporting unknown and missing ones, and returns the known ones.
+        mutating func fields(_ map: Node.Mapping, at prefix: String, allowed: Set<String>, required: Set<String>) -> [String: Node] {
+            var out: [String: Node] = [:]
+            for (k, v) in map {
+                let where_ = prefix.isEmpty ? "" : prefix
+                guard let key = k.scalar?.string else {
+                    fail(k, where_, "keys must be plain strings")
+                    continue
+                }
+                let full = prefix.isEmpty ? key : "\(prefix).\(key)"
+                if allowed.contains(key) {
+                    out[key] = v
+                } else {
+                    var msg = "unknown key '\(key)'"
+                    if let guess = Self.closest(key, in: allowed) { msg += " (did you mean '\(guess)'?)" }
+                    msg += "; allowed here: \(allowed.sorted().joined(separator: ", "))"
+                    fail(k, full, msg)
+                }
+            }
+            for key in required.sorted() where out[key] == nil {
+                let full = prefix.isEmpty ? key : "\(prefix).\(key)"
+                if !map.keys.contains(where: { $0.scalar?.string == key }) {
+                    fail(map.mark.map { _ in Node.mapping(map) }, full, "missing required key '\(key)'")
+                }
+            }
+            return out
+        }
+
+        mutating func mapping(_ node: Node, _ field: String) -> Node.Mapping? {
+            if let m = node.mapping { return m }
+            fail(node, field, "expected a mapping (key: value pairs), got \(Self.describe(node))")
+            return nil
+        }
+
+        mutating func string(_ node: Node, _ field: String) -> String? {
+            if let s = node.scalar {
+                if s.tag.description.hasSuffix(":null") || (s.style == .plain && (s.string == "~" || s.string == "null" || s.string.isEmpty)) {
+                    fail(node, field, "expected a value, got null")
+                    return nil
+                }
+                return s.string
+            }
+            fail(node, field, "expected a single value, got \(Self.describe(node))")
+            return nil
+        }
+
+        mutating func nonEmptyString(_ node: Node, _ field: String) -> String? {
+            guard let s = string(node, field) else { return nil }
+            if s.trimmingSpaces().isEmpty {
+                fail(node, field, "must not be empty")
+                return nil
+            }
+            return s
+        }
+
+        mutating func int(_ node: Node, _ field: String) -> Int? {
+            guard let s = string(node, field) else { return nil }
+            if let n = Int(s) { return n }
+            fail(node, field, "expected a whole number, got \"\(s)\"")
+            return nil
+        }
+
+        mutating func duration(_ node: Node, _ field: String) -> Double? {
+            guard let s = string(node, field) else { return nil }
+            if let d = Units.parseDuration(s), d > 0 { return d }
+            fail(node, field, "expected a duration such as 30s, 15m, 1h or 7d, got \"\(s)\"")
+            return nil
+        }
+
+        static func describe(_ node: Node) -> String {
+            switch node {
+            case .scalar(let s): return "\"\(s.string)\""
+            case .mapping: return "a mapping"
+            case .sequence: return "a list"
+            case .alias: return "an alias"
+            }
+        }
+
+        static func closest(_ word: String, in candidates: Set<String>) -> String? {
+            var best: (String, Int)?
+            for c in candidates {
+                let d = editDistance(word, c)
+                if d <= max(2, c.count / 3), best == nil || d < best!.1 { best = (c, d) }
+            }
+            return best?.0
+        }
+
+        static func editDistance(_ a: String, _ b: String) -> Int {
+            let a = Array(a), b = Array(b)
+            if a.isEmpty { return b.count }
+            if b.isEmpty { return a.count }
+            var prev = Array(0...b.count)
+            for i in 1...a.count {
+                var cur = [i] + Array(repeating: 0, count: b.count)
+                for j in 1...b.count {
+                    cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1))
+                }
+                prev = cur
+            }
+            return prev[b.count]
+        }
+    }
+}

@@ -1,0 +1,111 @@
+/// What a manifest row describes: one file, directory or symbolic link.
+public enum EntryKind: String, Sendable, Codable {
+    case file
+    case directory
+    case symlink
+}
+
+/// One entry of a store, as a snapshot records it. `path` is relative to the store's root, '/'-separated,
+/// and never contains `.`/`..` components.
+public struct Entry: Sendable, Equatable {
+    public var path: String
+    public var kind: EntryKind
+    public var size: Int64
+    /// Modification time in nanoseconds since the epoch.
+    public var mtimeNs: Int64
+    /// Permission bits (including setuid/setgid/sticky), without the file-type bits.
+    public var mode: UInt32
+    public var inode: UInt64
+    public var uid: UInt32
+    public var gid: UInt32
+    /// For symbolic links: the target, exactly as stored (never resolved).
+    public var linkTarget: String?
+
+    public init(
+        path: String, kind: EntryKind, size: Int64, mtimeNs: Int64, mode: UInt32, inode: UInt64,
+        uid: UInt32 = 0, gid: UInt32 = 0, linkTarget: String? = nil
+    ) {
+        self.uid = uid
+        self.gid = gid
+        self.path = path
+        self.kind = kind
+        self.size = size
+        self.mtimeNs = mtimeNs
+        self.mode = mode
+        self.inode = inode
+        self.linkTarget = linkTarget
+    }
+
+    /// Whether the content could differ from `other` judging by metadata alone (the catch-up test).
+    public func changed(comparedTo other: Entry) -> Bool {
+        kind != other.kind || size != other.size || mtimeNs != other.mtimeNs || inode != other.inode
+            || linkTarget != other.linkTarget
+    }
+}
+
+/// An entry that the walk could not include, with the reason (unreadable directory, unsafe name, ...).
+public struct SkippedEntry: Sendable {
+    public var path: String
+    public var reason: String
+    public init(path: String, reason: String) {
+        self.path = path
+        self.reason = reason
+    }
+}
+
+/// An open, readable object. `read` fills as much of the buffer as the object has at `offset`.
+public protocol ObjectReader: AnyObject {
+    /// Reads up to `buffer.count` bytes at `offset`; returns the count read (0 at the end).
+    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws -> Int
+    /// The object's metadata now (for detecting changes while it is read).
+    func currentEntry() throws -> Entry
+    func close()
+}
+
+/// A writer for one object at the destination. Bytes become visible under the final name only at `publish`.
+public protocol ObjectWriter: AnyObject {
+    func write(_ bytes: UnsafeRawBufferPointer, at offset: Int64) throws
+    /// Makes everything written so far durable (fdatasync or the store's equivalent).
+    func makeDurable() throws
+    /// Applies the entry's metadata and moves the object under its final name, atomically.
+    func publish(_ entry: Entry) throws
+    /// Gives up: removes what was written.
+    func discard()
+}
+
+/// A store holds a tree of entries (a directory, a bucket, a metric tree). Not-found is `nil`, not an error.
+/// After rclone's `fs.Fs`: list, stat, read a range, write with an atomic commit.
+public protocol Store: Sendable {
+    /// A human name such as `fs:/srv/data`; never contains secrets.
+    var displayName: String { get }
+
+    /// Creates the store's root when it does not exist yet (a destination on its first run).
+    func prepareRoot() throws
+
+    /// Walks every entry below the root, parents before children, calling `visit` for each.
+    /// Entries that cannot be listed are reported through `skipped` and the walk goes on.
+    func walk(_ visit: (Entry) throws -> Void, skipped: (SkippedEntry) -> Void) throws
+
+    /// The entry at `path`, or nil when there is none.
+    func stat(_ path: String) throws -> Entry?
+
+    /// Opens the object for reading, or nil when it no longer exists.
+    func openReader(_ path: String) throws -> (any ObjectReader)?
+
+    /// Opens a writer for `entry`. `token` identifies the transfer across restarts: with `resume` the writer
+    /// continues the partial object left under that token instead of starting anew (nil if there is none).
+    func openWriter(for entry: Entry, token: String, resume: Bool) throws -> (any ObjectWriter)?
+
+    /// Creates (or updates) a directory entry; metadata may be applied later by `finishDirectory`.
+    func makeDirectory(_ entry: Entry) throws
+    /// Applies a directory's mode and mtime once everything inside it is written.
+    func finishDirectory(_ entry: Entry) throws
+    func makeSymlink(_ entry: Entry) throws
+    /// Removes an entry (file, link, or an empty directory). Missing is not an error.
+    func remove(_ path: String, kind: EntryKind) throws
+
+    /// Makes every write so far durable at once (e.g. `syncfs`): how a batch of small files is committed.
+    func syncAll() throws
+    /// Removes the partial object a transfer with `token` may have left for `path` (after a crash).
+    func discardPartial(for path: String, token: String) throws
+}

@@ -1,0 +1,386 @@
+import Foundation
+import Synchronization
+import FerryCore
+import FerryDigest
+import Logging
+
+/// What a copy pass did.
+public struct CopySummary: Sendable {
+    public var filesCopied: Int64 = 0
+    public var bytesCopied: Int64 = 0
+    public var failed: Int64 = 0
+    public var vanished: Int64 = 0
+    public var requeued: Int64 = 0
+}
+
+/// The copy phase: every pending manifest item is copied chunk by chunk, each chunk SHA-256'd as it is read.
+///
+/// Small files (one chunk) are written under a partial name, renamed into place, and committed in groups: one
+/// `syncAll` makes a whole group durable before one ledger transaction records it. Large files are written into
+/// a partial file chunk by chunk; each chunk is made durable and then recorded, so a resumed run continues after
+/// the last committed chunk. A file whose metadata changes while it is read is thrown away and copied again;
+/// one that keeps changing is marked failed, never published half-copied.
+final class CopyPhase: @unchecked Sendable {
+    // @unchecked: the stores and ledger are Sendable; the only shared mutable state is behind Mutexes.
+    let source: any Store
+    let destination: any Store
+    let ledger: Ledger
+    let chunkSize: Int64
+    let concurrency: Int
+    let throttle: Throttle?
+    let audit: WriteAudit?
+    let progress: ProgressTracker
+    let logger: Logger
+    static let maxAttempts = 3
+    /// Small files per group commit, at most; a group also closes when it holds `chunkSize` bytes.
+    static let groupFiles = 1000
+
+    private let cursor = Mutex<Int64>(0)
+    private let fatal = Mutex<(any Error)?>(nil)
+    private let summary = Mutex(CopySummary())
+
+    init(
+        source: any Store, destination: any Store, ledger: Ledger, chunkSize: Int64, concurrency: Int,
+        bandwidth: Int64?, progress: ProgressTracker, logger: Logger
+    ) {
+        self.source = source
+        self.destination = destination
+        self.ledger = ledger
+        self.chunkSize = chunkSize
+        self.concurrency = concurrency
+        self.throttle = bandwidth.map { Throttle(bytesPerSecond: $0) }
+        self.audit = WriteAudit()
+        self.progress = progress
+        self.logger = logger
+    }
+
+    var stopped: Bool { fatal.withLock { $0 != nil } }
+
+    func stop(_ error: any Error) {
+        fatal.withLock { if $0 == nil { $0 = error } }
+    }
+
+    func run() throws -> CopySummary {
+        try destinationCall("create the destination root") { try destination.prepareRoot() }
+        let counts = try ledger.counts()
+        progress.begin(
+            phase: "copy", filesTotal: counts.totalFiles, bytesTotal: counts.totalBytes,
+            filesDone: counts.files[ItemState.done.rawValue] ?? 0, bytesDone: counts.doneBytes)
+        runThreads(concurrency, name: "ferry-copy") { [self] _ in worker() }
+        if let error = fatal.withLock({ $0 }) { throw error }
+        try copySymlinks()
+        try finishDirectories()
+        return summary.withLock { $0 }
+    }
+
+    /// Claims the next page of pending files. The cursor only moves forward, so each file is claimed once.
+    private func claim() throws -> [ItemRecord] {
+        try cursor.withLock { after in
+            let page = try ledger.items(states: [.pending], kind: .file, after: after, limit: 16)
+            if let last = page.last { after = last.id }
+            return page
+        }
+    }
+
+    // MARK: - worker
+
+    struct Group {
+        var done: [(id: Int64, chunks: [ChunkRecord], entry: Entry?)] = []
+        var bytes: Int64 = 0
+        var writtenBytes: Int64 = 0
+    }
+
+    private func worker() {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(chunkSize), alignment: 4096)
+        defer { buffer.deallocate() }
+        let hasher = SHA256Hasher()
+        var group = Group()
+        do {
+            while !stopped {
+                let page = try claim()
+                if page.isEmpty { break }
+                for item in page {
+                    if stopped { break }
+                    try copyFile(item, buffer: buffer, hasher: hasher, group: &group)
+                    if group.bytes >= chunkSize || group.done.count >= Self.groupFiles {
+                        try commit(&group)
+                    }
+                }
+            }
+            try commit(&group)
+        } catch {
+            stop(error)
+            // What was written is complete: commit it if the destination still takes a sync.
+            try? commit(&group)
+        }
+    }
+
+    /// Makes the group durable with one sync, then records it in one transaction.
+    private func commit(_ group: inout Group) throws {
+        guard !group.done.isEmpty else { return }
+        try destinationCall("sync") { try destination.syncAll() }
+        try ledger.commitDone(group.done)
+        summary.withLock { $0.filesCopied += Int64(group.done.count) }
+        group = Group()
+    }
+
+    /// Copies one file; source problems mark the item, destination problems throw (they stop the run).
+    private func copyFile(_ item: ItemRecord, buffer: UnsafeMutableRawBufferPointer, hasher: SHA256Hasher, group: inout Group) throws {
+        var attempts = 0
+        var entry = item.entry
+        while true {
+            attempts += 1
+            let outcome = try attempt(item.id, &entry, buffer: buffer, hasher: hasher, group: &group)
+            switch outcome {
+            case .copied, .interrupted:
+                return
+            case .vanished:
+                try ledger.setState([item.id], .vanished, error: "vanished from the source during the copy")
+                summary.withLock { $0.vanished += 1 }
+                logger.info("vanished during copy", metadata: ["path": "\(entry.path)"])
+                return
+            case .unreadable(let why):
+                try ledger.fail(item.id, error: why)
+                summary.withLock { $0.failed += 1 }
+                progress.addFailed()
+                logger.warning("cannot read source file", metadata: ["path": "\(entry.path)", "error": "\(why)"])
+                return
+            case .changed(let now):
+                summary.withLock { $0.requeued += 1 }
+                logger.info("source changed while copied; copying again", metadata: ["path": "\(entry.path)"])
+                if attempts >= Self.maxAttempts {
+                    try ledger.requeue(item.id, entry: now, countAttempt: true)
+                    try ledger.fail(
+                        item.id,
+                        error: "kept changing while copied (\(attempts) attempts); run `ferry run --catch-up` when it is quiet")
+                    summary.withLock { $0.failed += 1 }
+                    progress.addFailed()
+                    return
+                }
+                try ledger.requeue(item.id, entry: now, countAttempt: true)
+                entry = now
+            }
+        }
+    }
+
+    enum Outcome {
+        case copied
+        case vanished
+        case unreadable(String)
+        case changed(Entry)
+        /// The run is stopping; committed chunks stay for the resume.
+        case interrupted
+    }
+
+    enum ReadResult {
+        case success(Int)
+        case failure(String)
+    }
+
+    private func attempt(
+        _ id: Int64, _ entry: inout Entry, buffer: UnsafeMutableRawBufferPointer, hasher: SHA256Hasher, group: inout Group
+    ) throws -> Outcome {
+        let reader: any ObjectReader
+        do {
+            guard let r = try source.openReader(entry.path) else { return .vanished }
+            reader = r
+        } catch {
+            return .unreadable(error.operatorText)
+        }
+        defer { reader.close() }
+        let opened: Entry
+        do {
+            opened = try reader.currentEntry()
+        } catch {
+            return .unreadable(error.operatorText)
+        }
+        guard opened.kind == .file else { return .unreadable("is no longer a regular file; run `ferry run --catch-up`") }
+        if opened.changed(comparedTo: entry) || opened.mode != entry.mode {
+            // Changed after the snapshot, before its copy started: copy what is there now and record that.
+            var now = opened
+            now.path = entry.path
+            try ledger.requeue(id, entry: now)
+            entry = now
+        }
+        if entry.size <= chunkSize {
+            return try copySmall(id, entry, reader: reader, buffer: buffer, hasher: hasher, group: &group)
+        }
+        return try copyLarge(id, entry, reader: reader, buffer: buffer, hasher: hasher, group: &group)
+    }
+
+    private func read(_ reader: any ObjectReader, into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) -> ReadResult {
+        do {
+            return .success(try reader.read(into: buffer, at: offset))
+        } catch {
+            return .failure(error.operatorText)
+        }
+    }
+
+    private func changedSince(_ entry: Entry, _ reader: any ObjectReader) -> Entry? {
+        guard var now = try? reader.currentEntry() else { return nil }
+        now.path = entry.path
+        return now.changed(comparedTo: entry) ? now : nil
+    }
+
+    private func copySmall(
+        _ id: Int64, _ entry: Entry, reader: any ObjectReader, buffer: UnsafeMutableRawBufferPointer,
+        hasher: SHA256Hasher, group: inout Group
+    ) throws -> Outcome {
+        let size = Int(entry.size)
+        // Read one byte more than expected: a file that grew is a changed file.
+        let window = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<min(size + 1, buffer.count)])
+        let n: Int
+        switch read(reader, into: window, at: 0) {
+        case .success(let count): n = count
+        case .failure(let why): return .unreadable(why)
+        }
+        if let now = changedSince(entry, reader) { return .changed(now) }
+        if n != size {
+            var now = entry
+            now.size = Int64(n)
+            return .changed(now)
+        }
+        let data = UnsafeRawBufferPointer(rebasing: buffer[0..<size])
+        hasher.update(data)
+        let digest = hasher.finish()
+        let token = String(id)
+        guard let writer = try destinationCall("create", { try destination.openWriter(for: entry, token: token, resume: false) })
+        else { throw FerryError(.destinationIO, "cannot create \(entry.path) at the destination") }
+        if size > 0 {
+            throttle?.acquire(size)
+            audit?.record(size)
+            try destinationCall("write") { try writer.write(data, at: 0) }
+        }
+        try destinationCall("publish") { try writer.publish(entry) }
+        let chunks = size > 0 ? [ChunkRecord(index: 0, offset: 0, length: Int64(size), sha256: digest.hex)] : []
+        group.done.append((id, chunks, nil))
+        group.bytes += Int64(size)
+        progress.add(files: 1, bytes: Int64(size))
+        summary.withLock { $0.bytesCopied += Int64(size) }
+        return .copied
+    }
+
+    private func copyLarge(
+        _ id: Int64, _ entry: Entry, reader: any ObjectReader, buffer: UnsafeMutableRawBufferPointer,
+        hasher: SHA256Hasher, group: inout Group
+    ) throws -> Outcome {
+        let token = String(id)
+        let layout = ChunkLayout.chunks(size: entry.size, chunkSize: chunkSize)
+        var committed = Dictionary(uniqueKeysWithValues: try ledger.chunks(of: id).map { ($0.index, $0) })
+        // Committed chunks must match this layout; anything else is stale and starts over.
+        if committed.values.contains(where: { c in
+            c.index >= layout.count || layout[c.index].offset != c.offset || layout[c.index].length != c.length
+        }) {
+            try ledger.requeue(id)
+            committed = [:]
+        }
+        var writer = try destinationCall("open partial") {
+            try destination.openWriter(for: entry, token: token, resume: !committed.isEmpty)
+        }
+        if writer == nil && !committed.isEmpty {
+            logger.info("partial file missing at the destination; starting the file over", metadata: ["path": "\(entry.path)"])
+            try ledger.requeue(id)
+            committed = [:]
+            writer = try destinationCall("create") { try destination.openWriter(for: entry, token: token, resume: false) }
+        }
+        guard let writer else { throw FerryError(.destinationIO, "cannot create \(entry.path) at the destination") }
+        var sentThisAttempt: Int64 = 0
+        let alreadyDone = committed.values.reduce(Int64(0)) { $0 + $1.length }
+        if alreadyDone > 0 {
+            logger.info(
+                "resuming file after committed chunks",
+                metadata: ["path": "\(entry.path)", "committed": "\(committed.count)/\(layout.count)"])
+        }
+        for chunk in layout where committed[chunk.index] == nil {
+            if stopped { return .interrupted }
+            let window = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(chunk.length)])
+            let n: Int
+            switch read(reader, into: window, at: chunk.offset) {
+            case .success(let count): n = count
+            case .failure(let why):
+                writer.discard()
+                try ledger.requeue(id)
+                progress.retract(bytes: sentThisAttempt)
+                return .unreadable(why)
+            }
+            if n != Int(chunk.length) {
+                writer.discard()
+                progress.retract(bytes: sentThisAttempt)
+                var now = changedSince(entry, reader) ?? entry
+                if now.size == entry.size { now.size = chunk.offset + Int64(n) }
+                return .changed(now)
+            }
+            let data = UnsafeRawBufferPointer(window)
+            hasher.update(data)
+            let digest = hasher.finish()
+            throttle?.acquire(n)
+            audit?.record(n)
+            try destinationCall("write") { try writer.write(data, at: chunk.offset) }
+            try destinationCall("fdatasync") { try writer.makeDurable() }
+            try ledger.commitChunk(
+                id, ChunkRecord(index: chunk.index, offset: chunk.offset, length: chunk.length, sha256: digest.hex))
+            sentThisAttempt += chunk.length
+            progress.add(bytes: chunk.length)
+            summary.withLock { $0.bytesCopied += chunk.length }
+        }
+        if let now = changedSince(entry, reader) {
+            writer.discard()
+            progress.retract(bytes: sentThisAttempt + alreadyDone)
+            return .changed(now)
+        }
+        try destinationCall("publish") { try writer.publish(entry) }
+        progress.add(files: 1)
+        group.done.append((id, [], nil))
+        // The rename must be durable before the ledger says done: commit now rather than with a later group.
+        try commit(&group)
+        return .copied
+    }
+
+    /// Wraps destination calls so a full disk becomes one clear error.
+    private func destinationCall<T>(_ what: String, _ body: () throws -> T) throws -> T {
+        do {
+            return try body()
+        } catch let e as FerryError {
+            throw e
+        } catch {
+            if error.isNoSpace {
+                throw FerryError(
+                    .destinationFull,
+                    "the destination \(destination.displayName) is full (\(what) failed); free space and run `ferry run` again to resume",
+                    cause: error.operatorText)
+            }
+            throw FerryError(.destinationIO, "writing to the destination failed (\(what))", cause: error.operatorText)
+        }
+    }
+
+    // MARK: - links and directories
+
+    private func copySymlinks() throws {
+        var ids: [Int64] = []
+        func flush() throws {
+            guard !ids.isEmpty else { return }
+            try destinationCall("sync") { try destination.syncAll() }
+            try ledger.setState(ids, .done)
+            ids.removeAll()
+        }
+        try ledger.forEachItem(states: [.pending], kind: .symlink) { item in
+            try destinationCall("symlink") { try destination.makeSymlink(item.entry) }
+            ids.append(item.id)
+            if ids.count >= 1000 { try flush() }
+        }
+        try flush()
+    }
+
+    /// Creates every directory (including empty ones) and applies its mode and mtime, deepest first, after the
+    /// files inside it are written (writing a file changes its directory's mtime).
+    private func finishDirectories() throws {
+        var ids: [Int64] = []
+        try ledger.forEachDirectoryDeepestFirst { item in
+            try destinationCall("mkdir") { try destination.makeDirectory(item.entry) }
+            try destinationCall("directory metadata") { try destination.finishDirectory(item.entry) }
+            if item.state == .pending { ids.append(item.id) }
+        }
+        try destinationCall("sync") { try destination.syncAll() }
+        try ledger.setState(ids, .done)
+    }
+}

@@ -1,0 +1,105 @@
+import Foundation
+public import FerryCore
+
+/// What `ferry run --dry-run` found: an inventory and an estimate. Computed without writing anything.
+public struct Inventory: Codable, Sendable {
+    public struct Largest: Codable, Sendable {
+        public var path: String
+        public var size: Int64
+    }
+    public struct TopLevel: Codable, Sendable {
+        public var name: String
+        public var files: Int64
+        public var bytes: Int64
+    }
+    public var files: Int64 = 0
+    public var bytes: Int64 = 0
+    public var directories: Int64 = 0
+    public var symlinks: Int64 = 0
+    public var skipped: [String] = []
+    public var largest: [Largest] = []
+    public var topLevel: [TopLevel] = []
+    public var probeBytesPerSecond: Double = 0
+    public var probeSecondsPerFile: Double = 0
+    public var estimatedSeconds: Double = 0
+}
+
+public enum DryRun {
+    /// Walks the source, keeping only bounded aggregates (top 10 files, per top-level directory totals), then
+    /// measures read throughput for about a second to estimate the copy time.
+    public static func inventory(source: any Store, bandwidth: Int64?, concurrency: Int, probeSeconds: Double = 1.0) throws -> Inventory {
+        var inv = Inventory()
+        var top: [String: (Int64, Int64)] = [:]
+        var largest: [Inventory.Largest] = []
+        var smallSample: [String] = []
+        try source.walk({ e in
+            switch e.kind {
+            case .directory: inv.directories += 1
+            case .symlink: inv.symlinks += 1
+            case .file:
+                inv.files += 1
+                inv.bytes += e.size
+                let first = e.path.split(separator: "/", maxSplits: 1).count > 1 ? String(e.path.split(separator: "/")[0]) + "/" : "."
+                top[first, default: (0, 0)].0 += 1
+                top[first, default: (0, 0)].1 += e.size
+                if largest.count < 10 || e.size > largest.last!.size {
+                    largest.append(.init(path: e.path, size: e.size))
+                    largest.sort { $0.size > $1.size }
+                    if largest.count > 10 { largest.removeLast() }
+                }
+                if e.size < 1 << 20 && smallSample.count < 200 { smallSample.append(e.path) }
+            }
+        }, skipped: { s in
+            if inv.skipped.count < 100 { inv.skipped.append("\(s.path): \(s.reason)") }
+        })
+        inv.largest = largest
+        inv.topLevel = top.map { .init(name: $0.key, files: $0.value.0, bytes: $0.value.1) }.sorted { $0.bytes > $1.bytes }
+        let probe = measure(source: source, large: largest.map(\.path), small: smallSample, seconds: probeSeconds)
+        inv.probeBytesPerSecond = probe.bytesPerSecond
+        inv.probeSecondsPerFile = probe.secondsPerFile
+        var rate = probe.bytesPerSecond * Double(max(1, min(concurrency, 2)))
+        if let bw = bandwidth { rate = min(rate, Double(bw)) }
+        let perFile = probe.secondsPerFile / Double(max(1, concurrency))
+        inv.estimatedSeconds = (rate > 0 ? Double(inv.bytes) / rate : 0) + Double(inv.files) * perFile
+        return inv
+    }
+
+    /// Reads the largest files for about half the budget (streaming rate) and small files for the rest
+    /// (per-file cost). Reads only, at most `seconds` long.
+    static func measure(source: any Store, large: [String], small: [String], seconds: Double) -> (bytesPerSecond: Double, secondsPerFile: Double) {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
+        defer { buffer.deallocate() }
+        func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
+        var bytes: Int64 = 0
+        let start = now()
+        outer: for path in large {
+            guard let r = try? source.openReader(path) else { continue }
+            defer { r.close() }
+            var off: Int64 = 0
+            while now() - start < seconds / 2 {
+                guard let n = try? r.read(into: buffer, at: off), n > 0 else { break }
+                off += Int64(n)
+                bytes += Int64(n)
+            }
+            if now() - start >= seconds / 2 { break outer }
+        }
+        let streamTime = now() - start
+        let rate = streamTime > 0 && bytes > 0 ? Double(bytes) / streamTime : 0
+        var files = 0
+        var smallBytes: Int64 = 0
+        let smallStart = now()
+        for path in small where now() - smallStart < seconds / 2 {
+            guard let r = try? source.openReader(path) else { continue }
+            if let n = try? r.read(into: buffer, at: 0) { smallBytes += Int64(n) }
+            r.close()
+            files += 1
+        }
+        let smallTime = now() - smallStart
+        var perFile = 0.0
+        if files > 0 {
+            let transfer = rate > 0 ? Double(smallBytes) / rate : 0
+            perFile = max(0, smallTime - transfer) / Double(files)
+        }
+        return (rate, perFile)
+    }
+}

@@ -1,0 +1,278 @@
+import Foundation
+public import FerryCore
+public import Logging
+
+/// How `ferry run` ended.
+public enum RunResult: Sendable {
+    /// Verified clean and ready for cutover (exit 0).
+    case ready(VerifyReport)
+    /// Verify found mismatches (exit 1).
+    case mismatches(VerifyReport)
+    /// Nothing to do: the job was already verified (or cut over).
+    case alreadyDone(String)
+}
+
+public struct RunOptions: Sendable {
+    public var catchUp = false
+    public var repair = false
+    public init(catchUp: Bool = false, repair: Bool = false) {
+        self.catchUp = catchUp
+        self.repair = repair
+    }
+}
+
+/// One migration job: the plan, its stores and its ledger. Walks the phases snapshot → copy → verify and
+/// stops at ready-for-cutover; every step records its state before its effects, so any step can run again.
+public final class Job {
+    public let plan: Plan
+    public let source: any Store
+    public let destination: any Store
+    public let logger: Logger
+    public let progress: ProgressTracker
+
+    /// `source` must read from the snapshot root (`snapshot.path` when set, else `source.path`).
+    public init(plan: Plan, source: any Store, destination: any Store, logger: Logger, progress: ProgressTracker) {
+        self.plan = plan
+        self.source = source
+        self.destination = destination
+        self.logger = logger
+        self.progress = progress
+    }
+
+    var readRoot: String { plan.snapshot.path ?? plan.source.path ?? "" }
+
+    /// Opens (creating when asked) the ledger and checks that it belongs to this plan.
+    public func openLedger(create: Bool) throws -> Ledger {
+        let ledger = try Ledger(stateDirectory: plan.stateDirectory, create: create)
+        if let job = try ledger.job(), job.planIdentity != plan.identity {
+            let old = Set(job.planIdentity.split(separator: "\n"))
+            let changed = plan.identity.split(separator: "\n").filter { !old.contains($0) }.map { $0.split(separator: "=").first.map(String.init) ?? "" }
+            throw FerryError(
+                .stateConflict,
+                "the plan changed since this job's snapshot (\(changed.joined(separator: ", "))); its manifest and chunks "
+                    + "no longer apply. Restore the plan, or remove \(plan.stateDirectory) to start a new job")
+        }
+        return ledger
+    }
+
+    public func run(_ options: RunOptions) throws -> RunResult {
+        let lock = try JobLock(stateDirectory: plan.stateDirectory)
+        defer { withExtendedLifetime(lock) {} }
+        let ledger = try openLedger(create: true)
+        if try ledger.job() == nil {
+            try ledger.createJob(name: plan.name, planIdentity: plan.identity, chunkSize: plan.copy.chunkSize)
+        }
+        guard let job = try ledger.job() else { throw FerryError(.ledger, "job record missing after creation") }
+        if job.phase == .switched {
+            return .alreadyDone("this job was cut over already; nothing to do")
+        }
+        if try job.phase == .ready && !options.catchUp && !options.repair && ledger.unsettledCount() == 0 {
+            let age = (try ledger.lastVerify()).map { Units.formatDuration(Date().timeIntervalSince1970 - ($0.finishedAt ?? 0)) } ?? "?"
+            return .alreadyDone(
+                "job is verified and ready for cutover (last verify \(age) ago); nothing to do. "
+                    + "`ferry run --catch-up` copies source changes, `ferry verify` re-checks")
+        }
+        do {
+            if job.phase == .snapshot {
+                try snapshot(ledger)
+            }
+            if options.repair {
+                let ids = try ledger.lastVerifyFailedItems()
+                for id in ids { try ledger.requeue(id) }
+                try ledger.recordEvent("repair", "re-queued \(ids.count) items that the last verify found bad")
+                logger.info("repair: re-queued \(ids.count) items that failed the last verify")
+            }
+            if options.catchUp {
+                try catchUp(ledger)
+            } else if options.repair {
+                // A failed item may be readable now; give it another try.
+                try ledger.forEachItem(states: [.failed]) { try ledger.requeue($0.id) }
+            }
+            try ledger.setPhase(.copy)
+            let summary = try copy(ledger)
+            logger.info(
+                "copy finished",
+                metadata: [
+                    "files": "\(summary.filesCopied)", "bytes": "\(summary.bytesCopied)", "failed": "\(summary.failed)",
+                    "vanished": "\(summary.vanished)",
+                ])
+            let report = try verify(ledger)
+            try ledger.setLastError(nil)
+            return report.ok ? .ready(report) : .mismatches(report)
+        } catch {
+            try? ledger.setLastError(error.operatorText)
+            throw error
+        }
+    }
+
+    // MARK: - snapshot
+
+    func runHook(_ command: String, what: String, extraEnvironment: [String: String] = [:]) throws {
+        try ledgerlessRunHook(command, what: what, environment: hookEnvironment().merging(extraEnvironment) { $1 })
+    }
+
+    func hookEnvironment() -> [String: String] {
+        var env = ProcessInfo.processInfo.environment
+        env["FERRY_PLAN"] = plan.file
+        env["FERRY_JOB"] = plan.name
+        env["FERRY_SOURCE"] = plan.source.path ?? plan.source.displayName
+        env["FERRY_DESTINATION"] = plan.destination.path ?? plan.destination.displayName
+        env["FERRY_STATE_DIR"] = plan.stateDirectory
+        if let p = plan.snapshot.path { env["FERRY_SNAPSHOT_PATH"] = p }
+        return env
+    }
+
+    func ledgerlessRunHook(_ command: String, what: String, environment: [String: String]) throws {
+        logger.info("running \(what)", metadata: ["command": "\(command)"])
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/sh")
+        p.arguments = ["-c", command]
+        p.environment = environment
+        p.standardInput = FileHandle.nullDevice
+        p.standardOutput = FileHandle.standardError
+        do {
+            try p.run()
+        } catch {
+            throw FerryError(.hookFailed, "\(what) could not start: \(command)", cause: "\(error)")
+        }
+        p.waitUntilExit()
+        if p.terminationReason != .exit || p.terminationStatus != 0 {
+            let how = p.terminationReason == .exit ? "exit status \(p.terminationStatus)" : "signal \(p.terminationStatus)"
+            throw FerryError(.hookFailed, "\(what) failed (\(how)): \(command)")
+        }
+    }
+
+    /// Takes the manifest. A snapshot interrupted half way is started over (the phase is still `snapshot`).
+    func snapshot(_ ledger: Ledger) throws {
+        if let hook = plan.snapshot.hook { try runHook(hook, what: "snapshot hook") }
+        guard PathUtil.isDirectory(readRoot) else {
+            throw FerryError(.sourceIO, "the source \(readRoot) is not a readable directory")
+        }
+        try ledger.clearManifest()
+        let time = Date().timeIntervalSince1970
+        let writer = ledger.manifestWriter()
+        var files: Int64 = 0
+        var bytes: Int64 = 0
+        if let root = try source.stat("") { try writer.add(root) }
+        try source.walk({ e in
+            try writer.add(e)
+            if e.kind == .file {
+                files += 1
+                bytes += e.size
+            }
+        }, skipped: { s in
+            logger.warning("cannot read source entry", metadata: ["path": "\(s.path)", "reason": "\(s.reason)"])
+            try? ledger.recordSkipped(s)
+        })
+        try writer.flush()
+        try ledger.finishSnapshot(root: readRoot, at: time)
+        logger.info("snapshot taken", metadata: ["files": "\(files)", "bytes": "\(bytes)", "root": "\(readRoot)"])
+    }
+
+    /// Re-scans the source and queues what changed since the snapshot: new, changed and removed entries.
+    func catchUp(_ ledger: Ledger) throws {
+        if let hook = plan.snapshot.hook { try runHook(hook, what: "snapshot hook") }
+        let scan = try ledger.beginScan()
+        let writer = ledger.manifestWriter(scan: scan)
+        var seen: [Int64] = []
+        var added = 0
+        var changed = 0
+        func visit(_ e: Entry) throws {
+            guard let item = try ledger.item(path: e.path) else {
+                try writer.add(e)
+                added += 1
+                return
+            }
+            seen.append(item.id)
+            let old = item.entry
+            if item.state == .vanished || item.state == .deleted || e.changed(comparedTo: old) || e.mode != old.mode
+                || e.uid != old.uid || e.gid != old.gid
+            {
+                try ledger.requeue(item.id, entry: e)
+                changed += 1
+            }
+            if seen.count >= 5000 {
+                try ledger.markSeen(seen, scan: scan)
+                seen.removeAll(keepingCapacity: true)
+            }
+        }
+        if let root = try source.stat("") { try visit(root) }
+        try source.walk(visit, skipped: { s in try? ledger.recordSkipped(s) })
+        try writer.flush()
+        try ledger.markSeen(seen, scan: scan)
+        let gone = try ledger.markUnseenVanished(scan: scan)
+        // Remove what left the source, children before parents.
+        var removed: [Int64] = []
+        var vanished: [ItemRecord] = []
+        try ledger.forEachItem(states: [.vanished]) { vanished.append($0) }
+        for item in vanished.sorted(by: { $0.entry.path > $1.entry.path }) {
+            do {
+                try destination.remove(item.entry.path, kind: item.entry.kind)
+                removed.append(item.id)
+            } catch {
+                logger.warning("cannot remove at the destination", metadata: ["path": "\(item.entry.path)", "error": "\(error)"])
+            }
+        }
+        try ledger.setState(removed, .deleted, error: "removed from the source")
+        try ledger.recordEvent("catch-up", "scan \(scan): \(added) new, \(changed) changed, \(gone) removed")
+        logger.info("catch-up scan", metadata: ["new": "\(added)", "changed": "\(changed)", "removed": "\(gone)"])
+    }
+
+    // MARK: - copy and verify
+
+    func copy(_ ledger: Ledger) throws -> CopySummary {
+        let chunkSize = try ledger.job()?.chunkSize ?? plan.copy.chunkSize
+        let phase = CopyPhase(
+            source: source, destination: destination, ledger: ledger, chunkSize: chunkSize,
+            concurrency: plan.copy.concurrency, bandwidth: plan.copy.bandwidth, progress: progress, logger: logger)
+        let stop = progress.startReporting(heartbeat: heartbeat(ledger))
+        defer {
+            stop()
+            try? ledger.heartbeat(pid: nil, bytesDone: 0, filesDone: 0)
+        }
+        return try phase.run()
+    }
+
+    private func heartbeat(_ ledger: Ledger) -> @Sendable () -> Void {
+        let pid = Int(getpid())
+        let progress = self.progress
+        return {
+            let s = progress.snapshot
+            try? ledger.heartbeat(pid: pid, bytesDone: s.bytesDone, filesDone: s.filesDone)
+        }
+    }
+
+    /// Runs verify and moves the job to `ready` or `verify-failed`.
+    public func verify(_ ledger: Ledger) throws -> VerifyReport {
+        try ledger.setPhase(.verify)
+        let phase = VerifyPhase(
+            plan: plan, source: source, destination: destination, ledger: ledger, progress: progress, logger: logger)
+        let stop = progress.startReporting(heartbeat: heartbeat(ledger))
+        let report: VerifyReport
+        do {
+            defer {
+                stop()
+                try? ledger.heartbeat(pid: nil, bytesDone: 0, filesDone: 0)
+            }
+            report = try phase.run()
+        }
+        try ledger.setPhase(report.ok ? .ready : .verifyFailed, note: "\(report.mismatches) mismatches")
+        return report
+    }
+
+    /// `ferry verify`: verify an existing job without copying.
+    public func verifyOnly() throws -> VerifyReport {
+        let lock = try JobLock(stateDirectory: plan.stateDirectory)
+        defer { withExtendedLifetime(lock) {} }
+        let ledger = try openLedger(create: false)
+        guard let job = try ledger.job(), job.phase != .snapshot else {
+            throw FerryError(.stateConflict, "there is nothing to verify yet: run `ferry run` first")
+        }
+        if job.phase == .switched {
+            return try VerifyPhase(
+                plan: plan, source: source, destination: destination, ledger: ledger, progress: progress, logger: logger
+            ).run()
+        }
+        return try verify(ledger)
+    }
+}

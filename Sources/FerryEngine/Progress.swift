@@ -1,0 +1,140 @@
+import Foundation
+import Synchronization
+import FerryCore
+
+/// Counters that workers bump and a reporter reads. On a terminal: a live bar redrawn in place; otherwise one
+/// log line every few seconds. The run's counters also go to the ledger so `ferry status` sees them.
+public final class ProgressTracker: Sendable {
+    struct Counters {
+        var phase = ""
+        var filesTotal: Int64 = 0
+        var bytesTotal: Int64 = 0
+        var filesDone: Int64 = 0
+        var bytesDone: Int64 = 0
+        var failed: Int64 = 0
+        var bytesThisRun: Int64 = 0
+        var started = DispatchTime.now().uptimeNanoseconds
+        var rate: Double = 0
+        var lastSample: (at: UInt64, bytes: Int64) = (DispatchTime.now().uptimeNanoseconds, 0)
+    }
+
+    private let counters = Mutex(Counters())
+    private let output: ProgressOutput
+
+    public enum ProgressOutput: Sendable {
+        case terminal
+        case log(interval: Double)
+        case none
+    }
+
+    public init(output: ProgressOutput) {
+        self.output = output
+    }
+
+    public func begin(phase: String, filesTotal: Int64, bytesTotal: Int64, filesDone: Int64 = 0, bytesDone: Int64 = 0) {
+        counters.withLock {
+            $0 = Counters()
+            $0.phase = phase
+            $0.filesTotal = filesTotal
+            $0.bytesTotal = bytesTotal
+            $0.filesDone = filesDone
+            $0.bytesDone = bytesDone
+        }
+    }
+
+    public func add(files: Int64 = 0, bytes: Int64 = 0) {
+        counters.withLock {
+            $0.filesDone += files
+            $0.bytesDone += bytes
+            $0.bytesThisRun += bytes
+        }
+    }
+
+    public func addFailed() { counters.withLock { $0.failed += 1 } }
+
+    /// Un-counts bytes of an attempt that was thrown away (the file changed while it was copied).
+    public func retract(bytes: Int64) {
+        counters.withLock {
+            $0.bytesDone -= bytes
+            $0.bytesThisRun -= bytes
+        }
+    }
+
+    public var snapshot: (filesDone: Int64, bytesDone: Int64, bytesThisRun: Int64) {
+        counters.withLock { ($0.filesDone, $0.bytesDone, $0.bytesThisRun) }
+    }
+
+    /// One line describing the state now; updates the rate estimate.
+    func line(final: Bool = false) -> String {
+        counters.withLock { c in
+            let now = DispatchTime.now().uptimeNanoseconds
+            let dt = Double(now - c.lastSample.at) / 1e9
+            if dt >= 0.5 {
+                let inst = Double(c.bytesThisRun - c.lastSample.bytes) / dt
+                c.rate = c.rate == 0 ? inst : 0.7 * c.rate + 0.3 * inst
+                c.lastSample = (now, c.bytesThisRun)
+            }
+            let elapsed = Double(now - c.started) / 1e9
+            let fraction = c.bytesTotal > 0 ? Double(c.bytesDone) / Double(c.bytesTotal) : (c.filesTotal > 0 ? Double(c.filesDone) / Double(c.filesTotal) : 1)
+            let pct = Int((min(max(fraction, 0), 1) * 100).rounded(.down))
+            let rate = final && elapsed > 0 ? Double(c.bytesThisRun) / elapsed : c.rate
+            var eta = "--"
+            if rate > 0 && c.bytesTotal > c.bytesDone { eta = Units.formatDuration(Double(c.bytesTotal - c.bytesDone) / rate) }
+            if c.bytesDone >= c.bytesTotal && c.filesDone >= c.filesTotal { eta = "0s" }
+            let width = 24
+            let filled = Int(Double(width) * min(max(fraction, 0), 1))
+            let bar = String(repeating: "=", count: filled) + (filled < width ? ">" : "") + String(repeating: " ", count: max(0, width - filled - 1))
+            var s = "\(c.phase) [\(bar)] \(pct)%  \(c.filesDone)/\(c.filesTotal) files  "
+            s += "\(Units.formatBytes(c.bytesDone))/\(Units.formatBytes(c.bytesTotal))  \(Units.formatBytes(Int64(rate)))/s"
+            s += final ? "  in \(Units.formatDuration(elapsed))" : "  ETA \(eta)"
+            if c.failed > 0 { s += "  failed \(c.failed)" }
+            return s
+        }
+    }
+
+    /// Starts the periodic reporter; returns a function that stops it (printing a final line).
+    public func startReporting(heartbeat: (@Sendable () -> Void)? = nil) -> @Sendable () -> Void {
+        let interval: Double
+        switch output {
+        case .terminal: interval = 0.25
+        case .log(let i): interval = i
+        case .none: interval = 2
+        }
+        let output = self.output
+        let stopSignal = DispatchSemaphore(value: 0)
+        let stopped = DispatchSemaphore(value: 0)
+        let thread = Thread { [self] in
+            var lastBeat = DispatchTime.now().uptimeNanoseconds
+            while stopSignal.wait(timeout: .now() + interval) == .timedOut {
+                switch output {
+                case .terminal: FileHandle.standardError.write(Data(("\r\u{1B}[K" + line()).utf8))
+                case .log: FileHandle.standardError.write(Data((timestamp() + " " + line() + "\n").utf8))
+                case .none: break
+                }
+                let now = DispatchTime.now().uptimeNanoseconds
+                if now - lastBeat >= 1_000_000_000 {
+                    lastBeat = now
+                    heartbeat?()
+                }
+            }
+            stopped.signal()
+        }
+        thread.name = "ferry-progress"
+        thread.start()
+        return { [self] in
+            stopSignal.signal()
+            stopped.wait()
+            heartbeat?()
+            switch output {
+            case .terminal: FileHandle.standardError.write(Data(("\r\u{1B}[K" + line(final: true) + "\n").utf8))
+            case .log: FileHandle.standardError.write(Data((timestamp() + " " + line(final: true) + "\n").utf8))
+            case .none: break
+            }
+        }
+    }
+
+    private func timestamp() -> String {
+        let f = ISO8601DateFormatter()
+        return f.string(from: Date())
+    }
+}

@@ -1,0 +1,145 @@
+import Foundation
+import Synchronization
+import FerryCore
+
+/// Runs `count` OS threads and waits for all. Copy and verify workers do blocking file I/O, which belongs on
+/// threads of its own rather than in Swift's cooperative pool (two threads on this kind of machine).
+func runThreads(_ count: Int, name: String, _ body: @escaping @Sendable (Int) -> Void) {
+    let group = DispatchGroup()
+    for i in 0..<count {
+        group.enter()
+        let t = Thread {
+            body(i)
+            group.leave()
+        }
+        t.name = "\(name)-\(i)"
+        t.stackSize = 4 << 20
+        t.start()
+    }
+    group.wait()
+}
+
+/// A token bucket shared by all workers: `acquire(n)` blocks until `n` bytes may be sent under the rate.
+final class Throttle: Sendable {
+    private let rate: Double
+    private let burst: Double
+    private let state: Mutex<(tokens: Double, last: UInt64)>
+
+    init(bytesPerSecond: Int64) {
+        rate = Double(bytesPerSecond)
+        burst = max(Double(bytesPerSecond) / 4, 256 * 1024)
+        state = Mutex((0, DispatchTime.now().uptimeNanoseconds))
+    }
+
+    func acquire(_ bytes: Int) {
+        // Reserve now (the balance may go negative), then wait out the debt: fair and lock-free while waiting.
+        let wait: Double = state.withLock { s in
+            let now = DispatchTime.now().uptimeNanoseconds
+            s.tokens = min(burst, s.tokens + Double(now - s.last) / 1e9 * rate)
+            s.last = now
+            s.tokens -= Double(bytes)
+            return s.tokens < 0 ? -s.tokens / rate : 0
+        }
+        if wait > 0 { Thread.sleep(forTimeInterval: wait) }
+    }
+}
+
+/// Appends the length of every payload write to a file named by FERRY_TEST_WRITE_LOG. Tests use it to prove
+/// that a resumed job does not send committed chunks again. Costs nothing when unset.
+final class WriteAudit: Sendable {
+    private let fd: Int32
+
+    init?() {
+        guard let path = ProcessInfo.processInfo.environment["FERRY_TEST_WRITE_LOG"], !path.isEmpty else { return nil }
+        let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { return nil }
+        self.fd = fd
+    }
+
+    func record(_ bytes: Int) {
+        let line = Array("\(bytes)\n".utf8)
+        _ = line.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+    }
+}
+
+/// Deterministic rotating sample: each verify round takes a different slice of the key space, so successive
+/// sampled verifies cover every file after 1/rate rounds.
+public enum Sampling {
+    public static func fnv1a(_ s: String) -> UInt64 {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for b in s.utf8 {
+            h ^= UInt64(b)
+            h = h &* 0x100_0000_01b3
+        }
+        // Final avalanche (splitmix64) so that similar paths spread evenly.
+        h ^= h >> 30
+        h = h &* 0xbf58_476d_1ce4_e5b9
+        h ^= h >> 27
+        h = h &* 0x94d0_49bb_1331_11eb
+        h ^= h >> 31
+        return h
+    }
+
+    public static func isSelected(_ path: String, round: Int, rate: Double) -> Bool {
+        if rate >= 1 { return true }
+        let position = Double(fnv1a(path) >> 11) / Double(UInt64(1) << 53)
+        let start = (Double(round) * rate).truncatingRemainder(dividingBy: 1)
+        var d = position - start
+        if d < 0 { d += 1 }
+        return d < rate
+    }
+}
+
+/// Chunk layout of a file: fixed-size chunks, the last one shorter; an empty file has none.
+public enum ChunkLayout {
+    public static func chunks(size: Int64, chunkSize: Int64) -> [(index: Int, offset: Int64, length: Int64)] {
+        precondition(chunkSize > 0)
+        var out: [(Int, Int64, Int64)] = []
+        var offset: Int64 = 0
+        var i = 0
+        while offset < size {
+            let len = min(chunkSize, size - offset)
+            out.append((i, offset, len))
+            offset += len
+            i += 1
+        }
+        return out
+    }
+}
+
+/// An exclusive lock on the job's state directory, held for the life of a run; released by the kernel when the
+/// process dies, even by `kill -9`.
+public final class JobLock {
+    private let fd: Int32
+
+    public init(stateDirectory: String) throws {
+        try FileManager.default.createDirectory(atPath: stateDirectory, withIntermediateDirectories: true)
+        let path = stateDirectory + "/lock"
+        fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw FerryError(.other, "cannot open \(path)", cause: String(cString: strerror(errno))) }
+        if flock(fd, LOCK_EX | LOCK_NB) != 0 {
+            var buf = [UInt8](repeating: 0, count: 32)
+            let n = pread(fd, &buf, 31, 0)
+            let holder = n > 0 ? String(decoding: buf[0..<n], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) : "?"
+            close(fd)
+            throw FerryError(.stateConflict, "another ferry process (pid \(holder)) is working on this job")
+        }
+        let pid = Array("\(getpid())\n".utf8)
+        _ = ftruncate(fd, 0)
+        _ = pid.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) }
+    }
+
+    deinit { close(fd) }
+}
+
+extension Error {
+    /// The operator-facing text of an error (FerryError, SystemCallError or anything else).
+    var operatorText: String { "\(self)" }
+
+    /// Whether the error means the destination is out of space.
+    var isNoSpace: Bool {
+        if let e = self as? SystemCallError { return e.errno == ENOSPC || e.errno == EDQUOT }
+        if let e = self as? FerryError { return e.code == .destinationFull }
+        return false
+    }
+}
