@@ -1,0 +1,239 @@
+public import Foundation
+import FerryCore
+import FerryDigest
+
+/// A temporary directory removed on deinit.
+public final class TempDir: @unchecked Sendable {
+    // @unchecked: immutable after init.
+    public let path: String
+
+    public init(_ label: String = "ferry-test") {
+        let base = ProcessInfo.processInfo.environment["FERRY_TEST_TMP"] ?? NSTemporaryDirectory()
+        var template = ((base.hasSuffix("/") ? base : base + "/") + "\(label)-XXXXXX").utf8CString
+        let p = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
+        precondition(p != nil, "mkdtemp failed")
+        path = String(cString: p!)
+    }
+
+    public func sub(_ name: String) -> String { path + "/" + name }
+
+    deinit {
+        // Unreadable test files (mode 000) are removed too: restore write bits first.
+        _ = try? FileManager.default.subpathsOfDirectory(atPath: path).forEach { chmod(path + "/" + $0, 0o755) }
+        try? FileManager.default.removeItem(atPath: path)
+    }
+}
+
+/// Deterministic test trees: the same seed gives the same bytes.
+public enum TreeGen {
+    /// A fast deterministic byte pattern (xorshift), distinct per seed and offset.
+    public static func bytes(count: Int, seed: UInt64) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: count)
+        var x = seed &* 0x9E37_79B9_7F4A_7C15 | 1
+        out.withUnsafeMutableBytes { raw in
+            let words = raw.count / 8
+            let p = raw.baseAddress!.assumingMemoryBound(to: UInt64.self)
+            for i in 0..<words {
+                x ^= x << 13
+                x ^= x >> 7
+                x ^= x << 17
+                p[i] = x
+            }
+            for i in (words * 8)..<raw.count {
+                x ^= x << 13
+                x ^= x >> 7
+                x ^= x << 17
+                raw[i] = UInt8(truncatingIfNeeded: x)
+            }
+        }
+        return out
+    }
+
+    public static func write(_ path: String, size: Int, seed: UInt64) throws {
+        try FileManager.default.createDirectory(
+            atPath: PathUtil.directory(of: path), withIntermediateDirectories: true)
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        guard fd >= 0 else { throw SystemCallError("open", errno: errno, path: path) }
+        defer { close(fd) }
+        var left = size
+        var block: UInt64 = 0
+        while left > 0 {
+            let n = min(left, 1 << 20)
+            let b = bytes(count: n, seed: seed &+ block &* 7919)
+            let w = b.withUnsafeBytes { Foundation.write(fd, $0.baseAddress, n) }
+            guard w == n else { throw SystemCallError("write", errno: errno, path: path) }
+            left -= n
+            block += 1
+        }
+    }
+
+    /// A tree with `files` small files (0 B to `maxSmall`) spread over nested directories, plus the given large
+    /// files, unicode names, an empty directory, and in-tree, dangling and outward symlinks.
+    public static func make(
+        at root: String, files: Int, maxSmall: Int = 64 * 1024, large: [Int] = [], seed: UInt64 = 1
+    ) throws {
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        var rng = seed
+        func next() -> UInt64 {
+            rng ^= rng << 13
+            rng ^= rng >> 7
+            rng ^= rng << 17
+            return rng
+        }
+        for i in 0..<files {
+            let dir = "d\(i % 17)/e\(i % 5)"
+            let size = i % 50 == 0 ? 0 : Int(next() % UInt64(maxSmall))
+            try write("\(root)/\(dir)/f\(i).dat", size: size, seed: seed &+ UInt64(i))
+        }
+        for (i, size) in large.enumerated() {
+            try write("\(root)/large/big-\(i).bin", size: size, seed: seed &+ 100_000 &+ UInt64(i))
+        }
+        try write("\(root)/unicode/café – naïve ☃.txt", size: 100, seed: 3)
+        try write("\(root)/unicode/日本語/ファイル.txt", size: 200, seed: 4)
+        try write("\(root)/with space/and+plus%percent.txt", size: 300, seed: 5)
+        var deep = "\(root)/deep"
+        for level in 0..<40 { deep += "/l\(level)" }
+        try write(deep + "/bottom.txt", size: 10, seed: 6)
+        try FileManager.default.createDirectory(atPath: "\(root)/empty/dir", withIntermediateDirectories: true)
+        symlink("d0/e0/f0.dat", "\(root)/link-in-tree")
+        symlink("/etc/passwd", "\(root)/link-outside-absolute")
+        symlink("../../../../outside", "\(root)/d1/link-outside-relative")
+        symlink("does/not/exist", "\(root)/link-dangling")
+        symlink("/etc", "\(root)/link-to-dir-outside")
+        chmod("\(root)/d2/e2/f2.dat", 0o600)
+        chmod("\(root)/d3", 0o750)
+    }
+}
+
+/// Compares two trees entry by entry: type, size, bytes, mode, mtime (ns), link target.
+public enum TreeCompare {
+    public static func differences(_ a: String, _ b: String, ignoring: Set<String> = []) -> [String] {
+        var out: [String] = []
+        let fm = FileManager.default
+        let left = Set((fm.enumerator(atPath: a)?.allObjects as? [String]) ?? []).subtracting(ignoring)
+        let right = Set((fm.enumerator(atPath: b)?.allObjects as? [String]) ?? []).subtracting(ignoring)
+        for p in left.subtracting(right).sorted() { out.append("missing: \(p)") }
+        for p in right.subtracting(left).sorted() { out.append("extra: \(p)") }
+        for p in left.intersection(right).sorted() {
+            var sa = stat()
+            var sb = stat()
+            guard lstat(a + "/" + p, &sa) == 0, lstat(b + "/" + p, &sb) == 0 else {
+                out.append("unstat-able: \(p)")
+                continue
+            }
+            if sa.st_mode != sb.st_mode { out.append("mode: \(p) \(String(sa.st_mode, radix: 8)) vs \(String(sb.st_mode, radix: 8))") }
+            let type = sa.st_mode & S_IFMT
+            if type == S_IFLNK {
+                let ta = try? fm.destinationOfSymbolicLink(atPath: a + "/" + p)
+                let tb = try? fm.destinationOfSymbolicLink(atPath: b + "/" + p)
+                if ta != tb { out.append("link target: \(p)") }
+                continue
+            }
+            if sa.st_mtim.tv_sec != sb.st_mtim.tv_sec || sa.st_mtim.tv_nsec != sb.st_mtim.tv_nsec {
+                out.append("mtime: \(p)")
+            }
+            if type == S_IFREG {
+                if sa.st_size != sb.st_size {
+                    out.append("size: \(p)")
+                } else if fileDigest(a + "/" + p) != fileDigest(b + "/" + p) {
+                    out.append("content: \(p)")
+                }
+            }
+        }
+        return out
+    }
+
+    public static func fileDigest(_ path: String) -> String? {
+        guard let h = try? FileHandle(forReadingFrom: URL(fileURLWithPath: path)) else { return nil }
+        defer { try? h.close() }
+        let hasher = SHA256Hasher()
+        while let d = try? h.read(upToCount: 1 << 20), !d.isEmpty { hasher.update([UInt8](d)) }
+        return hasher.finish().hex
+    }
+}
+
+/// Runs the built `ferry` executable as a subprocess.
+public struct Ferry {
+    public struct Result: Sendable {
+        public var status: Int32
+        public var stdout: String
+        public var stderr: String
+        public var all: String { stdout + stderr }
+    }
+
+    /// The `ferry` binary next to the test bundle (`swift build` puts both in the same directory), or $FERRY_BIN.
+    public static var binary: String {
+        if let b = ProcessInfo.processInfo.environment["FERRY_BIN"] { return b }
+        var dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        for _ in 0..<4 {
+            let candidate = dir.appendingPathComponent("ferry").path
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+            dir = dir.deletingLastPathComponent()
+        }
+        return URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("ferry").path
+    }
+
+    /// Starts ferry without waiting; the caller waits or kills it.
+    public static func start(
+        _ args: [String], environment: [String: String] = [:], prefix: [String] = [], cwd: String? = nil
+    ) throws -> (Process, Pipe, Pipe) {
+        let p = Process()
+        if prefix.isEmpty {
+            p.executableURL = URL(fileURLWithPath: binary)
+            p.arguments = args
+        } else {
+            p.executableURL = URL(fileURLWithPath: prefix[0])
+            p.arguments = Array(prefix.dropFirst()) + [binary] + args
+        }
+        var env = ProcessInfo.processInfo.environment
+        env["FERRY_PROGRESS_INTERVAL"] = env["FERRY_PROGRESS_INTERVAL"] ?? "60"
+        for (k, v) in environment { env[k] = v }
+        p.environment = env
+        if let cwd { p.currentDirectoryURL = URL(fileURLWithPath: cwd) }
+        let o = Pipe()
+        let e = Pipe()
+        p.standardOutput = o
+        p.standardError = e
+        p.standardInput = FileHandle.nullDevice
+        try p.run()
+        return (p, o, e)
+    }
+
+    @discardableResult
+    public static func run(
+        _ args: [String], environment: [String: String] = [:], prefix: [String] = [], cwd: String? = nil
+    ) throws -> Result {
+        let (p, o, e) = try start(args, environment: environment, prefix: prefix, cwd: cwd)
+        // Drain both pipes concurrently so a chatty child never blocks on a full pipe.
+        let errData = Locked<Data>()
+        let group = DispatchGroup()
+        group.enter()
+        let errHandle = e.fileHandleForReading
+        Thread {
+            errData.set(errHandle.readDataToEndOfFile())
+            group.leave()
+        }.start()
+        let outData = o.fileHandleForReading.readDataToEndOfFile()
+        group.wait()
+        p.waitUntilExit()
+        return Result(
+            status: p.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
+            stderr: String(decoding: errData.get() ?? Data(), as: UTF8.self))
+    }
+}
+
+/// A tiny lock-protected optional box for test plumbing.
+public final class Locked<T>: @unchecked Sendable {
+    private var value: T?
+    private let lock = NSLock()
+    public init(_ initial: T? = nil) { value = nil }
+    public func set(_ v: T) { lock.lock(); value = v; lock.unlock() }
+    public func get() -> T? { lock.lock(); defer { lock.unlock() }; return value }
+}
+
+/// Writes a plan file and returns its path.
+public func writePlan(_ dir: String, _ yaml: String, name: String = "plan.yml") throws -> String {
+    let path = dir + "/" + name
+    try yaml.write(toFile: path, atomically: true, encoding: .utf8)
+    return path
+}

@@ -1,0 +1,155 @@
+import Foundation
+import Testing
+import FerryTesting
+@testable import FerryCore
+
+@Suite struct PlanLoaderTests {
+    let loader = PlanLoader(
+        storeKinds: [StoreKindSchema(kind: "fs", keys: ["path"], required: ["path"], pathIsLocal: true)],
+        plannedKinds: ["s3": "is planned but not implemented"])
+
+    /// Parses `yaml` as if it were `dir/plan.yml`; returns the plan or the diagnostics.
+    func parse(_ yaml: String, in dir: TempDir) -> Result<Plan, PlanError> {
+        do {
+            return .success(try loader.parse(yaml, displayPath: "plan.yml", absolutePath: dir.path + "/plan.yml"))
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    func diagnostics(_ yaml: String, in dir: TempDir) -> [PlanDiagnostic] {
+        if case .failure(let e) = parse(yaml, in: dir) { return e.diagnostics }
+        return []
+    }
+
+    func base(_ dir: TempDir) throws -> String {
+        try FileManager.default.createDirectory(atPath: dir.sub("src"), withIntermediateDirectories: true)
+        return """
+            version: 1
+            name: t
+            source: { kind: fs, path: src }
+            destination: { kind: fs, path: dst }
+
+            """
+    }
+
+    @Test func validPlanResolvesPathsAndDefaults() throws {
+        let dir = TempDir()
+        let yaml = try base(dir) + "copy: { chunk_size: 4MiB, concurrency: 8, bandwidth: 50MiB/s }\nverify: { mode: sample, sample: 5% }\n"
+        let plan = try parse(yaml, in: dir).get()
+        #expect(plan.source.path == PathUtil.normalize(dir.path + "/src"))
+        #expect(plan.destination.path == PathUtil.normalize(dir.path + "/dst"))
+        #expect(plan.copy.chunkSize == 4 * 1_048_576)
+        #expect(plan.copy.concurrency == 8)
+        #expect(plan.copy.bandwidth == 52_428_800)
+        #expect(plan.verify.mode == .sample)
+        #expect(plan.verify.sample == 0.05)
+        #expect(plan.cutover.maxVerifyAge == 3600)
+        #expect(plan.stateDirectory == PathUtil.normalize(dir.path + "/.ferry/t"))
+    }
+
+    @Test func malformedYAMLNamesLine() throws {
+        let dir = TempDir()
+        let d = diagnostics("version: 1\nname: t\nsource: { kind: fs, path: [unclosed\n", in: dir)
+        #expect(d.count == 1)
+        #expect(d.first?.line != nil)
+        #expect(d.first?.message.contains("malformed YAML") == true)
+    }
+
+    @Test func unknownKeyNamesFieldLineAndSuggestion() throws {
+        let dir = TempDir()
+        let d = diagnostics(try base(dir) + "copy:\n  chunk_sise: 8MiB\n", in: dir)
+        #expect(d.count == 1)
+        #expect(d[0].field == "copy.chunk_sise")
+        #expect(d[0].line == 6)
+        #expect(d[0].message.contains("did you mean 'chunk_size'"))
+        #expect(d[0].description.hasPrefix("plan.yml:6:3: copy.chunk_sise: unknown key"))
+    }
+
+    @Test func wrongTypesAreReported() throws {
+        let dir = TempDir()
+        let d = diagnostics(try base(dir) + "copy: { concurrency: many }\ncutover: { hooks: \"echo hi\" }\n", in: dir)
+        #expect(d.map(\.field).sorted() == ["copy.concurrency", "cutover.hooks"])
+        #expect(d.first { $0.field == "copy.concurrency" }?.message.contains("whole number") == true)
+        #expect(d.first { $0.field == "cutover.hooks" }?.message.contains("list") == true)
+    }
+
+    @Test func malformedSizeIsExplained() throws {
+        let dir = TempDir()
+        let d = diagnostics(try base(dir) + "copy: { chunk_size: 8 megs }\n", in: dir)
+        #expect(d.count == 1)
+        #expect(d[0].field == "copy.chunk_size")
+        #expect(d[0].message.contains("expected a size such as 8MiB"))
+        #expect(d[0].line == 5)
+    }
+
+    @Test func missingSourcePathAndMissingKeys() throws {
+        let dir = TempDir()
+        let d = diagnostics("version: 1\nname: t\nsource: { kind: fs, path: nowhere }\n", in: dir)
+        #expect(d.contains { $0.field == "source.path" && $0.message.contains("does not exist") })
+        #expect(d.contains { $0.field == "destination" && $0.message.contains("missing required key") })
+    }
+
+    @Test func destinationInsideSourceIsRefused() throws {
+        let dir = TempDir()
+        try FileManager.default.createDirectory(atPath: dir.sub("src"), withIntermediateDirectories: true)
+        let d = diagnostics(
+            "version: 1\nname: t\nsource: { kind: fs, path: src }\ndestination: { kind: fs, path: src/copy }\n", in: dir)
+        #expect(d.count == 1)
+        #expect(d[0].message.contains("inside the source"))
+        let d2 = diagnostics(
+            "version: 1\nname: t\nsource: { kind: fs, path: src }\ndestination: { kind: fs, path: . }\n", in: dir)
+        #expect(d2.first?.message.contains("contains the source") == true)
+    }
+
+    @Test func destinationInsideSourceThroughSymlinkIsRefused() throws {
+        let dir = TempDir()
+        try FileManager.default.createDirectory(atPath: dir.sub("src"), withIntermediateDirectories: true)
+        symlink(dir.sub("src"), dir.sub("alias"))
+        let d = diagnostics(
+            "version: 1\nname: t\nsource: { kind: fs, path: src }\ndestination: { kind: fs, path: alias/out }\n", in: dir)
+        #expect(d.first?.message.contains("inside the source") == true)
+    }
+
+    @Test func unsupportedKindsAndVersionsAreRefused() throws {
+        let dir = TempDir()
+        let d = diagnostics(
+            "version: 2\nname: t\nsource: { kind: s3, bucket: x }\ndestination: { kind: ftp, path: x }\n", in: dir)
+        #expect(d.contains { $0.field == "version" })
+        #expect(d.contains { $0.field == "source.kind" && $0.message.contains("planned") })
+        #expect(d.contains { $0.field == "destination.kind" && $0.message.contains("unknown kind 'ftp'") })
+    }
+
+    @Test func verifyRules() throws {
+        let dir = TempDir()
+        let d = diagnostics(try base(dir) + "verify: { mode: sample }\n", in: dir)
+        #expect(d.first?.field == "verify.sample")
+        let d2 = diagnostics(try base(dir) + "verify: { mode: full, sample: 5% }\n", in: dir)
+        #expect(d2.first?.message.contains("only applies with mode: sample") == true)
+        let d3 = diagnostics(try base(dir) + "verify: { mode: quick }\n", in: dir)
+        #expect(d3.first?.field == "verify.mode")
+    }
+
+    @Test func badNameAndDuplicateKeys() throws {
+        let dir = TempDir()
+        let d = diagnostics(try base(dir).replacingOccurrences(of: "name: t", with: "name: ../evil"), in: dir)
+        #expect(d.first?.field == "name")
+        let d2 = diagnostics(try base(dir) + "name: again\n", in: dir)
+        #expect(d2.first?.message.contains("duplicate") == true)
+    }
+
+    @Test func notAMapping() throws {
+        let dir = TempDir()
+        #expect(!diagnostics("- just\n- a list\n", in: dir).isEmpty)
+        #expect(!diagnostics("", in: dir).isEmpty)
+    }
+
+    @Test func identityChangesWithSourceAndChunkSizeOnly() throws {
+        let dir = TempDir()
+        let a = try parse(try base(dir), in: dir).get()
+        let b = try parse(try base(dir) + "copy: { concurrency: 2 }\n", in: dir).get()
+        let c = try parse(try base(dir) + "copy: { chunk_size: 1MiB }\n", in: dir).get()
+        #expect(a.identity == b.identity)
+        #expect(a.identity != c.identity)
+    }
+}

@@ -1,0 +1,98 @@
+import Foundation
+import Testing
+import FerryTesting
+import FerryCore
+@testable import FerryEngine
+
+@Suite struct ChunkingTests {
+    @Test func layoutCoversTheFileExactly() {
+        #expect(ChunkLayout.chunks(size: 0, chunkSize: 4).isEmpty)
+        let c = ChunkLayout.chunks(size: 10, chunkSize: 4)
+        #expect(c.map(\.offset) == [0, 4, 8])
+        #expect(c.map(\.length) == [4, 4, 2])
+        #expect(ChunkLayout.chunks(size: 8, chunkSize: 4).map(\.length) == [4, 4])
+    }
+
+    @Test func rotatingSampleIsDeterministicAndCoversEverything() {
+        let paths = (0..<2000).map { "dir/file-\($0)" }
+        let rate = 0.1
+        var covered = Set<String>()
+        for round in 0..<10 {
+            let picked = paths.filter { Sampling.isSelected($0, round: round, rate: rate) }
+            #expect(picked == paths.filter { Sampling.isSelected($0, round: round, rate: rate) })
+            #expect(picked.count > 120 && picked.count < 280, "about 10% in round \(round): \(picked.count)")
+            covered.formUnion(picked)
+        }
+        #expect(covered.count == paths.count)
+        #expect(paths.allSatisfy { Sampling.isSelected($0, round: 3, rate: 1) })
+    }
+}
+
+@Suite struct LedgerTests {
+    func entry(_ path: String, size: Int64 = 10, kind: EntryKind = .file) -> Entry {
+        Entry(path: path, kind: kind, size: size, mtimeNs: 1, mode: 0o644, inode: 1)
+    }
+
+    @Test func stateTransitions() throws {
+        let dir = TempDir()
+        let ledger = try Ledger(stateDirectory: dir.path, create: true)
+        #expect(try ledger.job() == nil)
+        try ledger.createJob(name: "t", planIdentity: "id", chunkSize: 4)
+        #expect(try ledger.job()?.phase == .snapshot)
+        let w = ledger.manifestWriter(batch: 2)
+        for p in ["a", "b", "c"] { try w.add(entry(p)) }
+        try w.add(entry("d", kind: .directory))
+        try w.flush()
+        try ledger.finishSnapshot(root: "/src", at: 100)
+        #expect(try ledger.job()?.phase == .copy)
+        var c = try ledger.counts()
+        #expect(c.totalFiles == 3)
+        #expect(c.files["pending"] == 3)
+
+        let a = try #require(try ledger.item(path: "a"))
+        try ledger.commitChunk(a.id, ChunkRecord(index: 0, offset: 0, length: 4, sha256: "x"))
+        c = try ledger.counts()
+        #expect(c.partialBytes == 4, "committed chunks of a pending file count as progress")
+        try ledger.commitDone([(a.id, [ChunkRecord(index: 1, offset: 4, length: 4, sha256: "y")], nil)])
+        #expect(try ledger.item(id: a.id)?.state == .done)
+        #expect(try ledger.chunks(of: a.id).map(\.index) == [0, 1])
+
+        let b = try #require(try ledger.item(path: "b"))
+        try ledger.fail(b.id, error: "permission denied")
+        #expect(try ledger.item(id: b.id)?.state == .failed)
+        #expect(try ledger.item(id: b.id)?.attempts == 1)
+        try ledger.requeue(a.id, entry: entry("a", size: 99))
+        let a2 = try #require(try ledger.item(id: a.id))
+        #expect(a2.state == .pending)
+        #expect(a2.entry.size == 99)
+        #expect(try ledger.chunks(of: a.id).isEmpty, "requeue forgets stale chunks")
+        #expect(try ledger.unsettledCount() == 4)
+
+        // A re-scan that sees only "a" marks the rest vanished.
+        let scan = try ledger.beginScan()
+        try ledger.markSeen([a.id], scan: scan)
+        #expect(try ledger.markUnseenVanished(scan: scan) == 3)
+        #expect(try ledger.item(path: "c")?.state == .vanished)
+    }
+
+    @Test func verifyRunsAndFailuresAreKept() throws {
+        let dir = TempDir()
+        let ledger = try Ledger(stateDirectory: dir.path, create: true)
+        try ledger.createJob(name: "t", planIdentity: "id", chunkSize: 4)
+        let (id, round) = try ledger.beginVerify(mode: "sample", sample: 0.1)
+        #expect(round == 0)
+        try ledger.finishVerify(
+            id: id, filesChecked: 3, bytesChecked: 30, failures: [(7, "x", "content differs")], mismatches: 1, drift: 0,
+            ok: false, reportPath: nil)
+        let v = try #require(try ledger.lastVerify())
+        #expect(!v.ok)
+        #expect(v.mismatches == 1)
+        #expect(try ledger.lastVerifyFailedItems() == [7])
+        #expect(try ledger.beginVerify(mode: "full", sample: 1).round == 1)
+    }
+
+    @Test func openingWithoutStateSaysSo() throws {
+        let dir = TempDir()
+        #expect(throws: FerryError.self) { _ = try Ledger(stateDirectory: dir.sub("none"), create: false) }
+    }
+}

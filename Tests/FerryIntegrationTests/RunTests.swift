@@ -1,0 +1,82 @@
+import Foundation
+import Testing
+import FerryTesting
+
+/// End-to-end tests of the built `ferry` binary over generated trees.
+@Suite(.serialized) struct RunTests {
+    @Test func fullRunCopiesVerifiesAndIsIdempotent() throws {
+        let s = try Scenario(chunkSize: "4MiB")
+        try TreeGen.make(at: s.source, files: 3000, maxSmall: 48 * 1024, large: [110 * 1_048_576, 5 * 1_048_576 + 7])
+        let r = try s.ferry("run", "PLAN")
+        #expect(r.status == 0, "\(r.all)")
+        #expect(r.stdout.contains("result: CLEAN"))
+        #expect(s.parity() == [])
+        #expect(s.bytesWritten() == s.treeBytes(), "every byte written exactly once")
+        // Links are copied as links and never followed out of the tree.
+        let link = try FileManager.default.destinationOfSymbolicLink(atPath: s.destination + "/link-to-dir-outside")
+        #expect(link == "/etc")
+        #expect(!FileManager.default.fileExists(atPath: s.destination + "/link-to-dir-outside/passwd/x"))
+        var st = stat()
+        #expect(lstat(s.destination + "/link-outside-absolute", &st) == 0 && (st.st_mode & S_IFMT) == S_IFLNK)
+        #expect(!FileManager.default.fileExists(atPath: s.dir.path + "/outside"))
+        // No partial files are left behind.
+        let leftovers = (FileManager.default.enumerator(atPath: s.destination)?.allObjects as? [String] ?? [])
+            .filter { $0.contains(".ferry-") }
+        #expect(leftovers == [])
+
+        s.resetAudit()
+        let again = try s.ferry("run", "PLAN")
+        #expect(again.status == 0)
+        #expect(again.stdout.contains("nothing to do"))
+        #expect(s.bytesWritten() == 0)
+
+        let status = try s.ferry("status", "PLAN", "--json")
+        let j = try s.json(status)
+        #expect(j["phase"] as? String == "ready")
+        #expect(j["files_done"] as? Int == 3000 + 2 + 4)
+        #expect((j["bytes_done"] as? Int).map(Int64.init) == s.treeBytes())
+    }
+
+    @Test func dryRunWritesNothing() throws {
+        let s = try Scenario()
+        try TreeGen.make(at: s.source, files: 200, large: [3 * 1_048_576])
+        let r = try s.ferry("run", "PLAN", "--dry-run")
+        #expect(r.status == 0, "\(r.all)")
+        #expect(r.stdout.contains("files        205"))
+        #expect(r.stdout.contains("large/big-0.bin"))
+        #expect(r.stdout.contains("per top-level directory"))
+        #expect(r.stdout.contains("estimate"))
+        #expect(!FileManager.default.fileExists(atPath: s.destination))
+        #expect(!FileManager.default.fileExists(atPath: s.state))
+        #expect(s.bytesWritten() == 0)
+    }
+
+    @Test func planErrorsExitTwoWithLocation() throws {
+        let s = try Scenario()
+        let bad = try writePlan(s.dir.path, "version: 1\nname: x\nsource: { kind: fs, path: source }\ndestination: { kind: fs, path: source/inner }\ncopy: { chunk_size: 8 megs }\n", name: "bad.yml")
+        let r = try Ferry.run(["plan", "check", bad])
+        #expect(r.status == 2)
+        #expect(r.stderr.contains("bad.yml:5:"))
+        #expect(r.stderr.contains("copy.chunk_size"))
+        #expect(r.stderr.contains("inside the source"))
+        let run = try Ferry.run(["run", bad])
+        #expect(run.status == 2)
+        #expect(try Ferry.run(["plan", "check", s.dir.sub("missing.yml")]).status == 2)
+    }
+
+    @Test func examplePlansAreValid() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let plans = try FileManager.default.contentsOfDirectory(atPath: root.path + "/plans").filter { $0.hasSuffix(".yml") }
+        #expect(!plans.isEmpty)
+        for p in plans {
+            let r = try Ferry.run(["plan", "check", root.path + "/plans/" + p])
+            #expect(r.status == 0, "\(p): \(r.all)")
+        }
+    }
+
+    @Test func versionAndHelp() throws {
+        let r = try Ferry.run(["--version"])
+        #expect(r.status == 0)
+        #expect(r.stdout.split(separator: ".").count == 3)
+    }
+}

@@ -1,0 +1,73 @@
+import Foundation
+import Testing
+import FerryTesting
+
+/// A job in a temporary directory: a source tree, a destination path, a plan file and helpers to run ferry.
+final class Scenario: @unchecked Sendable {
+    let dir = TempDir("ferry-it")
+    var source: String { dir.sub("source") }
+    var destination: String { dir.sub("destination") }
+    var state: String { dir.sub("state") }
+    var auditLog: String { dir.sub("writes.log") }
+    var plan: String = ""
+
+    init(chunkSize: String = "1MiB", concurrency: Int = 4, bandwidth: String = "off", extra: String = "") throws {
+        try FileManager.default.createDirectory(atPath: source, withIntermediateDirectories: true)
+        try writePlan(chunkSize: chunkSize, concurrency: concurrency, bandwidth: bandwidth, extra: extra)
+    }
+
+    func writePlan(chunkSize: String = "1MiB", concurrency: Int = 4, bandwidth: String = "off", extra: String = "") throws {
+        plan = try FerryTesting.writePlan(
+            dir.path,
+            """
+            version: 1
+            name: it
+            source:      { kind: fs, path: source }
+            destination: { kind: fs, path: destination }
+            state: state
+            copy:        { chunk_size: \(chunkSize), concurrency: \(concurrency), bandwidth: \(bandwidth) }
+            \(extra)
+            """)
+    }
+
+    @discardableResult
+    func ferry(_ args: String..., env: [String: String] = [:], prefix: [String] = []) throws -> Ferry.Result {
+        var environment = ["FERRY_TEST_WRITE_LOG": auditLog]
+        for (k, v) in env { environment[k] = v }
+        return try Ferry.run(args.map { $0 == "PLAN" ? plan : $0 }, environment: environment, prefix: prefix)
+    }
+
+    /// Sum of payload bytes ferry wrote (from the audit log).
+    func bytesWritten() -> Int64 {
+        guard let text = try? String(contentsOfFile: auditLog, encoding: .utf8) else { return 0 }
+        return text.split(separator: "\n").reduce(0) { $0 + (Int64($1) ?? 0) }
+    }
+
+    func resetAudit() { try? FileManager.default.removeItem(atPath: auditLog) }
+
+    func treeBytes() -> Int64 {
+        let fm = FileManager.default
+        var total: Int64 = 0
+        for p in (fm.enumerator(atPath: source)?.allObjects as? [String]) ?? [] {
+            var st = stat()
+            if lstat(source + "/" + p, &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG { total += Int64(st.st_size) }
+        }
+        return total
+    }
+
+    func parity() -> [String] { TreeCompare.differences(source, destination) }
+
+    func json(_ r: Ferry.Result) throws -> [String: Any] {
+        try #require(JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
+    }
+}
+
+/// Waits (polling, bounded) until `condition` holds; returns whether it did.
+func waitUntil(timeout: Double = 60, _ condition: () -> Bool) -> Bool {
+    let deadline = Date().addingTimeInterval(timeout)
+    while Date() < deadline {
+        if condition() { return true }
+        usleep(5_000)
+    }
+    return condition()
+}
