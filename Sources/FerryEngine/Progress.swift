@@ -103,16 +103,23 @@ public final class ProgressTracker: Sendable {
         let output = self.output
         let stopSignal = DispatchSemaphore(value: 0)
         let stopped = DispatchSemaphore(value: 0)
+        // Tick at least once a second for the heartbeat; print at the output's own interval.
+        let tick = min(interval, 1.0)
         let thread = Thread { [self] in
-            var lastBeat = DispatchTime.now().uptimeNanoseconds
-            while stopSignal.wait(timeout: .now() + interval) == .timedOut {
-                switch output {
-                case .terminal: FileHandle.standardError.write(Data(("\r\u{1B}[K" + line()).utf8))
-                case .log: FileHandle.standardError.write(Data((timestamp() + " " + line() + "\n").utf8))
-                case .none: break
-                }
+            let start = DispatchTime.now().uptimeNanoseconds
+            var lastPrint = start
+            var lastBeat: UInt64 = 0
+            while stopSignal.wait(timeout: .now() + tick) == .timedOut {
                 let now = DispatchTime.now().uptimeNanoseconds
-                if now - lastBeat >= 1_000_000_000 {
+                if Double(now - lastPrint) / 1e9 >= interval - 0.01 {
+                    lastPrint = now
+                    switch output {
+                    case .terminal: FileHandle.standardError.write(Data(("\r\u{1B}[K" + line()).utf8))
+                    case .log: FileHandle.standardError.write(Data((timestamp() + " " + line() + "\n").utf8))
+                    case .none: break
+                    }
+                }
+                if now - lastBeat >= 900_000_000 {
                     lastBeat = now
                     heartbeat?()
                 }

@@ -222,7 +222,7 @@ final class VerifyPhase: @unchecked Sendable {
         func note(_ path: String) {
             if drift.examples.count < 20 { drift.examples.append(path) }
         }
-        try source.walk({ e in
+        func visit(_ e: Entry) throws {
             guard let item = try ledger.item(path: e.path) else {
                 drift.added += 1
                 note(e.path)
@@ -236,11 +236,13 @@ final class VerifyPhase: @unchecked Sendable {
                 seenPresent += 1
                 if e.changed(comparedTo: item.entry) || e.mode != item.entry.mode {
                     drift.changed += 1
-                    note(e.path)
+                    note(e.path.isEmpty ? "." : e.path)
                 }
             }
-        }, skipped: { _ in })
-        let present = try ledger.countPresent(excludingRoot: true)
+        }
+        if let root = try source.stat("") { try visit(root) }
+        try source.walk(visit, skipped: { _ in })
+        let present = try ledger.countPresent(excludingRoot: false)
         drift.deleted = max(0, present - seenPresent)
         drift.deleted += try ledger.countVanished()
         return drift
