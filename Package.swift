@@ -59,7 +59,10 @@ let package = Package(
         ),
         .testTarget(
             name: "FerryEngineTests",
-            dependencies: ["FerryCore", "FerryEngine", "FerryLocal", "FerryTesting"],
+            dependencies: [
+                "FerryCore", "FerryEngine", "FerryLocal", "FerryTesting",
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: strict
         ),
         .testTarget(
