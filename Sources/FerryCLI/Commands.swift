@@ -135,6 +135,7 @@ struct RunCommand: ParsableCommand {
                 return
             }
             let job = try makeJob(p, global)
+            Interruption.install()
             switch try job.run(RunOptions(catchUp: catchUp, repair: repair)) {
             case .alreadyDone(let why):
                 out(why)

@@ -54,7 +54,7 @@ final class CopyPhase: @unchecked Sendable {
         self.logger = logger
     }
 
-    var stopped: Bool { fatal.withLock { $0 != nil } }
+    var stopped: Bool { Interruption.requested || fatal.withLock { $0 != nil } }
 
     func stop(_ error: any Error) {
         fatal.withLock { if $0 == nil { $0 = error } }
@@ -68,6 +68,9 @@ final class CopyPhase: @unchecked Sendable {
             filesDone: counts.files[ItemState.done.rawValue] ?? 0, bytesDone: counts.doneBytes)
         runThreads(concurrency, name: "ferry-copy") { [self] _ in worker() }
         if let error = fatal.withLock({ $0 }) { throw error }
+        if Interruption.requested {
+            throw FerryError(.other, "interrupted; what was committed is kept: run `ferry run` again to resume")
+        }
         try copySymlinks()
         try finishDirectories()
         return summary.withLock { $0 }

@@ -143,3 +143,29 @@ extension Error {
         return false
     }
 }
+
+private let interruptFlag = Atomic<Bool>(false)
+
+/// SIGINT/SIGTERM ask a run to stop cleanly: workers finish the file in hand, commit what is durable, and the
+/// run exits with "interrupted"; `ferry run` again resumes. A second signal kills the process at once.
+public enum Interruption {
+    public static func install() {
+        // A parent may have spawned us with these signals blocked (threads of libdispatch block them, and the
+        // mask is inherited): unblock them, or a stop request would never arrive.
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, SIGINT)
+        sigaddset(&set, SIGTERM)
+        pthread_sigmask(SIG_UNBLOCK, &set, nil)
+        for sig in [SIGINT, SIGTERM] {
+            signal(sig) { s in
+                if interruptFlag.exchange(true, ordering: .relaxed) {
+                    signal(s, SIG_DFL)
+                    raise(s)
+                }
+            }
+        }
+    }
+
+    public static var requested: Bool { interruptFlag.load(ordering: .relaxed) }
+}

@@ -286,3 +286,23 @@ import FerryTesting
         #expect(after["phase"] as? String == "ready")
     }
 }
+
+@Suite(.serialized) struct InterruptTests {
+    @Test func sigtermStopsCleanlyAndTheRunResumes() throws {
+        let s = try Scenario(chunkSize: "1MiB", concurrency: 2, bandwidth: "20MiB/s")
+        try TreeGen.make(at: s.source, files: 100, large: [30 << 20])
+        let (p, _, errPipe) = try Ferry.start(["run", s.plan], environment: ["FERRY_TEST_WRITE_LOG": s.auditLog])
+        #expect(waitUntil { s.bytesWritten() >= 4 << 20 || !p.isRunning })
+        #expect(p.isRunning)
+        kill(p.processIdentifier, SIGTERM)
+        p.waitUntilExit()
+        let err = String(decoding: errPipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(p.terminationStatus == 3)
+        #expect(err.contains("interrupted"))
+        let before = s.bytesWritten()
+        let r = try s.ferry("run", "PLAN")
+        #expect(r.status == 0, "\(r.all)")
+        #expect(s.parity() == [])
+        #expect(s.bytesWritten() == s.treeBytes(), "nothing committed before the stop was sent again (\(before) before)")
+    }
+}
