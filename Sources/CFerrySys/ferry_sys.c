@@ -1,8 +1,37 @@
 #define _GNU_SOURCE
-#include <unistd.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include "ferry_sys.h"
+
+#if __has_include(<linux/openat2.h>)
+#include <linux/openat2.h>
+#define FERRY_HAVE_OPENAT2 1
+#endif
 
 int ferry_syncfs(int fd) { return syncfs(fd); }
 
 long ferry_utime_omit(void) { return UTIME_OMIT; }
+
+int ferry_open_beneath(int dirfd, const char *path, int flags, unsigned int mode) {
+#if defined(FERRY_HAVE_OPENAT2) && defined(SYS_openat2)
+    struct open_how how;
+    memset(&how, 0, sizeof how);
+    how.flags = (unsigned long long)flags;
+    how.mode = (flags & O_CREAT) ? mode : 0;
+    how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS;
+    long r;
+    do {
+        r = syscall(SYS_openat2, dirfd, path, &how, sizeof how);
+    } while (r < 0 && (errno == EINTR || errno == EAGAIN));
+    return (int)r;
+#else
+    (void)dirfd; (void)path; (void)flags; (void)mode;
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+int ferry_o_path(void) { return O_PATH; }

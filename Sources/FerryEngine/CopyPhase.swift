@@ -33,7 +33,7 @@ final class CopyPhase: @unchecked Sendable {
     let logger: Logger
     static let maxAttempts = 3
     /// Small files per group commit, at most; a group also closes when it holds `chunkSize` bytes.
-    static let groupFiles = 1000
+    static let groupFiles = 5000
 
     private let cursor = Mutex<Int64>(0)
     private let fatal = Mutex<(any Error)?>(nil)
@@ -76,10 +76,11 @@ final class CopyPhase: @unchecked Sendable {
         return summary.withLock { $0 }
     }
 
-    /// Claims the next page of pending files. The cursor only moves forward, so each file is claimed once.
+    /// Claims the next page of pending files. The cursor only moves forward, so each file is claimed once. Pages
+    /// are large enough that workers mostly create files in different directories (less directory-lock contention).
     private func claim() throws -> [ItemRecord] {
         try cursor.withLock { after in
-            let page = try ledger.items(states: [.pending], kind: .file, after: after, limit: 16)
+            let page = try ledger.items(states: [.pending], kind: .file, after: after, limit: 128)
             if let last = page.last { after = last.id }
             return page
         }

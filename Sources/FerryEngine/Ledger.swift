@@ -422,7 +422,10 @@ public final class Ledger: Sendable {
                 var sql = "SELECT * FROM items WHERE id > ?"
                 var args: [any DatabaseValueConvertible] = [afterID]
                 if let states {
-                    sql += " AND state IN (\(states.map { _ in "?" }.joined(separator: ",")))"
+                    // The (state, kind, id) index serves one state of one kind in id order; for anything else
+                    // SQLite would sort every matching row per page, so walk the rowid instead (`+state`).
+                    let column = states.count == 1 && kind != nil ? "state" : "+state"
+                    sql += " AND \(column) IN (\(states.map { _ in "?" }.joined(separator: ",")))"
                     args += states.map(\.rawValue)
                 }
                 if let kind {

@@ -1,5 +1,6 @@
 public import FerryCore
 internal import CFerrySys
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -11,12 +12,37 @@ import Darwin
 /// descriptor with `O_NOFOLLOW`, so no symbolic link in the tree, old or swapped in later, leads a read or a
 /// write outside it.
 public final class LocalStore: Store, @unchecked Sendable {
-    // @unchecked: all state is immutable after init (a path string); descriptors are opened per call.
+    // @unchecked: the root path is immutable; the cached root descriptor is behind a Mutex.
     public let root: String
     public var displayName: String { "fs:\(root)" }
+    private let cachedRoot = Mutex<Int32>(-1)
 
     public init(root: String) {
         self.root = root
+    }
+
+    deinit {
+        cachedRoot.withLock { if $0 >= 0 { Glibc.close($0) } }
+    }
+
+    /// The root's descriptor, opened once and shared by all threads (openat on one fd is thread-safe).
+    private func rootFD() throws -> Int32 {
+        try cachedRoot.withLock { fd in
+            if fd >= 0 { return fd }
+            let opened = retryEINTR { open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
+            if opened < 0 { throw SystemCallError("open", errno: errno, path: root) }
+            fd = opened
+            return opened
+        }
+    }
+
+    /// Opens `path` below the root in one call, refusing symlinks anywhere on the way. Returns nil when the
+    /// kernel has no openat2 (the caller walks components instead).
+    private func openBeneath(_ path: String, _ flags: Int32) throws -> Int32? {
+        let fd = ferry_open_beneath(try rootFD(), path, flags, 0)
+        if fd >= 0 { return fd }
+        if errno == ENOSYS || errno == EPERM { return nil }  // EPERM: a seccomp filter refusing openat2
+        return fd
     }
 
     /// Prefix of partial files; the walk never lists them.
@@ -39,6 +65,24 @@ public final class LocalStore: Store, @unchecked Sendable {
         }
         var comps = path.split(separator: "/").map(String.init)
         let name = comps.removeLast()
+        if comps.isEmpty {
+            let fd = dup(try rootFD())
+            if fd < 0 { throw SystemCallError("dup", errno: errno, path: root) }
+            return (fd, name)
+        }
+        if let fd = try openBeneath(comps.joined(separator: "/"), O_RDONLY | O_DIRECTORY | O_CLOEXEC) {
+            if fd >= 0 { return (fd, name) }
+            let e = errno
+            if e == ELOOP || e == EXDEV {
+                throw FerryError(.unsafePath, "\"\(path)\": a directory on the way is a symlink (a symlink is never followed)")
+            }
+            if e == ENOTDIR {
+                throw FerryError(.unsafePath, "\"\(path)\": a component on the way is not a directory")
+            }
+            if e != ENOENT { throw SystemCallError("open", errno: e, path: comps.joined(separator: "/")) }
+            if !create { return nil }
+            // Missing directories: fall through and create them component by component.
+        }
         var fd = try openRoot()
         for comp in comps {
             var next = retryEINTR { openat(fd, comp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
@@ -168,6 +212,26 @@ public final class LocalStore: Store, @unchecked Sendable {
             guard fstatat(AT_FDCWD, root, &st, 0) == 0 else { return nil }
             return Self.entry("", st)
         }
+        guard PathUtil.isSafeRelative(path) else { throw FerryError(.unsafePath, "refusing unsafe path \"\(path)\"") }
+        if let fd = try openBeneath(path, ferry_o_path() | O_NOFOLLOW | O_CLOEXEC) {
+            if fd < 0 {
+                switch errno {
+                case ENOENT, ENOTDIR: return nil
+                case ELOOP, EXDEV: return try statSlow(path)  // the parent path holds a symlink, or the entry is one
+                default: throw SystemCallError("open", errno: errno, path: path)
+                }
+            }
+            defer { close(fd) }
+            var st = Glibc.stat()
+            guard fstat(fd, &st) == 0 else { throw SystemCallError("fstat", errno: errno, path: path) }
+            guard var e = Self.entry(path, st) else { return nil }
+            if e.kind == .symlink { e.linkTarget = readLink(fd, "") }
+            return e
+        }
+        return try statSlow(path)
+    }
+
+    private func statSlow(_ path: String) throws -> Entry? {
         guard let (fd, name) = try openParent(of: path, create: false) else { return nil }
         defer { close(fd) }
         var st = Glibc.stat()
@@ -183,6 +247,15 @@ public final class LocalStore: Store, @unchecked Sendable {
     // MARK: - reading
 
     public func openReader(_ path: String) throws -> (any ObjectReader)? {
+        guard PathUtil.isSafeRelative(path) else { throw FerryError(.unsafePath, "refusing unsafe path \"\(path)\"") }
+        if let fd = try openBeneath(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC) {
+            if fd >= 0 { return LocalReader(fd: fd, path: path) }
+            switch errno {
+            case ENOENT, ENOTDIR: return nil
+            case ELOOP, EXDEV: throw FerryError(.unsafePath, "\"\(path)\" is now a symlink or passes one; not followed")
+            default: throw SystemCallError("open", errno: errno, path: path)
+            }
+        }
         guard let (dfd, name) = try openParent(of: path, create: false) else { return nil }
         defer { close(dfd) }
         let fd = retryEINTR { openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC) }
@@ -252,7 +325,7 @@ public final class LocalStore: Store, @unchecked Sendable {
         defer { close(dfd) }
         let tmp = Self.partialName("link-\(UInt32.random(in: 0...UInt32.max))")
         guard symlinkat(target, dfd, tmp) == 0 else { throw SystemCallError("symlink", errno: errno, path: entry.path) }
-        if geteuid() == 0 { _ = fchownat(dfd, tmp, entry.uid, entry.gid, AT_SYMLINK_NOFOLLOW) }
+        if isRoot { _ = fchownat(dfd, tmp, entry.uid, entry.gid, AT_SYMLINK_NOFOLLOW) }
         var times = [timespec(tv_sec: 0, tv_nsec: ferry_utime_omit()), Self.timespecOf(entry.mtimeNs)]
         _ = utimensat(dfd, tmp, &times, AT_SYMLINK_NOFOLLOW)
         try Self.replace(dfd: dfd, tmp: tmp, name: name, path: entry.path)
@@ -291,7 +364,7 @@ public final class LocalStore: Store, @unchecked Sendable {
     }
 
     static func applyMetadata(fd: Int32, _ entry: Entry, path: String) throws {
-        if geteuid() == 0, fchown(fd, entry.uid, entry.gid) != 0 {
+        if isRoot, fchown(fd, entry.uid, entry.gid) != 0 {
             throw SystemCallError("chown", errno: errno, path: path)
         }
         if fchmod(fd, mode_t(entry.mode)) != 0 { throw SystemCallError("chmod", errno: errno, path: path) }
@@ -320,7 +393,6 @@ final class LocalReader: ObjectReader {
     init(fd: Int32, path: String) {
         self.fd = fd
         self.path = path
-        _ = posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL)
     }
 
     deinit { close() }
@@ -407,6 +479,9 @@ final class LocalWriter: ObjectWriter {
         _ = unlinkat(dirFD, tmpName, 0)
     }
 }
+
+/// Ownership is preserved only when running as root (anyone else cannot chown).
+let isRoot = geteuid() == 0
 
 @inline(__always)
 func retryEINTR(_ body: () -> Int32) -> Int32 {

@@ -80,3 +80,81 @@ import FerryTesting
         #expect(r.stdout.split(separator: ".").count == 3)
     }
 }
+
+@Suite(.serialized) struct PlanFeatureTests {
+    @Test func snapshotHookRunsFirstAndTheCopyReadsTheSnapshotPath() throws {
+        let s = try Scenario()
+        try TreeGen.make(at: s.source, files: 40)
+        let snap = s.dir.sub("snap")
+        let hookLog = s.dir.sub("hook.env")
+        // The hook freezes the tree (as `btrfs subvolume snapshot -r` would) and records its environment.
+        try s.writePlan(extra: """
+            snapshot:
+              hook: "rm -rf \(snap) && cp -a \(s.source) \(snap) && echo \\"$FERRY_JOB $FERRY_SNAPSHOT_PATH\\" > \(hookLog)"
+              path: snap
+            """)
+        #expect(try Ferry.run(["plan", "check", s.plan]).status == 0, "snapshot.path may not exist before the hook")
+        let r = try s.ferry("run", "PLAN")
+        #expect(r.status == 0, "\(r.all)")
+        #expect(try String(contentsOfFile: hookLog, encoding: .utf8) == "it \(snap)\n")
+        #expect(TreeCompare.differences(snap, s.destination) == [])
+        // A change to the live tree after the snapshot is not in this copy.
+        try TreeGen.write(s.source + "/after-snapshot.txt", size: 10, seed: 1)
+        #expect(!FileManager.default.fileExists(atPath: s.destination + "/after-snapshot.txt"))
+        let st = try s.json(try s.ferry("status", "PLAN", "--json"))
+        #expect(st["phase"] as? String == "ready")
+    }
+
+    @Test func failingSnapshotHookStopsBeforeAnythingIsCopied() throws {
+        let s = try Scenario(extra: "snapshot: { hook: \"exit 3\" }")
+        try TreeGen.make(at: s.source, files: 5)
+        let r = try s.ferry("run", "PLAN")
+        #expect(r.status == 3)
+        #expect(r.stderr.contains("snapshot hook failed (exit status 3)"))
+        #expect(!FileManager.default.fileExists(atPath: s.destination))
+    }
+
+    @Test func bandwidthLimitHoldsTheRateDown() throws {
+        let s = try Scenario(chunkSize: "1MiB", concurrency: 4, bandwidth: "16MiB/s")
+        try TreeGen.make(at: s.source, files: 0, large: [16 << 20])
+        let start = Date()
+        let r = try s.ferry("run", "PLAN")
+        let elapsed = Date().timeIntervalSince(start)
+        #expect(r.status == 0, "\(r.all)")
+        // 16 MiB at 16 MiB/s with a burst of a quarter second cannot take less than 0.75 s.
+        #expect(elapsed >= 0.75, "took \(elapsed) s")
+    }
+
+    @Test func sampledVerifyRotatesThroughTheTree() throws {
+        let s = try Scenario(extra: "verify: { mode: sample, sample: 25% }")
+        try TreeGen.make(at: s.source, files: 400)
+        #expect(try s.ferry("run", "PLAN").status == 0)
+        var rounds: [Int] = []
+        for _ in 0..<3 {
+            let j = try s.json(try s.ferry("verify", "PLAN", "--json"))
+            #expect(j["mode"] as? String == "sample")
+            rounds.append(j["files_content_checked"] as? Int ?? -1)
+        }
+        for n in rounds { #expect(n > 50 && n < 160, "about a quarter of 404 files hashed per round: \(rounds)") }
+        // A corrupted file is found by the round whose slice holds it: within 1/rate rounds, always.
+        let victim = s.destination + "/d0/e0/f85.dat"
+        var st = stat()
+        lstat(victim, &st)
+        #expect(st.st_size > 0)
+        let fd = open(victim, O_RDWR)
+        try #require(fd >= 0)
+        var b: UInt8 = 0
+        #expect(pread(fd, &b, 1, 0) == 1)
+        b ^= 0xFF
+        pwrite(fd, &b, 1, 0)
+        var times = [st.st_atim, st.st_mtim]
+        futimens(fd, &times)
+        close(fd)
+        var found = false
+        for _ in 0..<4 where !found {
+            let r = try s.ferry("verify", "PLAN")
+            found = r.status == 1 && r.stdout.contains("d0/e0/f85.dat")
+        }
+        #expect(found, "four 25% rounds cover every file")
+    }
+}

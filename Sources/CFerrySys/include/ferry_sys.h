@@ -7,4 +7,12 @@ int ferry_syncfs(int fd);
 
 /// UTIME_OMIT and UTIME_NOW are macros Swift cannot import.
 long ferry_utime_omit(void);
+
+/// O_PATH, likewise hidden behind _GNU_SOURCE.
+int ferry_o_path(void);
+
+/// openat2(2) with RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS: opens `path` below `dirfd` in one call, refusing any
+/// symlink on the way and any escape with "..". Returns -1 with errno ENOSYS where the kernel lacks openat2
+/// (before Linux 5.6); callers then walk component by component.
+int ferry_open_beneath(int dirfd, const char *path, int flags, unsigned int mode);
 #endif
