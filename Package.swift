@@ -24,7 +24,7 @@ let package = Package(
         .target(
             name: "FerryCLI",
             dependencies: [
-                "FerryCore", "FerryEngine", "FerryLocal",
+                "FerryCore", "FerryEngine", "FerryLocal", "FerryGraphite",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -48,6 +48,7 @@ let package = Package(
             swiftSettings: strict
         ),
         .target(name: "FerryDigest", dependencies: ["CCrypto"], swiftSettings: strict),
+        .target(name: "FerryGraphite", dependencies: ["FerryCore"], swiftSettings: strict),
         .target(name: "FerryLocal", dependencies: ["FerryCore", "CFerrySys"], swiftSettings: strict),
         .target(name: "CFerrySys"),
         .target(name: "FerryTesting", dependencies: ["FerryCore", "FerryDigest"], swiftSettings: strict),
@@ -63,6 +64,11 @@ let package = Package(
                 "FerryCore", "FerryEngine", "FerryLocal", "FerryTesting",
                 .product(name: "Logging", package: "swift-log"),
             ],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "FerryGraphiteTests",
+            dependencies: ["FerryCore", "FerryGraphite", "FerryTesting"],
             swiftSettings: strict
         ),
         .testTarget(

@@ -16,7 +16,10 @@ public struct FerryCommand: ParsableCommand {
             3 any other failure, 4 a cutover gate is not met.
             """,
         version: ferryVersion,
-        subcommands: [PlanCommand.self, RunCommand.self, VerifyCommand.self, StatusCommand.self, CutoverCommand.self]
+        subcommands: [
+            PlanCommand.self, RunCommand.self, VerifyCommand.self, StatusCommand.self, CutoverCommand.self,
+            MetricsCommand.self,
+        ]
     )
 }
 

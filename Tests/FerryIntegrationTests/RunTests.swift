@@ -158,3 +158,34 @@ import FerryTesting
         #expect(found, "four 25% rounds cover every file")
     }
 }
+
+@Suite struct MetricsCommandTests {
+    @Test func infoDiffAndFillThroughTheCLI() throws {
+        let dir = TempDir()
+        let a = dir.sub("a.wsp")
+        let b = dir.sub("b.wsp")
+        #expect(try Ferry.run(["metrics", "create", a, "60s:1d,600s:7d", "--aggregation", "sum"]).status == 0)
+        #expect(try Ferry.run(["metrics", "create", b, "60s:1d,600s:7d", "--aggregation", "sum"]).status == 0)
+        let info = try Ferry.run(["metrics", "info", a])
+        #expect(info.stdout.contains("aggregationMethod: sum"))
+        #expect(info.stdout.contains("secondsPerPoint: 600"))
+        let now = 1_700_000_000
+        #expect(try Ferry.run(["metrics", "update", a, "--now", "\(now)", "\(now - 120):1.5", "\(now - 60):0"]).status == 0)
+        let diff = try Ferry.run(["metrics", "diff", a, b, "--now", "\(now)"])
+        #expect(diff.status == 1)
+        #expect(diff.stdout.contains("2 only in"))
+        let fill = try Ferry.run(["metrics", "fill", a, b, "--now", "\(now)"])
+        #expect(fill.status == 0, "\(fill.all)")
+        #expect(fill.stdout.contains("archive 60s: 2 points filled"))
+        #expect(try Ferry.run(["metrics", "diff", a, b, "--now", "\(now)"]).status == 0)
+    }
+
+    @Test func corruptFileIsAClearError() throws {
+        let dir = TempDir()
+        let bad = dir.sub("bad.wsp")
+        try Data([0, 0, 0, 1, 0, 0]).write(to: URL(fileURLWithPath: bad))
+        let r = try Ferry.run(["metrics", "info", bad])
+        #expect(r.status == 3)
+        #expect(r.stderr.contains("bad.wsp: corrupt Whisper file at byte 6: truncated header"))
+    }
+}

@@ -1,0 +1,144 @@
+import Foundation
+import FerryCore
+
+/// What a fill did to one destination file.
+public struct FillReport: Sendable, Equatable {
+    /// Slots written per destination archive (index order).
+    public var filled: [Int]
+    /// Destination archives that no source archive could fill without routing coarse data into fine slots.
+    public var skipped: [Int]
+    public var total: Int { filled.reduce(0, +) }
+}
+
+extension Whisper {
+    /// Merges history from `source` into this (live) database: fills gaps, never clobbers.
+    ///
+    /// - A slot holding a valid value (its own timestamp) is never changed, 0.0 included.
+    /// - Every gap is filled, a one-slot gap too.
+    /// - Each archive is filled from the source archive of the same resolution; when the source has none, from
+    ///   the finest finer source archive, aggregated with this file's method and xFilesFactor (what carbon would
+    ///   hold had it received those points); never from a coarser archive.
+    /// - Only intervals up to `until` (the snapshot time) are considered: what came later belongs to the live side.
+    public mutating func fill(from source: Whisper, until: Int, now: Int) -> FillReport {
+        var report = FillReport(filled: Array(repeating: 0, count: archives.count), skipped: [])
+        for (index, a) in archives.enumerated() {
+            let step = a.secondsPerPoint
+            let same = source.archives.first { $0.secondsPerPoint == step }
+            let finer = source.archives.last { $0.secondsPerPoint < step && step % $0.secondsPerPoint == 0 }
+            guard let from = same ?? finer else {
+                report.skipped.append(index)
+                continue
+            }
+            // Intervals both archives still hold: (now - retention, min(now, until)].
+            let oldest = now - min(a.retention, from.retention)
+            var t = oldest - Self.mod(oldest, step) + step
+            let last = min(now, until) - Self.mod(min(now, until), step)
+            var base = baseInterval(a)
+            var written = 0
+            while t <= last {
+                defer { t += step }
+                if base != 0 {
+                    let (stored, _) = point(at: slotOffset(a, base: base, interval: t))
+                    if stored == t { continue }
+                }
+                let value: Double?
+                if from.secondsPerPoint == step {
+                    value = source.value(from, at: t)
+                } else {
+                    value = source.aggregate(from, into: t, step: step, method: aggregation, xff: xFilesFactor)
+                }
+                guard let value else { continue }
+                if base == 0 { base = t }
+                setPoint(at: slotOffset(a, base: base, interval: t), t, value)
+                written += 1
+            }
+            report.filled[index] = written
+        }
+        return report
+    }
+
+    /// The value carbon would hold for the coarse interval `[start, start + step)`: the finer archive's known
+    /// points aggregated, if their share reaches `xff`.
+    func aggregate(_ fine: WhisperArchive, into start: Int, step: Int, method: Aggregation, xff: Float) -> Double? {
+        let n = step / fine.secondsPerPoint
+        var neighbors = [Double?](repeating: nil, count: n)
+        var known: [Double] = []
+        for i in 0..<n {
+            if let v = value(fine, at: start + i * fine.secondsPerPoint) {
+                neighbors[i] = v
+                known.append(v)
+            }
+        }
+        guard !known.isEmpty, Double(known.count) / Double(n) >= Double(xff) else { return nil }
+        return method.aggregate(known: known, neighbors: neighbors)
+    }
+}
+
+/// A Whisper file opened for an in-place update under carbon's lock (`flock(LOCK_EX)`), so a carbon-cache
+/// writing the same file waits rather than interleaving. Updates are written in place: replacing the inode
+/// would send a concurrent writer's points to an orphaned file.
+public final class WhisperFile {
+    public let path: String
+    private let fd: Int32
+
+    /// Opens and locks the file. `wait: false` fails at once when another process holds the lock.
+    public init(path: String, wait: Bool = true) throws {
+        self.path = path
+        fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW)
+        guard fd >= 0 else { throw FerryError(.destinationIO, "cannot open \(path)", cause: String(cString: strerror(errno))) }
+        if flock(fd, LOCK_EX | (wait ? 0 : LOCK_NB)) != 0 {
+            let e = errno
+            close(fd)
+            throw FerryError(.destinationIO, "\(path) is locked by another writer", cause: String(cString: strerror(e)))
+        }
+    }
+
+    deinit { close(fd) }  // also releases the lock
+
+    public func read() throws -> Whisper {
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw SystemCallError("fstat", errno: errno, path: path) }
+        var bytes = [UInt8](repeating: 0, count: Int(st.st_size))
+        let n = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, 0) }
+        guard n == bytes.count else { throw SystemCallError("read", errno: errno, path: path) }
+        return try Whisper(bytes: bytes, path: path)
+    }
+
+    /// Writes back the bytes that differ from `original` (one contiguous range), then fdatasync.
+    public func write(_ db: Whisper, original: Whisper) throws {
+        guard db.bytes.count == original.bytes.count else {
+            throw FerryError(.destinationIO, "\(path): size changed under an update")
+        }
+        guard let first = db.bytes.indices.first(where: { db.bytes[$0] != original.bytes[$0] }) else { return }
+        var last = db.bytes.count - 1
+        while db.bytes[last] == original.bytes[last] { last -= 1 }
+        let n = db.bytes.withUnsafeBytes { pwrite(fd, $0.baseAddress! + first, last - first + 1, off_t(first)) }
+        guard n == last - first + 1 else { throw SystemCallError("write", errno: errno, path: path) }
+        guard fdatasync(fd) == 0 else { throw SystemCallError("fdatasync", errno: errno, path: path) }
+    }
+}
+
+/// Parses carbon retention definitions: `60s:30d,600s:1y`, `1m:7d`, or `60:1440` (seconds:points).
+public enum Retentions {
+    static let units: [Character: Int] = ["s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31_536_000]
+
+    public static func parse(_ text: String) throws -> [(secondsPerPoint: Int, points: Int)] {
+        try text.split(separator: ",").map { def in
+            let parts = def.split(separator: ":").map { $0.trimmingCharacters(in: .whitespaces) }
+            guard parts.count == 2, let step = seconds(parts[0]), step > 0 else {
+                throw FerryError(.invalidPlan, "bad retention \"\(def)\": expected PRECISION:RETENTION such as 60s:30d")
+            }
+            if let points = Int(parts[1]), points > 0 { return (step, points) }
+            guard let span = seconds(parts[1]), span >= step else {
+                throw FerryError(.invalidPlan, "bad retention \"\(def)\": expected PRECISION:RETENTION such as 60s:30d")
+            }
+            return (step, span / step)
+        }
+    }
+
+    static func seconds(_ s: String) -> Int? {
+        if let n = Int(s) { return n }
+        guard let unit = s.last.flatMap({ units[$0] }), let n = Int(s.dropLast()) else { return nil }
+        return n * unit
+    }
+}

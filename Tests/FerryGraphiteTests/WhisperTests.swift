@@ -1,0 +1,266 @@
+import Foundation
+import Testing
+import FerryTesting
+@testable import FerryGraphite
+
+/// Runs testdata/graphite/whisper_oracle.py (the PyPI `whisper` package) and returns its stdout.
+@discardableResult
+func oracle(_ args: [String]) throws -> String {
+    let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().appendingPathComponent("testdata/graphite/whisper_oracle.py").path
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    p.arguments = ["python3", script] + args
+    let out = Pipe()
+    p.standardOutput = out
+    try p.run()
+    let data = out.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    try #require(p.terminationStatus == 0, "oracle \(args.first ?? "") failed (is the PyPI whisper package installed?)")
+    return String(decoding: data, as: UTF8.self)
+}
+
+func writePoints(_ dir: TempDir, _ points: [(Int, Double)], name: String = "points.json") throws -> String {
+    let path = dir.sub(name)
+    let json = try JSONSerialization.data(withJSONObject: points.map { [$0.0, $0.1] as [Any] })
+    try json.write(to: URL(fileURLWithPath: path))
+    return path
+}
+
+@Suite struct WhisperReferenceTests {
+    let now = 1_700_000_000
+
+    @Test(arguments: Aggregation.allCases)
+    func createAndUpdateManyMatchTheReferenceByteForByte(_ method: Aggregation) throws {
+        let dir = TempDir()
+        let ref = dir.sub("ref.wsp")
+        try oracle(["create", ref, "60:1440,300:2016,3600:1000", "0.3", method.description])
+        var mine = try Whisper(
+            retentions: [(60, 1440), (300, 2016), (3600, 1000)], xFilesFactor: 0.3, aggregation: method)
+        #expect(mine.bytes == [UInt8](try Data(contentsOf: URL(fileURLWithPath: ref))))
+        var rng = SystemRandomNumberGenerator()
+        for batch in 0..<5 {
+            var points: [(Int, Double)] = (0..<Int.random(in: 1...400, using: &rng)).map { _ in
+                let t = now - Int.random(in: 0...(40 * 86400), using: &rng)
+                let v: Double = [0.0, Double.random(in: -100...100, using: &rng), Double(Int.random(in: -5...5, using: &rng))]
+                    .randomElement(using: &rng)!
+                return (t, v)
+            }
+            if batch == 2 { points.append((points[0].0, 42.5)) }  // a duplicate timestamp
+            try oracle(["update", ref, String(now), try writePoints(dir, points)])
+            mine.updateMany(points.map { (timestamp: $0.0, value: $0.1) }, now: now)
+            let theirs = [UInt8](try Data(contentsOf: URL(fileURLWithPath: ref)))
+            let firstDiff = theirs.indices.first { theirs[$0] != mine.bytes[$0] }
+            #expect(firstDiff == nil, "\(method) batch \(batch): first differing byte \(firstDiff ?? -1)")
+        }
+    }
+
+    @Test func fetchMatchesTheReference() throws {
+        let dir = TempDir()
+        let path = dir.sub("f.wsp")
+        try oracle(["create", path, "60:1440,600:1000", "0.5", "average"])
+        let points = (0..<3000).filter { $0 % 7 != 0 }.map { (now - $0 * 60, Double($0 % 13)) }
+        try oracle(["update", path, String(now), try writePoints(dir, points)])
+        let db = try Whisper(path: path)
+        for (from, until) in [(now - 3600, now), (now - 86400 * 3, now - 86400), (now - 100, now - 100), (now + 10, now + 20)] {
+            let ref = try oracle(["fetch", path, String(from), String(until), String(now)])
+            let mine = db.fetch(from: from, until: until, now: now)
+            guard let parsed = try JSONSerialization.jsonObject(with: Data(ref.utf8), options: .fragmentsAllowed) as? [Any] else {
+                #expect(mine == nil, "reference returned null for \(from)...\(until)")
+                continue
+            }
+            let info = try #require(parsed[0] as? [Int])
+            let values = try #require(parsed[1] as? [Any])
+            let m = try #require(mine)
+            #expect([m.from, m.until, m.step] == info)
+            #expect(m.values.count == values.count)
+            for (a, b) in zip(m.values, values) { #expect(a == (b as? Double)) }
+        }
+    }
+
+    @Test func corruptAndTruncatedFilesNameTheOffset() throws {
+        let good = try Whisper(retentions: [(60, 100), (600, 100)]).bytes
+        #expect(throws: WhisperError.self) { try Whisper(bytes: Array(good[0..<10]), path: "t") }
+        do {
+            _ = try Whisper(bytes: Array(good[0..<(good.count - 5)]), path: "short.wsp")
+            Issue.record("a truncated file parsed")
+        } catch {
+            #expect(error.description.contains("short.wsp"))
+            #expect(error.offset == good.count - 5)
+        }
+        var bad = good
+        bad[3] = 99
+        #expect(throws: WhisperError.self) { try Whisper(bytes: bad, path: "agg") }
+        var badXFF = good
+        badXFF.replaceSubrange(8..<12, with: [0x40, 0x00, 0x00, 0x00])  // 2.0
+        do {
+            _ = try Whisper(bytes: badXFF, path: "x")
+            Issue.record("xff 2.0 accepted")
+        } catch {
+            #expect(error.offset == 8)
+        }
+        var badOffset = good
+        badOffset[16 + 3] = 0x77
+        #expect(throws: WhisperError.self) { try Whisper(bytes: badOffset, path: "o") }
+    }
+}
+
+@Suite struct WhisperFillTests {
+    let now = 1_700_006_400  // aligned to 600 s
+    let schema = "60:2880,600:4320"  // 60s:2d, 600s:30d: the migration shape, smaller
+
+    /// Source: 30 days of history written as carbon would have (newest first, so every archive fills).
+    func makeSource(_ dir: TempDir, xff: String = "0.5") throws -> (String, [(Int, Double)]) {
+        let src = dir.sub("src.wsp")
+        try oracle(["create", src, schema, xff, "average"])
+        var points: [(Int, Double)] = []
+        var t = now - 30 * 86400
+        while t <= now - 3600 {
+            points.append((t, Double((t / 60) % 97) - 20))
+            t += 60
+        }
+        // Write as carbon received it: in time order, in day-sized batches, `now` moving along.
+        var i = 0
+        while i < points.count {
+            let batch = Array(points[i..<min(i + 1440, points.count)])
+            try oracle(["update", src, String(batch.last!.0 + 30), try writePoints(dir, batch, name: "b.json")])
+            i += 1440
+        }
+        return (src, points)
+    }
+
+    @Test func migrationFillsHistoryAndNeverTouchesLivePoints() throws {
+        let dir = TempDir()
+        let (src, _) = try makeSource(dir)
+        let snapshot = now - 3600 - 600
+        let dst = dir.sub("dst.wsp")
+        try oracle(["create", dst, schema, "0.5", "average"])
+        // Live points of the last 36 h with the edge cases of the notes: a 0.0 value, a one-slot gap, a single
+        // valued slot right after a gap, a multi-slot gap, and a trailing gap before the snapshot time.
+        var live: [(Int, Double)] = []
+        var t = now - 36 * 3600
+        while t <= now {
+            let k = (t - (now - 36 * 3600)) / 60
+            let inMultiGap = k >= 100 && k < 140
+            let oneSlotGap = k == 200
+            let trailingGap = t > snapshot - 1800 && t <= snapshot
+            if !(inMultiGap || oneSlotGap || trailingGap) { live.append((t, k == 300 ? 0.0 : 1000 + Double(k))) }
+            t += 60
+        }
+        live.append((now - 36 * 3600 + 141 * 60 - 60 * 2, 5.0))  // lone value inside the gap
+        try oracle(["update", dst, String(now), try writePoints(dir, live)])
+        let before = dir.sub("dst-before.wsp")
+        try FileManager.default.copyItem(atPath: dst, toPath: before)
+
+        let source = try Whisper(path: src)
+        var merged: Whisper
+        let report: FillReport
+        do {
+            let file = try WhisperFile(path: dst)  // the lock is held until `file` goes away
+            let original = try file.read()
+            merged = original
+            report = merged.fill(from: source, until: snapshot, now: now)
+            try file.write(merged, original: original)
+        }
+        #expect(report.skipped == [])
+        #expect(report.filled[0] > 0 && report.filled[1] > 0)
+
+        let verdict = try #require(
+            try JSONSerialization.jsonObject(
+                with: Data(try oracle(["check-fill", src, before, dst, String(snapshot), String(now)]).utf8))
+                as? [String: Any])
+        #expect(verdict["clobbered"] as? Int == 0, "\(verdict)")
+        #expect(verdict["missed"] as? Int == 0, "\(verdict)")
+        #expect(verdict["invented"] as? Int == 0, "\(verdict)")
+        #expect((verdict["filled"] as? Int ?? 0) == report.total)
+        // The specific slots: 0.0 kept, the lone value kept, the one-slot gap and trailing gap filled.
+        let a0 = merged.archives[0]
+        let base = now - 36 * 3600
+        #expect(merged.value(a0, at: base + 300 * 60) == 0.0)
+        #expect(merged.value(a0, at: base + 139 * 60) == 5.0)
+        #expect(merged.value(a0, at: base + 200 * 60) == source.value(source.archives[0], at: base + 200 * 60))
+        #expect(merged.value(a0, at: snapshot - 60) == source.value(source.archives[0], at: snapshot - 60))
+        #expect(merged.value(a0, at: snapshot - 60) != nil)
+
+        // A second fill changes nothing (idempotent).
+        let again = try WhisperFile(path: dst)
+        let o2 = try again.read()
+        var m2 = o2
+        #expect(m2.fill(from: source, until: snapshot, now: now).total == 0)
+    }
+
+    @Test func coarserArchivesComeFromTheSourceCoarseArchiveNeverIntoFineSlots() throws {
+        let dir = TempDir()
+        let (src, _) = try makeSource(dir)
+        let dst = dir.sub("dst.wsp")
+        try oracle(["create", dst, schema, "0.5", "average"])
+        var db = try Whisper(path: dst)
+        let source = try Whisper(path: src)
+        _ = db.fill(from: source, until: now, now: now)
+        let fine = db.archives[0]
+        // Beyond the fine archive's 2 days nothing lands in 60 s slots; the 600 s archive equals the source's.
+        let old = now - 10 * 86400
+        #expect(db.value(fine, at: old - old % 60) == nil)
+        let coarse = db.archives[1]
+        var t = now - 29 * 86400
+        t -= t % 600
+        var compared = 0
+        while t < now - 3600 {
+            #expect(db.value(coarse, at: t) == source.value(source.archives[1], at: t))
+            compared += 1
+            t += 600
+        }
+        #expect(compared > 4000)
+    }
+
+    @Test func differingSchemaIsResampledWithTheDestinationsRules() throws {
+        let dir = TempDir()
+        let (src, _) = try makeSource(dir)
+        let dst = dir.sub("dst.wsp")
+        try oracle(["create", dst, "60:1440,300:2016,3600:720", "0.8", "max"])
+        var db = try Whisper(path: dst)
+        let source = try Whisper(path: src)
+        let report = db.fill(from: source, until: now, now: now)
+        #expect(report.skipped == [])
+        // 300 s slots: the max of the source's 60 s points in the interval, where ≥ 80% are known.
+        let a300 = db.archives[1]
+        var t = now - 86400
+        t -= t % 300
+        var checked = 0
+        while t < now - 7200 {
+            let vals = (0..<5).compactMap { source.value(source.archives[0], at: t + $0 * 60) }
+            let expected: Double? = Double(vals.count) / 5 >= 0.8 ? vals.max() : nil
+            #expect(db.value(a300, at: t) == expected, "at \(t)")
+            checked += 1
+            t += 300
+        }
+        #expect(checked > 200)
+        // 3600 s slots come from the source's 600 s archive, never from nothing.
+        #expect(report.filled[2] > 0)
+    }
+
+    @Test func aLockedFileIsNotUpdatedUntilTheLockIsReleased() throws {
+        let dir = TempDir()
+        let path = dir.sub("locked.wsp")
+        try Whisper(retentions: [(60, 100)]).write(to: path)
+        let holder = Process()
+        holder.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        holder.arguments = [
+            "python3", "-c",
+            "import fcntl, sys\nf = open(sys.argv[1], 'rb+')\nfcntl.flock(f, fcntl.LOCK_EX)\nprint('locked', flush=True)\nsys.stdin.readline()\n",
+            path,
+        ]
+        let out = Pipe()
+        let inp = Pipe()
+        holder.standardOutput = out
+        holder.standardInput = inp
+        try holder.run()
+        let line = String(decoding: out.fileHandleForReading.availableData, as: UTF8.self)
+        #expect(line.hasPrefix("locked"))
+        #expect(throws: (any Error).self) { _ = try WhisperFile(path: path, wait: false) }
+        inp.fileHandleForWriting.write(Data("go\n".utf8))
+        holder.waitUntilExit()
+        let file = try WhisperFile(path: path, wait: false)
+        #expect(try file.read().archives.count == 1)
+    }
+}

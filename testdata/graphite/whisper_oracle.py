@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""The reference side of ferry's Whisper tests: every operation here uses the PyPI `whisper` package.
+
+  create PATH RETENTIONS XFF AGG            whisper.create
+  update PATH NOW JSON_POINTS               whisper.update_many (points: [[t, v], ...])
+  fetch PATH FROM UNTIL NOW                 whisper.fetch -> JSON [[from, until, step], values]
+  archives PATH                             every archive's valid points -> JSON {step: {t: v}}
+  check-fill SRC DST_BEFORE DST_AFTER UNTIL NOW
+        checks the merge rules archive by archive with whisper's own reads and prints a JSON verdict
+"""
+import json, sys
+import whisper
+
+archive_fetch = getattr(whisper, "__archive_fetch")
+
+
+def valid_points(path):
+    """{secondsPerPoint: {timestamp: value}} for every slot holding its own timestamp, read by the reference."""
+    info = whisper.info(path)
+    out = {}
+    with open(path, "rb") as fh:
+        for a in info["archives"]:
+            fh.seek(a["offset"])
+            raw = fh.read(a["size"])
+            pts = {}
+            import struct
+            for i in range(a["points"]):
+                t, v = struct.unpack("!Ld", raw[i * 12:(i + 1) * 12])
+                if t != 0:
+                    pts[t] = v
+            # keep only slots whose timestamp is what the base places there (stale laps read as no value)
+            fh.seek(a["offset"])
+            base = struct.unpack("!Ld", fh.read(12))[0]
+            step, n = a["secondsPerPoint"], a["points"]
+            good = {}
+            for t, v in pts.items():
+                if base and (t - base) % step == 0:
+                    good[t] = v
+            out[step] = good
+    return out
+
+
+def main():
+    cmd = sys.argv[1]
+    if cmd == "create":
+        path, ret, xff, agg = sys.argv[2:6]
+        archives = [tuple(int(x) for x in r.split(":")) for r in ret.split(",")]
+        whisper.create(path, archives, xFilesFactor=float(xff), aggregationMethod=agg)
+    elif cmd == "update":
+        path, now, pts = sys.argv[2], int(sys.argv[3]), json.load(open(sys.argv[4]))
+        whisper.update_many(path, [tuple(p) for p in pts], now=now)
+    elif cmd == "fetch":
+        path, f, u, now = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+        r = whisper.fetch(path, f, u, now=now)
+        print(json.dumps(r))
+    elif cmd == "archives":
+        print(json.dumps(valid_points(sys.argv[2])))
+    elif cmd == "check-fill":
+        src, before, after = (valid_points(p) for p in sys.argv[2:5])
+        until, now = int(sys.argv[5]), int(sys.argv[6])
+        info = whisper.info(sys.argv[4])
+        verdict = {"clobbered": 0, "missed": 0, "invented": 0, "filled": 0, "kept": 0, "examples": []}
+        for a in info["archives"]:
+            step, ret = a["secondsPerPoint"], a["retention"]
+            s, b, f = src.get(step, {}), before[step], after[step]
+            src_ret = next((x["retention"] for x in whisper.info(sys.argv[2])["archives"] if x["secondsPerPoint"] == step), None)
+            oldest = now - min(ret, src_ret or ret)
+            for t in range(oldest - oldest % step + step, now + 1, step):
+                got = f.get(t)
+                if t in b:
+                    verdict["kept" if got == b[t] or (got != got and b[t] != b[t]) else "clobbered"] += 1
+                    if got != b[t] and len(verdict["examples"]) < 5:
+                        verdict["examples"].append(["clobbered", step, t, b[t], got])
+                elif t <= until and t in s:
+                    if got == s[t]:
+                        verdict["filled"] += 1
+                    else:
+                        verdict["missed"] += 1
+                        if len(verdict["examples"]) < 5:
+                            verdict["examples"].append(["missed", step, t, s[t], got])
+                elif got is not None and t <= until:
+                    if src_ret is not None:
+                        verdict["invented"] += 1
+                        if len(verdict["examples"]) < 5:
+                            verdict["examples"].append(["invented", step, t, None, got])
+        print(json.dumps(verdict))
+    else:
+        raise SystemExit("unknown command " + cmd)
+
+
+if __name__ == "__main__":
+    main()
