@@ -48,7 +48,7 @@ let package = Package(
             swiftSettings: strict
         ),
         .target(name: "FerryDigest", dependencies: ["CCrypto"], swiftSettings: strict),
-        .target(name: "FerryGraphite", dependencies: ["FerryCore"], swiftSettings: strict),
+        .target(name: "FerryGraphite", dependencies: ["FerryCore", "FerryLocal"], swiftSettings: strict),
         .target(name: "FerryLocal", dependencies: ["FerryCore", "CFerrySys"], swiftSettings: strict),
         .target(name: "CFerrySys"),
         .target(name: "FerryTesting", dependencies: ["FerryCore", "FerryDigest"], swiftSettings: strict),

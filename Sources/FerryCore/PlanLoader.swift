@@ -50,11 +50,17 @@ public struct PlanLoader: Sendable {
     public var tapKinds: Set<String>
     /// Kinds a plan may name that this build does not implement yet, with the reason shown to the operator.
     public var plannedKinds: [String: String]
+    /// Allowed "source>destination" kind pairs; nil allows any.
+    public var pairs: Set<String>?
 
-    public init(storeKinds: [StoreKindSchema], tapKinds: Set<String> = [], plannedKinds: [String: String] = [:]) {
+    public init(
+        storeKinds: [StoreKindSchema], tapKinds: Set<String> = [], plannedKinds: [String: String] = [:],
+        pairs: Set<String>? = nil
+    ) {
         self.storeKinds = Dictionary(uniqueKeysWithValues: storeKinds.map { ($0.kind, $0) })
         self.tapKinds = tapKinds
         self.plannedKinds = plannedKinds
+        self.pairs = pairs
     }
 
     public func load(file path: String) throws(PlanError) -> Plan {
@@ -246,6 +252,12 @@ public struct PlanLoader: Sendable {
         var stateDirectory = ctx.resolve(".ferry/\(name)")
         if let v = fields["state"], let s = ctx.nonEmptyString(v, "state") { stateDirectory = ctx.resolve(s) }
 
+        if let source, let destination, let pairs, !pairs.contains("\(source.kind)>\(destination.kind)") {
+            ctx.fail(
+                fields["destination"], "destination.kind",
+                "cannot move \(source.kind) to \(destination.kind); supported: "
+                    + pairs.sorted().map { $0.replacingOccurrences(of: ">", with: " → ") }.joined(separator: ", "))
+        }
         if let source, let destination, let sp = source.path, let dp = destination.path,
             storeKinds[source.kind]?.pathIsLocal == true, storeKinds[destination.kind]?.pathIsLocal == true
         {

@@ -109,3 +109,19 @@ public protocol Store: Sendable {
     /// Removes the partial object a transfer with `token` may have left for `path` (after a crash).
     func discardPartial(for path: String, token: String) throws
 }
+
+/// A store whose objects can absorb another copy's content instead of being replaced (metric files: the
+/// destination is live, the source is history). The engine merges when the destination object exists.
+public protocol Merging: Store {
+    /// Merges `path` from `source` into the existing destination object, considering data up to `until`.
+    /// Returns how many values were written, or nil when the destination has no such object (copy it whole).
+    func merge(_ path: String, from source: any Store, until: Int, now: Int) throws -> Int?
+}
+
+/// A store whose parity is proven value by value rather than byte by byte (metric files: the destination keeps
+/// receiving live points, so its bytes legitimately differ).
+public protocol PointComparing: Store {
+    /// Compares `path` in `source` and here over `window` seconds up to `until`; nil when every value the source
+    /// holds is at the destination, else what differs.
+    func comparePoints(_ path: String, source: any Store, until: Int, window: Int?, now: Int) throws -> String?
+}

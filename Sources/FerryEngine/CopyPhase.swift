@@ -11,6 +11,9 @@ public struct CopySummary: Sendable {
     public var failed: Int64 = 0
     public var vanished: Int64 = 0
     public var requeued: Int64 = 0
+    /// Files merged into existing destination objects (metric stores) and the values they gained.
+    public var merged: Int64 = 0
+    public var valuesMerged: Int64 = 0
 }
 
 /// The copy phase: every pending manifest item is copied chunk by chunk, each chunk SHA-256'd as it is read.
@@ -31,6 +34,8 @@ final class CopyPhase: @unchecked Sendable {
     let audit: WriteAudit?
     let progress: ProgressTracker
     let logger: Logger
+    /// The snapshot time: merges take source data up to here (later points belong to the live side).
+    var snapshotTime: Int = Int(Date().timeIntervalSince1970)
     static let maxAttempts = 3
     /// Small files per group commit, at most; a group also closes when it holds `chunkSize` bytes.
     static let groupFiles = 5000
@@ -130,6 +135,7 @@ final class CopyPhase: @unchecked Sendable {
 
     /// Copies one file; source problems mark the item, destination problems throw (they stop the run).
     private func copyFile(_ item: ItemRecord, buffer: UnsafeMutableRawBufferPointer, hasher: SHA256Hasher, group: inout Group) throws {
+        if let merger = destination as? any Merging, try merge(item, merger, group: &group) { return }
         var attempts = 0
         var entry = item.entry
         while true {
@@ -165,6 +171,30 @@ final class CopyPhase: @unchecked Sendable {
                 entry = now
             }
         }
+    }
+
+    /// Merges into an existing destination object; false when there is none (the file is copied whole).
+    private func merge(_ item: ItemRecord, _ merger: any Merging, group: inout Group) throws -> Bool {
+        let merged: Int?
+        do {
+            merged = try merger.merge(
+                item.entry.path, from: source, until: snapshotTime, now: Int(Date().timeIntervalSince1970))
+        } catch {
+            if error.isNoSpace { throw FerryError(.destinationFull, "the destination is full", cause: error.operatorText) }
+            // A corrupt or unreadable file is reported and left untouched; the job goes on.
+            try ledger.fail(item.id, error: "merge failed, destination left untouched: \(error.operatorText)")
+            summary.withLock { $0.failed += 1 }
+            progress.addFailed()
+            return true
+        }
+        guard let merged else { return false }
+        group.done.append((item.id, [], nil))
+        progress.add(files: 1, bytes: item.entry.size)
+        summary.withLock {
+            $0.merged += 1
+            $0.valuesMerged += Int64(merged)
+        }
+        return true
     }
 
     enum Outcome {

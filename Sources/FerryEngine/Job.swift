@@ -94,7 +94,8 @@ public final class Job {
                 "copy finished",
                 metadata: [
                     "files": "\(summary.filesCopied)", "bytes": "\(summary.bytesCopied)", "failed": "\(summary.failed)",
-                    "vanished": "\(summary.vanished)",
+                    "vanished": "\(summary.vanished)", "merged": "\(summary.merged)",
+                    "values_merged": "\(summary.valuesMerged)",
                 ])
             let report = try verify(ledger)
             try ledger.setLastError(nil)
@@ -225,6 +226,7 @@ public final class Job {
         let phase = CopyPhase(
             source: source, destination: destination, ledger: ledger, chunkSize: chunkSize,
             concurrency: plan.copy.concurrency, bandwidth: plan.copy.bandwidth, progress: progress, logger: logger)
+        if let at = try ledger.job()?.snapshotAt { phase.snapshotTime = Int(at) }
         let stop = progress.startReporting(heartbeat: heartbeat(ledger))
         defer {
             stop()

@@ -49,6 +49,7 @@ final class VerifyPhase: @unchecked Sendable {
     let progress: ProgressTracker
     let logger: Logger
     static let maxProblemsKept = 10_000
+    var snapshotTime: Int = Int(Date().timeIntervalSince1970)
 
     private let cursor = Mutex<Int64>(0)
     private let acc = Mutex<(problems: [VerifyReport.Problem], failures: [(Int64?, String, String)], mismatches: Int64, files: Int64, bytes: Int64, entries: Int64)>(([], [], 0, 0, 0, 0))
@@ -71,6 +72,7 @@ final class VerifyPhase: @unchecked Sendable {
         let counts = try ledger.counts()
         progress.begin(phase: "verify", filesTotal: counts.totalFiles, bytesTotal: Int64(Double(counts.totalBytes) * rate))
         let chunkSize = try ledger.job()?.chunkSize ?? plan.copy.chunkSize
+        if let at = try ledger.job()?.snapshotAt { snapshotTime = Int(at) }
         runThreads(plan.copy.concurrency, name: "ferry-verify") { [self] _ in
             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(chunkSize), alignment: 4096)
             defer { buffer.deallocate() }
@@ -177,6 +179,17 @@ final class VerifyPhase: @unchecked Sendable {
             return nil
         case .file:
             break
+        }
+        if let points = destination as? any PointComparing {
+            // Metric files: the destination keeps live points, so parity is proven value by value.
+            guard content else { return nil }
+            do {
+                return try points.comparePoints(
+                    e.path, source: source, until: snapshotTime, window: plan.verify.window.map { Int($0) },
+                    now: Int(Date().timeIntervalSince1970))
+            } catch {
+                return "cannot compare points: \(error.operatorText)"
+            }
         }
         if d.size != e.size { return "size differs (source \(e.size), destination \(d.size))" }
         if d.mode != e.mode { return "mode differs (source \(octal(e.mode)), destination \(octal(d.mode)))" }

@@ -13,7 +13,8 @@ public struct FillReport: Sendable, Equatable {
 extension Whisper {
     /// Merges history from `source` into this (live) database: fills gaps, never clobbers.
     ///
-    /// - A slot holding a valid value (its own timestamp) is never changed, 0.0 included.
+    /// - A slot holding a valid value (its own timestamp) is never changed, 0.0 included; nor is a slot holding a
+    ///   newer lap (live points near `now` share slots with history one retention older: the live one wins).
     /// - Every gap is filled, a one-slot gap too.
     /// - Each archive is filled from the source archive of the same resolution; when the source has none, from
     ///   the finest finer source archive, aggregated with this file's method and xFilesFactor (what carbon would
@@ -42,7 +43,7 @@ extension Whisper {
                     defer { t += step }
                     if base != 0 {
                         let (stored, _) = point(at: slotOffset(a, base: base, interval: t))
-                        if stored == t { continue }
+                        if stored >= t { continue }  // its own value, or a newer lap's: never clobbered
                     }
                     guard let value = source.aggregate(from, into: t, step: step, method: aggregation, xff: xFilesFactor)
                     else { continue }
@@ -77,7 +78,8 @@ extension Whisper {
                 if srcT == t {
                     var gap = true
                     if dstOff >= 0 {
-                        gap = Int(Self.u32(bytes, dstOff)) != t
+                        // A slot holding this time, or a newer lap (live data past the ring's end), is kept.
+                        gap = Int(Self.u32(bytes, dstOff)) < t
                     }
                     if gap {
                         if base == 0 {

@@ -237,3 +237,38 @@ public func writePlan(_ dir: String, _ yaml: String, name: String = "plan.yml") 
     try yaml.write(toFile: path, atomically: true, encoding: .utf8)
     return path
 }
+
+/// Runs testdata/graphite/whisper_oracle.py, the tests' window onto the reference PyPI `whisper` package.
+public enum WhisperOracle {
+    public static var script: String {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("testdata/graphite/whisper_oracle.py").path
+    }
+
+    public struct Failed: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    @discardableResult
+    public static func run(_ args: [String]) throws -> String {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = ["python3", script] + args
+        let out = Pipe()
+        p.standardOutput = out
+        try p.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        guard p.terminationStatus == 0 else {
+            throw Failed(description: "whisper oracle \(args.first ?? "") failed (is the PyPI whisper package installed?)")
+        }
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    /// Writes points as the JSON file the oracle's `update` reads.
+    public static func pointsFile(_ path: String, _ points: [(Int, Double)]) throws -> String {
+        let json = try JSONSerialization.data(withJSONObject: points.map { [$0.0, $0.1] as [Any] })
+        try json.write(to: URL(fileURLWithPath: path))
+        return path
+    }
+}

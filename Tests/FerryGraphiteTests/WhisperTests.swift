@@ -3,28 +3,10 @@ import Testing
 import FerryTesting
 @testable import FerryGraphite
 
-/// Runs testdata/graphite/whisper_oracle.py (the PyPI `whisper` package) and returns its stdout.
-@discardableResult
-func oracle(_ args: [String]) throws -> String {
-    let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-        .deletingLastPathComponent().appendingPathComponent("testdata/graphite/whisper_oracle.py").path
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    p.arguments = ["python3", script] + args
-    let out = Pipe()
-    p.standardOutput = out
-    try p.run()
-    let data = out.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    try #require(p.terminationStatus == 0, "oracle \(args.first ?? "") failed (is the PyPI whisper package installed?)")
-    return String(decoding: data, as: UTF8.self)
-}
+func oracle(_ args: [String]) throws -> String { try WhisperOracle.run(args) }
 
 func writePoints(_ dir: TempDir, _ points: [(Int, Double)], name: String = "points.json") throws -> String {
-    let path = dir.sub(name)
-    let json = try JSONSerialization.data(withJSONObject: points.map { [$0.0, $0.1] as [Any] })
-    try json.write(to: URL(fileURLWithPath: path))
-    return path
+    try WhisperOracle.pointsFile(dir.sub(name), points)
 }
 
 @Suite struct WhisperReferenceTests {
@@ -34,7 +16,7 @@ func writePoints(_ dir: TempDir, _ points: [(Int, Double)], name: String = "poin
     func createAndUpdateManyMatchTheReferenceByteForByte(_ method: Aggregation) throws {
         let dir = TempDir()
         let ref = dir.sub("ref.wsp")
-        try oracle(["create", ref, "60:1440,300:2016,3600:1000", "0.3", method.description])
+        _ = try oracle(["create", ref, "60:1440,300:2016,3600:1000", "0.3", method.description])
         var mine = try Whisper(
             retentions: [(60, 1440), (300, 2016), (3600, 1000)], xFilesFactor: 0.3, aggregation: method)
         #expect(mine.bytes == [UInt8](try Data(contentsOf: URL(fileURLWithPath: ref))))
@@ -47,7 +29,7 @@ func writePoints(_ dir: TempDir, _ points: [(Int, Double)], name: String = "poin
                 return (t, v)
             }
             if batch == 2 { points.append((points[0].0, 42.5)) }  // a duplicate timestamp
-            try oracle(["update", ref, String(now), try writePoints(dir, points)])
+            _ = try oracle(["update", ref, String(now), try writePoints(dir, points)])
             mine.updateMany(points.map { (timestamp: $0.0, value: $0.1) }, now: now)
             let theirs = [UInt8](try Data(contentsOf: URL(fileURLWithPath: ref)))
             let firstDiff = theirs.indices.first { theirs[$0] != mine.bytes[$0] }
@@ -58,9 +40,9 @@ func writePoints(_ dir: TempDir, _ points: [(Int, Double)], name: String = "poin
     @Test func fetchMatchesTheReference() throws {
         let dir = TempDir()
         let path = dir.sub("f.wsp")
-        try oracle(["create", path, "60:1440,600:1000", "0.5", "average"])
+        _ = try oracle(["create", path, "60:1440,600:1000", "0.5", "average"])
         let points = (0..<3000).filter { $0 % 7 != 0 }.map { (now - $0 * 60, Double($0 % 13)) }
-        try oracle(["update", path, String(now), try writePoints(dir, points)])
+        _ = try oracle(["update", path, String(now), try writePoints(dir, points)])
         let db = try Whisper(path: path)
         for (from, until) in [(now - 3600, now), (now - 86400 * 3, now - 86400), (now - 100, now - 100), (now + 10, now + 20)] {
             let ref = try oracle(["fetch", path, String(from), String(until), String(now)])
@@ -112,7 +94,7 @@ func writePoints(_ dir: TempDir, _ points: [(Int, Double)], name: String = "poin
     /// Source: 30 days of history written as carbon would have (newest first, so every archive fills).
     func makeSource(_ dir: TempDir, xff: String = "0.5") throws -> (String, [(Int, Double)]) {
         let src = dir.sub("src.wsp")
-        try oracle(["create", src, schema, xff, "average"])
+        _ = try oracle(["create", src, schema, xff, "average"])
         var points: [(Int, Double)] = []
         var t = now - 30 * 86400
         while t <= now - 3600 {
@@ -123,7 +105,7 @@ func writePoints(_ dir: TempDir, _ points: [(Int, Double)], name: String = "poin
         var i = 0
         while i < points.count {
             let batch = Array(points[i..<min(i + 1440, points.count)])
-            try oracle(["update", src, String(batch.last!.0 + 30), try writePoints(dir, batch, name: "b.json")])
+            _ = try oracle(["update", src, String(batch.last!.0 + 30), try writePoints(dir, batch, name: "b.json")])
             i += 1440
         }
         return (src, points)
@@ -134,7 +116,7 @@ func writePoints(_ dir: TempDir, _ points: [(Int, Double)], name: String = "poin
         let (src, _) = try makeSource(dir)
         let snapshot = now - 3600 - 600
         let dst = dir.sub("dst.wsp")
-        try oracle(["create", dst, schema, "0.5", "average"])
+        _ = try oracle(["create", dst, schema, "0.5", "average"])
         // Live points of the last 36 h with the edge cases of the notes: a 0.0 value, a one-slot gap, a single
         // valued slot right after a gap, a multi-slot gap, and a trailing gap before the snapshot time.
         var live: [(Int, Double)] = []
@@ -148,7 +130,7 @@ func writePoints(_ dir: TempDir, _ points: [(Int, Double)], name: String = "poin
             t += 60
         }
         live.append((now - 36 * 3600 + 141 * 60 - 60 * 2, 5.0))  // lone value inside the gap
-        try oracle(["update", dst, String(now), try writePoints(dir, live)])
+        _ = try oracle(["update", dst, String(now), try writePoints(dir, live)])
         let before = dir.sub("dst-before.wsp")
         try FileManager.default.copyItem(atPath: dst, toPath: before)
 
@@ -193,7 +175,7 @@ func writePoints(_ dir: TempDir, _ points: [(Int, Double)], name: String = "poin
         let dir = TempDir()
         let (src, _) = try makeSource(dir)
         let dst = dir.sub("dst.wsp")
-        try oracle(["create", dst, schema, "0.5", "average"])
+        _ = try oracle(["create", dst, schema, "0.5", "average"])
         var db = try Whisper(path: dst)
         let source = try Whisper(path: src)
         _ = db.fill(from: source, until: now, now: now)
@@ -217,7 +199,7 @@ func writePoints(_ dir: TempDir, _ points: [(Int, Double)], name: String = "poin
         let dir = TempDir()
         let (src, _) = try makeSource(dir)
         let dst = dir.sub("dst.wsp")
-        try oracle(["create", dst, "60:1440,300:2016,3600:720", "0.8", "max"])
+        _ = try oracle(["create", dst, "60:1440,300:2016,3600:720", "0.8", "max"])
         var db = try Whisper(path: dst)
         let source = try Whisper(path: src)
         let report = db.fill(from: source, until: now, now: now)

@@ -14,6 +14,20 @@ import whisper
 archive_fetch = getattr(whisper, "__archive_fetch")
 
 
+def slot_times(path):
+    """{secondsPerPoint: (base, points, {slot: timestamp})} as stored, for telling a newer lap from a gap."""
+    import struct
+    info = whisper.info(path)
+    out = {}
+    with open(path, "rb") as fh:
+        for a in info["archives"]:
+            fh.seek(a["offset"])
+            raw = fh.read(a["size"])
+            times = {i: struct.unpack("!L", raw[i * 12:i * 12 + 4])[0] for i in range(a["points"])}
+            out[a["secondsPerPoint"]] = (times[0], a["points"], times)
+    return out
+
+
 def valid_points(path):
     """{secondsPerPoint: {timestamp: value}} for every slot holding its own timestamp, read by the reference."""
     info = whisper.info(path)
@@ -59,7 +73,8 @@ def main():
         src, before, after = (valid_points(p) for p in sys.argv[2:5])
         until, now = int(sys.argv[5]), int(sys.argv[6])
         info = whisper.info(sys.argv[4])
-        verdict = {"clobbered": 0, "missed": 0, "invented": 0, "filled": 0, "kept": 0, "examples": []}
+        slots = slot_times(sys.argv[4])
+        verdict = {"clobbered": 0, "missed": 0, "invented": 0, "filled": 0, "kept": 0, "superseded": 0, "examples": []}
         for a in info["archives"]:
             step, ret = a["secondsPerPoint"], a["retention"]
             s, b, f = src.get(step, {}), before[step], after[step]
@@ -72,7 +87,10 @@ def main():
                     if got != b[t] and len(verdict["examples"]) < 5:
                         verdict["examples"].append(["clobbered", step, t, b[t], got])
                 elif t <= until and t in s:
-                    if got == s[t]:
+                    base, npts, times = slots[step]
+                    if base and times[((t - base) // step) % npts] > t:
+                        verdict["superseded"] += 1  # the slot holds a newer lap (live data): correct to keep
+                    elif got == s[t]:
                         verdict["filled"] += 1
                     else:
                         verdict["missed"] += 1

@@ -1,0 +1,120 @@
+import Foundation
+public import FerryCore
+public import FerryLocal
+
+/// A tree of Whisper files (carbon's storage/whisper). Lists, reads and writes like a directory tree, merges
+/// into existing files (fill, never clobber, under carbon's flock) and proves parity point by point.
+public final class WhisperTreeStore: Store, Merging, PointComparing, @unchecked Sendable {
+    // @unchecked: wraps an immutable LocalStore.
+    public let tree: LocalStore
+    public var root: String { tree.root }
+    public var displayName: String { "whisper:\(tree.root)" }
+
+    public init(root: String) {
+        tree = LocalStore(root: root)
+    }
+
+    public func prepareRoot() throws { try tree.prepareRoot() }
+
+    /// Lists directories, links and `.wsp` files (carbon's tree holds nothing else worth moving).
+    public func walk(_ visit: (Entry) throws -> Void, skipped: (SkippedEntry) -> Void) throws {
+        try tree.walk({ e in
+            if e.kind != .file || e.path.hasSuffix(".wsp") { try visit(e) }
+        }, skipped: skipped)
+    }
+
+    public func stat(_ path: String) throws -> Entry? { try tree.stat(path) }
+    public func openReader(_ path: String) throws -> (any ObjectReader)? { try tree.openReader(path) }
+    public func openWriter(for entry: Entry, token: String, resume: Bool) throws -> (any ObjectWriter)? {
+        try tree.openWriter(for: entry, token: token, resume: resume)
+    }
+    public func makeDirectory(_ entry: Entry) throws { try tree.makeDirectory(entry) }
+    public func finishDirectory(_ entry: Entry) throws { try tree.finishDirectory(entry) }
+    public func makeSymlink(_ entry: Entry) throws { try tree.makeSymlink(entry) }
+    public func remove(_ path: String, kind: EntryKind) throws { try tree.remove(path, kind: kind) }
+    public func syncAll() throws { try tree.syncAll() }
+    public func discardPartial(for path: String, token: String) throws { try tree.discardPartial(for: path, token: token) }
+
+    /// Reads a whole Whisper file from any store (under a shared flock when it is local, so a carbon write in
+    /// progress is never seen half done).
+    static func load(_ path: String, from store: any Store) throws -> Whisper? {
+        if let local = (store as? WhisperTreeStore)?.root ?? (store as? LocalStore)?.root {
+            let full = local + "/" + path
+            let fd = open(full, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+            if fd < 0 {
+                if errno == ENOENT { return nil }
+                throw SystemCallError("open", errno: errno, path: full)
+            }
+            defer { close(fd) }
+            _ = flock(fd, LOCK_SH)
+            var st = Foundation.stat()
+            guard fstat(fd, &st) == 0 else { throw SystemCallError("fstat", errno: errno, path: full) }
+            var bytes = [UInt8](repeating: 0, count: Int(st.st_size))
+            let n = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, 0) }
+            guard n == bytes.count else { throw SystemCallError("read", errno: errno, path: full) }
+            return try Whisper(bytes: bytes, path: full)
+        }
+        guard let reader = try store.openReader(path) else { return nil }
+        defer { reader.close() }
+        let size = Int(try reader.currentEntry().size)
+        var bytes = [UInt8](repeating: 0, count: size)
+        let n = try bytes.withUnsafeMutableBytes { try reader.read(into: $0, at: 0) }
+        return try Whisper(bytes: Array(bytes[0..<n]), path: store.displayName + "/" + path)
+    }
+
+    public func merge(_ path: String, from source: any Store, until: Int, now: Int) throws -> Int? {
+        let full = root + "/" + path
+        guard FileManager.default.fileExists(atPath: full) else { return nil }
+        guard let src = try Self.load(path, from: source) else {
+            throw FerryError(.sourceIO, "\(path) vanished from the source")
+        }
+        let file = try WhisperFile(path: full)
+        let original = try file.read()
+        var db = original
+        let report = db.fill(from: src, until: until, now: now)
+        try file.write(db, original: original)
+        return report.total
+    }
+
+    public func comparePoints(_ path: String, source: any Store, until: Int, window: Int?, now: Int) throws -> String? {
+        guard let src = try Self.load(path, from: source) else { return "missing at the source" }
+        guard let dst = try Self.load(path, from: self) else { return "missing at the destination" }
+        var missing = 0
+        var differing = 0
+        var examples: [String] = []
+        // Every destination archive, at its resolution, against the source archive of the same step (or the
+        // finest finer one, aggregated by the destination's rules, as the merge filled it).
+        for a in dst.archives {
+            guard let from = src.archives.first(where: { $0.secondsPerPoint == a.secondsPerPoint })
+                ?? src.archives.last(where: { $0.secondsPerPoint < a.secondsPerPoint && a.secondsPerPoint % $0.secondsPerPoint == 0 })
+            else { continue }
+            let step = a.secondsPerPoint
+            var oldest = now - min(a.retention, from.retention)
+            if let window { oldest = max(oldest, until - window) }
+            var t = oldest - Whisper.mod(oldest, step) + step
+            let last = min(until, now) - Whisper.mod(min(until, now), step)
+            while t <= last {
+                let want = from.secondsPerPoint == step
+                    ? src.value(from, at: t)
+                    : src.aggregate(from, into: t, step: step, method: dst.aggregation, xff: dst.xFilesFactor)
+                // A slot already holding a newer lap has rolled past t at the destination: nothing to compare.
+                let lapped = dst.baseInterval(a) != 0
+                    && dst.point(at: dst.slotOffset(a, base: dst.baseInterval(a), interval: t)).0 > t
+                if let want, !lapped {
+                    if let got = dst.value(a, at: t) {
+                        if got.bitPattern != want.bitPattern && !(got.isNaN && want.isNaN) {
+                            differing += 1
+                            if examples.count < 3 { examples.append("\(step)s@\(t): source \(want), destination \(got)") }
+                        }
+                    } else {
+                        missing += 1
+                        if examples.count < 3 { examples.append("\(step)s@\(t): missing at the destination") }
+                    }
+                }
+                t += step
+            }
+        }
+        if missing == 0 && differing == 0 { return nil }
+        return "\(missing) points missing, \(differing) differing (\(examples.joined(separator: "; ")))"
+    }
+}
