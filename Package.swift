@@ -73,7 +73,7 @@ let package = Package(
         ),
         .testTarget(
             name: "FerryIntegrationTests",
-            dependencies: ["FerryCore", "FerryDigest", "FerryTesting"],
+            dependencies: ["FerryCore", "FerryDigest", "FerryTesting", "FerryGraphite", "FerryLocal"],
             swiftSettings: strict
         ),
     ]

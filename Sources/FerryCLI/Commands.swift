@@ -67,7 +67,7 @@ func loadPlan(_ path: String) throws -> Plan {
 }
 
 func makeJob(_ plan: Plan, _ options: GlobalOptions) throws -> Job {
-    let source = try Registry.store(plan.source, readRoot: plan.snapshot.path)
+    let source = try Registry.source(plan)
     let destination = try Registry.store(plan.destination)
     return Job(
         plan: plan, source: source, destination: destination, logger: options.logger(),
@@ -113,6 +113,13 @@ struct PlanCheck: ParsableCommand {
 
     func run() throws {
         let p = try loadPlan(plan)
+        do {
+            _ = try Registry.source(p)
+            _ = try Registry.store(p.destination)
+        } catch {
+            printError("plan \(plan) is invalid: \(error)")
+            throw ExitCode(Exit.planError)
+        }
         out("plan \(plan) is valid: job '\(p.name)', \(p.source.displayName) → \(p.destination.displayName)")
         out("state: \(p.stateDirectory)")
     }
@@ -154,7 +161,7 @@ struct RunCommand: ParsableCommand {
     }
 
     func runDry(_ p: Plan) throws {
-        let source = try Registry.store(p.source, readRoot: p.snapshot.path)
+        let source = try Registry.source(p)
         out("dry run: \(source.displayName) → \(p.destination.displayName) (nothing is written)")
         if p.snapshot.hook != nil { out("note: the snapshot hook is not run in a dry run; the live tree is inventoried") }
         let inv = try DryRun.inventory(source: source, bandwidth: p.copy.bandwidth, concurrency: p.copy.concurrency)

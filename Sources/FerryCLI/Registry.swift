@@ -6,14 +6,16 @@ import FerryGraphite
 enum Registry {
     static let storeKinds: [StoreKindSchema] = [
         StoreKindSchema(kind: "fs", keys: ["path"], required: ["path"], pathIsLocal: true),
-        StoreKindSchema(kind: "whisper", keys: ["path"], required: ["path"], pathIsLocal: true),
+        StoreKindSchema(
+            kind: "whisper", keys: ["path", "retentions", "aggregation", "xFilesFactor", "carbon_conf"],
+            required: ["path"], pathIsLocal: true),
+        StoreKindSchema(kind: "ceres", keys: ["path"], required: ["path"], pathIsLocal: true),
     ]
 
     /// Source → destination kinds this build can move.
-    static let pairs: Set<String> = ["fs>fs", "whisper>whisper"]
+    static let pairs: Set<String> = ["fs>fs", "whisper>whisper", "ceres>whisper"]
 
     static let planned: [String: String] = [
-        "ceres": "is planned (Ceres trees) but not implemented in this version of ferry; supported: fs, whisper",
         "s3": "is planned (buckets) but not implemented in this version of ferry; supported: fs",
         "remote": "is planned (ferry serve) but not implemented in this version of ferry; supported: fs",
         "tap:carbon": "is planned (Carbon dual-write tap) but not implemented in this version of ferry",
@@ -23,6 +25,40 @@ enum Registry {
 
     static var loader: PlanLoader {
         PlanLoader(storeKinds: storeKinds, tapKinds: [], plannedKinds: planned, pairs: pairs)
+    }
+
+    /// The Whisper schema a Ceres source converts to: the destination's `retentions` (+ `aggregation`,
+    /// `xFilesFactor`), or carbon's own conf files under `carbon_conf`, applied per metric as carbon does.
+    static func schemaSource(_ plan: Plan) throws -> @Sendable (String) throws -> WhisperSchema? {
+        let o = plan.destination.options
+        if let ret = o["retentions"] {
+            let method = o["aggregation"] ?? "average"
+            guard let agg = Aggregation(name: method) else {
+                throw FerryError(.invalidPlan, "destination.aggregation: unknown method '\(method)'")
+            }
+            let xffText = o["xFilesFactor"] ?? "0.5"
+            guard let xff = Float(xffText), xff >= 0, xff <= 1 else {
+                throw FerryError(.invalidPlan, "destination.xFilesFactor: expected a number in [0, 1], got \(xffText)")
+            }
+            let schema = WhisperSchema(retentions: try Retentions.parse(ret), xFilesFactor: xff, aggregation: agg)
+            _ = try Whisper(retentions: schema.archives)  // validates the archive list as whisper.create does
+            return { _ in schema }
+        }
+        if let conf = o["carbon_conf"] {
+            let dir = PathUtil.normalize(PathUtil.absolute(PathUtil.expandTilde(conf), relativeTo: PathUtil.directory(of: plan.file)))
+            let schemas = try CarbonSchemas(directory: dir)
+            return { try schemas.schema(for: $0) }
+        }
+        throw FerryError(
+            .invalidPlan, "destination: a Ceres source needs the Whisper schema: set retentions (e.g. 60s:30d,600s:1y) or carbon_conf")
+    }
+
+    static func source(_ plan: Plan) throws -> any Store {
+        if plan.source.kind == "ceres" {
+            guard let path = plan.snapshot.path ?? plan.source.path else { throw FerryError(.invalidPlan, "ceres store without a path") }
+            return CeresTreeStore(root: path, schemaFor: try schemaSource(plan))
+        }
+        return try store(plan.source, readRoot: plan.snapshot.path)
     }
 
     /// The store a plan's side names. `readRoot` overrides the path (the snapshot path for the source).

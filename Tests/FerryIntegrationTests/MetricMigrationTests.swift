@@ -108,3 +108,32 @@ import FerryTesting
 }
 
 func PathUtil_dir(_ p: String) -> String { (p as NSString).deletingLastPathComponent }
+
+@Suite struct MetricFaultTests {
+    @Test func corruptDestinationFileIsReportedAndLeftUntouched() throws {
+        let dir = TempDir("ferry-metrics")
+        for side in ["old", "new"] {
+            try FileManager.default.createDirectory(atPath: dir.sub("\(side)/a"), withIntermediateDirectories: true)
+        }
+        for name in ["good", "bad"] {
+            _ = try Ferry.run(["metrics", "create", dir.sub("old/a/\(name).wsp"), "60s:1d"])
+        }
+        let now = Int(Date().timeIntervalSince1970)
+        _ = try Ferry.run(["metrics", "update", dir.sub("old/a/bad.wsp"), "\(now - 120):1", "\(now - 60):2"])
+        // The destination's copy of bad.wsp is truncated mid-archive.
+        let full = try Data(contentsOf: URL(fileURLWithPath: dir.sub("old/a/bad.wsp")))
+        try full.prefix(1000).write(to: URL(fileURLWithPath: dir.sub("new/a/bad.wsp")))
+        let plan = try writePlan(dir.path, """
+            version: 1
+            name: m
+            source:      { kind: whisper, path: old }
+            destination: { kind: whisper, path: new }
+            """)
+        let r = try Ferry.run(["run", plan])
+        #expect(r.status == 1, "\(r.all)")
+        #expect(r.stdout.contains("a/bad.wsp"))
+        #expect(r.stdout.contains("corrupt Whisper file at byte 1000"))
+        #expect(try Data(contentsOf: URL(fileURLWithPath: dir.sub("new/a/bad.wsp"))) == full.prefix(1000))
+        #expect(FileManager.default.fileExists(atPath: dir.sub("new/a/good.wsp")))
+    }
+}

@@ -1,0 +1,139 @@
+import Foundation
+public import FerryCore
+
+/// A Ceres tree seen as the Whisper tree it becomes: node `a/b/c` appears as the file `a/b/c.wsp`, whose bytes
+/// are the node converted (`Whisper.convert`) into the destination's schema. The engine then copies, merges and
+/// verifies it like any Whisper file. Read-only: a Ceres tree is a source.
+public final class CeresTreeStore: Store, @unchecked Sendable {
+    // @unchecked: immutable configuration only.
+    public let root: String
+    /// The schema each metric is converted to (from the plan, or carbon's conf files).
+    let schemaFor: @Sendable (String) throws -> WhisperSchema?
+    public var displayName: String { "ceres:\(root)" }
+
+    public init(root: String, schemaFor: @escaping @Sendable (String) throws -> WhisperSchema?) {
+        self.root = root
+        self.schemaFor = schemaFor
+    }
+
+    func readOnly() -> FerryError { FerryError(.other, "a Ceres tree is read-only in ferry (a source, not a destination)") }
+
+    public func prepareRoot() throws { throw readOnly() }
+
+    static func metric(_ path: String) -> String {
+        String(path.dropLast(4)).replacingOccurrences(of: "/", with: ".")
+    }
+
+    public func walk(_ visit: (Entry) throws -> Void, skipped: (SkippedEntry) -> Void) throws {
+        _ = try CeresTree.nodes(root: root)  // refuses a directory that is not a Ceres tree
+        var dirs = Set<String>()
+        for (metric, path) in try CeresTree.nodes(root: root) {
+            let rel = metric.replacingOccurrences(of: ".", with: "/")
+            var parent = PathUtil.directory(of: rel)
+            var chain: [String] = []
+            while parent != "." && !parent.isEmpty && !dirs.contains(parent) {
+                chain.append(parent)
+                parent = PathUtil.directory(of: parent)
+            }
+            for d in chain.reversed() {
+                dirs.insert(d)
+                var st = Foundation.stat()
+                if lstat(root + "/" + d, &st) == 0 {
+                    try visit(
+                        Entry(path: d, kind: .directory, size: 0, mtimeNs: 0, mode: UInt32(st.st_mode & 0o7777),
+                              inode: UInt64(st.st_ino), uid: st.st_uid, gid: st.st_gid))
+                }
+            }
+            do {
+                if let e = try entry(rel + ".wsp", nodePath: path) { try visit(e) }
+            } catch let e as CeresError {
+                skipped(SkippedEntry(path: rel + ".wsp", reason: e.description))
+            } catch let e as FerryError where e.code == .invalidPlan {
+                skipped(SkippedEntry(path: rel + ".wsp", reason: e.message))
+            }
+        }
+    }
+
+    /// The virtual file's metadata: the converted size; mtime and inode of the node's newest slice, so a
+    /// catch-up sees a node that received points as changed.
+    func entry(_ rel: String, nodePath: String) throws -> Entry? {
+        let node = try CeresNode(path: nodePath)
+        guard let schema = try schemaFor(Self.metric(rel)) else {
+            throw FerryError(.invalidPlan, "no schema rule matches \(Self.metric(rel))")
+        }
+        let archives = schema.archives
+        let size = Whisper.headerSize + archives.count * Whisper.archiveInfoSize
+            + archives.reduce(0) { $0 + $1.points * Whisper.pointSize }
+        var mtime: Int64 = 0
+        var inode: UInt64 = 0
+        for s in node.slices {
+            var st = Foundation.stat()
+            if lstat(s.path, &st) == 0 {
+                let m = Int64(st.st_mtim.tv_sec) * 1_000_000_000 + Int64(st.st_mtim.tv_nsec)
+                if m > mtime {
+                    mtime = m
+                    inode = UInt64(st.st_ino)
+                }
+            }
+        }
+        return Entry(path: rel, kind: .file, size: Int64(size), mtimeNs: mtime, mode: 0o644, inode: inode)
+    }
+
+    public func stat(_ path: String) throws -> Entry? {
+        if path.isEmpty {
+            var st = Foundation.stat()
+            guard lstat(root, &st) == 0 else { return nil }
+            return Entry(path: "", kind: .directory, size: 0, mtimeNs: 0, mode: UInt32(st.st_mode & 0o7777), inode: UInt64(st.st_ino))
+        }
+        guard PathUtil.isSafeRelative(path) else { throw FerryError(.unsafePath, "refusing unsafe path \"\(path)\"") }
+        if path.hasSuffix(".wsp") {
+            let node = root + "/" + String(path.dropLast(4))
+            guard CeresNode.isNode(node) else { return nil }
+            return try entry(path, nodePath: node)
+        }
+        var st = Foundation.stat()
+        guard lstat(root + "/" + path, &st) == 0, st.st_mode & S_IFMT == S_IFDIR else { return nil }
+        return Entry(path: path, kind: .directory, size: 0, mtimeNs: 0, mode: UInt32(st.st_mode & 0o7777), inode: UInt64(st.st_ino))
+    }
+
+    public func openReader(_ path: String) throws -> (any ObjectReader)? {
+        guard PathUtil.isSafeRelative(path), path.hasSuffix(".wsp") else { return nil }
+        let nodePath = root + "/" + String(path.dropLast(4))
+        guard CeresNode.isNode(nodePath), let e = try entry(path, nodePath: nodePath),
+            let schema = try schemaFor(Self.metric(path))
+        else { return nil }
+        let db = try Whisper.convert(try CeresNode(path: nodePath), schema: schema, now: Int(Date().timeIntervalSince1970))
+        return MemoryReader(bytes: db.bytes, entry: e)
+    }
+
+    public func openWriter(for entry: Entry, token: String, resume: Bool) throws -> (any ObjectWriter)? { throw readOnly() }
+    public func makeDirectory(_ entry: Entry) throws { throw readOnly() }
+    public func finishDirectory(_ entry: Entry) throws { throw readOnly() }
+    public func makeSymlink(_ entry: Entry) throws { throw readOnly() }
+    public func remove(_ path: String, kind: EntryKind) throws { throw readOnly() }
+    public func syncAll() throws {}
+    public func discardPartial(for path: String, token: String) throws {}
+}
+
+/// An object whose bytes were produced in memory (a converted file).
+final class MemoryReader: ObjectReader {
+    let bytes: [UInt8]
+    let entry: Entry
+
+    init(bytes: [UInt8], entry: Entry) {
+        self.bytes = bytes
+        self.entry = entry
+    }
+
+    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws -> Int {
+        guard offset < Int64(bytes.count) else { return 0 }
+        let n = min(buffer.count, bytes.count - Int(offset))
+        bytes.withUnsafeBytes { src in
+            buffer.baseAddress!.copyMemory(from: src.baseAddress! + Int(offset), byteCount: n)
+        }
+        return n
+    }
+
+    func currentEntry() throws -> Entry { entry }
+    func close() {}
+}

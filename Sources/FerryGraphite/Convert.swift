@@ -1,0 +1,132 @@
+import Foundation
+import FerryCore
+
+/// The shape of a Whisper file: archives, xFilesFactor, aggregation method.
+public struct WhisperSchema: Sendable, Equatable {
+    public var retentions: [Int]  // flattened (secondsPerPoint, points) pairs, for Equatable
+    public var xFilesFactor: Float
+    public var aggregation: Aggregation
+
+    public init(retentions: [(secondsPerPoint: Int, points: Int)], xFilesFactor: Float, aggregation: Aggregation) {
+        self.retentions = retentions.flatMap { [$0.secondsPerPoint, $0.points] }
+        self.xFilesFactor = xFilesFactor
+        self.aggregation = aggregation
+    }
+
+    public var archives: [(secondsPerPoint: Int, points: Int)] {
+        stride(from: 0, to: retentions.count, by: 2).map { (retentions[$0], retentions[$0 + 1]) }
+    }
+}
+
+/// carbon's `storage-schemas.conf` and `storage-aggregation.conf`, applied per metric as carbon applies them:
+/// sections in file order, the first whose `pattern` regex is found in the metric name wins.
+public struct CarbonSchemas: Sendable {
+    struct Rule: Sendable {
+        var name: String
+        var pattern: String
+        var values: [String: String]
+    }
+    var schemas: [Rule]
+    var aggregations: [Rule]
+
+    public init(directory: String) throws {
+        schemas = try Self.parse(directory + "/storage-schemas.conf", required: true)
+        aggregations = try Self.parse(directory + "/storage-aggregation.conf", required: false)
+    }
+
+    public init(schemasText: String, aggregationText: String?) throws {
+        schemas = try Self.parse(text: schemasText, file: "storage-schemas.conf")
+        aggregations = try aggregationText.map { try Self.parse(text: $0, file: "storage-aggregation.conf") } ?? []
+    }
+
+    static func parse(_ path: String, required: Bool) throws -> [Rule] {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            if required { throw FerryError(.invalidPlan, "cannot read \(path)") }
+            return []
+        }
+        return try parse(text: String(decoding: data, as: UTF8.self), file: path)
+    }
+
+    static func parse(text: String, file: String) throws -> [Rule] {
+        var rules: [Rule] = []
+        for (n, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let line = raw.trimmingCharacters(in: .whitespaces)
+            if line.isEmpty || line.hasPrefix("#") || line.hasPrefix(";") { continue }
+            if line.hasPrefix("[") && line.hasSuffix("]") {
+                rules.append(Rule(name: String(line.dropFirst().dropLast()), pattern: "", values: [:]))
+                continue
+            }
+            guard let eq = line.firstIndex(where: { $0 == "=" || $0 == ":" }), !rules.isEmpty else {
+                throw FerryError(.invalidPlan, "\(file):\(n + 1): expected [section] or key = value")
+            }
+            let key = line[..<eq].trimmingCharacters(in: .whitespaces)
+            let value = line[line.index(after: eq)...].trimmingCharacters(in: .whitespaces)
+            if key == "pattern" {
+                guard (try? NSRegularExpression(pattern: value)) != nil else {
+                    throw FerryError(.invalidPlan, "\(file):\(n + 1): bad pattern \(value)")
+                }
+                rules[rules.count - 1].pattern = value
+            } else {
+                rules[rules.count - 1].values[key] = value
+            }
+        }
+        return rules
+    }
+
+    static func first(_ rules: [Rule], matching metric: String) -> Rule? {
+        rules.first { r in
+            guard let re = try? NSRegularExpression(pattern: r.pattern) else { return false }
+            return re.firstMatch(in: metric, range: NSRange(metric.startIndex..., in: metric)) != nil
+        }
+    }
+
+    /// The schema carbon would create `metric` with; nil when no schema rule matches (carbon would not write it).
+    public func schema(for metric: String) throws -> WhisperSchema? {
+        guard let s = Self.first(schemas, matching: metric), let ret = s.values["retentions"] else { return nil }
+        let agg = Self.first(aggregations, matching: metric)
+        let xff = agg?.values["xFilesFactor"].flatMap(Float.init) ?? 0.5
+        let method = try agg?.values["aggregationMethod"].map { name -> Aggregation in
+            guard let m = Aggregation(name: name) else { throw FerryError(.invalidPlan, "unknown aggregationMethod \(name)") }
+            return m
+        } ?? .average
+        return WhisperSchema(retentions: try Retentions.parse(ret), xFilesFactor: xff, aggregation: method)
+    }
+}
+
+extension Whisper {
+    /// A Whisper file in `schema` holding a Ceres node's data as of `now`. Every archive is filled from the
+    /// finest data covering it: at the node's own step directly, coarser archives by aggregating the node's
+    /// points with the schema's method and xFilesFactor (what carbon would have propagated). Archives finer than
+    /// the node's step stay empty (nothing is invented).
+    public static func convert(_ node: CeresNode, schema: WhisperSchema, now: Int) throws -> Whisper {
+        var db = try Whisper(retentions: schema.archives, xFilesFactor: schema.xFilesFactor, aggregation: schema.aggregation)
+        for a in db.archives where a.secondsPerPoint % node.timeStep == 0 {
+            let step = a.secondsPerPoint
+            let oldest = now - a.retention
+            let first = oldest - mod(oldest, step) + step
+            let last = now - mod(now, step)
+            guard first <= last else { continue }
+            let read = try node.read(from: first, until: last + step)
+            guard read.step == node.timeStep else { continue }
+            let factor = step / read.step
+            var base = 0
+            var i = 0
+            var t = read.start
+            while i < read.values.count {
+                let group = Array(read.values[i..<min(i + factor, read.values.count)])
+                let known = group.compactMap { $0 }
+                if !known.isEmpty, t >= first, t <= last,
+                    factor == 1 || Double(known.count) / Double(factor) >= Double(schema.xFilesFactor)
+                {
+                    let padded = group + [Double?](repeating: nil, count: factor - group.count)
+                    let v = factor == 1 ? known[0] : schema.aggregation.aggregate(known: known, neighbors: padded)
+                    if base == 0 { base = t }
+                    db.setPoint(at: db.slotOffset(a, base: base, interval: t), t, v)
+                }
+                i += factor
+                t += step
+            }
+        }
+        return db
+    }
+}
