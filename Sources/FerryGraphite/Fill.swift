@@ -7,6 +7,8 @@ public struct FillReport: Sendable, Equatable {
     public var filled: [Int]
     /// Destination archives that no source archive could fill without routing coarse data into fine slots.
     public var skipped: [Int]
+    /// Coarse slots recomputed from their finer archive because the fill completed the data they aggregate.
+    public var recomputed: Int = 0
     public var total: Int { filled.reduce(0, +) }
 }
 
@@ -22,14 +24,17 @@ extension Whisper {
     /// - Only intervals up to `until` (the snapshot time) are considered: what came later belongs to the live side.
     public mutating func fill(from source: Whisper, until: Int, now: Int) -> FillReport {
         var report = FillReport(filled: Array(repeating: 0, count: archives.count), skipped: [])
+        var touched: [Int] = []  // intervals written in the previous (finer) archive
         for (index, a) in archives.enumerated() {
             let step = a.secondsPerPoint
             let same = source.archives.first { $0.secondsPerPoint == step }
             let finer = source.archives.last { $0.secondsPerPoint < step && step % $0.secondsPerPoint == 0 }
             guard let from = same ?? finer else {
                 report.skipped.append(index)
+                touched = []
                 continue
             }
+            var writtenTimes: [Int] = []
             // Intervals both archives still hold: (now - retention, min(now, until)].
             let oldest = now - min(a.retention, from.retention)
             var t = oldest - Self.mod(oldest, step) + step
@@ -37,7 +42,7 @@ extension Whisper {
             var base = baseInterval(a)
             var written = 0
             if from.secondsPerPoint == step {
-                written = fillSameStep(a, from: source, archive: from, first: t, last: last, base: &base)
+                written = fillSameStep(a, from: source, archive: from, first: t, last: last, base: &base, times: &writtenTimes)
             } else {
                 while t <= last {
                     defer { t += step }
@@ -49,10 +54,15 @@ extension Whisper {
                     else { continue }
                     if base == 0 { base = t }
                     setPoint(at: slotOffset(a, base: base, interval: t), t, value)
+                    writtenTimes.append(t)
                     written += 1
                 }
             }
             report.filled[index] = written
+            if index > 0 {
+                report.recomputed += recomputeDerived(index, touchedBelow: touched, writtenHere: &writtenTimes)
+            }
+            touched = writtenTimes
         }
         return report
     }
@@ -60,7 +70,8 @@ extension Whisper {
     /// The hot loop of a migration (≈93k slots a file): walks both archives slot by slot, advancing byte offsets
     /// instead of dividing per point, and copies the source's 12-byte point where the destination has a gap.
     private mutating func fillSameStep(
-        _ a: WhisperArchive, from source: Whisper, archive b: WhisperArchive, first: Int, last: Int, base: inout Int
+        _ a: WhisperArchive, from source: Whisper, archive b: WhisperArchive, first: Int, last: Int, base: inout Int,
+        times: inout [Int]
     ) -> Int {
         guard first <= last else { return 0 }
         let srcBase = source.baseInterval(b)
@@ -89,6 +100,7 @@ extension Whisper {
                         bytes.withUnsafeMutableBufferPointer { dp in
                             for k in 0..<Self.pointSize { dp[dstOff + k] = sp[srcOff + k] }
                         }
+                        times.append(t)
                         written += 1
                     }
                 }
@@ -102,6 +114,31 @@ extension Whisper {
             }
         }
         return written
+    }
+
+    /// A coarse slot that already held a value was aggregated by carbon from the finer points it had then: when
+    /// live writes started inside its interval, from part of them. Once the fill has completed the finer archive
+    /// there, the slot is recomputed from it as carbon's propagation does (method, xFilesFactor), which is what
+    /// carbon would hold had it received every point. Slots the fill wrote from the source are left alone.
+    private mutating func recomputeDerived(_ index: Int, touchedBelow: [Int], writtenHere: inout [Int]) -> Int {
+        guard !touchedBelow.isEmpty else { return 0 }
+        let lower = archives[index]
+        let higher = archives[index - 1]
+        let written = Set(writtenHere)
+        var intervals = Set<Int>()
+        for t in touchedBelow { intervals.insert(t - Self.mod(t, lower.secondsPerPoint)) }
+        var count = 0
+        for start in intervals.sorted() where !written.contains(start) {
+            guard let current = value(lower, at: start) else { continue }  // a gap was the fill's job, not ours
+            guard let v = aggregate(higher, into: start, step: lower.secondsPerPoint, method: aggregation, xff: xFilesFactor)
+            else { continue }
+            if v.bitPattern != current.bitPattern {
+                setPoint(at: slotOffset(lower, base: baseInterval(lower), interval: start), start, v)
+                writtenHere.append(start)
+                count += 1
+            }
+        }
+        return count
     }
 
     /// The value carbon would hold for the coarse interval `[start, start + step)`: the finer archive's known

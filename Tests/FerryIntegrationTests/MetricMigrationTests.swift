@@ -24,9 +24,10 @@ import FerryTesting
         // The live side: the last 6 hours dual-written (same values) plus points newer than the snapshot.
         let live = dir.sub("live.wsp")
         try WhisperOracle.run(["create", live, schema, "0.5", "average"])
-        // Dual-write starts on a 600 s boundary here. (When it starts mid-interval, the destination's first coarse
-        // slot holds an aggregate of the partial live data; the fill keeps it and verify reports it: open work.)
-        var livePts = stride(from: aligned - 6 * 3600, through: now - 600, by: 60).map { ($0, Double(($0 / 60) % 89)) }
+        // Dual-write starts in the middle of a 600 s interval: the destination's first coarse slot aggregates only
+        // the live part until the fill completes the fine archive and it is recomputed.
+        let liveStart = aligned - 6 * 3600 - 360  // 6 of the interval's 10 points: enough for xFilesFactor 0.5
+        var livePts = stride(from: liveStart, through: now - 600, by: 60).map { ($0, Double(($0 / 60) % 89)) }
         livePts += stride(from: now + 600, through: now + 1800, by: 60).map { ($0, -1.0) }
         try WhisperOracle.run(["update", live, String(now + 1800), try WhisperOracle.pointsFile(dir.sub("l.json"), livePts)])
 
@@ -68,6 +69,7 @@ import FerryTesting
             #expect(verdict["clobbered"] as? Int == 0, "\(rel): \(verdict)")
             #expect(verdict["missed"] as? Int == 0, "\(rel): \(verdict)")
             #expect(verdict["invented"] as? Int == 0, "\(rel): \(verdict)")
+            #expect((verdict["rederived"] as? Int ?? 0) >= 1, "the straddled coarse slot was recomputed: \(verdict)")
             // Points newer than the snapshot, written by the live side, are untouched.
             let archives = try #require(
                 try JSONSerialization.jsonObject(with: Data(try WhisperOracle.run(["archives", dst + "/" + rel]).utf8))

@@ -75,6 +75,25 @@ def main():
         info = whisper.info(sys.argv[4])
         slots = slot_times(sys.argv[4])
         verdict = {"clobbered": 0, "missed": 0, "invented": 0, "filled": 0, "kept": 0, "superseded": 0, "examples": []}
+        steps = [a["secondsPerPoint"] for a in info["archives"]]
+        method, xff = info["aggregationMethod"], info["xFilesFactor"]
+
+        def rederived(step, t):
+            """A coarse slot may change when the finer archive gained points in its interval; it must then equal
+            the reference aggregate of the finer archive after the merge (carbon's propagation)."""
+            i = steps.index(step)
+            if i == 0:
+                return False
+            fine = steps[i - 1]
+            ts = range(t, t + step, fine)
+            if not any(u in after[fine] and u not in before[fine] for u in ts):
+                return False
+            neighbors = [after[fine].get(u) for u in ts]
+            known = [v for v in neighbors if v is not None]
+            if not known or len(known) / len(neighbors) < xff:
+                return False
+            return whisper.aggregate(method, known, neighbors) == after[step].get(t)
+
         for a in info["archives"]:
             step, ret = a["secondsPerPoint"], a["retention"]
             s, b, f = src.get(step, {}), before[step], after[step]
@@ -82,7 +101,9 @@ def main():
             oldest = now - min(ret, src_ret or ret)
             for t in range(oldest - oldest % step + step, now + 1, step):
                 got = f.get(t)
-                if t in b:
+                if t in b and got != b[t] and rederived(step, t):
+                    verdict["rederived"] = verdict.get("rederived", 0) + 1
+                elif t in b:
                     verdict["kept" if got == b[t] or (got != got and b[t] != b[t]) else "clobbered"] += 1
                     if got != b[t] and len(verdict["examples"]) < 5:
                         verdict["examples"].append(["clobbered", step, t, b[t], got])
