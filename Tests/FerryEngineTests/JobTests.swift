@@ -23,13 +23,19 @@ import FerryLocal
             logger: Logger(label: "test"), progress: ProgressTracker(output: .none))
     }
 
-    @Test func fileVanishingBetweenSnapshotAndCopyIsRecordedNotFatal() throws {
-        let dir = TempDir()
-        try TreeGen.make(at: dir.sub("src"), files: 30, large: [200_000])
+    /// A job over a generated tree with its snapshot taken (the moment the tests act in).
+    func snapshotted(_ dir: TempDir, files: Int, large: Int) throws -> (Job, Ledger) {
+        try TreeGen.make(at: dir.sub("src"), files: files, large: [large])
         let job = try makeJob(dir)
         let ledger = try job.openLedger(create: true)
         try ledger.createJob(name: "job", planIdentity: job.plan.identity, chunkSize: job.plan.copy.chunkSize)
         try job.snapshot(ledger)
+        return (job, ledger)
+    }
+
+    @Test func fileVanishingBetweenSnapshotAndCopyIsRecordedNotFatal() throws {
+        let dir = TempDir()
+        let (job, ledger) = try snapshotted(dir, files: 30, large: 200_000)
         try FileManager.default.removeItem(atPath: dir.sub("src/d5/e0/f5.dat"))
         try FileManager.default.removeItem(atPath: dir.sub("src/large/big-0.bin"))
 
@@ -48,11 +54,7 @@ import FerryLocal
 
     @Test func fileChangedBetweenSnapshotAndCopyIsCopiedAsItIsNow() throws {
         let dir = TempDir()
-        try TreeGen.make(at: dir.sub("src"), files: 10, large: [300_000])
-        let job = try makeJob(dir)
-        let ledger = try job.openLedger(create: true)
-        try ledger.createJob(name: "job", planIdentity: job.plan.identity, chunkSize: job.plan.copy.chunkSize)
-        try job.snapshot(ledger)
+        let (job, ledger) = try snapshotted(dir, files: 10, large: 300_000)
         try TreeGen.write(dir.sub("src/large/big-0.bin"), size: 400_123, seed: 77)
         _ = try job.copy(ledger)
         let item = try #require(try ledger.item(path: "large/big-0.bin"))

@@ -14,8 +14,8 @@ import whisper
 archive_fetch = getattr(whisper, "__archive_fetch")
 
 
-def slot_times(path):
-    """{secondsPerPoint: (base, points, {slot: timestamp})} as stored, for telling a newer lap from a gap."""
+def raw_archives(path):
+    """{secondsPerPoint: (points, [(timestamp, value) per slot])}: the archives exactly as stored."""
     import struct
     info = whisper.info(path)
     out = {}
@@ -23,34 +23,22 @@ def slot_times(path):
         for a in info["archives"]:
             fh.seek(a["offset"])
             raw = fh.read(a["size"])
-            times = {i: struct.unpack("!L", raw[i * 12:i * 12 + 4])[0] for i in range(a["points"])}
-            out[a["secondsPerPoint"]] = (times[0], a["points"], times)
+            out[a["secondsPerPoint"]] = (a["points"], [struct.unpack("!Ld", raw[i * 12:(i + 1) * 12]) for i in range(a["points"])])
     return out
 
 
+def slot_times(path):
+    """{secondsPerPoint: (base, points, {slot: timestamp})} as stored, for telling a newer lap from a gap."""
+    return {step: (slots[0][0], n, {i: t for i, (t, _) in enumerate(slots)}) for step, (n, slots) in raw_archives(path).items()}
+
+
 def valid_points(path):
-    """{secondsPerPoint: {timestamp: value}} for every slot holding its own timestamp, read by the reference."""
-    info = whisper.info(path)
+    """{secondsPerPoint: {timestamp: value}} for every slot holding an interval its position allows
+    (the base places it there); stale laps are dropped by the callers' time windows."""
     out = {}
-    with open(path, "rb") as fh:
-        for a in info["archives"]:
-            fh.seek(a["offset"])
-            raw = fh.read(a["size"])
-            pts = {}
-            import struct
-            for i in range(a["points"]):
-                t, v = struct.unpack("!Ld", raw[i * 12:(i + 1) * 12])
-                if t != 0:
-                    pts[t] = v
-            # keep only slots whose timestamp is what the base places there (stale laps read as no value)
-            fh.seek(a["offset"])
-            base = struct.unpack("!Ld", fh.read(12))[0]
-            step, n = a["secondsPerPoint"], a["points"]
-            good = {}
-            for t, v in pts.items():
-                if base and (t - base) % step == 0:
-                    good[t] = v
-            out[step] = good
+    for step, (n, slots) in raw_archives(path).items():
+        base = slots[0][0]
+        out[step] = {t: v for t, v in slots if t != 0 and base and (t - base) % step == 0}
     return out
 
 
