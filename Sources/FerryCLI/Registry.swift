@@ -13,7 +13,7 @@ enum Registry {
     ]
 
     /// Source → destination kinds this build can move.
-    static let pairs: Set<String> = ["fs>fs", "whisper>whisper", "ceres>whisper"]
+    static let pairs: Set<String> = ["fs>fs", "whisper>whisper", "ceres>whisper", "whisper>ceres"]
 
     static let planned: [String: String] = [
         "s3": "is planned (buckets) but not implemented in this version of ferry; supported: fs",
@@ -70,6 +70,9 @@ enum Registry {
         case "whisper":
             guard let path = readRoot ?? spec.path else { throw FerryError(.invalidPlan, "whisper store without a path") }
             return WhisperTreeStore(root: path)
+        case "ceres":
+            guard let path = spec.path else { throw FerryError(.invalidPlan, "ceres store without a path") }
+            return CeresDestinationStore(root: path)
         default:
             throw FerryError(.invalidPlan, "store kind '\(spec.kind)' is not available in this build")
         }

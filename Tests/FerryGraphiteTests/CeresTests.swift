@@ -65,3 +65,37 @@ import FerryTesting
         }
     }
 }
+
+@Suite struct CeresWriteTests {
+    @Test func writtenNodesReadBackLastWriteWins() throws {
+        let dir = TempDir("ceres-write")
+        var node = try CeresNode.create(
+            path: dir.sub("a/b"), timeStep: 60, xFilesFactor: 0.5, aggregation: .average, retentions: [(60, 43200)])
+        let t0 = 1_700_000_040
+        var expected: [Int: Double] = [:]
+        var rng = SystemRandomNumberGenerator()
+        // Batches as carbon would send them, and history written after newer data, with small and large gaps.
+        let batches: [[Int]] = [
+            Array(stride(from: t0 + 500 * 60, to: t0 + 600 * 60, by: 60)),  // newer data first
+            Array(stride(from: t0, to: t0 + 100 * 60, by: 60)),  // older history: an earlier slice
+            Array(stride(from: t0 + 130 * 60, to: t0 + 160 * 60, by: 60)),  // gap of 30: NaN-padded
+            Array(stride(from: t0 + 300 * 60, to: t0 + 320 * 60, by: 60)),  // gap over 80: a new slice
+            Array(stride(from: t0 + 580 * 60, to: t0 + 700 * 60, by: 60)),  // overlaps and extends the newest
+            Array(stride(from: t0 + 90 * 60, to: t0 + 520 * 60, by: 97 * 60)),  // straddles several slices
+        ]
+        for batch in batches {
+            let points = batch.map { ($0 + Int.random(in: 0..<60, using: &rng), Double(Int.random(in: -50...50, using: &rng)) / 4) }
+            try node.write(points)
+            for (t, v) in points { expected[t - t % 60] = v }
+        }
+        let read = try CeresNode(path: dir.sub("a/b")).read(from: t0, until: t0 + 800 * 60)
+        #expect(read.step == 60)
+        var mismatches: [String] = []
+        for (i, v) in read.values.enumerated() {
+            let t = read.start + i * 60
+            if v != expected[t] { mismatches.append("\(t): \(String(describing: v)) vs \(String(describing: expected[t]))") }
+        }
+        #expect(mismatches.isEmpty, "\(mismatches.prefix(5))")
+        #expect(node.slices.count >= 3, "history before existing data and an over-80-point gap make slices")
+    }
+}

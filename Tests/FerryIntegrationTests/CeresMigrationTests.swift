@@ -134,3 +134,83 @@ import FerryTesting
         #expect(r.stderr.contains("retentions"))
     }
 }
+
+@Suite(.serialized) struct WhisperToCeresTests {
+    @Test func whisperTreeBecomesCeresKeepingEveryArchivesPrecision() throws {
+        let dir = TempDir("ferry-w2c")
+        let now = Int(Date().timeIntervalSince1970)
+        let src = dir.sub("whisper/servers/web1")
+        try FileManager.default.createDirectory(atPath: src, withIntermediateDirectories: true)
+        for name in ["cpu", "mem"] {
+            let f = src + "/\(name).wsp"
+            try WhisperOracle.run(["create", f, "60:2880,600:4320", "0.5", "average"])
+            let pts = stride(from: now - 20 * 86400, through: now - 120, by: 60).map { ($0, Double(($0 / 60) % 53) - (name == "cpu" ? 0 : 9)) }
+            var i = 0
+            while i < pts.count {  // as carbon received them, a day at a time
+                let batch = Array(pts[i..<min(i + 1440, pts.count)])
+                try WhisperOracle.run(["update", f, String(batch.last!.0 + 30), try WhisperOracle.pointsFile(dir.sub("p.json"), batch)])
+                i += 1440
+            }
+        }
+        // mem already lives at the destination: the last 3 hours dual-written (same values), with a 10-point hole,
+        // and points newer than the snapshot that only the live side has.
+        let liveNode = dir.sub("ceres/servers/web1/mem")
+        var node = try CeresNode.create(path: liveNode, timeStep: 60, xFilesFactor: 0.5, aggregation: .average, retentions: [(60, 2880)])
+        let liveStart = now - now % 60 - 3 * 3600
+        let hole = (liveStart + 3600)..<(liveStart + 4200)
+        try node.write(stride(from: liveStart, to: now - 120, by: 60).filter { !hole.contains($0) }.map { ($0, Double(($0 / 60) % 53) - 9) })
+        let future = now - now % 60 + 600
+        try node.write(stride(from: future, to: future + 600, by: 60).map { ($0, -7.0) })
+        try FileManager.default.createDirectory(atPath: dir.sub("ceres/.ceres-tree"), withIntermediateDirectories: true)
+
+        let plan = try writePlan(dir.path, """
+            version: 1
+            name: w2c
+            source:      { kind: whisper, path: whisper }
+            destination: { kind: ceres, path: ceres }
+            """)
+        let r = try Ferry.run(["run", plan])
+        #expect(r.status == 0, "\(r.all)")
+
+        for name in ["cpu", "mem"] {
+            let db = try Whisper(path: src + "/\(name).wsp")
+            let n = try CeresNode(path: dir.sub("ceres/servers/web1/\(name)"))
+            #expect(n.timeStep == 60)
+            #expect(n.aggregation == .average)
+            // The fine window: every 60 s value of the source (the live points of mem win where they exist).
+            let fineFrom = now - 2880 * 60 + 600
+            let fine = try n.read(from: fineFrom, until: now - 600)
+            #expect(fine.step == 60)
+            var diffs = 0
+            var compared = 0
+            for (k, v) in fine.values.enumerated() {
+                let t = fine.start + k * 60
+                let want = db.value(db.archives[0], at: t)
+                if let want {
+                    compared += 1
+                    if v != want { diffs += 1 }
+                }
+            }
+            #expect(compared > 2000 && diffs == 0, "\(name): \(diffs) of \(compared) fine values differ")
+        }
+        let mem = try CeresNode(path: liveNode).read(from: future, until: future + 600)
+        #expect(mem.values.allSatisfy { $0 == -7.0 }, "points newer than the snapshot are untouched")
+        // Older history survives only at 600 s: it is kept at 600 s, not dropped (new node cpu).
+        let cpu = try CeresNode(path: dir.sub("ceres/servers/web1/cpu"))
+        #expect(cpu.slices.contains { $0.timeStep == 600 })
+        let db = try Whisper(path: src + "/cpu.wsp")
+        let old = try cpu.read(from: now - 15 * 86400, until: now - 10 * 86400)
+        #expect(old.step == 600)
+        var oldCompared = 0
+        for (k, v) in old.values.enumerated() {
+            let t = old.start + k * 600
+            if let want = db.value(db.archives[1], at: t) {
+                oldCompared += 1
+                #expect(v == want, "600 s value at \(t)")
+            }
+        }
+        #expect(oldCompared > 500)
+        let v = try Ferry.run(["verify", plan])
+        #expect(v.status == 0, "\(v.all)")
+    }
+}
