@@ -80,9 +80,12 @@ public struct CarbonSchemas: Sendable {
         }
     }
 
-    /// The schema carbon would create `metric` with; nil when no schema rule matches (carbon would not write it).
+    /// carbon's own fallback when no section matches: `defaultSchema`, 7 days of minutely data.
+    public static let defaultRetentions = "60:10080"
+
+    /// The schema carbon would create `metric` with (its built-in default when no section matches).
     public func schema(for metric: String) throws -> WhisperSchema? {
-        guard let s = Self.first(schemas, matching: metric), let ret = s.values["retentions"] else { return nil }
+        let ret = Self.first(schemas, matching: metric)?.values["retentions"] ?? Self.defaultRetentions
         let agg = Self.first(aggregations, matching: metric)
         let xff = agg?.values["xFilesFactor"].flatMap(Float.init) ?? 0.5
         let method = try agg?.values["aggregationMethod"].map { name -> Aggregation in

@@ -99,3 +99,39 @@ import FerryTesting
         #expect(node.slices.count >= 3, "history before existing data and an over-80-point gap make slices")
     }
 }
+
+@Suite struct CarbonSchemaTests {
+    @Test func firstMatchingSectionWinsAndCarbonsDefaultsApply() throws {
+        let rules = try CarbonSchemas(
+            schemasText: """
+                [carbon]
+                pattern = ^carbon\\.
+                retentions = 60:90d
+                [web]
+                pattern = web
+                retentions = 10s:6h,1m:7d,10m:5y
+                [catchall]
+                pattern = ^servers\\.
+                retentions = 1h:1y
+                """,
+            aggregationText: """
+                [counts]
+                pattern = \\.count$
+                xFilesFactor = 0
+                aggregationMethod = sum
+                """)
+        let web = try #require(try rules.schema(for: "servers.web1.requests.count"))
+        #expect(web.archives.map(\.secondsPerPoint) == [10, 60, 600])
+        #expect(web.archives.map(\.points) == [2160, 10080, 262_800])
+        #expect(web.aggregation == .sum)
+        #expect(web.xFilesFactor == 0)
+        let carbon = try #require(try rules.schema(for: "carbon.agents.a.cpu"))
+        #expect(carbon.archives.map(\.points) == [129_600])
+        #expect(carbon.aggregation == .average)
+        #expect(carbon.xFilesFactor == 0.5)
+        let other = try #require(try rules.schema(for: "apps.latency"))
+        #expect(other.archives.map(\.secondsPerPoint) == [60], "carbon's built-in default: 60:7d")
+        #expect(other.archives.map(\.points) == [10080])
+        #expect(throws: (any Error).self) { _ = try CarbonSchemas(schemasText: "pattern = x\n", aggregationText: nil) }
+    }
+}
