@@ -48,6 +48,7 @@ let package = Package(
             swiftSettings: strict
         ),
         .target(name: "FerryDigest", dependencies: ["CCrypto"], swiftSettings: strict),
+        .target(name: "FerryS3", dependencies: ["FerryCore", "FerryDigest"], swiftSettings: strict),
         .target(name: "FerryGraphite", dependencies: ["FerryCore", "FerryLocal"], swiftSettings: strict),
         .target(name: "FerryLocal", dependencies: ["FerryCore", "CFerrySys"], swiftSettings: strict),
         .target(name: "CFerrySys"),
@@ -66,6 +67,7 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        .testTarget(name: "FerryS3Tests", dependencies: ["FerryS3", "FerryDigest"], swiftSettings: strict),
         .testTarget(
             name: "FerryGraphiteTests",
             dependencies: ["FerryCore", "FerryGraphite", "FerryTesting"],

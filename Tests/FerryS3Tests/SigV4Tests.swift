@@ -1,0 +1,60 @@
+import Testing
+import FerryDigest
+@testable import FerryS3
+
+/// The signing examples published in Amazon S3's documentation ("Signature Calculations for the Authorization
+/// Header"), written here as constants.
+@Suite struct SigV4Tests {
+    let signer = SigV4(
+        credentials: S3Credentials(accessKeyID: "AKIAIOSFODNN7EXAMPLE", secretAccessKey: "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"),
+        region: "us-east-1")
+    let host = ("host", "examplebucket.s3.amazonaws.com")
+    let date = ("x-amz-date", "20130524T000000Z")
+
+    @Test func getObjectWithRange() {
+        let s = signer.sign(
+            method: "GET", path: "/test.txt", query: [],
+            headers: [host, ("range", "bytes=0-9"), ("x-amz-content-sha256", SigV4.emptyPayloadHash), date],
+            payloadHash: SigV4.emptyPayloadHash)
+        #expect(s.stringToSign.hasSuffix("7344ae5b7ee6c3e7e6b0fe0640412a37625d1fbfff95c48bbb2dc43964946972"))
+        #expect(s.signature == "f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41")
+        #expect(s.signedHeaders == "host;range;x-amz-content-sha256;x-amz-date")
+    }
+
+    @Test func putObjectWithDollarInKeyAndRealPayloadHash() {
+        let payload = SHA256Hasher.digest(Array("Welcome to Amazon S3.".utf8)).hex
+        #expect(payload == "44ce7dd67c959e0d3524ffac1771dfbba87d2b6b4b4e99e42034a8b803f8b072")
+        let s = signer.sign(
+            method: "PUT", path: "/test$file.text", query: [],
+            headers: [
+                ("Date", "Fri, 24 May 2013 00:00:00 GMT"), host, ("x-amz-content-sha256", payload), date,
+                ("x-amz-storage-class", "REDUCED_REDUNDANCY"),
+            ], payloadHash: payload)
+        #expect(s.canonicalRequest.split(separator: "\n")[1] == "/test%24file.text")
+        #expect(s.signature == "98ad721746da40c64f1a55b78f14c238d841ea1380cd77a1b5971af0ece108bd")
+    }
+
+    @Test func queryWithoutValueAndSortedQuery() {
+        let h = [host, ("x-amz-content-sha256", SigV4.emptyPayloadHash), date]
+        #expect(
+            signer.sign(method: "GET", path: "/", query: [("lifecycle", "")], headers: h, payloadHash: SigV4.emptyPayloadHash)
+                .signature == "fea454ca298b7da1c68078a5d1bdbfbbe0d65c699e0f91ac7a200a0136783543")
+        #expect(
+            signer.sign(
+                method: "GET", path: "/", query: [("prefix", "J"), ("max-keys", "2")], headers: h,
+                payloadHash: SigV4.emptyPayloadHash
+            ).signature == "34b48302e7b5fa45bde8084f4b7868a86f0a534bc59db6670ed5711ef69dc6f7")
+    }
+
+    @Test func encodingOfHostileKeys() {
+        #expect(SigV4.encode("a b+c%d", encodeSlash: false) == "a%20b%2Bc%25d")
+        #expect(SigV4.encode("dir/é?#*~", encodeSlash: false) == "dir/%C3%A9%3F%23%2A~")
+        #expect(SigV4.encode("a/b") == "a%2Fb")
+        #expect(SigV4.canonicalQuery([("prefix", "a b"), ("list-type", "2"), ("encoding-type", "url")])
+            == "encoding-type=url&list-type=2&prefix=a%20b")
+    }
+
+    @Test func secretsNeverPrint() {
+        #expect(!"\(signer.credentials)".contains("EXAMPLEKEY"))
+    }
+}
