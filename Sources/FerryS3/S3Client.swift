@@ -1,0 +1,199 @@
+import Foundation
+#if canImport(FoundationXML)
+import FoundationXML
+#endif
+import FerryCore
+import FerryDigest
+
+/// An S3 error response, or a failure after every retry; never contains a secret.
+public struct S3Error: Error, CustomStringConvertible, Sendable {
+    public var status: Int
+    public var code: String
+    public var message: String
+    public var operation: String
+    public var description: String {
+        let hint: String
+        switch (status, code) {
+        case (403, "SignatureDoesNotMatch"), (403, "InvalidAccessKeyId"):
+            hint = " (check the credentials the plan names)"
+        case (403, _): hint = " (access denied: check the credentials and their permissions)"
+        default: hint = ""
+        }
+        return "\(operation): HTTP \(status) \(code): \(message)\(hint)"
+    }
+}
+
+/// One listed object.
+public struct S3Object: Sendable, Equatable {
+    public var key: String
+    public var size: Int64
+    public var etag: String
+}
+
+/// A small S3 client over libcurl: path-style addressing, SigV4 on every request with the real payload hash,
+/// keep-alive (one handle per client), retries of 429/500/503 and transport errors with jittered exponential
+/// backoff, and a clear error when every attempt fails. Not thread-safe: one client per worker.
+public final class S3Client {
+    public let endpoint: String  // http(s)://host[:port], no trailing slash
+    public let bucket: String
+    let signer: SigV4
+    let http = HTTPClient()
+    public var maxAttempts = 5
+    public var baseDelay = 0.1
+    var host: String
+
+    public init(endpoint: String, region: String, bucket: String, credentials: S3Credentials) {
+        self.endpoint = endpoint.hasSuffix("/") ? String(endpoint.dropLast()) : endpoint
+        self.bucket = bucket
+        signer = SigV4(credentials: credentials, region: region)
+        host = URL(string: self.endpoint).map { u in u.port.map { "\(u.host ?? ""):\($0)" } ?? (u.host ?? "") } ?? ""
+    }
+
+    /// Sends one signed request, retrying what is worth retrying.
+    func send(
+        _ method: String, key: String?, query: [(String, String)] = [], headers extra: [(String, String)] = [],
+        body: [UInt8] = [], operation: String
+    ) throws -> HTTPResponse {
+        let path = "/" + bucket + (key.map { "/" + $0 } ?? "")
+        let payloadHash = body.isEmpty ? SigV4.emptyPayloadHash : SHA256Hasher.digest(body).hex
+        var lastError: (any Error)?
+        for attempt in 0..<maxAttempts {
+            if attempt > 0 {
+                let delay = baseDelay * pow(2, Double(attempt - 1)) * Double.random(in: 0.5...1.5)
+                Thread.sleep(forTimeInterval: delay)  // backoff before a retry, not synchronisation
+            }
+            var headers = extra + [
+                ("host", host), ("x-amz-date", SigV4.amzDate(Date())), ("x-amz-content-sha256", payloadHash),
+            ]
+            let signed = signer.sign(method: method, path: path, query: query, headers: headers, payloadHash: payloadHash)
+            headers.append(("Authorization", signed.authorization))
+            let qs = SigV4.canonicalQuery(query)
+            let url = endpoint + SigV4.encode(path, encodeSlash: false) + (qs.isEmpty ? "" : "?" + qs)
+            do {
+                let r = try http.perform(method: method, url: url, headers: headers.filter { $0.0 != "host" }, body: body)
+                if r.status == 429 || r.status == 500 || r.status == 502 || r.status == 503 || r.status == 504 {
+                    lastError = Self.error(r, operation: operation)
+                    continue
+                }
+                return r
+            } catch let e as HTTPTransportError {
+                lastError = e
+            }
+        }
+        throw FerryError(
+            .other, "\(operation) failed \(maxAttempts) times against \(endpoint)", cause: lastError.map { "\($0)" })
+    }
+
+    static func error(_ r: HTTPResponse, operation: String) -> S3Error {
+        let fields = XMLFields.parse(r.body, wanted: ["Code", "Message"])
+        return S3Error(
+            status: r.status, code: fields.first { $0.0 == "Code" }?.1 ?? "HTTP\(r.status)",
+            message: fields.first { $0.0 == "Message" }?.1 ?? "", operation: operation)
+    }
+
+    func check(_ r: HTTPResponse, _ operation: String, ok: Set<Int> = [200]) throws {
+        if !ok.contains(r.status) { throw Self.error(r, operation: operation) }
+    }
+
+    public func createBucket() throws {
+        let r = try send("PUT", key: nil, operation: "CreateBucket \(bucket)")
+        if r.status == 409 { return }  // already exists (and is ours)
+        try check(r, "CreateBucket \(bucket)")
+    }
+
+    /// PUT with metadata (`x-amz-meta-*` and the standard headers); returns the ETag.
+    @discardableResult
+    public func putObject(_ key: String, _ body: [UInt8], headers: [(String, String)] = []) throws -> String {
+        let r = try send("PUT", key: key, headers: headers, body: body, operation: "PutObject \(key)")
+        try check(r, "PutObject \(key)")
+        return r.headers["etag"] ?? ""
+    }
+
+    /// The object's bytes (a range `from...to` when given), or nil when there is no such key.
+    public func getObject(_ key: String, range: ClosedRange<Int64>? = nil) throws -> [UInt8]? {
+        let h = range.map { [("range", "bytes=\($0.lowerBound)-\($0.upperBound)")] } ?? []
+        let r = try send("GET", key: key, headers: h, operation: "GetObject \(key)")
+        if r.status == 404 { return nil }
+        try check(r, "GetObject \(key)", ok: [200, 206])
+        return r.body
+    }
+
+    /// Size, ETag and headers of an object, or nil when there is none.
+    public func headObject(_ key: String) throws -> (size: Int64, etag: String, headers: [String: String])? {
+        let r = try send("HEAD", key: key, operation: "HeadObject \(key)")
+        if r.status == 404 { return nil }
+        try check(r, "HeadObject \(key)")
+        return (Int64(r.headers["content-length"] ?? "") ?? 0, r.headers["etag"] ?? "", r.headers)
+    }
+
+    public func deleteObject(_ key: String) throws {
+        let r = try send("DELETE", key: key, operation: "DeleteObject \(key)")
+        try check(r, "DeleteObject \(key)", ok: [200, 204])
+    }
+
+    /// Every object under `prefix`, paging through ListObjectsV2 with `encoding-type=url` (keys decoded here).
+    public func list(prefix: String = "", pageSize: Int = 1000, _ body: (S3Object) throws -> Void) throws {
+        var token: String? = nil
+        repeat {
+            var q = [("list-type", "2"), ("encoding-type", "url"), ("max-keys", String(pageSize)), ("prefix", prefix)]
+            if let token { q.append(("continuation-token", token)) }
+            let r = try send("GET", key: nil, query: q, operation: "ListObjectsV2 \(bucket)")
+            try check(r, "ListObjectsV2 \(bucket)")
+            let fields = XMLFields.parse(r.body, wanted: ["Key", "Size", "ETag", "IsTruncated", "NextContinuationToken"])
+            var key: String?
+            var size: Int64 = 0
+            var truncated = false
+            token = nil
+            for (name, value) in fields {
+                switch name {
+                // encoding-type=url is form encoding: a space arrives as "+", a literal "+" as %2B.
+                case "Key": key = value.replacingOccurrences(of: "+", with: " ").removingPercentEncoding ?? value
+                case "Size": size = Int64(value) ?? 0
+                case "ETag":
+                    if let k = key { try body(S3Object(key: k, size: size, etag: value)) }
+                    key = nil
+                case "IsTruncated": truncated = value == "true"
+                case "NextContinuationToken": token = value
+                default: break
+                }
+            }
+            if !truncated { token = nil }
+        } while token != nil
+    }
+}
+
+/// Pulls the text of selected elements out of an S3 XML response, in document order.
+final class XMLFields: NSObject, XMLParserDelegate {
+    let wanted: Set<String>
+    var out: [(String, String)] = []
+    var current: String?
+    var text = ""
+
+    init(wanted: Set<String>) { self.wanted = wanted }
+
+    static func parse(_ body: [UInt8], wanted: Set<String>) -> [(String, String)] {
+        let p = XMLParser(data: Data(body))
+        let d = XMLFields(wanted: wanted)
+        p.delegate = d
+        _ = p.parse()
+        return d.out
+    }
+
+    func parser(_ parser: XMLParser, didStartElement name: String, namespaceURI: String?, qualifiedName: String?, attributes: [String: String] = [:]) {
+        if wanted.contains(name) {
+            current = name
+            text = ""
+        }
+    }
+
+    func parser(_ parser: XMLParser, foundCharacters string: String) {
+        if current != nil { text += string }
+    }
+
+    func parser(_ parser: XMLParser, didEndElement name: String, namespaceURI: String?, qualifiedName: String?) {
+        if name == current {
+            out.append((name, text))
+            current = nil
+        }
+    }
+}

@@ -1,0 +1,99 @@
+import Foundation
+import Testing
+import FerryCore
+import FerryDigest
+import FerryTesting
+@testable import FerryS3
+
+/// The S3 client against a real SeaweedFS on loopback (one server for the suite).
+@Suite(.serialized) final class S3ClientTests {
+    let weed: SeaweedFS
+    let client: S3Client
+
+    init() throws {
+        weed = try SeaweedFS()
+        client = S3Client(
+            endpoint: weed.endpoint, region: "us-east-1", bucket: "ferry-test",
+            credentials: S3Credentials(accessKeyID: weed.accessKey, secretAccessKey: weed.secretKey))
+        client.maxAttempts = 8  // the server may still be joining its filer ring right after the port opens
+        try client.createBucket()
+    }
+
+    @Test func hostileKeysRoundTripWithMetadataAndRanges() throws {
+        let nfc = "unicode/caf\u{E9}.txt"
+        let nfd = "unicode/cafe\u{301}.txt"
+        // ~1,000 bytes; SeaweedFS limits each path segment to 255 bytes (AWS and R2 do not), so several segments.
+        let long = "long/" + (0..<4).map { String(repeating: Character(String($0)), count: 240) }.joined(separator: "/")
+        let keys = ["photos/a b+c%d&e=f.jpg", "media/日本語/ファイル.png", nfc, nfd, long, "empty/zero.bin", "tilde~star*(1).txt"]
+        for (i, key) in keys.enumerated() {
+            let body = key.hasPrefix("empty") ? [] : TreeGen.bytes(count: 1000 + i * 37, seed: UInt64(i))
+            let etag = try client.putObject(
+                key, body,
+                headers: [
+                    ("Content-Type", "image/png"), ("Cache-Control", "max-age=31536000"),
+                    ("x-amz-meta-mtime", "1700000000.123456789"),
+                    ("x-amz-meta-ferry-sha256", SHA256Hasher.digest(body).hex),
+                ])
+            #expect(!etag.isEmpty, "\(key)")
+            #expect(try client.getObject(key) == body, "\(key)")
+            let head = try #require(try client.headObject(key))
+            #expect(head.size == Int64(body.count))
+            #expect(head.headers["content-type"] == "image/png")
+            #expect(head.headers["cache-control"] == "max-age=31536000")
+            #expect(head.headers["x-amz-meta-mtime"] == "1700000000.123456789")
+            if body.count > 100 {
+                #expect(try client.getObject(key, range: 10...99) == Array(body[10...99]), "\(key) range")
+            }
+        }
+        // Swift's String == treats NFC and NFD as equal: compare keys as bytes, as S3 does.
+        var listed: [[UInt8]: Int64] = [:]
+        try client.list(pageSize: 2) { listed[Array($0.key.utf8)] = $0.size }
+        #expect(Set(listed.keys) == Set(keys.map { Array($0.utf8) }), "paged listing with encoding-type=url returns every key")
+        #expect(listed[Array("empty/zero.bin".utf8)] == 0)
+        #expect(listed.count == keys.count, "the NFC and the NFD key are two objects here")
+        try client.deleteObject(keys[0])
+        #expect(try client.headObject(keys[0]) == nil)
+        #expect(try client.getObject(keys[0]) == nil)
+    }
+
+    @Test func largerObjectKeepsItsBytes() throws {
+        let body = TreeGen.bytes(count: 6 << 20, seed: 42)
+        try client.putObject("big/video.mp4", body)
+        let back = try #require(try client.getObject("big/video.mp4"))
+        #expect(SHA256Hasher.digest(back) == SHA256Hasher.digest(body))
+    }
+
+    @Test func wrongCredentialsAreAClearErrorWithoutTheSecret() throws {
+        let bad = S3Client(
+            endpoint: weed.endpoint, region: "us-east-1", bucket: "ferry-test",
+            credentials: S3Credentials(accessKeyID: weed.accessKey, secretAccessKey: "wrong-secret-value"))
+        do {
+            _ = try bad.getObject("anything")
+            Issue.record("a wrongly signed request succeeded")
+        } catch let e as S3Error {
+            #expect(e.status == 403)
+            #expect(e.description.contains("credentials"))
+            #expect(!e.description.contains("wrong-secret-value"))
+            #expect(!e.description.contains(weed.secretKey))
+        }
+    }
+
+    @Test func aDeadServerFailsFastWithAClearError() throws {
+        let other = try SeaweedFS()
+        let c = S3Client(
+            endpoint: other.endpoint, region: "us-east-1", bucket: "gone",
+            credentials: S3Credentials(accessKeyID: other.accessKey, secretAccessKey: other.secretKey))
+        other.stop()
+        c.maxAttempts = 3
+        c.baseDelay = 0.05
+        let start = Date()
+        do {
+            _ = try c.getObject("x")
+            Issue.record("a request to a stopped server succeeded")
+        } catch let e as FerryError {
+            #expect(e.description.contains("failed 3 times"))
+            #expect(!e.description.contains(other.secretKey))
+        }
+        #expect(Date().timeIntervalSince(start) < 15)
+    }
+}
