@@ -197,3 +197,83 @@ final class XMLFields: NSObject, XMLParserDelegate {
         }
     }
 }
+
+// MARK: - multipart
+
+extension S3Client {
+    /// Starts a multipart upload; returns its upload id.
+    public func createMultipartUpload(_ key: String, headers: [(String, String)] = []) throws -> String {
+        let r = try send("POST", key: key, query: [("uploads", "")], headers: headers, operation: "CreateMultipartUpload \(key)")
+        try check(r, "CreateMultipartUpload \(key)")
+        guard let id = XMLFields.parse(r.body, wanted: ["UploadId"]).first?.1 else {
+            throw S3Error(status: r.status, code: "NoUploadId", message: "no UploadId in the answer", operation: "CreateMultipartUpload \(key)")
+        }
+        return id
+    }
+
+    /// Uploads part `number` (1-based); returns its ETag.
+    public func uploadPart(_ key: String, uploadID: String, number: Int, _ body: [UInt8]) throws -> String {
+        let r = try send(
+            "PUT", key: key, query: [("partNumber", String(number)), ("uploadId", uploadID)], body: body,
+            operation: "UploadPart \(key) #\(number)")
+        try check(r, "UploadPart \(key) #\(number)")
+        return r.headers["etag"] ?? ""
+    }
+
+    public func completeMultipartUpload(_ key: String, uploadID: String, parts: [(number: Int, etag: String)]) throws {
+        var xml = "<CompleteMultipartUpload>"
+        for p in parts.sorted(by: { $0.number < $1.number }) {
+            xml += "<Part><PartNumber>\(p.number)</PartNumber><ETag>\(p.etag)</ETag></Part>"
+        }
+        xml += "</CompleteMultipartUpload>"
+        let r = try send(
+            "POST", key: key, query: [("uploadId", uploadID)], headers: [("Content-Type", "application/xml")],
+            body: Array(xml.utf8), operation: "CompleteMultipartUpload \(key)")
+        try check(r, "CompleteMultipartUpload \(key)")
+        // A 200 can still carry an error document.
+        if XMLFields.parse(r.body, wanted: ["Code"]).first != nil { throw Self.error(r, operation: "CompleteMultipartUpload \(key)") }
+    }
+
+    public func abortMultipartUpload(_ key: String, uploadID: String) throws {
+        let r = try send("DELETE", key: key, query: [("uploadId", uploadID)], operation: "AbortMultipartUpload \(key)")
+        try check(r, "AbortMultipartUpload \(key)", ok: [200, 204, 404])
+    }
+
+    /// Parts already uploaded (number, ETag, size): what a resumed upload need not send again.
+    public func listParts(_ key: String, uploadID: String) throws -> [(number: Int, etag: String, size: Int64)] {
+        var out: [(Int, String, Int64)] = []
+        var marker = "0"
+        while true {
+            let r = try send(
+                "GET", key: key, query: [("uploadId", uploadID), ("part-number-marker", marker)], operation: "ListParts \(key)")
+            try check(r, "ListParts \(key)")
+            let f = XMLFields.parse(r.body, wanted: ["PartNumber", "ETag", "Size", "IsTruncated", "NextPartNumberMarker"])
+            var number = 0
+            var etag = ""
+            var truncated = false
+            for (name, value) in f {
+                switch name {
+                case "PartNumber": number = Int(value) ?? 0
+                case "ETag": etag = value
+                case "Size": out.append((number, etag, Int64(value) ?? 0))
+                case "IsTruncated": truncated = value == "true"
+                case "NextPartNumberMarker": marker = value
+                default: break
+                }
+            }
+            if !truncated { return out }
+        }
+    }
+
+    /// Unfinished uploads for keys under `prefix`: (key, upload id), oldest first.
+    public func listMultipartUploads(prefix: String) throws -> [(key: String, uploadID: String)] {
+        let r = try send("GET", key: nil, query: [("uploads", ""), ("prefix", prefix)], operation: "ListMultipartUploads")
+        try check(r, "ListMultipartUploads")
+        var out: [(String, String)] = []
+        var key = ""
+        for (name, value) in XMLFields.parse(r.body, wanted: ["Key", "UploadId"]) {
+            if name == "Key" { key = value } else { out.append((key, value)) }
+        }
+        return out
+    }
+}

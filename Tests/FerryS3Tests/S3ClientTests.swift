@@ -97,3 +97,33 @@ import FerryTesting
         #expect(Date().timeIntervalSince(start) < 15)
     }
 }
+
+extension S3ClientTests {
+    @Test func multipartUploadResumesFromListedParts() throws {
+        let part = 5 << 20
+        let body = TreeGen.bytes(count: 3 * part + 12345, seed: 9)
+        let key = "video/large clip+1.mp4"
+        let id = try client.createMultipartUpload(key, headers: [("Content-Type", "video/mp4")])
+        _ = try client.uploadPart(key, uploadID: id, number: 1, Array(body[0..<part]))
+        _ = try client.uploadPart(key, uploadID: id, number: 2, Array(body[part..<2 * part]))
+        // "Crash": a new client finds the upload and its parts, and sends only what is missing.
+        let resumed = S3Client(
+            endpoint: weed.endpoint, region: "us-east-1", bucket: "ferry-test",
+            credentials: S3Credentials(accessKeyID: weed.accessKey, secretAccessKey: weed.secretKey))
+        let uploads = try resumed.listMultipartUploads(prefix: "video/")
+        #expect(uploads.contains { $0.key == key && $0.uploadID == id })
+        var parts = try resumed.listParts(key, uploadID: id).map { (number: $0.number, etag: $0.etag) }
+        #expect(parts.map(\.number) == [1, 2])
+        let md5ish = parts.map(\.etag).allSatisfy { !$0.isEmpty }
+        #expect(md5ish)
+        parts.append((3, try resumed.uploadPart(key, uploadID: id, number: 3, Array(body[2 * part..<3 * part]))))
+        parts.append((4, try resumed.uploadPart(key, uploadID: id, number: 4, Array(body[(3 * part)...]))))
+        try resumed.completeMultipartUpload(key, uploadID: id, parts: parts)
+        #expect(try resumed.getObject(key) == body)
+        #expect(try resumed.headObject(key)?.headers["content-type"] == "video/mp4")
+        // An abandoned upload can be aborted.
+        let other = try resumed.createMultipartUpload("video/abandoned.mp4")
+        try resumed.abortMultipartUpload("video/abandoned.mp4", uploadID: other)
+        #expect(try !resumed.listMultipartUploads(prefix: "video/abandoned").contains { $0.uploadID == other })
+    }
+}
