@@ -24,7 +24,7 @@ let package = Package(
         .target(
             name: "FerryCLI",
             dependencies: [
-                "FerryCore", "FerryEngine", "FerryLocal", "FerryGraphite",
+                "FerryCore", "FerryEngine", "FerryLocal", "FerryGraphite", "FerryS3",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -76,7 +76,7 @@ let package = Package(
         ),
         .testTarget(
             name: "FerryIntegrationTests",
-            dependencies: ["FerryCore", "FerryDigest", "FerryTesting", "FerryGraphite", "FerryLocal"],
+            dependencies: ["FerryCore", "FerryDigest", "FerryTesting", "FerryGraphite", "FerryLocal", "FerryS3"],
             swiftSettings: strict
         ),
     ]

@@ -68,7 +68,7 @@ func loadPlan(_ path: String) throws -> Plan {
 
 func makeJob(_ plan: Plan, _ options: GlobalOptions) throws -> Job {
     let source = try Registry.source(plan)
-    let destination = try Registry.store(plan.destination)
+    let destination = try Registry.store(plan.destination, plan: plan)
     return Job(
         plan: plan, source: source, destination: destination, logger: options.logger(),
         progress: ProgressTracker(output: options.progressOutput()))
@@ -115,7 +115,7 @@ struct PlanCheck: ParsableCommand {
         let p = try loadPlan(plan)
         do {
             _ = try Registry.source(p)
-            _ = try Registry.store(p.destination)
+            _ = try Registry.store(p.destination, plan: p)
         } catch {
             printError("plan \(plan) is invalid: \(error)")
             throw ExitCode(Exit.planError)

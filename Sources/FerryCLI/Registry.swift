@@ -1,6 +1,7 @@
 import FerryCore
 import FerryLocal
 import FerryGraphite
+import FerryS3
 
 /// The composition root: the one place that knows every concrete store kind and builds it from a plan.
 enum Registry {
@@ -10,13 +11,15 @@ enum Registry {
             kind: "whisper", keys: ["path", "retentions", "aggregation", "xFilesFactor", "carbon_conf"],
             required: ["path"], pathIsLocal: true),
         StoreKindSchema(kind: "ceres", keys: ["path"], required: ["path"], pathIsLocal: true),
+        StoreKindSchema(
+            kind: "s3", keys: ["endpoint", "region", "bucket", "prefix", "credentials"],
+            required: ["endpoint", "bucket", "credentials"], pathIsLocal: false),
     ]
 
     /// Source → destination kinds this build can move.
-    static let pairs: Set<String> = ["fs>fs", "whisper>whisper", "ceres>whisper", "whisper>ceres"]
+    static let pairs: Set<String> = ["fs>fs", "whisper>whisper", "ceres>whisper", "whisper>ceres", "fs>s3", "s3>fs", "s3>s3"]
 
     static let planned: [String: String] = [
-        "s3": "is planned (buckets) but not implemented in this version of ferry; supported: fs",
         "remote": "is planned (ferry serve) but not implemented in this version of ferry; supported: fs",
         "tap:carbon": "is planned (Carbon dual-write tap) but not implemented in this version of ferry",
         "tap:s3": "is planned (S3 dual-write proxy) but not implemented in this version of ferry",
@@ -58,12 +61,24 @@ enum Registry {
             guard let path = plan.snapshot.path ?? plan.source.path else { throw FerryError(.invalidPlan, "ceres store without a path") }
             return CeresTreeStore(root: path, schemaFor: try schemaSource(plan))
         }
-        return try store(plan.source, readRoot: plan.snapshot.path)
+        return try store(plan.source, readRoot: plan.snapshot.path, plan: plan)
     }
 
     /// The store a plan's side names. `readRoot` overrides the path (the snapshot path for the source).
-    static func store(_ spec: StoreSpec, readRoot: String? = nil) throws -> any Store {
+    static func store(_ spec: StoreSpec, readRoot: String? = nil, plan: Plan) throws -> any Store {
         switch spec.kind {
+        case "s3":
+            let o = spec.options
+            guard let endpoint = o["endpoint"], let bucket = o["bucket"], let creds = o["credentials"] else {
+                throw FerryError(.invalidPlan, "s3 store needs endpoint, bucket and credentials")
+            }
+            guard plan.copy.chunkSize >= 5 * 1_048_576 else {
+                throw FerryError(.invalidPlan, "copy.chunk_size is the multipart part size for S3: at least 5MiB")
+            }
+            let credentials = try CredentialSource.resolve(creds, baseDirectory: PathUtil.directory(of: plan.file))
+            return S3Store(
+                endpoint: endpoint, region: o["region"] ?? "auto", bucket: bucket, prefix: o["prefix"] ?? "",
+                credentials: credentials, partSize: plan.copy.chunkSize)
         case "fs":
             guard let path = readRoot ?? spec.path else { throw FerryError(.invalidPlan, "fs store without a path") }
             return LocalStore(root: path)

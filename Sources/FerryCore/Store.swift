@@ -108,6 +108,14 @@ public protocol Store: Sendable {
     func syncAll() throws
     /// Removes the partial object a transfer with `token` may have left for `path` (after a crash).
     func discardPartial(for path: String, token: String) throws
+
+    /// Whether the store keeps mode, owner and directories (a filesystem does, a bucket does not); verify only
+    /// compares what both sides can hold.
+    var keepsPOSIXMetadata: Bool { get }
+}
+
+extension Store {
+    public var keepsPOSIXMetadata: Bool { true }
 }
 
 /// A store whose objects can absorb another copy's content instead of being replaced (metric files: the

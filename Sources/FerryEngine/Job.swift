@@ -146,7 +146,7 @@ public final class Job {
     /// Takes the manifest. A snapshot interrupted half way is started over (the phase is still `snapshot`).
     func snapshot(_ ledger: Ledger) throws {
         if let hook = plan.snapshot.hook { try runHook(hook, what: "snapshot hook") }
-        guard PathUtil.isDirectory(readRoot) else {
+        if !readRoot.isEmpty && !PathUtil.isDirectory(readRoot) {
             throw FerryError(.sourceIO, "the source \(readRoot) is not a readable directory")
         }
         try ledger.clearManifest()
@@ -166,7 +166,7 @@ public final class Job {
             try? ledger.recordSkipped(s)
         })
         try writer.flush()
-        try ledger.finishSnapshot(root: readRoot, at: time)
+        try ledger.finishSnapshot(root: readRoot.isEmpty ? source.displayName : readRoot, at: time)
         logger.info("snapshot taken", metadata: ["files": "\(files)", "bytes": "\(bytes)", "root": "\(readRoot)"])
     }
 

@@ -160,6 +160,8 @@ final class VerifyPhase: @unchecked Sendable {
         case .failed: return "not copied: \(item.error ?? "failed")"
         default: break
         }
+        let posix = source.keepsPOSIXMetadata && destination.keepsPOSIXMetadata
+        if !posix && e.kind == .directory { return nil }  // a bucket has no directories to compare
         let d: Entry?
         do {
             d = try destination.stat(e.path)
@@ -192,9 +194,9 @@ final class VerifyPhase: @unchecked Sendable {
             }
         }
         if d.size != e.size { return "size differs (source \(e.size), destination \(d.size))" }
-        if d.mode != e.mode { return "mode differs (source \(octal(e.mode)), destination \(octal(d.mode)))" }
-        if d.mtimeNs != e.mtimeNs { return "mtime differs" }
-        if geteuid() == 0 && (d.uid != e.uid || d.gid != e.gid) {
+        if posix && d.mode != e.mode { return "mode differs (source \(octal(e.mode)), destination \(octal(d.mode)))" }
+        if posix && d.mtimeNs != e.mtimeNs { return "mtime differs" }
+        if posix && geteuid() == 0 && (d.uid != e.uid || d.gid != e.gid) {
             return "owner differs (source \(e.uid):\(e.gid), destination \(d.uid):\(d.gid))"
         }
         guard content else { return nil }

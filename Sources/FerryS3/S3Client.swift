@@ -33,7 +33,8 @@ public struct S3Object: Sendable, Equatable {
 /// A small S3 client over libcurl: path-style addressing, SigV4 on every request with the real payload hash,
 /// keep-alive (one handle per client), retries of 429/500/503 and transport errors with jittered exponential
 /// backoff, and a clear error when every attempt fails. Not thread-safe: one client per worker.
-public final class S3Client {
+// @unchecked Sendable: a client is used by one thread at a time (S3Store hands them out from a pool).
+public final class S3Client: @unchecked Sendable {
     public let endpoint: String  // http(s)://host[:port], no trailing slash
     public let bucket: String
     let signer: SigV4

@@ -1,0 +1,271 @@
+import Foundation
+import Synchronization
+public import FerryCore
+import FerryDigest
+
+/// Where credentials come from: `env:PREFIX_` (PREFIX_ACCESS_KEY_ID, PREFIX_SECRET_ACCESS_KEY) or
+/// `file:PATH#profile` (the AWS credentials file format). Errors name the source, never a value.
+public enum CredentialSource {
+    public static func resolve(_ spec: String, baseDirectory: String) throws -> S3Credentials {
+        if spec.hasPrefix("env:") {
+            let prefix = String(spec.dropFirst(4))
+            let env = ProcessInfo.processInfo.environment
+            guard let id = env[prefix + "ACCESS_KEY_ID"], !id.isEmpty,
+                let secret = env[prefix + "SECRET_ACCESS_KEY"], !secret.isEmpty
+            else {
+                throw FerryError(.invalidPlan, "credentials \(spec): set \(prefix)ACCESS_KEY_ID and \(prefix)SECRET_ACCESS_KEY")
+            }
+            return S3Credentials(accessKeyID: id, secretAccessKey: secret)
+        }
+        if spec.hasPrefix("file:") {
+            let rest = String(spec.dropFirst(5))
+            let parts = rest.split(separator: "#", maxSplits: 1).map(String.init)
+            let path = PathUtil.absolute(PathUtil.expandTilde(parts[0]), relativeTo: baseDirectory)
+            let profile = parts.count > 1 ? parts[1] : "default"
+            guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+                throw FerryError(.invalidPlan, "credentials \(spec): cannot read \(path)")
+            }
+            var section = ""
+            var values: [String: String] = [:]
+            for raw in text.split(separator: "\n") {
+                let line = raw.trimmingCharacters(in: .whitespaces)
+                if line.hasPrefix("[") && line.hasSuffix("]") {
+                    section = String(line.dropFirst().dropLast()).trimmingCharacters(in: .whitespaces)
+                } else if section == profile, let eq = line.firstIndex(of: "=") {
+                    values[line[..<eq].trimmingCharacters(in: .whitespaces)] = line[line.index(after: eq)...].trimmingCharacters(in: .whitespaces)
+                }
+            }
+            guard let id = values["aws_access_key_id"], let secret = values["aws_secret_access_key"] else {
+                throw FerryError(.invalidPlan, "credentials \(spec): profile [\(profile)] lacks aws_access_key_id or aws_secret_access_key")
+            }
+            return S3Credentials(accessKeyID: id, secretAccessKey: secret)
+        }
+        throw FerryError(.invalidPlan, "credentials must be env:PREFIX_ or file:PATH#profile")
+    }
+}
+
+/// A bucket (and key prefix) as a store. Objects are entries; keys map to paths below the prefix. Keys that
+/// cannot be paths (`..` or empty segments, a leading `/`) are reported by the walk, never followed.
+public final class S3Store: Store, @unchecked Sendable {
+    // @unchecked: configuration is immutable; the client pool is behind a Mutex.
+    public let endpoint: String
+    public let region: String
+    public let bucket: String
+    public let prefix: String
+    let credentials: S3Credentials
+    /// Multipart part size: the plan's chunk size (every part but the last the same size, as R2 requires).
+    public let partSize: Int64
+    private let pool = Mutex<[S3Client]>([])
+
+    public var displayName: String { "s3://\(bucket)/\(prefix) at \(endpoint)" }
+    public var keepsPOSIXMetadata: Bool { false }
+
+    public init(endpoint: String, region: String, bucket: String, prefix: String, credentials: S3Credentials, partSize: Int64) {
+        self.endpoint = endpoint
+        self.region = region
+        self.bucket = bucket
+        self.prefix = prefix.isEmpty || prefix.hasSuffix("/") ? prefix : prefix + "/"
+        self.credentials = credentials
+        self.partSize = partSize
+    }
+
+    func withClient<T>(_ body: (S3Client) throws -> T) throws -> T {
+        let client = pool.withLock { $0.popLast() }
+            ?? S3Client(endpoint: endpoint, region: region, bucket: bucket, credentials: credentials)
+        defer { pool.withLock { $0.append(client) } }
+        return try body(client)
+    }
+
+    func key(_ path: String) -> String { prefix + path }
+
+    public func prepareRoot() throws {
+        try withClient { c in
+            do {
+                try c.list(prefix: prefix, pageSize: 1) { _ in }
+            } catch let e as S3Error where e.code == "NoSuchBucket" {
+                throw FerryError(.destinationIO, "the bucket \(bucket) does not exist at \(endpoint); create it first")
+            }
+        }
+    }
+
+    public func walk(_ visit: (Entry) throws -> Void, skipped: (SkippedEntry) -> Void) throws {
+        try withClient { c in
+            try c.list(prefix: prefix) { o in
+                let rel = String(o.key.dropFirst(prefix.count))
+                guard PathUtil.isSafeRelative(rel) else {
+                    skipped(SkippedEntry(path: rel, reason: "key \"\(o.key)\" cannot be a path (empty, `.` or `..` segments)"))
+                    return
+                }
+                try visit(Entry(path: rel, kind: .file, size: o.size, mtimeNs: 0, mode: 0o644, inode: 0))
+            }
+        }
+    }
+
+    public func stat(_ path: String) throws -> Entry? {
+        if path.isEmpty { return nil }  // a bucket prefix is no object
+        return try withClient { c in
+            guard let h = try c.headObject(key(path)) else { return nil }
+            let mtime = h.headers["x-amz-meta-mtime"].flatMap(Self.parseNs) ?? 0
+            return Entry(path: path, kind: .file, size: h.size, mtimeNs: mtime, mode: 0o644, inode: 0)
+        }
+    }
+
+    static func parseNs(_ s: String) -> Int64? {
+        let parts = s.split(separator: ".")
+        guard let sec = Int64(parts[0]) else { return nil }
+        var ns: Int64 = 0
+        if parts.count > 1 {
+            let frac = String(parts[1].prefix(9))
+            ns = (Int64(frac) ?? 0) * Int64(pow(10, Double(9 - frac.count)))
+        }
+        return sec * 1_000_000_000 + ns
+    }
+
+    static func formatNs(_ ns: Int64) -> String {
+        let frac = String(ns % 1_000_000_000)
+        return "\(ns / 1_000_000_000)." + String(repeating: "0", count: 9 - frac.count) + frac
+    }
+
+    public func openReader(_ path: String) throws -> (any ObjectReader)? {
+        guard let e = try stat(path) else { return nil }
+        return S3Reader(store: self, path: path, entry: e)
+    }
+
+    public func openWriter(for entry: Entry, token: String, resume: Bool) throws -> (any ObjectWriter)? {
+        guard PathUtil.isSafeRelative(entry.path) else { throw FerryError(.unsafePath, "refusing unsafe key \(entry.path)") }
+        let w = S3Writer(store: self, entry: entry)
+        if resume {
+            // Continue the newest unfinished upload of this key, or start over when there is none.
+            let k = key(entry.path)
+            guard let id = try withClient({ try $0.listMultipartUploads(prefix: k) }).last(where: { $0.key == k })?.uploadID
+            else { return nil }
+            w.uploadID = id
+        }
+        return w
+    }
+
+    public func makeDirectory(_ entry: Entry) throws {}
+    public func finishDirectory(_ entry: Entry) throws {}
+    /// A bucket cannot hold a symlink: none is written, and verify reports it as missing.
+    public func makeSymlink(_ entry: Entry) throws {}
+    public func remove(_ path: String, kind: EntryKind) throws {
+        if kind == .file { try withClient { try $0.deleteObject(key(path)) } }
+    }
+    public func syncAll() throws {}  // a 200 answer is durable
+    public func discardPartial(for path: String, token: String) throws {
+        let k = key(path)
+        try withClient { c in
+            for u in try c.listMultipartUploads(prefix: k) where u.key == k { try c.abortMultipartUpload(k, uploadID: u.uploadID) }
+        }
+    }
+
+    /// Content-Type from the file extension (what Mastodon's media needs to be served right).
+    static func contentType(_ path: String) -> String {
+        let ext = PathUtil.lastComponent(path).split(separator: ".").last.map { $0.lowercased() } ?? ""
+        let types = [
+            "jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "gif": "image/gif", "webp": "image/webp",
+            "avif": "image/avif", "svg": "image/svg+xml", "mp4": "video/mp4", "webm": "video/webm", "mov": "video/quicktime",
+            "mp3": "audio/mpeg", "ogg": "audio/ogg", "m4a": "audio/mp4", "txt": "text/plain", "html": "text/html",
+            "css": "text/css", "js": "text/javascript", "json": "application/json", "pdf": "application/pdf",
+        ]
+        return types[ext] ?? "application/octet-stream"
+    }
+
+    func headers(for entry: Entry, sha256: String?) -> [(String, String)] {
+        var h = [("Content-Type", Self.contentType(entry.path)), ("x-amz-meta-mtime", Self.formatNs(entry.mtimeNs))]
+        if let sha256 { h.append(("x-amz-meta-ferry-sha256", sha256)) }
+        return h
+    }
+}
+
+final class S3Reader: ObjectReader {
+    let store: S3Store
+    let path: String
+    let entry: Entry
+
+    init(store: S3Store, path: String, entry: Entry) {
+        self.store = store
+        self.path = path
+        self.entry = entry
+    }
+
+    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws -> Int {
+        guard offset < entry.size, buffer.count > 0 else { return 0 }
+        let last = min(entry.size, offset + Int64(buffer.count)) - 1
+        guard let bytes = try store.withClient({ try $0.getObject(store.key(path), range: offset...last) }) else {
+            throw FerryError(.sourceIO, "\(path) vanished from \(store.displayName)")
+        }
+        let n = min(bytes.count, buffer.count)
+        bytes.withUnsafeBytes { buffer.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: n) }
+        return n
+    }
+
+    func currentEntry() throws -> Entry { entry }
+    func close() {}
+}
+
+/// Small objects are sent with one PUT at publish; larger ones as a multipart upload, one part per chunk,
+/// each part uploaded when the engine asks for durability, so a resumed run skips the parts S3 already has.
+final class S3Writer: ObjectWriter {
+    let store: S3Store
+    let entry: Entry
+    var path: String { entry.path }
+    var size: Int64 { entry.size }
+    var uploadID: String?
+    var pending: [(offset: Int64, bytes: [UInt8])] = []
+    var small: [UInt8] = []
+
+    init(store: S3Store, entry: Entry) {
+        self.store = store
+        self.entry = entry
+    }
+
+    var multipart: Bool { size > store.partSize }
+
+    func write(_ bytes: UnsafeRawBufferPointer, at offset: Int64) throws {
+        if multipart {
+            pending.append((offset, Array(bytes)))
+        } else {
+            if small.count < Int(offset) + bytes.count { small += [UInt8](repeating: 0, count: Int(offset) + bytes.count - small.count) }
+            small.withUnsafeMutableBytes { $0.baseAddress!.advanced(by: Int(offset)).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count) }
+        }
+    }
+
+    func makeDurable() throws {
+        guard multipart else { return }
+        let k = store.key(path)
+        if uploadID == nil {
+            let headers = store.headers(for: entry, sha256: nil)
+            uploadID = try store.withClient { try $0.createMultipartUpload(k, headers: headers) }
+        }
+        for p in pending {
+            let number = Int(p.offset / store.partSize) + 1
+            _ = try store.withClient { try $0.uploadPart(k, uploadID: uploadID!, number: number, p.bytes) }
+        }
+        pending = []
+    }
+
+    func publish(_ entry: Entry) throws {
+        let k = store.key(path)
+        if !multipart {
+            try store.withClient { c in
+                _ = try c.putObject(k, small, headers: store.headers(for: entry, sha256: SHA256Hasher.digest(small).hex))
+            }
+            return
+        }
+        try makeDurable()
+        guard let id = uploadID else { throw FerryError(.destinationIO, "\(path): no multipart upload to complete") }
+        try store.withClient { c in
+            let parts = try c.listParts(k, uploadID: id)
+            let expected = Int((size + store.partSize - 1) / store.partSize)
+            guard parts.count == expected else {
+                throw FerryError(.destinationIO, "\(path): \(parts.count) of \(expected) parts uploaded")
+            }
+            try c.completeMultipartUpload(k, uploadID: id, parts: parts.map { ($0.number, $0.etag) })
+        }
+    }
+
+    func discard() {
+        if let id = uploadID { try? store.withClient { try $0.abortMultipartUpload(store.key(path), uploadID: id) } }
+    }
+}

@@ -1,0 +1,76 @@
+import Foundation
+import Testing
+import FerryTesting
+import FerryS3
+
+/// fs → s3 → fs through `ferry run` against a real SeaweedFS.
+@Suite(.serialized) struct BucketTests {
+    @Test func treeGoesToABucketAndComesBackByteForByte() throws {
+        let weed = try SeaweedFS()
+        let setup = S3Client(
+            endpoint: weed.endpoint, region: "us-east-1", bucket: "media",
+            credentials: S3Credentials(accessKeyID: weed.accessKey, secretAccessKey: weed.secretKey))
+        setup.maxAttempts = 8
+        try setup.createBucket()
+        let dir = TempDir("ferry-s3")
+        let src = dir.sub("system")
+        try TreeGen.make(at: src, files: 120, maxSmall: 200_000, large: [13 << 20])
+        // Symlinks cannot live in a bucket; this tree has none (Mastodon's media has none).
+        for link in ["link-in-tree", "link-outside-absolute", "d1/link-outside-relative", "link-dangling", "link-to-dir-outside"] {
+            try FileManager.default.removeItem(atPath: src + "/" + link)
+        }
+        try TreeGen.write(src + "/media_attachments/files/110/a b+c%d.png", size: 777, seed: 1)
+        let env = ["MEDIA_ACCESS_KEY_ID": weed.accessKey, "MEDIA_SECRET_ACCESS_KEY": weed.secretKey]
+        let up = try writePlan(dir.path, """
+            version: 1
+            name: up
+            source:      { kind: fs, path: system }
+            destination: { kind: s3, endpoint: "\(weed.endpoint)", region: us-east-1, bucket: media, prefix: system, credentials: "env:MEDIA_" }
+            copy:        { chunk_size: 5MiB, concurrency: 4 }
+            """, name: "up.yml")
+        let r = try Ferry.run(["run", up], environment: env)
+        #expect(r.status == 0, "\(r.all)")
+        #expect(!r.all.contains(weed.secretKey), "the secret never appears in output")
+        let status = try Ferry.run(["status", up, "--json"], environment: env)
+        #expect(!status.all.contains(weed.secretKey))
+        let ledger = try Data(contentsOf: URL(fileURLWithPath: dir.sub(".ferry/up/ledger.sqlite")))
+        #expect(ledger.range(of: Data(weed.secretKey.utf8)) == nil, "the secret never reaches the ledger")
+        let head = try #require(try setup.headObject("system/media_attachments/files/110/a b+c%d.png"))
+        #expect(head.headers["content-type"] == "image/png")
+        #expect(head.headers["x-amz-meta-ferry-sha256"] == TreeCompare.fileDigest(src + "/media_attachments/files/110/a b+c%d.png"))
+
+        let down = try writePlan(dir.path, """
+            version: 1
+            name: down
+            source:      { kind: s3, endpoint: "\(weed.endpoint)", region: us-east-1, bucket: media, prefix: system, credentials: "env:MEDIA_" }
+            destination: { kind: fs, path: back }
+            copy:        { chunk_size: 5MiB }
+            """, name: "down.yml")
+        let d = try Ferry.run(["run", down], environment: env)
+        #expect(d.status == 0, "\(d.all)")
+        // Content parity (a bucket keeps no modes or empty directories).
+        let fm = FileManager.default
+        var files = 0
+        for p in (fm.enumerator(atPath: src)?.allObjects as? [String]) ?? [] {
+            var st = stat()
+            guard lstat(src + "/" + p, &st) == 0, st.st_mode & S_IFMT == S_IFREG else { continue }
+            files += 1
+            #expect(TreeCompare.fileDigest(src + "/" + p) == TreeCompare.fileDigest(dir.sub("back/" + p)), "\(p)")
+        }
+        #expect(files > 120)
+    }
+
+    @Test func missingCredentialsAreAPlanError() throws {
+        let dir = TempDir()
+        try FileManager.default.createDirectory(atPath: dir.sub("system"), withIntermediateDirectories: true)
+        let plan = try writePlan(dir.path, """
+            version: 1
+            name: c
+            source:      { kind: fs, path: system }
+            destination: { kind: s3, endpoint: "http://127.0.0.1:1", bucket: media, credentials: "env:NOPE_" }
+            """)
+        let r = try Ferry.run(["plan", "check", plan])
+        #expect(r.status == 2)
+        #expect(r.stderr.contains("NOPE_ACCESS_KEY_ID"))
+    }
+}
