@@ -43,7 +43,11 @@ public struct StoreSpec: Sendable {
         return "\(kind):\(path ?? ""):\(opts)"
     }
 
-    public var displayName: String { path.map { "\(kind):\($0)" } ?? kind }
+    public var displayName: String {
+        if let path { return "\(kind):\(path)" }
+        if let bucket = options["bucket"] { return "\(kind)://\(bucket)/\(options["prefix"] ?? "")" }
+        return kind
+    }
 }
 
 public struct SnapshotSpec: Sendable {

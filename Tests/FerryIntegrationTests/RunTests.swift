@@ -69,7 +69,15 @@ import FerryTesting
         let plans = try FileManager.default.contentsOfDirectory(atPath: root.path + "/plans").filter { $0.hasSuffix(".yml") }
         #expect(!plans.isEmpty)
         for p in plans {
-            let r = try Ferry.run(["plan", "check", root.path + "/plans/" + p])
+            // Plans that take credentials from the environment get placeholders (plan check resolves them).
+            let text = try String(contentsOfFile: root.path + "/plans/" + p, encoding: .utf8)
+            var env: [String: String] = [:]
+            for part in text.components(separatedBy: "env:").dropFirst() {
+                let prefix = String(part.prefix { $0.isLetter || $0.isNumber || $0 == "_" })
+                env[prefix + "ACCESS_KEY_ID"] = "placeholder"
+                env[prefix + "SECRET_ACCESS_KEY"] = "placeholder"
+            }
+            let r = try Ferry.run(["plan", "check", root.path + "/plans/" + p], environment: env)
             #expect(r.status == 0, "\(p): \(r.all)")
         }
     }
