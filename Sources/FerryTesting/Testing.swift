@@ -205,12 +205,13 @@ public struct Ferry {
     ) throws -> Result {
         let (p, o, e) = try start(args, environment: environment, prefix: prefix, cwd: cwd)
         // Drain both pipes concurrently so a chatty child never blocks on a full pipe.
-        let errData = Locked<Data>()
+        let errData = NSLock.Protected<Data?>(nil)
         let group = DispatchGroup()
         group.enter()
         let errHandle = e.fileHandleForReading
         Thread {
-            errData.set(errHandle.readDataToEndOfFile())
+            let data = errHandle.readDataToEndOfFile()
+            errData.withLock { $0 = data }
             group.leave()
         }.start()
         let outData = o.fileHandleForReading.readDataToEndOfFile()
@@ -218,17 +219,22 @@ public struct Ferry {
         p.waitUntilExit()
         return Result(
             status: p.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
-            stderr: String(decoding: errData.get() ?? Data(), as: UTF8.self))
+            stderr: String(decoding: errData.withLock { $0 } ?? Data(), as: UTF8.self))
     }
 }
 
-/// A tiny lock-protected optional box for test plumbing.
-public final class Locked<T>: @unchecked Sendable {
-    private var value: T?
-    private let lock = NSLock()
-    public init(_ initial: T? = nil) { value = nil }
-    public func set(_ v: T) { lock.lock(); value = v; lock.unlock() }
-    public func get() -> T? { lock.lock(); defer { lock.unlock() }; return value }
+extension NSLock {
+    /// A value behind a lock, for test plumbing that outlives one thread.
+    public final class Protected<T>: @unchecked Sendable {
+        private var value: T
+        private let lock = NSLock()
+        public init(_ v: T) { value = v }
+        public func withLock<R>(_ body: (inout T) -> R) -> R {
+            lock.lock()
+            defer { lock.unlock() }
+            return body(&value)
+        }
+    }
 }
 
 /// Writes a plan file and returns its path.
@@ -281,7 +287,9 @@ public final class SeaweedFS: @unchecked Sendable {
     public let s3Port: Int
     public let accessKey = "ferrytest"
     public let secretKey = "ferry-test-secret-do-not-log"
-    let process: Process
+    let binaryPath: String
+    let arguments: [String]
+    private let state = NSLock.Protected<Process?>(nil)
 
     public var endpoint: String { "http://127.0.0.1:\(s3Port)" }
 
@@ -335,10 +343,8 @@ public final class SeaweedFS: @unchecked Sendable {
             "actions":["Admin","Read","Write","List","Tagging"]}]}
             """
         try config.write(toFile: dir.sub("s3.json"), atomically: true, encoding: .utf8)
-        let p = Process()
-        // The real binary, not a version-manager shim: a shim may fork it, and killing the shim would orphan it.
-        p.executableURL = URL(fileURLWithPath: try Self.binary())
-        p.arguments = [
+        binaryPath = try Self.binary()
+        arguments = [
             "server", "-dir=\(dir.path)", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             "-master.port=\(base)", "-volume.port=\(base + 1)", "-filer.port=\(base + 2)", "-s3", "-s3.port=\(base + 3)",
             "-s3.config=\(dir.sub("s3.json"))", "-master.telemetry=false", "-master.volumeSizeLimitMB=64",
@@ -347,12 +353,22 @@ public final class SeaweedFS: @unchecked Sendable {
             "-s3.port.iceberg=0", "-s3.port.lance=0",
         ]
         _ = FileManager.default.createFile(atPath: dir.sub("weed.log"), contents: nil)
+        try launch()
+    }
+
+    /// Starts the server (again, after `stop`, on the same ports and data) and waits for its S3 port.
+    public func launch() throws {
+        let p = Process()
+        // The real binary, not a version-manager shim: a shim may fork it, and killing the shim would orphan it.
+        p.executableURL = URL(fileURLWithPath: binaryPath)
+        p.arguments = arguments
         let log = try FileHandle(forWritingTo: URL(fileURLWithPath: dir.sub("weed.log")))
+        try log.seekToEnd()
         p.standardOutput = log
         p.standardError = log
         p.standardInput = FileHandle.nullDevice
         try p.run()
-        process = p
+        state.withLock { $0 = p }
         let deadline = Date().addingTimeInterval(90)
         while !Self.listening(s3Port) {
             guard p.isRunning, Date() < deadline else {
@@ -385,10 +401,9 @@ public final class SeaweedFS: @unchecked Sendable {
     }
 
     public func stop() {
-        if process.isRunning {
-            kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
-        }
+        guard let process = state.withLock({ $0 }), process.isRunning else { return }
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
     }
 
     deinit { stop() }

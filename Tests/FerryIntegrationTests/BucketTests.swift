@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import FerryTesting
 import FerryS3
+import FerryDigest
 
 /// fs → s3 → fs through `ferry run` against a real SeaweedFS.
 @Suite(.serialized) struct BucketTests {
@@ -72,5 +73,84 @@ import FerryS3
         let r = try Ferry.run(["plan", "check", plan])
         #expect(r.status == 2)
         #expect(r.stderr.contains("NOPE_ACCESS_KEY_ID"))
+    }
+}
+
+@Suite(.serialized) struct BucketFaultTests {
+    func plan(_ dir: TempDir, _ weed: SeaweedFS, bandwidth: String) throws -> String {
+        try writePlan(dir.path, """
+            version: 1
+            name: up
+            source:      { kind: fs, path: src }
+            destination: { kind: s3, endpoint: "\(weed.endpoint)", region: us-east-1, bucket: media, credentials: "env:MEDIA_" }
+            copy:        { chunk_size: 5MiB, concurrency: 2, bandwidth: \(bandwidth) }
+            """)
+    }
+
+    func bucket(_ weed: SeaweedFS) throws -> S3Client {
+        let c = S3Client(
+            endpoint: weed.endpoint, region: "us-east-1", bucket: "media",
+            credentials: S3Credentials(accessKeyID: weed.accessKey, secretAccessKey: weed.secretKey))
+        c.maxAttempts = 8
+        try c.createBucket()
+        return c
+    }
+
+    @Test func killNineDuringAMultipartUploadResumesFromItsParts() throws {
+        let weed = try SeaweedFS()
+        let client = try bucket(weed)
+        let dir = TempDir("ferry-s3-kill")
+        try TreeGen.write(dir.sub("src/videos/long.mp4"), size: 40 << 20, seed: 11)
+        let p = try plan(dir, weed, bandwidth: "25MiB/s")
+        let env = ["MEDIA_ACCESS_KEY_ID": weed.accessKey, "MEDIA_SECRET_ACCESS_KEY": weed.secretKey,
+                   "FERRY_TEST_WRITE_LOG": dir.sub("writes.log")]
+        func written() -> Int64 {
+            ((try? String(contentsOfFile: dir.sub("writes.log"), encoding: .utf8)) ?? "").split(separator: "\n")
+                .reduce(0) { $0 + (Int64($1) ?? 0) }
+        }
+        let (run, _, _) = try Ferry.start(["run", p], environment: env)
+        #expect(waitUntil { written() >= 20 << 20 || !run.isRunning })
+        #expect(run.isRunning)
+        kill(run.processIdentifier, SIGKILL)
+        run.waitUntilExit()
+        let before = written()
+        #expect(try client.listMultipartUploads(prefix: "videos/").count == 1, "an unfinished upload is left")
+        let again = try Ferry.run(["run", p], environment: env)
+        #expect(again.status == 0, "\(again.all)")
+        let resent = written() - before
+        #expect(resent <= (40 << 20) - before + 2 * 2 * (5 << 20), "the resumed run sent \(resent) bytes; \(before) were sent before the kill")
+        #expect(resent < 40 << 20, "the parts S3 had were not sent again")
+        let object = try #require(try client.getObject("videos/long.mp4"))
+        #expect(object.count == 40 << 20)
+        #expect(TreeCompare.fileDigest(dir.sub("src/videos/long.mp4")) == SHA256Hasher.digest(object).hex)
+        #expect(try client.listMultipartUploads(prefix: "videos/").isEmpty)
+    }
+
+    @Test func aServerThatGoesAwayFailsClearlyAndTheRunResumesWhenItReturns() throws {
+        let weed = try SeaweedFS()
+        _ = try bucket(weed)
+        let dir = TempDir("ferry-s3-down")
+        try TreeGen.make(at: dir.sub("src"), files: 200, maxSmall: 100_000, large: [12 << 20])
+        for link in ["link-in-tree", "link-outside-absolute", "d1/link-outside-relative", "link-dangling", "link-to-dir-outside"] {
+            try FileManager.default.removeItem(atPath: dir.sub("src/" + link))
+        }
+        let p = try plan(dir, weed, bandwidth: "8MiB/s")
+        let env = ["MEDIA_ACCESS_KEY_ID": weed.accessKey, "MEDIA_SECRET_ACCESS_KEY": weed.secretKey,
+                   "FERRY_TEST_WRITE_LOG": dir.sub("writes.log")]
+        let (run, _, errPipe) = try Ferry.start(["run", p], environment: env)
+        #expect(waitUntil { ((try? Data(contentsOf: URL(fileURLWithPath: dir.sub("writes.log"))))?.count ?? 0) > 200 || !run.isRunning })
+        weed.stop()
+        let stopped = Date()
+        run.waitUntilExit()
+        let err = String(decoding: errPipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(run.terminationStatus == 3, "\(err)")
+        #expect(Date().timeIntervalSince(stopped) < 60, "a dead endpoint is reported within a bounded time")
+        #expect(err.contains("failed 5 times"))
+        #expect(!err.contains(weed.secretKey))
+        let st = try Ferry.run(["status", p, "--json"], environment: env)
+        #expect(st.status == 0)
+        try weed.launch()
+        let again = try Ferry.run(["run", p], environment: env)
+        #expect(again.status == 0, "\(again.all)")
     }
 }
