@@ -164,13 +164,23 @@ struct RunCommand: ParsableCommand {
         let source = try Registry.source(p)
         out("dry run: \(source.displayName) → \(p.destination.displayName) (nothing is written)")
         if p.snapshot.hook != nil { out("note: the snapshot hook is not run in a dry run; the live tree is inventoried") }
-        let inv = try DryRun.inventory(source: source, bandwidth: p.copy.bandwidth, concurrency: p.copy.concurrency)
+        let destination = try Registry.store(p.destination, plan: p)
+        let inv = try DryRun.inventory(
+            source: source, destination: destination, bandwidth: p.copy.bandwidth, concurrency: p.copy.concurrency)
         out("files        \(inv.files)  (\(Units.formatBytes(inv.bytes)))")
         out("directories  \(inv.directories)")
         out("symlinks     \(inv.symlinks)")
         if !inv.skipped.isEmpty {
             out("unreadable   \(inv.skipped.count)")
             for s in inv.skipped.prefix(10) { out("  \(s)") }
+        }
+        out("size classes:")
+        for b in inv.histogram where b.files > 0 {
+            out("  \(pad(b.label, 12)) \(pad(String(b.files), 10)) files  \(Units.formatBytes(b.bytes))")
+        }
+        if inv.refusedCount > 0 {
+            out("refused by the destination: \(inv.refusedCount)")
+            for r in inv.refused.prefix(20) { out("  \(r)") }
         }
         if !inv.largest.isEmpty {
             out("largest files:")

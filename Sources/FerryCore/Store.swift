@@ -112,10 +112,16 @@ public protocol Store: Sendable {
     /// Whether the store keeps mode, owner and directories (a filesystem does, a bucket does not); verify only
     /// compares what both sides can hold.
     var keepsPOSIXMetadata: Bool { get }
+
+    /// As a destination: a checker that names why an entry cannot be represented here (a key too long, two
+    /// names that would become one object), applied to the whole manifest before anything is copied. It may keep
+    /// state across entries. nil: every entry fits.
+    func refusalChecker() -> ((Entry) -> String?)?
 }
 
 extension Store {
     public var keepsPOSIXMetadata: Bool { true }
+    public func refusalChecker() -> ((Entry) -> String?)? { nil }
 }
 
 /// A store whose objects can absorb another copy's content instead of being replaced (metric files: the

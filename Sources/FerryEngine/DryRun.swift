@@ -17,6 +17,16 @@ public struct Inventory: Codable, Sendable {
     public var directories: Int64 = 0
     public var symlinks: Int64 = 0
     public var skipped: [String] = []
+    /// Entries the destination would refuse (first 100), and how many.
+    public var refused: [String] = []
+    public var refusedCount: Int64 = 0
+    /// (upper bound label, files, bytes) per size class.
+    public var histogram: [Bucket] = []
+    public struct Bucket: Codable, Sendable {
+        public var label: String
+        public var files: Int64
+        public var bytes: Int64
+    }
     public var largest: [Largest] = []
     public var topLevel: [TopLevel] = []
     public var probeBytesPerSecond: Double = 0
@@ -27,8 +37,17 @@ public struct Inventory: Codable, Sendable {
 public enum DryRun {
     /// Walks the source, keeping only bounded aggregates (top 10 files, per top-level directory totals), then
     /// measures read throughput for about a second to estimate the copy time.
-    public static func inventory(source: any Store, bandwidth: Int64?, concurrency: Int, probeSeconds: Double = 1.0) throws -> Inventory {
+    static let classes: [(Int64, String)] = [
+        (64 << 10, "< 64 KiB"), (1 << 20, "< 1 MiB"), (16 << 20, "< 16 MiB"), (256 << 20, "< 256 MiB"),
+        (Int64.max, ">= 256 MiB"),
+    ]
+
+    public static func inventory(
+        source: any Store, destination: (any Store)? = nil, bandwidth: Int64?, concurrency: Int, probeSeconds: Double = 1.0
+    ) throws -> Inventory {
         var inv = Inventory()
+        inv.histogram = classes.map { Inventory.Bucket(label: $0.1, files: 0, bytes: 0) }
+        let refuse = destination?.refusalChecker()
         var top: [String: (Int64, Int64)] = [:]
         var largest: [Inventory.Largest] = []
         var smallSample: [String] = []
@@ -37,8 +56,15 @@ public enum DryRun {
             case .directory: inv.directories += 1
             case .symlink: inv.symlinks += 1
             case .file:
+                if let why = refuse?(e) {
+                    inv.refusedCount += 1
+                    if inv.refused.count < 100 { inv.refused.append("\(e.path): \(why)") }
+                }
                 inv.files += 1
                 inv.bytes += e.size
+                let c = classes.firstIndex { e.size < $0.0 } ?? classes.count - 1
+                inv.histogram[c].files += 1
+                inv.histogram[c].bytes += e.size
                 let first = e.path.split(separator: "/", maxSplits: 1).count > 1 ? String(e.path.split(separator: "/")[0]) + "/" : "."
                 top[first, default: (0, 0)].0 += 1
                 top[first, default: (0, 0)].1 += e.size

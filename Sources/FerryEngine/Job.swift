@@ -155,7 +155,14 @@ public final class Job {
         var files: Int64 = 0
         var bytes: Int64 = 0
         if let root = try source.stat("") { try writer.add(root) }
+        // What the destination cannot hold is refused now, before anything is copied, and fails verify.
+        let refuse = destination.refusalChecker()
         try source.walk({ e in
+            if let why = refuse?(e) {
+                logger.info("refused", metadata: ["path": "\(e.path)", "reason": "\(why)"])
+                try ledger.recordSkipped(SkippedEntry(path: e.path, reason: "refused by the destination: \(why)"))
+                return
+            }
             try writer.add(e)
             if e.kind == .file {
                 files += 1

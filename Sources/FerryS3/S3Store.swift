@@ -78,6 +78,29 @@ public final class S3Store: Store, @unchecked Sendable {
 
     func key(_ path: String) -> String { prefix + path }
 
+    /// Keys longer than 1,024 bytes, and a second name that is the same text in another Unicode normalisation
+    /// (R2 normalises keys to NFC, so an NFC/NFD pair would become one object).
+    public func refusalChecker() -> ((Entry) -> String?)? {
+        var seen: [Int: Int] = [:]  // hash of the NFC form -> hash of the first name's bytes
+        let prefix = self.prefix
+        return { entry in
+            guard entry.kind == .file else { return nil }
+            let key = prefix + entry.path
+            if key.utf8.count > 1024 { return "key is \(key.utf8.count) bytes; S3 and R2 allow 1,024" }
+            let nfc = key.precomposedStringWithCanonicalMapping
+            var hn = Hasher()
+            hn.combine(Array(nfc.utf8))
+            var hb = Hasher()
+            hb.combine(Array(key.utf8))
+            let (n, b) = (hn.finalize(), hb.finalize())
+            if let first = seen[n], first != b {
+                return "another name differs from this one only in Unicode normalisation (NFC/NFD); R2 stores both as one object"
+            }
+            seen[n] = b
+            return nil
+        }
+    }
+
     public func prepareRoot() throws {
         try withClient { c in
             do {

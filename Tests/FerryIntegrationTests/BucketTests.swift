@@ -154,3 +154,38 @@ import FerryDigest
         #expect(again.status == 0, "\(again.all)")
     }
 }
+
+@Suite(.serialized) struct BucketKeyTests {
+    @Test func keysTheBucketCannotHoldAreRefusedBeforeTheCopy() throws {
+        let weed = try SeaweedFS()
+        let c = S3Client(
+            endpoint: weed.endpoint, region: "us-east-1", bucket: "media",
+            credentials: S3Credentials(accessKeyID: weed.accessKey, secretAccessKey: weed.secretKey))
+        c.maxAttempts = 8
+        try c.createBucket()
+        let dir = TempDir("ferry-s3-keys")
+        try TreeGen.write(dir.sub("src/ok.png"), size: 100, seed: 1)
+        try TreeGen.write(dir.sub("src/names/caf\u{E9}.png"), size: 10, seed: 2)  // NFC
+        try TreeGen.write(dir.sub("src/names/cafe\u{301}.png"), size: 20, seed: 3)  // NFD: the same name to R2
+        let long = (0..<5).map { String(repeating: Character(String($0)), count: 220) }.joined(separator: "/")
+        try TreeGen.write(dir.sub("src/" + long + ".bin"), size: 5, seed: 4)
+        let plan = try writePlan(dir.path, """
+            version: 1
+            name: keys
+            source:      { kind: fs, path: src }
+            destination: { kind: s3, endpoint: "\(weed.endpoint)", region: us-east-1, bucket: media, credentials: "env:MEDIA_" }
+            """)
+        let env = ["MEDIA_ACCESS_KEY_ID": weed.accessKey, "MEDIA_SECRET_ACCESS_KEY": weed.secretKey]
+        let dry = try Ferry.run(["run", plan, "--dry-run"], environment: env)
+        #expect(dry.status == 0, "\(dry.all)")
+        #expect(dry.stdout.contains("refused by the destination: 2"))
+        #expect(dry.stdout.contains("Unicode normalisation"))
+        #expect(dry.stdout.contains("1,024"))
+        #expect(dry.stdout.contains("size classes:"))
+        let r = try Ferry.run(["run", plan], environment: env)
+        #expect(r.status == 1, "verify fails for what was refused: \(r.all)")
+        #expect(r.stdout.contains("refused by the destination"))
+        #expect(try c.headObject("ok.png") != nil, "the rest was copied")
+        #expect(try c.headObject(long + ".bin") == nil)
+    }
+}
