@@ -293,24 +293,8 @@ public final class SeaweedFS: @unchecked Sendable {
 
     public var endpoint: String { "http://127.0.0.1:\(s3Port)" }
 
-    /// Whether `port` and its gRPC twin (port + 10000, which weed also binds) are free on loopback.
-    static func free(_ port: Int) -> Bool {
-        for p in [port, port + 10000] {
-            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            defer { close(fd) }
-            var addr = sockaddr_in()
-            addr.sin_family = sa_family_t(AF_INET)
-            addr.sin_port = in_port_t(UInt16(p).bigEndian)
-            addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-            let ok = withUnsafePointer(to: &addr) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-            }
-            if ok != 0 { return false }
-        }
-        return true
-    }
-
-    static func listening(_ port: Int) -> Bool {
+    /// Runs `body` with a socket and a loopback address for `port`.
+    static func withLoopback(_ port: Int, _ body: (Int32, UnsafePointer<sockaddr>, socklen_t) -> Int32) -> Int32 {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(fd) }
         var addr = sockaddr_in()
@@ -318,8 +302,17 @@ public final class SeaweedFS: @unchecked Sendable {
         addr.sin_port = in_port_t(UInt16(port).bigEndian)
         addr.sin_addr.s_addr = inet_addr("127.0.0.1")
         return withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        } == 0
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+    }
+
+    /// Whether `port` and its gRPC twin (port + 10000, which weed also binds) are free on loopback.
+    static func free(_ port: Int) -> Bool {
+        [port, port + 10000].allSatisfy { p in withLoopback(p) { bind($0, $1, $2) } == 0 }
+    }
+
+    static func listening(_ port: Int) -> Bool {
+        withLoopback(port) { connect($0, $1, $2) } == 0
     }
 
     public struct StartError: Error, CustomStringConvertible {

@@ -4,15 +4,21 @@ import FerryTesting
 import FerryS3
 import FerryDigest
 
+/// The bucket `media` on a fresh SeaweedFS, and a client for it (patient while the server finishes starting).
+func mediaBucket(_ weed: SeaweedFS) throws -> S3Client {
+    let c = S3Client(
+        endpoint: weed.endpoint, region: "us-east-1", bucket: "media",
+        credentials: S3Credentials(accessKeyID: weed.accessKey, secretAccessKey: weed.secretKey))
+    c.maxAttempts = 8
+    try c.createBucket()
+    return c
+}
+
 /// fs → s3 → fs through `ferry run` against a real SeaweedFS.
 @Suite(.serialized) struct BucketTests {
     @Test func treeGoesToABucketAndComesBackByteForByte() throws {
         let weed = try SeaweedFS()
-        let setup = S3Client(
-            endpoint: weed.endpoint, region: "us-east-1", bucket: "media",
-            credentials: S3Credentials(accessKeyID: weed.accessKey, secretAccessKey: weed.secretKey))
-        setup.maxAttempts = 8
-        try setup.createBucket()
+        let setup = try mediaBucket(weed)
         let dir = TempDir("ferry-s3")
         let src = dir.sub("system")
         try TreeGen.make(at: src, files: 120, maxSmall: 200_000, large: [13 << 20])
@@ -87,18 +93,10 @@ import FerryDigest
             """)
     }
 
-    func bucket(_ weed: SeaweedFS) throws -> S3Client {
-        let c = S3Client(
-            endpoint: weed.endpoint, region: "us-east-1", bucket: "media",
-            credentials: S3Credentials(accessKeyID: weed.accessKey, secretAccessKey: weed.secretKey))
-        c.maxAttempts = 8
-        try c.createBucket()
-        return c
-    }
 
     @Test func killNineDuringAMultipartUploadResumesFromItsParts() throws {
         let weed = try SeaweedFS()
-        let client = try bucket(weed)
+        let client = try mediaBucket(weed)
         let dir = TempDir("ferry-s3-kill")
         try TreeGen.write(dir.sub("src/videos/long.mp4"), size: 40 << 20, seed: 11)
         let p = try plan(dir, weed, bandwidth: "25MiB/s")
@@ -128,7 +126,7 @@ import FerryDigest
 
     @Test func aServerThatGoesAwayFailsClearlyAndTheRunResumesWhenItReturns() throws {
         let weed = try SeaweedFS()
-        _ = try bucket(weed)
+        _ = try mediaBucket(weed)
         let dir = TempDir("ferry-s3-down")
         try TreeGen.make(at: dir.sub("src"), files: 200, maxSmall: 100_000, large: [12 << 20])
         for link in ["link-in-tree", "link-outside-absolute", "d1/link-outside-relative", "link-dangling", "link-to-dir-outside"] {
@@ -158,11 +156,7 @@ import FerryDigest
 @Suite(.serialized) struct BucketKeyTests {
     @Test func keysTheBucketCannotHoldAreRefusedBeforeTheCopy() throws {
         let weed = try SeaweedFS()
-        let c = S3Client(
-            endpoint: weed.endpoint, region: "us-east-1", bucket: "media",
-            credentials: S3Credentials(accessKeyID: weed.accessKey, secretAccessKey: weed.secretKey))
-        c.maxAttempts = 8
-        try c.createBucket()
+        let c = try mediaBucket(weed)
         let dir = TempDir("ferry-s3-keys")
         try TreeGen.write(dir.sub("src/ok.png"), size: 100, seed: 1)
         try TreeGen.write(dir.sub("src/names/caf\u{E9}.png"), size: 10, seed: 2)  // NFC
