@@ -83,10 +83,14 @@ public final class S3Store: Store, @unchecked Sendable {
     public func refusalChecker() -> ((Entry) -> String?)? {
         var seen: [Int: Int] = [:]  // hash of the NFC form -> hash of the first name's bytes
         let prefix = self.prefix
+        let partSize = self.partSize
         return { entry in
             guard entry.kind == .file else { return nil }
             let key = prefix + entry.path
             if key.utf8.count > 1024 { return "key is \(key.utf8.count) bytes; S3 and R2 allow 1,024" }
+            if (entry.size + partSize - 1) / partSize > 10_000 {
+                return "\(entry.size) bytes need more than 10,000 parts of copy.chunk_size; raise chunk_size"
+            }
             let nfc = key.precomposedStringWithCanonicalMapping
             var hn = Hasher()
             hn.combine(Array(nfc.utf8))

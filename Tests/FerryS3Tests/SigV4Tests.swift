@@ -1,5 +1,6 @@
 import Testing
 import FerryDigest
+import FerryCore
 @testable import FerryS3
 
 /// The signing examples published in Amazon S3's documentation ("Signature Calculations for the Authorization
@@ -56,5 +57,23 @@ import FerryDigest
 
     @Test func secretsNeverPrint() {
         #expect(!"\(signer.credentials)".contains("EXAMPLEKEY"))
+    }
+}
+
+@Suite struct S3RefusalTests {
+    @Test func whatABucketCannotHoldIsNamed() throws {
+        let store = S3Store(
+            endpoint: "http://127.0.0.1:1", region: "auto", bucket: "b", prefix: "p",
+            credentials: S3Credentials(accessKeyID: "a", secretAccessKey: "s"), partSize: 5 << 20)
+        let check = try #require(store.refusalChecker())
+        func file(_ path: String, _ size: Int64 = 1) -> Entry {
+            Entry(path: path, kind: .file, size: size, mtimeNs: 0, mode: 0o644, inode: 0)
+        }
+        #expect(check(file("ok.png")) == nil)
+        #expect(check(file("caf\u{E9}.png")) == nil)
+        #expect(check(file("cafe\u{301}.png"))?.contains("normalisation") == true)
+        #expect(check(file(String(repeating: "x", count: 1024)))?.contains("1,024") == true, "with the prefix it is over")
+        #expect(check(file("huge.bin", 10_001 * (5 << 20)))?.contains("10,000 parts") == true)
+        #expect(check(file("big.bin", 10_000 * (5 << 20))) == nil)
     }
 }
