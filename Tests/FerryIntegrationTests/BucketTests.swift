@@ -21,7 +21,7 @@ func mediaBucket(_ weed: SeaweedFS) throws -> S3Client {
         let setup = try mediaBucket(weed)
         let dir = TempDir("ferry-s3")
         let src = dir.sub("system")
-        try TreeGen.make(at: src, files: 120, maxSmall: 200_000, large: [13 << 20])
+        try TreeGen.make(at: src, files: 120, maxSmall: 200_000, large: [200 << 20])
         // Symlinks cannot live in a bucket; this tree has none (Mastodon's media has none).
         for link in ["link-in-tree", "link-outside-absolute", "d1/link-outside-relative", "link-dangling", "link-to-dir-outside"] {
             try FileManager.default.removeItem(atPath: src + "/" + link)
