@@ -76,7 +76,7 @@ let package = Package(
         ),
         .testTarget(
             name: "FerryIntegrationTests",
-            dependencies: ["FerryCore", "FerryDigest", "FerryTesting", "FerryGraphite", "FerryLocal", "FerryS3"],
+            dependencies: ["FerryCore", "FerryDigest", "FerryTesting", "FerryGraphite", "FerryLocal", "FerryS3", "FerryEngine"],
             swiftSettings: strict
         ),
     ]

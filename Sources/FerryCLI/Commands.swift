@@ -208,6 +208,10 @@ func printReport(_ r: VerifyReport, stateDirectory: String) {
     out(
         "verify: \(what), \(r.entries) entries checked, \(r.filesContentChecked) files hashed "
             + "(\(Units.formatBytes(r.bytesChecked))) in \(Units.formatDuration(r.seconds))")
+    if r.filesCheckedByStoredHash > 0 { out("proven by stored SHA-256 (not read back): \(r.filesCheckedByStoredHash) files") }
+    if r.filesUnverified > 0 {
+        out("not content-checked this round (outside the sample): \(r.filesUnverified) files; later rounds cover them")
+    }
     if r.ok {
         out("result: CLEAN")
     } else {

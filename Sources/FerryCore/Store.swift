@@ -139,3 +139,9 @@ public protocol PointComparing: Store {
     /// holds is at the destination, else what differs.
     func comparePoints(_ path: String, source: any Store, until: Int, window: Int?, now: Int) throws -> String?
 }
+
+/// A store that keeps ferry's SHA-256 of an object's content beside it (S3: `x-amz-meta-ferry-sha256`), so a
+/// verify can compare hashes without reading the bytes back.
+public protocol ChecksumProviding: Store {
+    func storedSHA256(_ path: String) throws -> String?
+}

@@ -46,7 +46,7 @@ public enum CredentialSource {
 
 /// A bucket (and key prefix) as a store. Objects are entries; keys map to paths below the prefix. Keys that
 /// cannot be paths (`..` or empty segments, a leading `/`) are reported by the walk, never followed.
-public final class S3Store: Store, @unchecked Sendable {
+public final class S3Store: Store, ChecksumProviding, @unchecked Sendable {
     // @unchecked: configuration is immutable; the client pool is behind a Mutex.
     public let endpoint: String
     public let region: String
@@ -135,6 +135,10 @@ public final class S3Store: Store, @unchecked Sendable {
             let mtime = h.headers["x-amz-meta-mtime"].flatMap(Self.parseNs) ?? 0
             return Entry(path: path, kind: .file, size: h.size, mtimeNs: mtime, mode: 0o644, inode: 0)
         }
+    }
+
+    public func storedSHA256(_ path: String) throws -> String? {
+        try withClient { try $0.headObject(key(path))?.headers["x-amz-meta-ferry-sha256"] }
     }
 
     static func parseNs(_ s: String) -> Int64? {

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import FerryTesting
+import FerryEngine
 import FerryS3
 import FerryDigest
 
@@ -181,5 +182,39 @@ func mediaBucket(_ weed: SeaweedFS) throws -> S3Client {
         #expect(r.stdout.contains("refused by the destination"))
         #expect(try c.headObject("ok.png") != nil, "the rest was copied")
         #expect(try c.headObject(long + ".bin") == nil)
+    }
+}
+
+
+@Suite(.serialized) struct BucketVerifyTests {
+    @Test func sampledVerifyProvesTheRestByStoredHashAndCatchesAWrongOne() throws {
+        let weed = try SeaweedFS()
+        let c = try mediaBucket(weed)
+        let dir = TempDir("ferry-s3-verify")
+        for i in 0..<60 { try TreeGen.write(dir.sub("src/img/\(i).png"), size: 1000 + i, seed: UInt64(i)) }
+        let plan = try writePlan(dir.path, """
+            version: 1
+            name: v
+            source:      { kind: fs, path: src }
+            destination: { kind: s3, endpoint: "\(weed.endpoint)", region: us-east-1, bucket: media, credentials: "env:MEDIA_" }
+            verify:      { mode: sample, sample: 10% }
+            """)
+        let env = ["MEDIA_ACCESS_KEY_ID": weed.accessKey, "MEDIA_SECRET_ACCESS_KEY": weed.secretKey]
+        let r = try Ferry.run(["run", plan], environment: env)
+        #expect(r.status == 0, "\(r.all)")
+        let first = try #require(try JSONSerialization.jsonObject(with: Data(try Ferry.run(["verify", plan, "--json"], environment: env).stdout.utf8)) as? [String: Any])
+        let hashed = first["files_content_checked"] as? Int ?? -1
+        let byHash = first["files_checked_by_stored_hash"] as? Int ?? -1
+        #expect(hashed + byHash == 60, "every object proven one way or the other: \(first)")
+        #expect(byHash > 30)
+        // An object outside the next round's sample whose stored hash is wrong is caught without reading it.
+        let nextRound = (first["round"] as? Int ?? 0) + 1
+        let victim = try #require((0..<60).map { "img/\($0).png" }.first { !Sampling.isSelected($0, round: nextRound, rate: 0.1) })
+        let body = try #require(try c.getObject(victim))
+        try c.putObject(victim, body, headers: [("x-amz-meta-ferry-sha256", String(repeating: "0", count: 64))])
+        let v = try Ferry.run(["verify", plan], environment: env)
+        #expect(v.status == 1, "\(v.all)")
+        #expect(v.stdout.contains(victim))
+        #expect(v.stdout.contains("stored SHA-256 differs"))
     }
 }
