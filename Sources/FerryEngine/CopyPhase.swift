@@ -96,7 +96,6 @@ final class CopyPhase: @unchecked Sendable {
     struct Group {
         var done: [(id: Int64, chunks: [ChunkRecord], entry: Entry?)] = []
         var bytes: Int64 = 0
-        var writtenBytes: Int64 = 0
     }
 
     private func worker() {

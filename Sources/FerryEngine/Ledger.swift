@@ -746,13 +746,10 @@ public final class Ledger: Sendable {
 
 extension Ledger {
     /// Manifest entries that should exist in the source (not vanished or deleted).
-    public func countPresent(excludingRoot: Bool) throws -> Int64 {
+    public func countPresent() throws -> Int64 {
         try wrap("count present") {
             try db.read { db in
-                try Int64.fetchOne(
-                    db,
-                    sql: "SELECT count(*) FROM items WHERE state IN ('pending', 'done', 'failed')"
-                        + (excludingRoot ? " AND path != ''" : "")) ?? 0
+                try Int64.fetchOne(db, sql: "SELECT count(*) FROM items WHERE state IN ('pending', 'done', 'failed')") ?? 0
             }
         }
     }

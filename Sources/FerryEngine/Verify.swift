@@ -276,7 +276,7 @@ final class VerifyPhase: @unchecked Sendable {
         }
         if let root = try source.stat("") { try visit(root) }
         try source.walk(visit, skipped: { _ in })
-        let present = try ledger.countPresent(excludingRoot: false)
+        let present = try ledger.countPresent()
         drift.deleted = max(0, present - seenPresent)
         drift.deleted += try ledger.countVanished()
         return drift

@@ -25,9 +25,8 @@ public final class CeresDestinationStore: Store, Merging, PointComparing, @unche
     }
 
     public func walk(_ visit: (Entry) throws -> Void, skipped: (SkippedEntry) -> Void) throws {
-        for (metric, path) in try CeresTree.nodes(root: root) {
+        for (metric, _) in try CeresTree.nodes(root: root) {
             if let e = try stat(metric.replacingOccurrences(of: ".", with: "/") + ".wsp") { try visit(e) }
-            _ = path
         }
     }
 
@@ -153,28 +152,17 @@ public final class CeresDestinationStore: Store, Merging, PointComparing, @unche
         let last = min(until, now) - Whisper.mod(min(until, now), a.secondsPerPoint)
         guard first <= last else { return nil }
         let have = try node.read(from: first, until: last + a.secondsPerPoint)
-        var missing = 0
-        var differing = 0
-        var examples: [String] = []
+        var tally = PointTally()
         var t = first
         while t <= last {
             if let want = src.value(a, at: t) {
                 let idx = (t - have.start) / have.step
                 let got = have.step == a.secondsPerPoint && idx >= 0 && idx < have.values.count ? have.values[idx] : nil
-                if let got {
-                    if got.bitPattern != want.bitPattern {
-                        differing += 1
-                        if examples.count < 3 { examples.append("\(t): source \(want), destination \(got)") }
-                    }
-                } else {
-                    missing += 1
-                    if examples.count < 3 { examples.append("\(t): missing at the destination") }
-                }
+                tally.compare("\(t)", want: want, got: got)
             }
             t += a.secondsPerPoint
         }
-        if missing == 0 && differing == 0 { return nil }
-        return "\(missing) points missing, \(differing) differing (\(examples.joined(separator: "; ")))"
+        return tally.verdict
     }
 }
 

@@ -25,9 +25,8 @@ public final class CeresTreeStore: Store, @unchecked Sendable {
     }
 
     public func walk(_ visit: (Entry) throws -> Void, skipped: (SkippedEntry) -> Void) throws {
-        _ = try CeresTree.nodes(root: root)  // refuses a directory that is not a Ceres tree
         var dirs = Set<String>()
-        for (metric, path) in try CeresTree.nodes(root: root) {
+        for (metric, path) in try CeresTree.nodes(root: root) {  // refuses a directory that is not a Ceres tree
             let rel = metric.replacingOccurrences(of: ".", with: "/")
             var parent = PathUtil.directory(of: rel)
             var chain: [String] = []
@@ -45,7 +44,7 @@ public final class CeresTreeStore: Store, @unchecked Sendable {
                 }
             }
             do {
-                if let e = try entry(rel + ".wsp", nodePath: path) { try visit(e) }
+                try visit(try resolve(rel + ".wsp", nodePath: path).entry)
             } catch let e as CeresError {
                 skipped(SkippedEntry(path: rel + ".wsp", reason: e.description))
             } catch let e as FerryError where e.code == .invalidPlan {
@@ -56,7 +55,7 @@ public final class CeresTreeStore: Store, @unchecked Sendable {
 
     /// The virtual file's metadata: the converted size; mtime and inode of the node's newest slice, so a
     /// catch-up sees a node that received points as changed.
-    func entry(_ rel: String, nodePath: String) throws -> Entry? {
+    func resolve(_ rel: String, nodePath: String) throws -> (entry: Entry, node: CeresNode, schema: WhisperSchema) {
         let node = try CeresNode(path: nodePath)
         guard let schema = try schemaFor(Self.metric(rel)) else {
             throw FerryError(.invalidPlan, "no schema rule matches \(Self.metric(rel))")
@@ -76,7 +75,7 @@ public final class CeresTreeStore: Store, @unchecked Sendable {
                 }
             }
         }
-        return Entry(path: rel, kind: .file, size: Int64(size), mtimeNs: mtime, mode: 0o644, inode: inode)
+        return (Entry(path: rel, kind: .file, size: Int64(size), mtimeNs: mtime, mode: 0o644, inode: inode), node, schema)
     }
 
     public func stat(_ path: String) throws -> Entry? {
@@ -89,7 +88,7 @@ public final class CeresTreeStore: Store, @unchecked Sendable {
         if path.hasSuffix(".wsp") {
             let node = root + "/" + String(path.dropLast(4))
             guard CeresNode.isNode(node) else { return nil }
-            return try entry(path, nodePath: node)
+            return try resolve(path, nodePath: node).entry
         }
         var st = Foundation.stat()
         guard lstat(root + "/" + path, &st) == 0, st.st_mode & S_IFMT == S_IFDIR else { return nil }
@@ -99,10 +98,9 @@ public final class CeresTreeStore: Store, @unchecked Sendable {
     public func openReader(_ path: String) throws -> (any ObjectReader)? {
         guard PathUtil.isSafeRelative(path), path.hasSuffix(".wsp") else { return nil }
         let nodePath = root + "/" + String(path.dropLast(4))
-        guard CeresNode.isNode(nodePath), let e = try entry(path, nodePath: nodePath),
-            let schema = try schemaFor(Self.metric(path))
-        else { return nil }
-        let db = try Whisper.convert(try CeresNode(path: nodePath), schema: schema, now: Int(Date().timeIntervalSince1970))
+        guard CeresNode.isNode(nodePath) else { return nil }
+        let (e, node, schema) = try resolve(path, nodePath: nodePath)
+        let db = try Whisper.convert(node, schema: schema, now: Int(Date().timeIntervalSince1970))
         return MemoryReader(bytes: db.bytes, entry: e)
     }
 

@@ -23,7 +23,9 @@ public struct WhisperSchema: Sendable, Equatable {
 public struct CarbonSchemas: Sendable {
     struct Rule: Sendable {
         var name: String
-        var pattern: String
+        /// Compiled once at parse time: schema lookups run once per metric (a million times in a migration).
+        /// A section without a pattern matches nothing.
+        var pattern: NSRegularExpression?
         var values: [String: String]
     }
     var schemas: [Rule]
@@ -53,7 +55,7 @@ public struct CarbonSchemas: Sendable {
             let line = raw.trimmingCharacters(in: .whitespaces)
             if line.isEmpty || line.hasPrefix("#") || line.hasPrefix(";") { continue }
             if line.hasPrefix("[") && line.hasSuffix("]") {
-                rules.append(Rule(name: String(line.dropFirst().dropLast()), pattern: "", values: [:]))
+                rules.append(Rule(name: String(line.dropFirst().dropLast()), pattern: nil, values: [:]))
                 continue
             }
             guard let eq = line.firstIndex(where: { $0 == "=" || $0 == ":" }), !rules.isEmpty else {
@@ -62,10 +64,10 @@ public struct CarbonSchemas: Sendable {
             let key = line[..<eq].trimmingCharacters(in: .whitespaces)
             let value = line[line.index(after: eq)...].trimmingCharacters(in: .whitespaces)
             if key == "pattern" {
-                guard (try? NSRegularExpression(pattern: value)) != nil else {
+                guard let re = try? NSRegularExpression(pattern: value) else {
                     throw FerryError(.invalidPlan, "\(file):\(n + 1): bad pattern \(value)")
                 }
-                rules[rules.count - 1].pattern = value
+                rules[rules.count - 1].pattern = re
             } else {
                 rules[rules.count - 1].values[key] = value
             }
@@ -74,10 +76,7 @@ public struct CarbonSchemas: Sendable {
     }
 
     static func first(_ rules: [Rule], matching metric: String) -> Rule? {
-        rules.first { r in
-            guard let re = try? NSRegularExpression(pattern: r.pattern) else { return false }
-            return re.firstMatch(in: metric, range: NSRange(metric.startIndex..., in: metric)) != nil
-        }
+        rules.first { $0.pattern?.firstMatch(in: metric, range: NSRange(metric.startIndex..., in: metric)) != nil }
     }
 
     /// carbon's own fallback when no section matches: `defaultSchema`, 7 days of minutely data.

@@ -79,9 +79,7 @@ public final class WhisperTreeStore: Store, Merging, PointComparing, @unchecked 
     public func comparePoints(_ path: String, source: any Store, until: Int, window: Int?, now: Int) throws -> String? {
         guard let src = try Self.load(path, from: source) else { return "missing at the source" }
         guard let dst = try Self.load(path, from: self) else { return "missing at the destination" }
-        var missing = 0
-        var differing = 0
-        var examples: [String] = []
+        var tally = PointTally()
         // Every destination archive, at its resolution, against the source archive of the same step (or the
         // finest finer one, aggregated by the destination's rules, as the merge filled it).
         for a in dst.archives {
@@ -100,20 +98,35 @@ public final class WhisperTreeStore: Store, Merging, PointComparing, @unchecked 
                 // A slot already holding a newer lap has rolled past t at the destination: nothing to compare.
                 let lapped = dst.baseInterval(a) != 0
                     && dst.point(at: dst.slotOffset(a, base: dst.baseInterval(a), interval: t)).0 > t
-                if let want, !lapped {
-                    if let got = dst.value(a, at: t) {
-                        if got.bitPattern != want.bitPattern && !(got.isNaN && want.isNaN) {
-                            differing += 1
-                            if examples.count < 3 { examples.append("\(step)s@\(t): source \(want), destination \(got)") }
-                        }
-                    } else {
-                        missing += 1
-                        if examples.count < 3 { examples.append("\(step)s@\(t): missing at the destination") }
-                    }
-                }
+                if let want, !lapped { tally.compare("\(step)s@\(t)", want: want, got: dst.value(a, at: t)) }
                 t += step
             }
         }
+        return tally.verdict
+    }
+}
+
+/// Counts what a point-by-point comparison found, keeping the first few examples for the report.
+struct PointTally {
+    var missing = 0
+    var differing = 0
+    var examples: [String] = []
+
+    /// One source value against the destination's (nil: the destination has none).
+    mutating func compare(_ label: String, want: Double, got: Double?) {
+        guard let got else {
+            missing += 1
+            if examples.count < 3 { examples.append("\(label): missing at the destination") }
+            return
+        }
+        if got.bitPattern != want.bitPattern && !(got.isNaN && want.isNaN) {
+            differing += 1
+            if examples.count < 3 { examples.append("\(label): source \(want), destination \(got)") }
+        }
+    }
+
+    /// nil when everything matched, else the summary verify reports.
+    var verdict: String? {
         if missing == 0 && differing == 0 { return nil }
         return "\(missing) points missing, \(differing) differing (\(examples.joined(separator: "; ")))"
     }

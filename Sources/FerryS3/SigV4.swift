@@ -29,6 +29,8 @@ public struct SigV4: Sendable {
 
     /// RFC 3986 encoding as SigV4 wants it: unreserved characters kept, everything else %XX (uppercase), a
     /// space as %20 and `+` as %2B; `/` kept in paths when `slash` is false.
+    private static let hexDigits = Array("0123456789ABCDEF")
+
     public static func encode(_ s: String, encodeSlash: Bool = true) -> String {
         var out = ""
         out.reserveCapacity(s.utf8.count)
@@ -41,10 +43,9 @@ public struct SigV4: Sendable {
             case UInt8(ascii: "/") where !encodeSlash:
                 out.append("/")
             default:
-                let hex = Array("0123456789ABCDEF")
                 out.append("%")
-                out.append(hex[Int(b >> 4)])
-                out.append(hex[Int(b & 0xF)])
+                out.append(hexDigits[Int(b >> 4)])
+                out.append(hexDigits[Int(b & 0xF)])
             }
         }
         return out
