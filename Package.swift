@@ -18,13 +18,14 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.90.0"),
     ],
     targets: [
         .executableTarget(name: "ferry", dependencies: ["FerryCLI"], swiftSettings: strict),
         .target(
             name: "FerryCLI",
             dependencies: [
-                "FerryCore", "FerryEngine", "FerryLocal", "FerryGraphite", "FerryS3",
+                "FerryCore", "FerryEngine", "FerryLocal", "FerryGraphite", "FerryS3", "FerryTap",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -74,6 +75,17 @@ let package = Package(
             dependencies: ["FerryCore", "FerryGraphite", "FerryTesting"],
             swiftSettings: strict
         ),
+        .target(
+            name: "FerryTap",
+            dependencies: [
+                "FerryCore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: strict
+        ),
+        .testTarget(name: "FerryTapTests", dependencies: ["FerryTap", "FerryCore", "FerryTesting"], swiftSettings: strict),
         .testTarget(
             name: "FerryIntegrationTests",
             dependencies: ["FerryCore", "FerryDigest", "FerryTesting", "FerryGraphite", "FerryLocal", "FerryS3", "FerryEngine"],

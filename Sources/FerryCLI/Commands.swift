@@ -18,7 +18,7 @@ public struct FerryCommand: ParsableCommand {
         version: ferryVersion,
         subcommands: [
             PlanCommand.self, RunCommand.self, VerifyCommand.self, StatusCommand.self, CutoverCommand.self,
-            MetricsCommand.self,
+            RollbackCommand.self, CompleteCommand.self, TapCommand.self, MetricsCommand.self,
         ]
     )
 }
@@ -69,9 +69,12 @@ func loadPlan(_ path: String) throws -> Plan {
 func makeJob(_ plan: Plan, _ options: GlobalOptions) throws -> Job {
     let source = try Registry.source(plan)
     let destination = try Registry.store(plan.destination, plan: plan)
-    return Job(
+    let job = Job(
         plan: plan, source: source, destination: destination, logger: options.logger(),
         progress: ProgressTracker(output: options.progressOutput()))
+    job.tap = try Registry.tap(plan, launch: true)
+    if job.tap != nil { job.liveSource = try Registry.store(plan.source, plan: plan) }
+    return job
 }
 
 /// Runs a command body, turning errors into a message on stderr and the documented exit code.
@@ -270,7 +273,10 @@ struct StatusCommand: ParsableCommand {
                 }
                 return
             }
+            let tapStatus = try Registry.tap(p, launch: false)?.status()
             if json {
+                var s = s
+                s.tap = tapStatus
                 try writeJSON(s)
                 return
             }
@@ -306,6 +312,11 @@ struct StatusCommand: ParsableCommand {
             }
             out("cutover      \(s.cutoverAt.map { "done at \($0)\(s.cutoverForced ? " (forced)" : "")" } ?? "not yet")")
             if let e = s.lastError { out("last error   \(e)") }
+            if let t = tapStatus {
+                printTap(t)
+            } else if p.tap != nil {
+                out("tap          NOT RUNNING (`ferry run` or `ferry tap \(plan)` starts it)")
+            }
         }
     }
 }
@@ -339,6 +350,39 @@ struct CutoverCommand: ParsableCommand {
                 show(gates)
                 out(forced ? "cutover done (FORCED past unmet gates; recorded)" : "cutover done")
             }
+        }
+    }
+}
+
+// MARK: - rollback, complete
+
+struct RollbackCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "rollback",
+        abstract: "Switch back to the old side inside the rollback window (fence, rollback hooks, tap to mirror).")
+    @Argument(help: "The plan file (YAML).") var plan: String
+    @OptionGroup var global: GlobalOptions
+
+    func run() throws {
+        let p = try loadPlan(plan)
+        try guarded {
+            try makeJob(p, global).rollback()
+            out("rolled back: the old side is primary again and the tap mirrors to the new side; the job is ready")
+        }
+    }
+}
+
+struct CompleteCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "complete", abstract: "End a cut-over job: the tap stops mirroring to the old side.")
+    @Argument(help: "The plan file (YAML).") var plan: String
+    @OptionGroup var global: GlobalOptions
+
+    func run() throws {
+        let p = try loadPlan(plan)
+        try guarded {
+            try makeJob(p, global).complete()
+            out("job complete" + (p.tap != nil ? "; the tap now feeds the new side only" : ""))
         }
     }
 }

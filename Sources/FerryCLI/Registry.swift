@@ -1,7 +1,9 @@
+import Foundation
 import FerryCore
 import FerryLocal
 import FerryGraphite
 import FerryS3
+import FerryTap
 
 /// The composition root: the one place that knows every concrete store kind and builds it from a plan.
 enum Registry {
@@ -16,18 +18,40 @@ enum Registry {
             required: ["endpoint", "bucket", "credentials"], pathIsLocal: false),
     ]
 
+    static let tapKinds: [TapKindSchema] = [
+        TapKindSchema(kind: "carbon", keys: CarbonTapConfig.keys, required: CarbonTapConfig.required)
+    ]
+
+    /// The handle on the plan's tap (nil without one). With `launch`, arming starts `ferry tap PLAN` detached
+    /// when it is not running, logging to the tap's directory.
+    static func tap(_ plan: Plan, launch: Bool) throws -> TapClient? {
+        guard let spec = plan.tap else { return nil }
+        guard spec.kind == "carbon" else { throw FerryError(.invalidPlan, "tap kind '\(spec.kind)' is not available in this build") }
+        let config = try CarbonTapConfig(plan: plan)
+        let planFile = plan.file
+        let log = config.directory + "/tap.log"
+        let dir = config.directory
+        let launcher: (@Sendable () throws -> Void)? =
+            launch
+            ? { @Sendable in
+                try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+                let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+                _ = try spawnDetached(executable: exe, arguments: ["tap", "run", planFile], log: log)
+            } : nil
+        return TapClient(socketPath: config.controlSocket, launcher: launcher)
+    }
+
     /// Source → destination kinds this build can move.
     static let pairs: Set<String> = ["fs>fs", "whisper>whisper", "ceres>whisper", "whisper>ceres", "fs>s3", "s3>fs", "s3>s3"]
 
     static let planned: [String: String] = [
         "remote": "is planned (ferry serve) but not implemented in this version of ferry; supported: fs",
-        "tap:carbon": "is planned (Carbon dual-write tap) but not implemented in this version of ferry",
         "tap:s3": "is planned (S3 dual-write proxy) but not implemented in this version of ferry",
         "tap:fs-journal": "is planned (filesystem change journal) but not implemented in this version of ferry",
     ]
 
     static var loader: PlanLoader {
-        PlanLoader(storeKinds: storeKinds, tapKinds: [], plannedKinds: planned, pairs: pairs)
+        PlanLoader(storeKinds: storeKinds, tapKinds: tapKinds, plannedKinds: planned, pairs: pairs)
     }
 
     /// The Whisper schema a Ceres source converts to: the destination's `retentions` (+ `aggregation`,

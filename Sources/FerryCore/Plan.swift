@@ -89,6 +89,8 @@ public struct CutoverSpec: Sendable {
     public var maxVerifyAge: Double = 3600
     public var maxTapLag: Double? = nil
     public var hooks: [String] = []
+    /// Run by `ferry rollback`, in order, before the tap switches back to the old side.
+    public var rollbackHooks: [String] = []
     public var rollbackWindow: Double? = nil
     public init() {}
 }

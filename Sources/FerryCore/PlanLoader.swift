@@ -44,21 +44,34 @@ public struct StoreKindSchema: Sendable {
     }
 }
 
+/// What a tap kind accepts in a plan (keys other than `kind`), supplied by the composition root.
+public struct TapKindSchema: Sendable {
+    public var kind: String
+    public var keys: Set<String>
+    public var required: Set<String>
+
+    public init(kind: String, keys: Set<String>, required: Set<String>) {
+        self.kind = kind
+        self.keys = keys
+        self.required = required
+    }
+}
+
 /// Reads and validates YAML plans.
 public struct PlanLoader: Sendable {
     public var storeKinds: [String: StoreKindSchema]
-    public var tapKinds: Set<String>
+    public var tapKinds: [String: TapKindSchema]
     /// Kinds a plan may name that this build does not implement yet, with the reason shown to the operator.
     public var plannedKinds: [String: String]
     /// Allowed "source>destination" kind pairs; nil allows any.
     public var pairs: Set<String>?
 
     public init(
-        storeKinds: [StoreKindSchema], tapKinds: Set<String> = [], plannedKinds: [String: String] = [:],
+        storeKinds: [StoreKindSchema], tapKinds: [TapKindSchema] = [], plannedKinds: [String: String] = [:],
         pairs: Set<String>? = nil
     ) {
         self.storeKinds = Dictionary(uniqueKeysWithValues: storeKinds.map { ($0.kind, $0) })
-        self.tapKinds = tapKinds
+        self.tapKinds = Dictionary(uniqueKeysWithValues: tapKinds.map { ($0.kind, $0) })
         self.plannedKinds = plannedKinds
         self.pairs = pairs
     }
@@ -138,25 +151,21 @@ public struct PlanLoader: Sendable {
 
         var tap: TapSpec?
         if let node = fields["tap"], let map = ctx.mapping(node, "tap") {
-            var kind: String?
-            var options: [String: String] = [:]
-            for (k, v) in map {
-                guard let key = ctx.string(k, "tap") else { continue }
-                if key == "kind" {
-                    kind = ctx.string(v, "tap.kind")
-                } else if let s = v.scalar?.string {
-                    options[key] = s
-                }
-            }
-            if let kind {
-                if tapKinds.contains(kind) {
+            let kindNode = map["kind"]
+            if let kindNode, let kind = ctx.string(kindNode, "tap.kind") {
+                if let schema = tapKinds[kind] {
+                    let f = ctx.fields(map, at: "tap", allowed: schema.keys.union(["kind"]), required: schema.required)
+                    var options: [String: String] = [:]
+                    for (key, v) in f where key != "kind" {
+                        if let s = ctx.string(v, "tap.\(key)") { options[key] = s }
+                    }
                     tap = TapSpec(kind: kind, options: options)
                 } else if let why = plannedKinds["tap:" + kind] {
-                    ctx.fail(map["kind"], "tap.kind", "'\(kind)' \(why)")
+                    ctx.fail(kindNode, "tap.kind", "'\(kind)' \(why)")
                 } else {
-                    ctx.fail(map["kind"], "tap.kind", "unknown tap kind '\(kind)' (known: carbon, s3, fs-journal)")
+                    ctx.fail(kindNode, "tap.kind", "unknown tap kind '\(kind)' (known: carbon, s3, fs-journal)")
                 }
-            } else {
+            } else if kindNode == nil {
                 ctx.fail(node, "tap", "missing required key 'kind'")
             }
         }
@@ -232,19 +241,21 @@ public struct PlanLoader: Sendable {
         var cutover = CutoverSpec()
         if let node = fields["cutover"], let map = ctx.mapping(node, "cutover") {
             let f = ctx.fields(
-                map, at: "cutover", allowed: ["max_verify_age", "max_tap_lag", "hooks", "rollback_window"], required: [])
+                map, at: "cutover", allowed: ["max_verify_age", "max_tap_lag", "hooks", "rollback_hooks", "rollback_window"], required: [])
             if let v = f["max_verify_age"], let d = ctx.duration(v, "cutover.max_verify_age") { cutover.maxVerifyAge = d }
             if let v = f["max_tap_lag"], let d = ctx.duration(v, "cutover.max_tap_lag") { cutover.maxTapLag = d }
             if let v = f["rollback_window"], let d = ctx.duration(v, "cutover.rollback_window") {
                 cutover.rollbackWindow = d
             }
-            if let v = f["hooks"] {
+            for key in ["hooks", "rollback_hooks"] {
+                guard let v = f[key] else { continue }
                 if let seq = v.sequence {
                     for (i, item) in seq.enumerated() {
-                        if let s = ctx.nonEmptyString(item, "cutover.hooks[\(i)]") { cutover.hooks.append(s) }
+                        guard let s = ctx.nonEmptyString(item, "cutover.\(key)[\(i)]") else { continue }
+                        if key == "hooks" { cutover.hooks.append(s) } else { cutover.rollbackHooks.append(s) }
                     }
                 } else {
-                    ctx.fail(v, "cutover.hooks", "expected a list of shell commands, e.g. [ \"systemctl reload nginx\" ]")
+                    ctx.fail(v, "cutover.\(key)", "expected a list of shell commands, e.g. [ \"systemctl reload nginx\" ]")
                 }
             }
         }

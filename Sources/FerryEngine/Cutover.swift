@@ -31,12 +31,14 @@ extension Job {
                 Gate(
                     name: "verify-fresh", ok: age <= plan.cutover.maxVerifyAge,
                     detail: "last verify \(Units.formatDuration(age)) ago (max_verify_age \(Units.formatDuration(plan.cutover.maxVerifyAge)))"))
-            gates.append(
+            if tap == nil {
+              gates.append(
                 Gate(
                     name: "no-drift", ok: v.drift == 0,
                     detail: v.drift == 0
                         ? "source unchanged since the snapshot at the last verify"
                         : "\(v.drift) source changes since the snapshot; run `ferry run --catch-up`"))
+            }
         } else {
             gates.append(Gate(name: "verify-clean", ok: false, detail: "never verified"))
         }
@@ -45,7 +47,64 @@ extension Job {
             Gate(
                 name: "no-pending-catch-up", ok: unsettled == 0,
                 detail: unsettled == 0 ? "every entry copied" : "\(unsettled) entries pending, failed or removed from the source"))
+        if let tap { gates.append(contentsOf: tapGates(tap, job: job)) }
         return gates
+    }
+
+    /// With a tap, live writes after the snapshot are the tap's to carry: the gates are that it was armed
+    /// before the snapshot, is running, and both sides are caught up to within `max_tap_lag`.
+    func tapGates(_ tap: any TapControl, job: JobRecord?) -> [Gate] {
+        var gates: [Gate] = []
+        gates.append(
+            Gate(
+                name: "tap-armed", ok: job?.tapSeq != nil,
+                detail: job?.tapSeq.map { "armed at sequence \($0), before the snapshot" } ?? "the tap was never armed by `ferry run`"))
+        let maxLag = plan.cutover.maxTapLag ?? 30
+        do {
+            guard let s = try tap.status() else {
+                gates.append(Gate(name: "tap-running", ok: false, detail: "the tap is not running; `ferry run` or `ferry tap` starts it"))
+                return gates
+            }
+            gates.append(Gate(name: "tap-running", ok: true, detail: "pid \(s.pid), mode \(s.mode.rawValue), sequence \(s.head)"))
+            for u in s.upstreams where u.role != "detached" {
+                let ok = u.connected && u.lagSeconds <= maxLag
+                var detail = "\(u.address) \(u.connected ? "connected" : "DOWN"), lag \(Units.formatDecimal(u.lagSeconds, places: 1)) s"
+                detail += ", spooled \(Units.formatBytes(Int64(u.spoolBytes))) (max_tap_lag \(Units.formatDuration(maxLag)))"
+                gates.append(Gate(name: "tap-lag-\(u.name)", ok: ok, detail: detail))
+            }
+        } catch {
+            gates.append(Gate(name: "tap-running", ok: false, detail: "cannot ask the tap: \(error)"))
+        }
+        return gates
+    }
+
+    /// Sends a marker datapoint through the tap and waits until the upstream `side` has it and `store` shows
+    /// it: everything the tap accepted before the marker has then been delivered to that side.
+    func fence(_ tap: any TapControl, side: String, store: (any Store)?, ledger: Ledger) throws {
+        let timeout = Double(plan.tap?.options["fence_timeout"].flatMap { Units.parseDuration($0) } ?? 60)
+        let metric = "ferry.fence." + plan.name.replacingOccurrences(of: ".", with: "_")
+        let now = Int(Date().timeIntervalSince1970)
+        let value = Double(Int.random(in: 1...999_999_999))
+        let seq = try tap.fence(path: metric, value: value, timestamp: now)
+        try ledger.recordEvent("fence", "marker \(metric)=\(Int(value)) at \(now) sent to \(side) (sequence \(seq))")
+        logger.info("fence sent; waiting for it at \(side)", metadata: ["metric": "\(metric)", "sequence": "\(seq)"])
+        let checker = store as? any FenceChecking
+        let deadline = Date().addingTimeInterval(timeout)
+        var delivered = false
+        var landed = checker == nil
+        while Date() < deadline {
+            if !delivered, let s = try tap.status(), let u = s.upstreams.first(where: { $0.name == side }), u.cursor >= seq {
+                delivered = true
+            }
+            if delivered && !landed { landed = (try? checker?.hasPoint(metric: metric, timestamp: now, value: value)) == true }
+            if delivered && landed {
+                try ledger.recordEvent("fence", "marker seen at \(side)")
+                return
+            }
+            Thread.sleep(forTimeInterval: 0.1)
+        }
+        let what = delivered ? "delivered to \(side) but not readable in \(store.map { "\($0.displayName)" } ?? side)" : "not delivered to \(side)"
+        throw FerryError(.gateNotMet, "fence marker \(metric) \(what) within \(Units.formatDuration(timeout)) (tap.fence_timeout)")
     }
 
     /// Checks the gates, runs the plan's hooks in order and records the cutover.
@@ -61,25 +120,83 @@ extension Job {
         if !failed.isEmpty {
             try ledger.recordEvent("cutover", "forced past: " + failed.map { "\($0.name) (\($0.detail))" }.joined(separator: "; "))
         }
-        try ledger.recordEvent("cutover", "gates checked; running \(plan.cutover.hooks.count) hooks")
-        for (i, hook) in plan.cutover.hooks.enumerated() {
-            var env = hookEnvironment()
-            env["FERRY_HOOK_INDEX"] = String(i + 1)
-            env["FERRY_HOOK_COUNT"] = String(plan.cutover.hooks.count)
-            env["FERRY_FORCED"] = force && !failed.isEmpty ? "1" : "0"
+        if let tap {
+            try tap.setMode(.cutover)
             do {
-                try ledgerlessRunHook(hook, what: "cutover hook \(i + 1) of \(plan.cutover.hooks.count)", environment: env)
-                try ledger.recordEvent("cutover-hook", "hook \(i + 1) ok: \(hook)")
+                try fence(tap, side: "new", store: destination, ledger: ledger)
             } catch {
-                try ledger.recordEvent("cutover-hook", "hook \(i + 1) failed: \(hook)")
-                try ledger.setLastError("\(error); cutover not recorded, later hooks not run")
-                throw FerryError(
-                    .hookFailed,
-                    "\(error); the cutover stopped there (hooks after it did not run) and is not recorded. "
-                        + "Fix the cause and run `ferry cutover` again (hooks should be safe to re-run)")
+                _ = try? tap.setMode(.mirror)
+                try ledger.recordEvent("cutover", "aborted, back to ready: \(error)")
+                throw FerryError(.gateNotMet, "\(error); cutover aborted, the tap is back in mirror mode and the job is ready")
             }
         }
+        try ledger.recordEvent("cutover", "gates checked; running \(plan.cutover.hooks.count) hooks")
+        try runHooks(plan.cutover.hooks, what: "cutover", forced: force && !failed.isEmpty, ledger: ledger) {
+            if let tap { _ = try? tap.setMode(.mirror) }
+        }
+        if let tap { try tap.setMode(.reverse) }
         try ledger.recordCutover(forced: force && !failed.isEmpty)
         return .done(gates: gates, forced: force && !failed.isEmpty)
+    }
+
+    func runHooks(_ hooks: [String], what: String, forced: Bool, ledger: Ledger, onFailure: () -> Void) throws {
+        for (i, hook) in hooks.enumerated() {
+            var env = hookEnvironment()
+            env["FERRY_HOOK_INDEX"] = String(i + 1)
+            env["FERRY_HOOK_COUNT"] = String(hooks.count)
+            env["FERRY_FORCED"] = forced ? "1" : "0"
+            do {
+                try ledgerlessRunHook(hook, what: "\(what) hook \(i + 1) of \(hooks.count)", environment: env)
+                try ledger.recordEvent("\(what)-hook", "hook \(i + 1) ok: \(hook)")
+            } catch {
+                onFailure()
+                try ledger.recordEvent("\(what)-hook", "hook \(i + 1) failed: \(hook)")
+                try ledger.setLastError("\(error); \(what) not recorded, later hooks not run")
+                throw FerryError(
+                    .hookFailed,
+                    "\(error); the \(what) stopped there (hooks after it did not run) and is not recorded. "
+                        + "Fix the cause and run `ferry \(what)` again (hooks should be safe to re-run)")
+            }
+        }
+    }
+
+    /// Switches back to the old side inside the rollback window: a fence through the (reversed) tap must land
+    /// at the old side, then the rollback hooks run, then the tap mirrors with the old side primary again.
+    public func rollback() throws {
+        let lock = try JobLock(stateDirectory: plan.stateDirectory)
+        defer { withExtendedLifetime(lock) {} }
+        let ledger = try openLedger(create: false)
+        guard let job = try ledger.job() else { throw FerryError(.stateConflict, "no job yet: nothing to roll back") }
+        guard job.phase == .switched, let at = job.cutoverAt else {
+            throw FerryError(.stateConflict, "the job is \(job.phase.rawValue), not cut over: nothing to roll back")
+        }
+        let window = plan.cutover.rollbackWindow ?? 86400
+        let age = Date().timeIntervalSince1970 - at
+        guard age <= window else {
+            throw FerryError(
+                .gateNotMet,
+                "the rollback window closed: cut over \(Units.formatDuration(age)) ago, rollback_window is \(Units.formatDuration(window))")
+        }
+        if let tap {
+            try fence(tap, side: "old", store: liveSource, ledger: ledger)
+        }
+        try ledger.recordEvent("rollback", "fence landed; running \(plan.cutover.rollbackHooks.count) rollback hooks")
+        try runHooks(plan.cutover.rollbackHooks, what: "rollback", forced: false, ledger: ledger) {}
+        if let tap { try tap.setMode(.mirror) }
+        try ledger.recordRollback()
+    }
+
+    /// Ends the job after a cutover: the tap stops mirroring to the old side.
+    public func complete() throws {
+        let lock = try JobLock(stateDirectory: plan.stateDirectory)
+        defer { withExtendedLifetime(lock) {} }
+        let ledger = try openLedger(create: false)
+        guard let job = try ledger.job() else { throw FerryError(.stateConflict, "no job yet: nothing to complete") }
+        if job.phase == .complete { return }
+        guard job.phase == .switched else {
+            throw FerryError(.stateConflict, "the job is \(job.phase.rawValue): `ferry complete` follows `ferry cutover`")
+        }
+        if let tap { try tap.setMode(.single) }
+        try ledger.recordComplete()
     }
 }

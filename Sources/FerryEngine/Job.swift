@@ -29,6 +29,10 @@ public final class Job {
     public let destination: any Store
     public let logger: Logger
     public let progress: ProgressTracker
+    /// The plan's live-write tap, when it has one (armed before the snapshot, switched at cutover).
+    public var tap: (any TapControl)?
+    /// The source at its live path (not the snapshot): where a rollback's fence must land.
+    public var liveSource: (any Store)?
 
     /// `source` must read from the snapshot root (`snapshot.path` when set, else `source.path`).
     public init(plan: Plan, source: any Store, destination: any Store, logger: Logger, progress: ProgressTracker) {
@@ -63,7 +67,7 @@ public final class Job {
             try ledger.createJob(name: plan.name, planIdentity: plan.identity, chunkSize: plan.copy.chunkSize)
         }
         guard let job = try ledger.job() else { throw FerryError(.ledger, "job record missing after creation") }
-        if job.phase == .switched {
+        if job.phase == .switched || job.phase == .complete {
             return .alreadyDone("this job was cut over already; nothing to do")
         }
         if try job.phase == .ready && !options.catchUp && !options.repair && ledger.unsettledCount() == 0 {
@@ -73,6 +77,15 @@ public final class Job {
                     + "`ferry run --catch-up` copies source changes, `ferry verify` re-checks")
         }
         do {
+            if let tap {
+                // Armed before the snapshot, so no live write falls between the manifest and the dual write.
+                // On a resume this restarts a tap that died; its spool replays what it held.
+                let seq = try tap.arm()
+                if job.phase == .snapshot || job.tapSeq == nil {
+                    try ledger.recordTapArmed(seq: seq)
+                    logger.info("tap armed", metadata: ["sequence": "\(seq)"])
+                }
+            }
             if job.phase == .snapshot {
                 try snapshot(ledger)
             }

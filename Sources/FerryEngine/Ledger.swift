@@ -10,6 +10,8 @@ public enum Phase: String, Sendable, Codable, CaseIterable {
     case ready
     case verifyFailed = "verify-failed"
     case switched
+    /// `ferry complete`: the migration is finished; the tap feeds the new side only.
+    case complete
 }
 
 /// Item states in the manifest.
@@ -42,6 +44,9 @@ public struct JobRecord: Sendable {
     public var runnerHeartbeat: Double?
     public var liveBytesDone: Int64
     public var liveFilesDone: Int64
+    /// The tap's sequence number when the snapshot was taken (nil without a tap).
+    public var tapSeq: Int64?
+    public var rolledBackAt: Double?
 }
 
 public struct ItemRecord: Sendable {
@@ -210,6 +215,14 @@ public final class Ledger: Sendable {
                     );
                     """)
         }
+        m.registerMigration("v2-tap") { db in
+            try db.execute(
+                sql: """
+                    ALTER TABLE job ADD COLUMN tap_seq INTEGER;
+                    ALTER TABLE job ADD COLUMN rolled_back_at REAL;
+                    ALTER TABLE job ADD COLUMN completed_at REAL;
+                    """)
+        }
         return m
     }
 
@@ -237,7 +250,8 @@ public final class Ledger: Sendable {
                     snapshotRoot: r["snapshot_root"], chunkSize: r["chunk_size"], cutoverAt: r["cutover_at"],
                     cutoverForced: (r["cutover_forced"] as Int) != 0, lastError: r["last_error"],
                     runnerPID: r["runner_pid"], runnerHeartbeat: r["runner_heartbeat"],
-                    liveBytesDone: r["live_bytes_done"], liveFilesDone: r["live_files_done"])
+                    liveBytesDone: r["live_bytes_done"], liveFilesDone: r["live_files_done"], tapSeq: r["tap_seq"],
+                    rolledBackAt: r["rolled_back_at"])
             }
         }
     }
@@ -315,6 +329,39 @@ public final class Ledger: Sendable {
                     sql: "UPDATE job SET phase = ?, cutover_at = ?, cutover_forced = ?, updated_at = ? WHERE id = 1",
                     arguments: [Phase.switched.rawValue, Self.now, forced ? 1 : 0, Self.now])
                 try Self.event(db, "cutover", forced ? "cutover done (forced past unmet gates)" : "cutover done")
+            }
+        }
+    }
+
+    /// Records that the tap was armed at `seq` before the snapshot.
+    public func recordTapArmed(seq: UInt64) throws {
+        try wrap("record tap") {
+            try db.write { db in
+                try db.execute(sql: "UPDATE job SET tap_seq = ?, updated_at = ? WHERE id = 1", arguments: [Int64(seq), Self.now])
+                try Self.event(db, "tap", "tap armed at sequence \(seq), before the snapshot")
+            }
+        }
+    }
+
+    /// Undoes the cutover: the job is ready again, the old side primary.
+    public func recordRollback() throws {
+        try wrap("record rollback") {
+            try db.write { db in
+                try db.execute(
+                    sql: "UPDATE job SET phase = ?, cutover_at = NULL, rolled_back_at = ?, updated_at = ? WHERE id = 1",
+                    arguments: [Phase.ready.rawValue, Self.now, Self.now])
+                try Self.event(db, "rollback", "rolled back to the old side")
+            }
+        }
+    }
+
+    public func recordComplete() throws {
+        try wrap("record complete") {
+            try db.write { db in
+                try db.execute(
+                    sql: "UPDATE job SET phase = ?, completed_at = ?, updated_at = ? WHERE id = 1",
+                    arguments: [Phase.complete.rawValue, Self.now, Self.now])
+                try Self.event(db, "complete", "job complete")
             }
         }
     }

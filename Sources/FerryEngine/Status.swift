@@ -1,5 +1,5 @@
 import Foundation
-import FerryCore
+public import FerryCore
 
 /// What `ferry status` shows, read from the ledger only (safe while a run works in another process).
 public struct StatusReport: Codable, Sendable {
@@ -31,6 +31,8 @@ public struct StatusReport: Codable, Sendable {
     public var cutoverForced: Bool
     public var lastError: String?
     public var skipped: Int
+    /// The tap's health (filled in by the CLI, which knows the tap).
+    public var tap: TapStatus?
 }
 
 extension Job {
@@ -58,6 +60,6 @@ extension Job {
             directories: other.directories, symlinks: other.symlinks, bytesTotal: c.totalBytes, bytesDone: c.doneBytes,
             runner: runner, lastVerify: try ledger.lastVerify(),
             cutoverAt: job.cutoverAt.map { iso.string(from: Date(timeIntervalSince1970: $0)) },
-            cutoverForced: job.cutoverForced, lastError: job.lastError, skipped: try ledger.skipped().count)
+            cutoverForced: job.cutoverForced, lastError: job.lastError, skipped: try ledger.skipped().count, tap: nil)
     }
 }

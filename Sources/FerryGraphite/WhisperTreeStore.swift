@@ -131,3 +131,13 @@ struct PointTally {
         return "\(missing) points missing, \(differing) differing (\(examples.joined(separator: "; ")))"
     }
 }
+
+extension WhisperTreeStore: FenceChecking {
+    /// Whether the metric's file holds `value` at `timestamp` in its finest archive (the cutover fence).
+    public func hasPoint(metric: String, timestamp: Int, value: Double) throws -> Bool {
+        let rel = metric.split(separator: ".").joined(separator: "/") + ".wsp"
+        guard let w = try Self.load(rel, from: self), let a = w.archives.first else { return false }
+        let interval = timestamp - timestamp % a.secondsPerPoint
+        return w.value(a, at: interval) == value
+    }
+}

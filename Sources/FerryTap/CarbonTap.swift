@@ -1,0 +1,598 @@
+import Foundation
+public import FerryCore
+public import Logging
+import NIOCore
+import NIOPosix
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The Carbon dual-write tap: accepts the Graphite plaintext (TCP, UDP) and pickle protocols, validates every
+/// datapoint, appends it to the durable journal, and lets one forwarder per upstream (`old`, `new`) deliver the
+/// journal in order. The journal is the spool: an upstream that is down or slow falls behind on its own cursor
+/// and catches up when it returns; nothing is dropped. When the spool reaches its limit the tap stops reading
+/// from TCP senders (back-pressure) and says so; only UDP, which has no way to push back, can lose datagrams,
+/// and those are counted and logged.
+public final class CarbonTap: @unchecked Sendable {
+    public let config: CarbonTapConfig
+    let logger: Logger
+    let journal: Journal
+    let old: Upstream
+    let new: Upstream
+    let group: MultiThreadedEventLoopGroup
+
+    private let lock = NSLock()
+    private var channels: [any Channel] = []
+    private var parked: [any Channel] = []
+    private var pressure = false
+    private var received: UInt64 = 0
+    private var invalid: UInt64 = 0
+    private var refused: UInt64 = 0
+    private var dropped: UInt64 = 0
+    private var invalidLogged = 0
+    private var mode: TapMode = .mirror
+    private var primary = "old"
+    private var running = true
+    private var maintenance: Thread?
+    private let modePath: String
+
+    public init(config: CarbonTapConfig, logger: Logger) throws {
+        self.config = config
+        self.logger = logger
+        try FileManager.default.createDirectory(atPath: config.directory, withIntermediateDirectories: true)
+        journal = try Journal(directory: config.directory + "/spool", segmentSize: config.segmentSize, fsync: config.fsync)
+        if journal.recoveredTornBytes > 0 {
+            logger.warning("spool: cut \(journal.recoveredTornBytes) bytes of a record torn by a crash (it was never delivered)")
+        }
+        old = try Upstream(
+            name: "old", address: config.old, journal: journal, stateDirectory: config.directory, redeliver: config.redeliver,
+            replayRate: config.replayRate, fsync: config.fsync, logger: logger)
+        new = try Upstream(
+            name: "new", address: config.new, journal: journal, stateDirectory: config.directory, redeliver: config.redeliver,
+            replayRate: config.replayRate, fsync: config.fsync, logger: logger)
+        modePath = config.directory + "/mode"
+        if let text = try? String(contentsOfFile: modePath, encoding: .utf8) {
+            let parts = text.split(separator: " ").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
+            if parts.count == 2, let m = TapMode(rawValue: parts[0]), parts[1] == "old" || parts[1] == "new" {
+                mode = m
+                primary = parts[1]
+            }
+        }
+        group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, min(4, System.coreCount)))
+        applyAttachment()
+    }
+
+    // MARK: - lifecycle
+
+    public func start() throws {
+        let backlogged = journal.head - min(old.settled, new.settled)
+        logger.info(
+            "tap starting", metadata: ["mode": "\(mode.rawValue)", "primary": "\(primary)", "spooled_bytes": "\(backlogged)"])
+        old.start()
+        new.start()
+        let t = Thread { [self] in self.maintain() }
+        t.name = "ferry-tap-maintenance"
+        maintenance = t
+        t.start()
+        do {
+            try bind()
+        } catch {
+            stop()
+            throw FerryError(.other, "the tap cannot listen", cause: "\(error)")
+        }
+    }
+
+    private func bind() throws {
+        let maxLine = config.maxLineLength
+        let tcp = try ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelInitializer { [self] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(PlaintextHandler(tap: self, maxLine: maxLine))
+                }
+            }
+            .bind(host: config.listen.host, port: config.listen.port).wait()
+        add(tcp)
+        logger.info("listening for plaintext on tcp \(config.listen)")
+        if config.udp {
+            let udp = try DatagramBootstrap(group: group)
+                .channelOption(.socketOption(.so_reuseaddr), value: 1)
+                .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 65536))
+                .channelInitializer { [self] channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(DatagramHandler(tap: self))
+                    }
+                }
+                .bind(host: config.listen.host, port: config.listen.port).wait()
+            add(udp)
+            logger.info("listening for plaintext on udp \(config.listen)")
+        }
+        if let p = config.listenPickle {
+            let maxMessage = config.maxPickleMessage
+            let pickle = try ServerBootstrap(group: group)
+                .serverChannelOption(.backlog, value: 256)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .childChannelInitializer { [self] channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(
+                            ByteToMessageHandler(PickleFrameDecoder(maxMessage: maxMessage)))
+                        try channel.pipeline.syncOperations.addHandler(PickleHandler(tap: self))
+                    }
+                }
+                .bind(host: p.host, port: p.port).wait()
+            add(pickle)
+            logger.info("listening for pickle on tcp \(p)")
+        }
+        let control = try ServerBootstrap(group: group)
+            .childChannelInitializer { [self] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(ControlHandler(tap: self))
+                }
+            }
+            .bind(unixDomainSocketPath: config.controlSocket, cleanupExistingSocketFile: true).wait()
+        add(control)
+        chmod(config.controlSocket, 0o600)
+        logger.info("control socket \(config.controlSocket)")
+    }
+
+    private func add(_ c: any Channel) {
+        lock.lock()
+        channels.append(c)
+        lock.unlock()
+    }
+
+    /// Stops listening, lets the forwarders finish their current write, and persists cursors and the spool.
+    public func stop() {
+        lock.lock()
+        let cs = channels
+        channels.removeAll()
+        running = false
+        lock.unlock()
+        for c in cs { try? c.close().wait() }
+        old.stop()
+        new.stop()
+        journal.shutdown()
+        old.persist()
+        new.persist()
+        try? group.syncShutdownGracefully()
+        logger.info("tap stopped; spool and cursors are on disk")
+    }
+
+    private var isRunning: Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return running
+    }
+
+    /// Every quarter second: sync the spool when due, persist cursors, release delivered segments, and
+    /// switch back-pressure on or off.
+    private func maintain() {
+        while isRunning {
+            Thread.sleep(forTimeInterval: 0.25)
+            journal.syncIfDue()
+            old.persist()
+            new.persist()
+            let fed = [old, new].filter(\.isAttached)
+            let low = fed.map(\.settled).min() ?? journal.head
+            journal.release(below: low)
+            let used = journal.head - low
+            lock.lock()
+            let was = pressure
+            let now = used >= config.spoolLimit ? true : (used < config.spoolLimit / 10 * 9 ? false : was)
+            pressure = now
+            let wake = was && !now ? parked : []
+            if !now { parked.removeAll() }
+            lock.unlock()
+            if now && !was {
+                let behind = fed.filter { $0.settled == low }.map(\.name).joined(separator: ", ")
+                logger.error(
+                    "SPOOL FULL: \(Units.formatBytes(Int64(used))) spooled for \(behind) (spool_limit \(Units.formatBytes(Int64(config.spoolLimit)))); senders are held back until it drains, UDP datagrams are dropped and counted")
+            } else if was && !now {
+                logger.notice("spool below its limit again; accepting from senders")
+            }
+            for c in wake { c.pipeline.fireUserInboundEventTriggered(Resume()) }
+        }
+    }
+
+    // MARK: - data path
+
+    struct Resume: Sendable {}
+
+    var underPressure: Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return pressure
+    }
+
+    /// Parks a sender's channel until the spool drains; false when it is not full any more (read on).
+    func park(_ c: any Channel) -> Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        guard pressure else { return false }
+        parked.append(c)
+        return true
+    }
+
+    /// Appends normalized lines to the journal. Throws when the spool cannot take them (disk full).
+    func accept(_ bytes: [UInt8], lines: Int) throws {
+        guard lines > 0 else { return }
+        try journal.append(bytes)
+        lock.lock()
+        received += UInt64(lines)
+        lock.unlock()
+    }
+
+    func countDropped(_ n: Int) {
+        lock.lock()
+        dropped += UInt64(n)
+        let first = dropped == UInt64(n) || dropped % 10_000 < UInt64(n)
+        lock.unlock()
+        if first { logger.error("spool full: dropped \(n) UDP lines (total \(dropped)); UDP senders cannot be held back") }
+    }
+
+    func reportInvalid(peer: String, problem: String, sample: String) {
+        lock.lock()
+        invalid += 1
+        invalidLogged += 1
+        let n = invalidLogged, total = invalid
+        lock.unlock()
+        if n <= 20 || n % 10_000 == 0 {
+            logger.warning("invalid line from \(peer) refused (\(problem)): \(sample)", metadata: ["invalid_total": "\(total)"])
+        }
+    }
+
+    func reportRefused(peer: String, reason: String) {
+        lock.lock()
+        refused += 1
+        lock.unlock()
+        logger.warning("pickle message from \(peer) refused: \(reason)")
+    }
+
+    // MARK: - control
+
+    public func status() -> TapStatus {
+        lock.lock()
+        let m = mode, p = primary, r = received, i = invalid, rf = refused, d = dropped, bp = pressure
+        lock.unlock()
+        let head = journal.head
+        let fed = [old, new].filter(\.isAttached)
+        let low = fed.map(\.settled).min() ?? head
+        return TapStatus(
+            kind: "carbon", pid: getpid(), mode: m, primary: p, head: head, receivedLines: r, invalidLines: i,
+            refusedMessages: rf, droppedLines: d, backPressure: bp, spoolBytes: head - low, spoolLimit: config.spoolLimit,
+            upstreams: [
+                old.status(role: p == "old" ? "primary" : "mirror"), new.status(role: p == "new" ? "primary" : "mirror"),
+            ])
+    }
+
+    /// Switches the mode, persisting it first so a restarted tap keeps routing the same way.
+    public func setMode(_ m: TapMode) throws -> TapStatus {
+        lock.lock()
+        let before = mode
+        switch m {
+        case .mirror, .cutover: primary = "old"
+        case .reverse: primary = "new"
+        case .single: break
+        }
+        mode = m
+        let text = "\(m.rawValue) \(primary)\n"
+        lock.unlock()
+        let tmp = modePath + ".tmp"
+        try Data(text.utf8).write(to: URL(fileURLWithPath: tmp))
+        guard rename(tmp, modePath) == 0 else { throw SystemCallError("rename", errno: errno, path: modePath) }
+        applyAttachment()
+        if before != m { logger.notice("mode \(before.rawValue) -> \(m.rawValue) (primary \(primary))") }
+        return status()
+    }
+
+    private func applyAttachment() {
+        lock.lock()
+        let m = mode, p = primary
+        lock.unlock()
+        old.setAttached(m != .single || p == "old")
+        new.setAttached(m != .single || p == "new")
+    }
+
+    /// Appends a marker datapoint (the fence) and returns its sequence number.
+    public func fence(path: String, value: Double, timestamp: Int) throws -> UInt64 {
+        var out: [UInt8] = []
+        if let problem = CarbonLine.normalize(path: path, value: value, timestamp: Double(timestamp), into: &out) {
+            throw FerryError(.other, "fence marker refused: \(problem)")
+        }
+        let seq = try journal.append(out)
+        lock.lock()
+        received += 1
+        lock.unlock()
+        logger.info("fence \(path) at sequence \(seq)")
+        return seq
+    }
+
+    func handle(_ request: ControlRequest) -> ControlResponse {
+        do {
+            switch request.op {
+            case "status", "mark":
+                let s = status()
+                return ControlResponse(ok: true, status: s, seq: s.head)
+            case "mode":
+                guard let name = request.mode, let m = TapMode(rawValue: name) else {
+                    return ControlResponse(ok: false, error: "mode: expected one of \(TapMode.allCases.map(\.rawValue).joined(separator: ", "))")
+                }
+                return ControlResponse(ok: true, status: try setMode(m))
+            case "fence":
+                guard let path = request.path, let value = request.value, let ts = request.timestamp else {
+                    return ControlResponse(ok: false, error: "fence needs path, value and timestamp")
+                }
+                return ControlResponse(ok: true, seq: try fence(path: path, value: value, timestamp: ts))
+            default:
+                return ControlResponse(ok: false, error: "unknown op '\(request.op)' (status, mode, fence)")
+            }
+        } catch {
+            return ControlResponse(ok: false, error: "\(error)")
+        }
+    }
+}
+
+// MARK: - channel handlers
+
+/// Plaintext over TCP: lines validated, normalized and appended; back-pressure parks the channel.
+final class PlaintextHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    let tap: CarbonTap
+    var assembler: LineAssembler
+    var peer = "?"
+    /// Normalized lines the spool could not take yet (disk full); retried before reading more.
+    var held: ([UInt8], Int)?
+
+    init(tap: CarbonTap, maxLine: Int) {
+        self.tap = tap
+        self.assembler = LineAssembler(maxLineLength: maxLine)
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        peer = context.remoteAddress.map { "\($0)" } ?? "?"
+        context.fireChannelActive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let buf = unwrapInboundIn(data)
+        var out: [UInt8] = []
+        out.reserveCapacity(buf.readableBytes)
+        var lines = 0
+        let tap = self.tap, peer = self.peer
+        buf.withUnsafeReadableBytes { raw in
+            assembler.feed(
+                raw,
+                line: { line in
+                    let before = out.count
+                    if let p = CarbonLine.normalize(line, into: &out) {
+                        tap.reportInvalid(peer: peer, problem: "\(p)", sample: Self.sample(line))
+                    } else if out.count > before {
+                        lines += 1
+                    }
+                },
+                tooLong: { n in tap.reportInvalid(peer: peer, problem: "\(CarbonLine.Problem.tooLong(n))", sample: "") })
+        }
+        store(out, lines: lines, context: context)
+    }
+
+    private func store(_ out: [UInt8], lines: Int, context: ChannelHandlerContext) {
+        do {
+            try tap.accept(out, lines: lines)
+        } catch {
+            tap.logger.error("spool cannot take data (\(error)); holding \(peer) back until it can")
+            held = (out, lines)
+            context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in }
+            let channel = context.channel
+            context.eventLoop.scheduleTask(in: .seconds(1)) { channel.pipeline.fireUserInboundEventTriggered(CarbonTap.Resume()) }
+            return
+        }
+        if tap.underPressure {
+            context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in }
+            if !tap.park(context.channel) {
+                context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
+            }
+        }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        guard event is CarbonTap.Resume else { return context.fireUserInboundEventTriggered(event) }
+        if let (bytes, lines) = held {
+            held = nil
+            store(bytes, lines: lines, context: context)
+            if held != nil { return }
+        }
+        context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
+        context.read()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if assembler.pendingBytes > 0 {
+            tap.reportInvalid(peer: peer, problem: "connection closed in the middle of a line", sample: "")
+        }
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
+    }
+
+    static func sample(_ line: UnsafeRawBufferPointer) -> String {
+        let s = String(decoding: line.prefix(120), as: UTF8.self)
+        return s.unicodeScalars.map { $0.value < 0x20 || $0.value == 0x7F ? "?" : String($0) }.joined()
+    }
+}
+
+/// Plaintext over UDP: one datagram holds whole lines.
+final class DatagramHandler: ChannelInboundHandler {
+    typealias InboundIn = AddressedEnvelope<ByteBuffer>
+    let tap: CarbonTap
+
+    init(tap: CarbonTap) {
+        self.tap = tap
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let env = unwrapInboundIn(data)
+        let peer = "udp:\(env.remoteAddress)"
+        var out: [UInt8] = []
+        var lines = 0
+        let tap = self.tap
+        env.data.withUnsafeReadableBytes { raw in
+            var start = 0
+            while start < raw.count {
+                let end = raw[start...].firstIndex(of: 0x0A) ?? raw.count
+                let line = UnsafeRawBufferPointer(rebasing: raw[start..<end])
+                let before = out.count
+                if let p = CarbonLine.normalize(line, into: &out) {
+                    tap.reportInvalid(peer: peer, problem: "\(p)", sample: PlaintextHandler.sample(line))
+                } else if out.count > before {
+                    lines += 1
+                }
+                start = end + 1
+            }
+        }
+        if tap.underPressure {
+            tap.countDropped(lines)
+            return
+        }
+        do {
+            try tap.accept(out, lines: lines)
+        } catch {
+            tap.countDropped(lines)
+        }
+    }
+}
+
+/// Carbon's pickle framing: a 4-byte big-endian length, then the pickle.
+struct PickleFrameDecoder: ByteToMessageDecoder {
+    typealias InboundOut = ByteBuffer
+    let maxMessage: Int
+
+    struct TooLarge: Error, CustomStringConvertible {
+        var size: UInt32
+        var max: Int
+        var description: String { "message of \(size) bytes exceeds max_pickle_message (\(max)); connection closed" }
+    }
+
+    mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
+        guard let len = buffer.getInteger(at: buffer.readerIndex, endianness: .big, as: UInt32.self) else { return .needMoreData }
+        guard Int(len) <= maxMessage else { throw TooLarge(size: len, max: maxMessage) }
+        guard buffer.readableBytes >= 4 + Int(len) else { return .needMoreData }
+        buffer.moveReaderIndex(forwardBy: 4)
+        context.fireChannelRead(Self.wrapInboundOut(buffer.readSlice(length: Int(len))!))
+        return .continue
+    }
+
+    mutating func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
+        while try decode(context: context, buffer: &buffer) == .continue {}
+        if buffer.readableBytes > 0 { throw TruncatedMessage(bytes: buffer.readableBytes) }
+        return .needMoreData
+    }
+
+    struct TruncatedMessage: Error, CustomStringConvertible {
+        var bytes: Int
+        var description: String { "connection closed inside a message (\(bytes) bytes of it received)" }
+    }
+}
+
+/// Decodes each pickle message with the data-only decoder and spools its datapoints.
+final class PickleHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    let tap: CarbonTap
+    var peer = "?"
+
+    init(tap: CarbonTap) {
+        self.tap = tap
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        peer = context.remoteAddress.map { "\($0)" } ?? "?"
+        context.fireChannelActive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var buf = unwrapInboundIn(data)
+        let bytes = buf.readBytes(length: buf.readableBytes) ?? []
+        let points: [PickleDecoder.Datapoint]
+        do {
+            points = try PickleDecoder.decode(bytes)
+        } catch {
+            tap.reportRefused(peer: peer, reason: error.reason)
+            return
+        }
+        var out: [UInt8] = []
+        var lines = 0
+        for p in points {
+            if let problem = CarbonLine.normalize(path: p.path, value: p.value, timestamp: p.timestamp, into: &out) {
+                tap.reportInvalid(peer: peer, problem: "\(problem)", sample: String(p.path.prefix(120)))
+            } else {
+                lines += 1
+            }
+        }
+        do {
+            try tap.accept(out, lines: lines)
+        } catch {
+            // No way to hold a pickle sender back mid-message without losing it: close, so the client resends.
+            tap.logger.error("spool cannot take data (\(error)); closing \(peer) so it resends")
+            context.close(promise: nil)
+            return
+        }
+        if tap.underPressure {
+            context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in }
+            if !tap.park(context.channel) {
+                context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
+            }
+        }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        guard event is CarbonTap.Resume else { return context.fireUserInboundEventTriggered(event) }
+        context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
+        context.read()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        tap.reportRefused(peer: peer, reason: "\(error)")
+        context.close(promise: nil)
+    }
+}
+
+/// The control socket: one JSON request per line, one JSON response per line.
+final class ControlHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+    let tap: CarbonTap
+    var pending: [UInt8] = []
+
+    init(tap: CarbonTap) {
+        self.tap = tap
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var buf = unwrapInboundIn(data)
+        pending.append(contentsOf: buf.readBytes(length: buf.readableBytes) ?? [])
+        guard pending.count <= 65536 else {
+            context.close(promise: nil)
+            return
+        }
+        while let nl = pending.firstIndex(of: 0x0A) {
+            let line = Array(pending[..<nl])
+            pending.removeSubrange(...nl)
+            let response: ControlResponse
+            if let req = try? JSONDecoder().decode(ControlRequest.self, from: Data(line)) {
+                response = tap.handle(req)
+            } else {
+                response = ControlResponse(ok: false, error: "expected one JSON request per line")
+            }
+            var data = (try? JSONEncoder().encode(response)) ?? Data("{\"ok\":false}".utf8)
+            data.append(0x0A)
+            context.writeAndFlush(wrapOutboundOut(ByteBuffer(bytes: data)), promise: nil)
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
+    }
+}

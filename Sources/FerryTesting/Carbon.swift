@@ -1,0 +1,162 @@
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Loopback TCP ports that are free right now (bound to port 0, then released).
+public func freePorts(_ count: Int) -> [Int] {
+    var fds: [Int32] = []
+    var ports: [Int] = []
+    defer { for fd in fds { close(fd) } }
+    for _ in 0..<count {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        fds.append(fd)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = 0
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
+        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+        ports.append(Int(UInt16(bigEndian: addr.sin_port)))
+    }
+    return ports
+}
+
+/// Whether something accepts TCP connections on 127.0.0.1:`port`.
+public func tcpListening(_ port: Int) -> Bool { SeaweedFS.listening(port) }
+
+/// A real carbon-cache (PyPI `carbon`, the reference daemon) on loopback ports chosen free, with its own storage
+/// directory and schema; started in the foreground and stopped by PID.
+public final class CarbonCache: @unchecked Sendable {
+    public let dir: TempDir
+    public let linePort: Int
+    public let picklePort: Int
+    public let queryPort: Int
+    let python: String
+    let script: String
+    let libDir: String
+    private let state = NSLock.Protected<Process?>(nil)
+
+    /// Where carbon writes its Whisper files.
+    public var storage: String { dir.sub("storage/whisper") }
+    public var lineAddress: String { "127.0.0.1:\(linePort)" }
+
+    public struct StartError: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    public init(name: String = "carbon", retentions: String = "1s:2h", storage existing: String? = nil) throws {
+        dir = TempDir(name)
+        let ports = freePorts(3)
+        linePort = ports[0]
+        picklePort = ports[1]
+        queryPort = ports[2]
+        (python, script, libDir) = try Self.locate()
+        try FileManager.default.createDirectory(atPath: dir.sub("conf"), withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: dir.sub("storage/whisper"), withIntermediateDirectories: true)
+        let conf = """
+            [cache]
+            STORAGE_DIR = \(dir.sub("storage"))
+            LOCAL_DATA_DIR = \(dir.sub("storage/whisper"))
+            WHITELISTS_DIR = \(dir.sub("storage/lists"))
+            LOG_DIR = \(dir.sub("storage/log"))
+            PID_DIR = \(dir.sub("storage"))
+            DATABASE = whisper
+            MAX_CACHE_SIZE = inf
+            MAX_UPDATES_PER_SECOND = 100000
+            MAX_CREATES_PER_MINUTE = 100000
+            LINE_RECEIVER_INTERFACE = 127.0.0.1
+            LINE_RECEIVER_PORT = \(linePort)
+            ENABLE_UDP_LISTENER = False
+            PICKLE_RECEIVER_INTERFACE = 127.0.0.1
+            PICKLE_RECEIVER_PORT = \(picklePort)
+            CACHE_QUERY_INTERFACE = 127.0.0.1
+            CACHE_QUERY_PORT = \(queryPort)
+            LOG_LISTENER_CONN_SUCCESS = False
+            LOG_UPDATES = False
+            LOG_CREATES = False
+            WHISPER_AUTOFLUSH = True
+            WHISPER_LOCK_WRITES = True
+            WHISPER_FALLOCATE_CREATE = False
+
+            """
+        try conf.write(toFile: dir.sub("conf/carbon.conf"), atomically: true, encoding: .utf8)
+        try "[default]\npattern = .*\nretentions = \(retentions)\n".write(
+            toFile: dir.sub("conf/storage-schemas.conf"), atomically: true, encoding: .utf8)
+        try "[default]\npattern = .*\nxFilesFactor = 0\naggregationMethod = average\n".write(
+            toFile: dir.sub("conf/storage-aggregation.conf"), atomically: true, encoding: .utf8)
+        _ = FileManager.default.createFile(atPath: dir.sub("carbon.log"), contents: nil)
+        try launch()
+    }
+
+    /// The interpreter itself (not a version-manager shim), carbon-cache.py, and carbon's library directory
+    /// (the PyPI wheel installs it under site-packages/opt/graphite/lib).
+    static func locate() throws -> (String, String, String) {
+        let q = Process()
+        q.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        q.arguments = [
+            "python3", "-c",
+            "import sys, sysconfig; print(sys.executable); print(sysconfig.get_path('scripts')); print(sysconfig.get_path('purelib'))",
+        ]
+        let out = Pipe()
+        q.standardOutput = out
+        try q.run()
+        let lines = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).split(separator: "\n").map(String.init)
+        q.waitUntilExit()
+        guard lines.count == 3 else { throw StartError(description: "cannot ask python3 where carbon is") }
+        let script = lines[1] + "/carbon-cache.py"
+        let lib = lines[2] + "/opt/graphite/lib"
+        guard FileManager.default.fileExists(atPath: script), FileManager.default.fileExists(atPath: lib + "/carbon") else {
+            throw StartError(description: "carbon-cache.py not found at \(script): pip install carbon")
+        }
+        return (lines[0], script, lib)
+    }
+
+    /// Starts carbon-cache (again, after `stop`/`kill`, on the same ports and storage) and waits for its port.
+    public func launch() throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: python)
+        p.arguments = [script, "--config=\(dir.sub("conf/carbon.conf"))", "--nodaemon", "start"]
+        var env = ProcessInfo.processInfo.environment
+        env["PYTHONPATH"] = libDir
+        p.environment = env
+        let log = try FileHandle(forWritingTo: URL(fileURLWithPath: dir.sub("carbon.log")))
+        try log.seekToEnd()
+        p.standardOutput = log
+        p.standardError = log
+        p.standardInput = FileHandle.nullDevice
+        // A pid file left by a killed instance would make carbon refuse to start.
+        try? FileManager.default.removeItem(atPath: dir.sub("storage/carbon-cache-a.pid"))
+        try p.run()
+        state.withLock { $0 = p }
+        let deadline = Date().addingTimeInterval(30)
+        while !tcpListening(linePort) {
+            guard p.isRunning, Date() < deadline else {
+                kill()
+                let text = (try? String(contentsOfFile: dir.sub("carbon.log"), encoding: .utf8)) ?? ""
+                throw StartError(description: "carbon-cache did not start; its log ends:\n\(text.split(separator: "\n").suffix(8).joined(separator: "\n"))")
+            }
+            usleep(20_000)
+        }
+    }
+
+    /// SIGKILL: the daemon dies with whatever it held in memory.
+    public func kill() {
+        guard let process = state.withLock({ $0 }), process.isRunning else { return }
+        Glibc.kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
+
+    /// SIGTERM: carbon flushes its cache to disk and exits.
+    public func stop() {
+        guard let process = state.withLock({ $0 }), process.isRunning else { return }
+        Glibc.kill(process.processIdentifier, SIGTERM)
+        process.waitUntilExit()
+    }
+
+    public var isRunning: Bool { state.withLock { $0?.isRunning ?? false } }
+
+    deinit { kill() }
+}
