@@ -11,7 +11,17 @@ public final class WhisperTreeStore: Store, Merging, PointComparing, @unchecked 
     public var displayName: String { "whisper:\(tree.root)" }
 
     public init(root: String) {
-        tree = LocalStore(root: root)
+        // A file that a live carbon-cache created while ferry was copying it is never replaced: the copy's
+        // points are merged into it instead (fill gaps, never clobber what carbon wrote).
+        tree = LocalStore(root: root) { staged, existing in
+            let src = try Whisper(path: staged)
+            let file = try WhisperFile(path: existing)
+            let original = try file.read()
+            var db = original
+            let now = Int(Date().timeIntervalSince1970)
+            _ = db.fill(from: src, until: now, now: now)
+            try file.write(db, original: original)
+        }
     }
 
     public func prepareRoot() throws { try tree.prepareRoot() }

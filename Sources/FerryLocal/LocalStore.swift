@@ -17,8 +17,14 @@ public final class LocalStore: Store, @unchecked Sendable {
     public var displayName: String { "fs:\(root)" }
     private let cachedRoot = Mutex<Int32>(-1)
 
-    public init(root: String) {
+    /// When set, a file is published only if its name is still free; when something else created it meanwhile
+    /// (a live daemon), this is called with the staged file's and the existing file's full paths instead of
+    /// replacing it, and the staged file is removed afterwards.
+    public let onExisting: (@Sendable (_ staged: String, _ existing: String) throws -> Void)?
+
+    public init(root: String, onExisting: (@Sendable (_ staged: String, _ existing: String) throws -> Void)? = nil) {
         self.root = root
+        self.onExisting = onExisting
     }
 
     deinit {
@@ -282,7 +288,13 @@ public final class LocalStore: Store, @unchecked Sendable {
             if resume && e == ENOENT { return nil }
             throw SystemCallError("create", errno: e, path: PathUtil.directory(of: entry.path) + "/" + tmp)
         }
-        return LocalWriter(dirFD: dfd, fd: fd, tmpName: tmp, finalName: name, path: entry.path)
+        let w = LocalWriter(dirFD: dfd, fd: fd, tmpName: tmp, finalName: name, path: entry.path)
+        if let onExisting {
+            let dir = root + "/" + PathUtil.directory(of: entry.path)
+            let existing = root + "/" + entry.path
+            w.onExisting = { try onExisting(dir + "/" + tmp, existing) }
+        }
+        return w
     }
 
     public func makeDirectory(_ entry: Entry) throws {
@@ -447,6 +459,8 @@ final class LocalWriter: ObjectWriter {
         Glibc.close(dirFD)
     }
 
+    var onExisting: (() throws -> Void)?
+
     func write(_ bytes: UnsafeRawBufferPointer, at offset: Int64) throws {
         var done = 0
         while done < bytes.count {
@@ -468,6 +482,17 @@ final class LocalWriter: ObjectWriter {
         try LocalStore.applyMetadata(fd: fd, entry, path: path)
         Glibc.close(fd)
         fd = -1
+        if let onExisting {
+            if ferry_rename_noreplace(dirFD, tmpName, dirFD, finalName) == 0 { return }
+            let e = errno
+            guard e == EEXIST else {
+                _ = unlinkat(dirFD, tmpName, 0)
+                throw SystemCallError("rename", errno: e, path: path)
+            }
+            defer { _ = unlinkat(dirFD, tmpName, 0) }
+            try onExisting()
+            return
+        }
         try LocalStore.replace(dfd: dirFD, tmp: tmpName, name: finalName, path: path)
     }
 

@@ -263,9 +263,11 @@ public final class Journal: @unchecked Sendable {
         var out: [JournalRecord] = []
         var total = 0
         while pos < fileSize && (total == 0 || total < maxBytes) {
+            // A bad record ends the batch; the next read starts at it, reports it once and skips the segment's rest.
             guard let (len, time) = try readHeader(fd: fd, at: pos, fileSize: fileSize, verify: false) else {
+                if !out.isEmpty { return out }
                 corrupt(start + pos, "record header unreadable; skipped \(fileSize - pos) bytes to the next segment")
-                return out.isEmpty ? [JournalRecord(offset: start + pos, end: end, appendedAtMs: 0, payload: [])] : out
+                return [JournalRecord(offset: start + pos, end: end, appendedAtMs: 0, payload: [])]
             }
             var body = [UInt8](repeating: 0, count: 8 + Int(len))
             let got = body.withUnsafeMutableBytes { pread(fd, $0.baseAddress, 8 + Int(len), off_t(pos) + 12) }
@@ -273,8 +275,9 @@ public final class Journal: @unchecked Sendable {
             _ = crcHeader.withUnsafeMutableBytes { pread(fd, $0.baseAddress, 4, off_t(pos) + 8) }
             let recEnd = pos + UInt64(Self.headerSize) + UInt64(len)
             if got != 8 + Int(len) || CRC32C.checksum(body) != Self.u32(crcHeader, 0) {
+                if !out.isEmpty { return out }
                 corrupt(start + pos, "checksum mismatch; skipped \(fileSize - pos) bytes to the next segment")
-                return out.isEmpty ? [JournalRecord(offset: start + pos, end: end, appendedAtMs: 0, payload: [])] : out
+                return [JournalRecord(offset: start + pos, end: end, appendedAtMs: 0, payload: [])]
             }
             out.append(JournalRecord(offset: start + pos, end: start + recEnd, appendedAtMs: time, payload: Array(body[8...])))
             total += Int(len)

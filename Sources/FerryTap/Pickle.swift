@@ -115,7 +115,7 @@ public enum PickleDecoder {
             case 0x8A:  // LONG1
                 let n = Int(try r.byte())
                 guard n <= 8 else { throw Refused(reason: "integer too large") }
-                let b = try r.bytes(n)
+                let b = Array(try r.bytes(n))
                 var v: Int64 = 0
                 for (i, x) in b.enumerated() { v |= Int64(x) << (8 * Int64(i)) }
                 if n > 0 && n < 8 && b[n - 1] & 0x80 != 0 { v -= Int64(1) << (8 * Int64(n)) }
@@ -135,7 +135,7 @@ public enum PickleDecoder {
                     throw Refused(reason: "bad STRING literal")
                 }
                 stack.append(.str(try unescape(String(s.dropFirst().dropLast()))))
-            case UInt8(ascii: "V"): stack.append(.str(try unescapeRaw(try r.line())))
+            case UInt8(ascii: "V"): stack.append(.str(try unescapeRaw(try r.latin1Line())))
             case UInt8(ascii: "U"), UInt8(ascii: "C"), 0x8C:  // SHORT_BINSTRING, SHORT_BINBYTES, SHORT_BINUNICODE
                 stack.append(.str(try r.utf8(Int(try r.byte()))))
             case UInt8(ascii: "T"), UInt8(ascii: "X"), UInt8(ascii: "B"):  // BINSTRING, BINUNICODE, BINBYTES
@@ -271,6 +271,15 @@ public enum PickleDecoder {
             guard let nl = data[pos...].firstIndex(of: 0x0A), nl - pos <= 65536 else { throw Refused(reason: "truncated pickle line") }
             defer { pos = nl + 1 }
             guard let s = String(validating: data[pos..<nl], as: UTF8.self) else { throw Refused(reason: "pickle text is not UTF-8") }
+            return s
+        }
+
+        /// `raw-unicode-escape` writes characters below 256 as single (Latin-1) bytes.
+        mutating func latin1Line() throws(Refused) -> String {
+            guard let nl = data[pos...].firstIndex(of: 0x0A), nl - pos <= 65536 else { throw Refused(reason: "truncated pickle line") }
+            defer { pos = nl + 1 }
+            var s = ""
+            s.unicodeScalars.append(contentsOf: data[pos..<nl].map { Unicode.Scalar($0) })
             return s
         }
 

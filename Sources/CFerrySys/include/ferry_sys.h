@@ -15,4 +15,7 @@ int ferry_o_path(void);
 /// symlink on the way and any escape with "..". Returns -1 with errno ENOSYS where the kernel lacks openat2
 /// (before Linux 5.6); callers then walk component by component.
 int ferry_open_beneath(int dirfd, const char *path, int flags, unsigned int mode);
+/// renameat2(2) with RENAME_NOREPLACE: fails with EEXIST instead of replacing an existing name (a file a live
+/// daemon created meanwhile).
+int ferry_rename_noreplace(int olddirfd, const char *oldpath, int newdirfd, const char *newpath);
 #endif
