@@ -160,3 +160,70 @@ public final class CarbonCache: @unchecked Sendable {
 
     deinit { kill() }
 }
+
+/// A plaintext Graphite sender: one TCP connection, blocking writes.
+public final class LineSender {
+    let fd: Int32
+
+    public init(port: Int) throws {
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let rc = SeaweedFS.withLoopback(port) { _, addr, len in connect(self.fd, addr, len) }
+        guard rc == 0 else {
+            close(fd)
+            throw CarbonCache.StartError(description: "cannot connect to 127.0.0.1:\(port): \(String(cString: strerror(errno)))")
+        }
+    }
+
+    public func send(_ text: String) throws { try send(Array(text.utf8)) }
+
+    public func send(_ bytes: [UInt8]) throws {
+        var off = 0
+        while off < bytes.count {
+            let n = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + off, bytes.count - off, Int32(MSG_NOSIGNAL)) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw CarbonCache.StartError(description: "send: \(String(cString: strerror(errno)))")
+            }
+            off += n
+        }
+    }
+
+    /// Carbon's pickle framing: 4-byte big-endian length, then the pickle.
+    public func sendPickle(_ payload: [UInt8]) throws {
+        let n = UInt32(payload.count)
+        try send([UInt8(n >> 24), UInt8((n >> 16) & 0xFF), UInt8((n >> 8) & 0xFF), UInt8(n & 0xFF)] + payload)
+    }
+
+    deinit { close(fd) }
+}
+
+/// Sends one UDP datagram to 127.0.0.1:`port`.
+public func sendDatagram(_ text: String, port: Int) {
+    let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+    defer { close(fd) }
+    let bytes = Array(text.utf8)
+    _ = SeaweedFS.withLoopback(port) { _, addr, len in
+        Int32(bytes.withUnsafeBytes { sendto(fd, $0.baseAddress, bytes.count, 0, addr, len) })
+    }
+}
+
+/// Polls `condition` every 20 ms until it holds or `timeout` passes; returns whether it held. Tests wait on
+/// observable state this way, never on a fixed sleep.
+@discardableResult
+public func waitUntil(timeout: Double, _ condition: () throws -> Bool) rethrows -> Bool {
+    let deadline = Date().addingTimeInterval(timeout)
+    while Date() < deadline {
+        if try condition() { return true }
+        usleep(20_000)
+    }
+    return try condition()
+}
+
+extension WhisperOracle {
+    /// Every metric under `root` with its finest archive's points, read by the reference `whisper` package.
+    public static func treePoints(_ root: String) throws -> [String: [Int: Double]] {
+        let text = try run(["tree-points", root])
+        let json = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: [String: Double]] ?? [:]
+        return json.mapValues { d in Dictionary(uniqueKeysWithValues: d.compactMap { k, v in Int(k).map { ($0, v) } }) }
+    }
+}

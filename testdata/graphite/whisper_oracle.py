@@ -5,6 +5,7 @@
   update PATH NOW JSON_POINTS               whisper.update_many (points: [[t, v], ...])
   fetch PATH FROM UNTIL NOW                 whisper.fetch -> JSON [[from, until, step], values]
   archives PATH                             every archive's valid points -> JSON {step: {t: v}}
+  tree-points ROOT                          every .wsp under ROOT -> JSON {metric: {t: v}} (finest archive)
   check-fill SRC DST_BEFORE DST_AFTER UNTIL NOW
         checks the merge rules archive by archive with whisper's own reads and prints a JSON verdict
 """
@@ -55,6 +56,18 @@ def main():
         path, f, u, now = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
         r = whisper.fetch(path, f, u, now=now)
         print(json.dumps(r))
+    elif cmd == "tree-points":
+        import os
+        root = sys.argv[2]
+        out = {}
+        for d, _, files in os.walk(root):
+            for f in files:
+                if f.endswith(".wsp"):
+                    p = os.path.join(d, f)
+                    metric = os.path.relpath(p, root)[:-4].replace(os.sep, ".")
+                    pts = valid_points(p)
+                    out[metric] = pts[min(pts)] if pts else {}
+        print(json.dumps(out))
     elif cmd == "archives":
         print(json.dumps(valid_points(sys.argv[2])))
     elif cmd == "check-fill":
