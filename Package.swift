@@ -78,7 +78,7 @@ let package = Package(
         .target(
             name: "FerryTap",
             dependencies: [
-                "FerryCore",
+                "FerryCore", "CFerrySys",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

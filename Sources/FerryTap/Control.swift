@@ -1,5 +1,6 @@
 import Foundation
 public import FerryCore
+import CFerrySys
 
 #if canImport(Glibc)
 import Glibc
@@ -148,6 +149,9 @@ public func spawnDetached(executable: String, arguments: [String], log: String) 
     posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
     posix_spawn_file_actions_addopen(&actions, 1, log, O_WRONLY | O_CREAT | O_APPEND, 0o600)
     posix_spawn_file_actions_adddup2(&actions, 1, 2)
+    // Nothing else leaks into the daemon: an inherited descriptor (a pipe or the socket a parent uses to see its
+    // child exit) would keep whoever started ferry waiting for the daemon instead.
+    ferry_spawn_closefrom(&actions, 3)
     let argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
     defer { for p in argv { free(p) } }
     var pid: pid_t = 0

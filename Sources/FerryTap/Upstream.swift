@@ -192,14 +192,7 @@ final class Upstream: @unchecked Sendable {
                 _ = journal.wait(beyond: journal.head, timeout: 0.5)
                 continue
             }
-            lock.lock()
-            let from = sent
-            lock.unlock()
-            if from >= journal.head {
-                _ = journal.wait(beyond: from, timeout: 0.5)
-                if fd >= 0 && peerClosed() { disconnect("the upstream closed the connection") }
-                continue
-            }
+            // Connected even while idle, so that health (and a down upstream) shows before data needs it.
             if fd < 0 {
                 do {
                     try connect()
@@ -212,6 +205,13 @@ final class Upstream: @unchecked Sendable {
                 }
             } else if peerClosed() {
                 disconnect("the upstream closed the connection")
+                continue
+            }
+            lock.lock()
+            let from = sent
+            lock.unlock()
+            if from >= journal.head {
+                _ = journal.wait(beyond: from, timeout: 0.5)
                 continue
             }
             let records: [JournalRecord]

@@ -169,7 +169,7 @@ public final class LineSender {
         fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         let rc = SeaweedFS.withLoopback(port) { _, addr, len in connect(self.fd, addr, len) }
         guard rc == 0 else {
-            close(fd)
+            // deinit closes fd (it runs for a class whose throwing init had set every property).
             throw CarbonCache.StartError(description: "cannot connect to 127.0.0.1:\(port): \(String(cString: strerror(errno)))")
         }
     }

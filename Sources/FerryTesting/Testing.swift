@@ -199,27 +199,40 @@ public struct Ferry {
         return (p, o, e)
     }
 
+    /// Runs ferry to completion. Output goes to files, not pipes: a daemon that ferry starts (the tap) must not
+    /// keep the test waiting for an end of file.
     @discardableResult
     public static func run(
         _ args: [String], environment: [String: String] = [:], prefix: [String] = [], cwd: String? = nil
     ) throws -> Result {
-        let (p, o, e) = try start(args, environment: environment, prefix: prefix, cwd: cwd)
-        // Drain both pipes concurrently so a chatty child never blocks on a full pipe.
-        let errData = NSLock.Protected<Data?>(nil)
-        let group = DispatchGroup()
-        group.enter()
-        let errHandle = e.fileHandleForReading
-        Thread {
-            let data = errHandle.readDataToEndOfFile()
-            errData.withLock { $0 = data }
-            group.leave()
-        }.start()
-        let outData = o.fileHandleForReading.readDataToEndOfFile()
-        group.wait()
+        let dir = TempDir("ferry-out")
+        let p = Process()
+        if prefix.isEmpty {
+            p.executableURL = URL(fileURLWithPath: binary)
+            p.arguments = args
+        } else {
+            p.executableURL = URL(fileURLWithPath: prefix[0])
+            p.arguments = Array(prefix.dropFirst()) + [binary] + args
+        }
+        var env = ProcessInfo.processInfo.environment
+        env["FERRY_PROGRESS_INTERVAL"] = env["FERRY_PROGRESS_INTERVAL"] ?? "60"
+        for (k, v) in environment { env[k] = v }
+        p.environment = env
+        if let cwd { p.currentDirectoryURL = URL(fileURLWithPath: cwd) }
+        _ = FileManager.default.createFile(atPath: dir.sub("out"), contents: nil)
+        _ = FileManager.default.createFile(atPath: dir.sub("err"), contents: nil)
+        let o = try FileHandle(forWritingTo: URL(fileURLWithPath: dir.sub("out")))
+        let e = try FileHandle(forWritingTo: URL(fileURLWithPath: dir.sub("err")))
+        p.standardOutput = o
+        p.standardError = e
+        p.standardInput = FileHandle.nullDevice
+        try p.run()
         p.waitUntilExit()
-        return Result(
-            status: p.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
-            stderr: String(decoding: errData.withLock { $0 } ?? Data(), as: UTF8.self))
+        try? o.close()
+        try? e.close()
+        let out = FileManager.default.contents(atPath: dir.sub("out")) ?? Data()
+        let err = FileManager.default.contents(atPath: dir.sub("err")) ?? Data()
+        return Result(status: p.terminationStatus, stdout: String(decoding: out, as: UTF8.self), stderr: String(decoding: err, as: UTF8.self))
     }
 }
 

@@ -150,8 +150,12 @@ func missing(_ want: [String: [Int: Double]], in got: [String: [Int: Double]]) -
             return s.receivedLines >= sent.lines && !n.connected && n.spoolBytes > 0 && n.lagSeconds >= 0
         }
         #expect(spooled, "the tap never noticed that new was down")
-        let during = try h.status()
-        #expect(during.upstreams.first { $0.name == "old" }!.cursor == during.head, "a down new slowed old")
+        // Old keeps up on its own while new is down.
+        let oldKeptUp = try waitUntil(timeout: 30) {
+            let s = try h.status()
+            return s.upstreams.first { $0.name == "old" }!.cursor == s.head && !s.upstreams.first { $0.name == "new" }!.connected
+        }
+        #expect(oldKeptUp, "a down new slowed old")
 
         try h.new.launch()
         try sender.send(sent.batch(series: Self.series, times: (base + 200)..<(base + 300)))
@@ -255,5 +259,161 @@ func missing(_ want: [String: [Int: Double]], in got: [String: [Int: Double]]) -
         let data = out.fileHandleForReading.readDataToEndOfFile()
         p.waitUntilExit()
         return [UInt8](data)
+    }
+}
+
+/// A steady live load: every 50 ms, one point per series at the current second (the value depends only on the
+/// series and the second, so repeats are idempotent). Reconnects when the tap is not there (yet).
+final class LiveLoad: @unchecked Sendable {
+    let port: Int
+    let series: [String]
+    private let state = NSLock.Protected<(sent: [String: [Int: Double]], batches: Int, stop: Bool)>(([:], 0, false))
+    private var thread: Thread?
+    private let done = DispatchSemaphore(value: 0)
+
+    init(port: Int, series: [String]) {
+        self.port = port
+        self.series = series
+    }
+
+    static func value(_ series: Int, _ t: Int) -> Double { Double(t % 100_000) + Double(series) / 16 }
+
+    func start() {
+        let t = Thread { [self] in
+            var sender: LineSender?
+            while !state.withLock({ $0.stop }) {
+                if sender == nil { sender = try? LineSender(port: port) }
+                if let s = sender {
+                    let t = Int(Date().timeIntervalSince1970)
+                    var text = ""
+                    for (i, name) in series.enumerated() { text += "\(name) \(Self.value(i, t)) \(t)\n" }
+                    do {
+                        try s.send(text)
+                        state.withLock { st in
+                            for (i, name) in series.enumerated() { st.sent[name, default: [:]][t] = Self.value(i, t) }
+                            st.batches += 1
+                        }
+                    } catch {
+                        sender = nil
+                    }
+                }
+                usleep(50_000)  // pacing of the load, not synchronisation
+            }
+            done.signal()
+        }
+        thread = t
+        t.start()
+    }
+
+    var batches: Int { state.withLock { $0.batches } }
+
+    /// Waits until points for a later second than any sent so far went out.
+    func waitNextSecond() -> Bool {
+        let latest = state.withLock { $0.sent.values.flatMap(\.keys).max() ?? 0 }
+        return waitUntil(timeout: 30) { state.withLock { $0.sent.values.flatMap(\.keys).max() ?? 0 } > latest }
+    }
+    var sent: [String: [Int: Double]] { state.withLock { $0.sent } }
+
+    /// Waits until `n` more batches went out.
+    func waitBatches(_ n: Int) -> Bool {
+        let target = batches + n
+        return waitUntil(timeout: 30) { batches >= target }
+    }
+
+    func stop() {
+        let first = state.withLock { st in
+            defer { st.stop = true }
+            return !st.stop
+        }
+        if first && thread != nil { done.wait() }
+    }
+}
+
+@Suite(.serialized) struct LiveMigrationTests {
+    @Test func tapSnapshotMergeVerifyCutoverRollbackComplete() throws {
+        let hooks = TempDir("hooks")
+        let h = try TapHarness(
+            extraTap: "  fence_timeout: 30s",
+            extraPlan: """
+                verify: { mode: full, window: 2h }
+                cutover:
+                  max_verify_age: 1h
+                  max_tap_lag: 30s
+                  rollback_window: 1h
+                  hooks: [ "echo cutover >> \(hooks.sub("log"))" ]
+                  rollback_hooks: [ "echo rollback >> \(hooks.sub("log"))" ]
+                """)
+        // History on the old server: series that get live points too, and series that only have history.
+        let now = Int(Date().timeIntervalSince1970)
+        let live = ["live.host0.load", "live.host1.load", "live.host2.load", "live.fresh.load"]
+        var history: [String: [Int: Double]] = [:]
+        for name in ["live.host0.load", "live.host1.load", "live.host2.load", "hist.only.a", "hist.only.b"] {
+            let path = h.old.storage + "/" + name.replacingOccurrences(of: ".", with: "/") + ".wsp"
+            try FileManager.default.createDirectory(atPath: PathUtil.directory(of: path), withIntermediateDirectories: true)
+            try WhisperOracle.run(["create", path, "1:7200", "0", "average"])
+            let pts = (0..<600).map { (now - 3000 + $0 * 2, Double($0) * 1.5) }
+            try WhisperOracle.run(["update", path, "\(now)", try WhisperOracle.pointsFile(hooks.sub("pts.json"), pts)])
+            history[name] = Dictionary(uniqueKeysWithValues: pts)
+        }
+        #expect(try h.client.status() == nil, "the tap must not be running before `ferry run`")
+
+        let load = LiveLoad(port: h.listenPort, series: live)
+        load.start()
+        defer {
+            load.stop()
+            if let pid = try? h.client.status()?.pid { kill(pid, SIGKILL) }
+        }
+        // `ferry run` starts the tap itself (detached) and arms it before the snapshot.
+        let run = try Ferry.run(["run", h.plan])
+        #expect(run.status == 0, "\(run.all)")
+        let armed = try h.status()
+        #expect(armed.mode == .mirror)
+        #expect(load.waitBatches(10), "the live load never got through the tap")
+        let status = try Ferry.run(["status", h.plan])
+        #expect(status.stdout.contains("mode mirror (primary old)"), "\(status.all)")
+        #expect(status.stdout.contains("new ") && status.stdout.contains("connected"), "\(status.all)")
+
+        let cut = try Ferry.run(["cutover", h.plan])
+        #expect(cut.status == 0, "\(cut.all)")
+        #expect(cut.stdout.contains("tap-lag-new"), "\(cut.stdout)")
+        #expect(try h.status().mode == .reverse)
+        let sentBeforeCutover = load.sent
+        #expect(load.waitNextSecond())
+
+        let back = try Ferry.run(["rollback", h.plan])
+        #expect(back.status == 0, "\(back.all)")
+        #expect(try h.status().mode == .mirror)
+        #expect(load.waitBatches(5))
+        load.stop()
+        let sent = load.sent
+        try h.waitDelivered(received: 0)
+
+        // Every point sent, before and after the cutover, is on both servers; the history is on the new one.
+        var expectNew = sent
+        for (k, v) in history { expectNew[k, default: [:]].merge(v) { live, _ in live } }
+        let gotNew = try h.points(in: h.new, expect: expectNew)
+        let gotOld = try h.points(in: h.old, expect: expectNew)
+        let gapsNew = missing(expectNew, in: gotNew)
+        #expect(gapsNew.count == 0, "new misses \(gapsNew.count) points, e.g. \(gapsNew.prefix(5))")
+        let gapsOld = missing(expectNew, in: gotOld)
+        #expect(gapsOld.count == 0, "old misses \(gapsOld.count) points, e.g. \(gapsOld.prefix(5))")
+        // The old server got what was written while the new one was primary (the rollback window).
+        let afterCutover = sent.mapValues { pts in pts.filter { t, _ in !(sentBeforeCutover.values.contains { $0[t] != nil }) } }
+        #expect(afterCutover.values.contains { !$0.isEmpty })
+        #expect(missing(afterCutover, in: gotOld).count == 0)
+        // Every series in new equals old over the window, point for point (fence markers included).
+        let differing = gotOld.keys.filter { gotNew[$0] != gotOld[$0] }.sorted()
+        #expect(differing.isEmpty, "series differing between old and new: \(differing)")
+        #expect(Set(gotOld.keys) == Set(gotNew.keys))
+        #expect(try String(contentsOfFile: hooks.sub("log"), encoding: .utf8) == "cutover\nrollback\n")
+
+        // Cut over again and finish: the tap then feeds the new side only.
+        let again = try Ferry.run(["cutover", h.plan])
+        #expect(again.status == 0, "\(again.all)")
+        let complete = try Ferry.run(["complete", h.plan])
+        #expect(complete.status == 0, "\(complete.all)")
+        let final = try h.status()
+        #expect(final.mode == .single && final.primary == "new")
+        #expect(final.upstreams.first { $0.name == "old" }?.role == "detached")
     }
 }

@@ -1,6 +1,7 @@
 #ifndef FERRY_SYS_H
 #define FERRY_SYS_H
 #include <sys/stat.h>
+#include <spawn.h>
 
 /// syncfs(2): glibc declares it only under _GNU_SOURCE, which Swift's Glibc module does not set.
 int ferry_syncfs(int fd);
@@ -18,4 +19,7 @@ int ferry_open_beneath(int dirfd, const char *path, int flags, unsigned int mode
 /// renameat2(2) with RENAME_NOREPLACE: fails with EEXIST instead of replacing an existing name (a file a live
 /// daemon created meanwhile).
 int ferry_rename_noreplace(int olddirfd, const char *oldpath, int newdirfd, const char *newpath);
+/// posix_spawn_file_actions_addclosefrom_np (glibc 2.34+, behind _GNU_SOURCE): the child closes every
+/// descriptor from `from` up.
+int ferry_spawn_closefrom(posix_spawn_file_actions_t *actions, int from);
 #endif
