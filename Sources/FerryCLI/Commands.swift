@@ -119,12 +119,14 @@ struct PlanCheck: ParsableCommand {
         do {
             _ = try Registry.source(p)
             _ = try Registry.store(p.destination, plan: p)
+            _ = try Registry.tap(p, launch: false)
         } catch {
             printError("plan \(plan) is invalid: \(error)")
             throw ExitCode(Exit.planError)
         }
         out("plan \(plan) is valid: job '\(p.name)', \(p.source.displayName) → \(p.destination.displayName)")
         out("state: \(p.stateDirectory)")
+        if let t = p.tap { out("tap: \(t.kind), listening on \(t.options["listen"] ?? "?"), old \(t.options["old"] ?? "?"), new \(t.options["new"] ?? "?")") }
     }
 }
 
