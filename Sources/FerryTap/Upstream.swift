@@ -114,6 +114,8 @@ final class Upstream: @unchecked Sendable {
     var settled: UInt64 {
         lock.lock()
         defer { lock.unlock() }
+        let now = Date()
+        while let f = window.first, now.timeIntervalSince(f.0) > redeliver { window.removeFirst() }
         return window.first?.1 ?? sent
     }
 

@@ -19,7 +19,7 @@ final class TapHarness: @unchecked Sendable {
     let control: String
     var tap: Process?
 
-    init(extraTap: String = "", extraPlan: String = "") throws {
+    init(destination: String? = nil, extraTap: String = "", extraPlan: String = "") throws {
         old = try CarbonCache(name: "carbon-old")
         new = try CarbonCache(name: "carbon-new")
         let ports = freePorts(2)
@@ -32,7 +32,7 @@ final class TapHarness: @unchecked Sendable {
             version: 1
             name: live-metrics
             source: { kind: whisper, path: \(old.storage) }
-            destination: { kind: whisper, path: \(new.storage) }
+            destination: { kind: whisper, path: \(destination ?? new.storage) }
             tap:
               kind: carbon
               listen: 127.0.0.1:\(listenPort)
@@ -249,6 +249,46 @@ func missing(_ want: [String: [Int: Double]], in got: [String: [Int: Double]]) -
         #expect(h.tap?.isRunning == true)
     }
 
+    @Test func aFullSpoolHoldsSendersBackAndDropsNothing() throws {
+        let h = try TapHarness(extraTap: "  spool_limit: 1MiB\n  segment_size: 64KiB")
+        try h.startTap()
+        h.new.kill()
+        let series = (0..<40).map { "bp.host\($0).bytes" }
+        let base = Int(Date().timeIntervalSince1970) - 3600
+        var sent = Sent()
+        var chunks: [String] = []
+        for start in stride(from: 0, to: 1800, by: 100) {
+            chunks.append(sent.batch(series: series, times: (base + start)..<(base + start + 100)))
+        }
+        let total = sent.lines
+        let bytes = chunks.reduce(0) { $0 + $1.utf8.count }
+        #expect(bytes > 2 * 1_048_576)
+        let port = h.listenPort
+        let done = DispatchSemaphore(value: 0)
+        let toSend = chunks
+        Thread {
+            if let sender = try? LineSender(port: port) {
+                for c in toSend { try? sender.send(c) }
+            }
+            done.signal()
+        }.start()
+        let held = try waitUntil(timeout: 30) { try h.status().backPressure }
+        #expect(held, "the spool never reported back-pressure")
+        let during = try h.status()
+        #expect(during.receivedLines < total, "nothing was held back")
+        #expect(during.spoolBytes >= 1_048_576)
+        try h.new.launch()
+        done.wait()
+        try h.waitDelivered(received: total, timeout: 120)
+        let s = try h.status()
+        #expect(s.droppedLines == 0 && !s.backPressure)
+        #expect(s.receivedLines == total)
+        for cache in [h.old, h.new] {
+            let gaps = missing(sent.points, in: try h.points(in: cache, expect: sent.points, timeout: 120))
+            #expect(gaps.count == 0, "\(cache === h.old ? "old" : "new") misses \(gaps.count) points, e.g. \(gaps.prefix(5))")
+        }
+    }
+
     func python(_ code: String) throws -> [UInt8] {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
@@ -330,6 +370,34 @@ final class LiveLoad: @unchecked Sendable {
 }
 
 @Suite(.serialized) struct LiveMigrationTests {
+    @Test func cutoverRefusesWhileNewIsDownAndAbortsWhenTheFenceDoesNotLand() throws {
+        // The destination is a tree the new carbon-cache does not write: the fence reaches carbon but never shows.
+        let elsewhere = TempDir("elsewhere")
+        let h = try TapHarness(destination: elsewhere.path, extraTap: "  fence_timeout: 2s")
+        defer { if let pid = try? h.client.status()?.pid { kill(pid, SIGKILL) } }
+        let run = try Ferry.run(["run", h.plan])
+        #expect(run.status == 0, "\(run.all)")
+
+        h.new.kill()
+        let down = try waitUntil(timeout: 30) { try h.status().upstreams.first { $0.name == "new" }?.connected == false }
+        #expect(down)
+        let refused = try Ferry.run(["cutover", h.plan])
+        #expect(refused.status == 4, "\(refused.all)")
+        #expect(refused.stdout.contains("[FAIL] tap-lag-new"), "\(refused.stdout)")
+        #expect(try h.status().mode == .mirror)
+
+        try h.new.launch()
+        let up = try waitUntil(timeout: 30) { try h.status().upstreams.allSatisfy(\.connected) }
+        #expect(up)
+        let aborted = try Ferry.run(["cutover", h.plan])
+        #expect(aborted.status == 4, "\(aborted.all)")
+        #expect(aborted.stderr.contains("fence marker"), "\(aborted.stderr)")
+        #expect(try h.status().mode == .mirror, "an aborted cutover must leave the tap mirroring")
+        let status = try Ferry.run(["status", h.plan, "--json"])
+        #expect(status.stdout.contains("\"phase\" : \"ready\""), "\(status.stdout)")
+        #expect(status.stdout.contains("\"cutover_at\"") == false || status.stdout.contains("\"cutover_at\" : null"))
+    }
+
     @Test func tapSnapshotMergeVerifyCutoverRollbackComplete() throws {
         let hooks = TempDir("hooks")
         let h = try TapHarness(
