@@ -92,7 +92,8 @@ func printTap(_ s: TapStatus, indent: String = "") {
     out(line)
     out(
         "\(indent)  spool      \(Units.formatBytes(Int64(s.spoolBytes))) of \(Units.formatBytes(Int64(s.spoolLimit)))"
-            + (s.backPressure ? "  FULL: senders held back" : ""))
+            + (s.backPressure ? "  FULL: senders held back" : "")
+            + (s.spoolError.map { "  WRITE FAILING (\($0)): senders held back" } ?? ""))
     for u in s.upstreams {
         var l = "\(indent)  \(pad(u.name, 4))       \(u.address) \(u.role), \(u.connected ? "connected" : "DOWN"), "
         l += "forwarded \(u.forwardedLines) lines, spooled \(Units.formatBytes(Int64(u.spoolBytes))), lag \(Units.formatDecimal(u.lagSeconds, places: 1)) s"

@@ -63,13 +63,16 @@ public struct TapStatus: Sendable, Codable {
     public var backPressure: Bool
     public var spoolBytes: UInt64
     public var spoolLimit: UInt64
+    /// Why the spool cannot take data right now (a full disk), while senders are held back.
+    public var spoolError: String?
     public var upstreams: [TapUpstreamStatus]
 
     public init(
         kind: String, pid: Int32, mode: TapMode, primary: String, head: UInt64, receivedLines: UInt64,
         invalidLines: UInt64, refusedMessages: UInt64, droppedLines: UInt64, backPressure: Bool, spoolBytes: UInt64,
-        spoolLimit: UInt64, upstreams: [TapUpstreamStatus]
+        spoolLimit: UInt64, spoolError: String? = nil, upstreams: [TapUpstreamStatus]
     ) {
+        self.spoolError = spoolError
         self.kind = kind
         self.pid = pid
         self.mode = mode

@@ -31,6 +31,12 @@ public final class CarbonTap: @unchecked Sendable {
     private var refused: UInt64 = 0
     private var dropped: UInt64 = 0
     private var invalidLogged = 0
+    private var spoolError: String?
+    /// Data read from senders that are gone (or from UDP) while the spool could not write: retried in order by
+    /// the maintenance thread, never dropped while it stays under `maxAdopted`.
+    private var adopted: [([UInt8], Int)] = []
+    private var adoptedBytes = 0
+    static let maxAdopted = 256 * 1_048_576
     private var mode: TapMode = .mirror
     private var primary = "old"
     private var running = true
@@ -171,6 +177,7 @@ public final class CarbonTap: @unchecked Sendable {
     private func maintain() {
         while isRunning {
             Thread.sleep(forTimeInterval: 0.25)
+            drainAdopted()
             journal.syncIfDue()
             old.persist()
             new.persist()
@@ -218,10 +225,55 @@ public final class CarbonTap: @unchecked Sendable {
     /// Appends normalized lines to the journal. Throws when the spool cannot take them (disk full).
     func accept(_ bytes: [UInt8], lines: Int) throws {
         guard lines > 0 else { return }
-        try journal.append(bytes)
+        do {
+            try journal.append(bytes)
+        } catch {
+            lock.lock()
+            let first = spoolError == nil
+            spoolError = "\(error)"
+            lock.unlock()
+            if first { logger.error("SPOOL WRITE FAILED (\(error)): senders are held back until it can write again") }
+            throw error
+        }
         lock.lock()
         received += UInt64(lines)
+        let recovered = spoolError != nil
+        spoolError = nil
         lock.unlock()
+        if recovered { logger.notice("spool writes again; accepting from senders") }
+    }
+
+    /// Takes over data a connection could not spool before it went away. False when memory for it ran out.
+    @discardableResult
+    func adopt(_ items: [([UInt8], Int)]) -> Bool {
+        let bytes = items.reduce(0) { $0 + $1.0.count }
+        lock.lock()
+        defer { lock.unlock() }
+        guard adoptedBytes + bytes <= Self.maxAdopted else { return false }
+        adopted.append(contentsOf: items)
+        adoptedBytes += bytes
+        return true
+    }
+
+    /// Appends adopted data, oldest first, until the spool refuses again.
+    private func drainAdopted() {
+        while true {
+            lock.lock()
+            guard let first = adopted.first else {
+                lock.unlock()
+                return
+            }
+            lock.unlock()
+            do {
+                try accept(first.0, lines: first.1)
+            } catch {
+                return
+            }
+            lock.lock()
+            adopted.removeFirst()
+            adoptedBytes -= first.0.count
+            lock.unlock()
+        }
     }
 
     func countDropped(_ n: Int) {
@@ -255,6 +307,7 @@ public final class CarbonTap: @unchecked Sendable {
     public func status() -> TapStatus {
         lock.lock()
         let m = mode, p = primary, r = received, i = invalid, rf = refused, d = dropped, bp = pressure
+        let se = spoolError.map { adoptedBytes > 0 ? "\($0) (\(adoptedBytes) bytes held in memory)" : $0 }
         lock.unlock()
         let head = journal.head
         let fed = [old, new].filter(\.isAttached)
@@ -262,6 +315,7 @@ public final class CarbonTap: @unchecked Sendable {
         return TapStatus(
             kind: "carbon", pid: getpid(), mode: m, primary: p, head: head, receivedLines: r, invalidLines: i,
             refusedMessages: rf, droppedLines: d, backPressure: bp, spoolBytes: head - low, spoolLimit: config.spoolLimit,
+            spoolError: se,
             upstreams: [
                 old.status(role: p == "old" ? "primary" : "mirror"), new.status(role: p == "new" ? "primary" : "mirror"),
             ])
@@ -336,14 +390,67 @@ public final class CarbonTap: @unchecked Sendable {
 
 // MARK: - channel handlers
 
+/// Keeps a connection's data in order when the spool cannot take it: what could not be appended is held (and
+/// the channel stops reading) and retried every second; everything read later queues behind it. If the sender
+/// goes away meanwhile, the tap adopts what is held.
+struct HoldQueue {
+    var items: [([UInt8], Int)] = []
+
+    var isEmpty: Bool { items.isEmpty }
+
+    /// Appends `out` (after anything held); returns false when it had to be held.
+    mutating func submit(_ out: [UInt8], lines: Int, tap: CarbonTap, context: ChannelHandlerContext) -> Bool {
+        guard lines > 0 else { return true }
+        if items.isEmpty {
+            do {
+                try tap.accept(out, lines: lines)
+                return true
+            } catch {}
+        }
+        items.append((out, lines))
+        if items.count == 1 { Self.retryLater(context) }
+        context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in }
+        return false
+    }
+
+    /// Retries in order; true when nothing is held any more.
+    mutating func drain(tap: CarbonTap, context: ChannelHandlerContext) -> Bool {
+        while let first = items.first {
+            do {
+                try tap.accept(first.0, lines: first.1)
+            } catch {
+                Self.retryLater(context)
+                return false
+            }
+            items.removeFirst()
+        }
+        return true
+    }
+
+    static func retryLater(_ context: ChannelHandlerContext) {
+        let channel = context.channel
+        context.eventLoop.scheduleTask(in: .seconds(1)) { channel.pipeline.fireUserInboundEventTriggered(CarbonTap.Resume()) }
+    }
+
+    /// The connection is gone: the tap takes what is still held.
+    mutating func handOver(tap: CarbonTap, peer: String) {
+        guard !items.isEmpty else { return }
+        let lines = items.reduce(0) { $0 + $1.1 }
+        if !tap.adopt(items) {
+            tap.countDropped(lines)
+            tap.logger.error("\(peer) closed with \(lines) lines the spool could not take and no memory left to hold them")
+        }
+        items.removeAll()
+    }
+}
+
 /// Plaintext over TCP: lines validated, normalized and appended; back-pressure parks the channel.
 final class PlaintextHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     let tap: CarbonTap
     var assembler: LineAssembler
     var peer = "?"
-    /// Normalized lines the spool could not take yet (disk full); retried before reading more.
-    var held: ([UInt8], Int)?
+    var hold = HoldQueue()
 
     init(tap: CarbonTap, maxLine: Int) {
         self.tap = tap
@@ -374,20 +481,10 @@ final class PlaintextHandler: ChannelInboundHandler {
                 },
                 tooLong: { n in tap.reportInvalid(peer: peer, problem: "\(CarbonLine.Problem.tooLong(n))", sample: "") })
         }
-        store(out, lines: lines, context: context)
+        if hold.submit(out, lines: lines, tap: tap, context: context) { pauseIfFull(context) }
     }
 
-    private func store(_ out: [UInt8], lines: Int, context: ChannelHandlerContext) {
-        do {
-            try tap.accept(out, lines: lines)
-        } catch {
-            tap.logger.error("spool cannot take data (\(error)); holding \(peer) back until it can")
-            held = (out, lines)
-            context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in }
-            let channel = context.channel
-            context.eventLoop.scheduleTask(in: .seconds(1)) { channel.pipeline.fireUserInboundEventTriggered(CarbonTap.Resume()) }
-            return
-        }
+    func pauseIfFull(_ context: ChannelHandlerContext) {
         if tap.underPressure {
             context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in }
             if !tap.park(context.channel) {
@@ -398,11 +495,7 @@ final class PlaintextHandler: ChannelInboundHandler {
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         guard event is CarbonTap.Resume else { return context.fireUserInboundEventTriggered(event) }
-        if let (bytes, lines) = held {
-            held = nil
-            store(bytes, lines: lines, context: context)
-            if held != nil { return }
-        }
+        guard hold.drain(tap: tap, context: context) else { return }
         context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
         context.read()
     }
@@ -411,6 +504,7 @@ final class PlaintextHandler: ChannelInboundHandler {
         if assembler.pendingBytes > 0 {
             tap.reportInvalid(peer: peer, problem: "connection closed in the middle of a line", sample: "")
         }
+        hold.handOver(tap: tap, peer: peer)
         context.fireChannelInactive()
     }
 
@@ -460,7 +554,7 @@ final class DatagramHandler: ChannelInboundHandler {
         do {
             try tap.accept(out, lines: lines)
         } catch {
-            tap.countDropped(lines)
+            if !tap.adopt([(out, lines)]) { tap.countDropped(lines) }
         }
     }
 }
@@ -502,6 +596,7 @@ final class PickleHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     let tap: CarbonTap
     var peer = "?"
+    var hold = HoldQueue()
 
     init(tap: CarbonTap) {
         self.tap = tap
@@ -531,15 +626,7 @@ final class PickleHandler: ChannelInboundHandler {
                 lines += 1
             }
         }
-        do {
-            try tap.accept(out, lines: lines)
-        } catch {
-            // No way to hold a pickle sender back mid-message without losing it: close, so the client resends.
-            tap.logger.error("spool cannot take data (\(error)); closing \(peer) so it resends")
-            context.close(promise: nil)
-            return
-        }
-        if tap.underPressure {
+        if hold.submit(out, lines: lines, tap: tap, context: context), tap.underPressure {
             context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in }
             if !tap.park(context.channel) {
                 context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
@@ -549,8 +636,14 @@ final class PickleHandler: ChannelInboundHandler {
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         guard event is CarbonTap.Resume else { return context.fireUserInboundEventTriggered(event) }
+        guard hold.drain(tap: tap, context: context) else { return }
         context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
         context.read()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        hold.handOver(tap: tap, peer: peer)
+        context.fireChannelInactive()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {

@@ -51,8 +51,20 @@ final class TapHarness: @unchecked Sendable {
 
     func status() throws -> TapStatus { try #require(try client.status()) }
 
+    /// Starts `ferry tap` with its log in a file (a pipe nobody reads would stall it once full).
     func startTap() throws {
-        let (p, _, _) = try Ferry.start(["tap", plan, "--log-level", "debug"])
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: Ferry.binary)
+        p.arguments = ["tap", plan]
+        if !FileManager.default.fileExists(atPath: dir.sub("tap.log")) {
+            _ = FileManager.default.createFile(atPath: dir.sub("tap.log"), contents: nil)
+        }
+        let log = try FileHandle(forWritingTo: URL(fileURLWithPath: dir.sub("tap.log")))
+        try log.seekToEnd()
+        p.standardOutput = log
+        p.standardError = log
+        p.standardInput = FileHandle.nullDevice
+        try p.run()
         tap = p
         let up = try waitUntil(timeout: 20) { try client.status() != nil }
         try #require(up, "the tap did not come up")
@@ -71,7 +83,10 @@ final class TapHarness: @unchecked Sendable {
             return s.receivedLines >= lines && s.upstreams.allSatisfy { $0.role == "detached" || ($0.cursor == s.head && $0.connected) }
         }
         let s = try status()
-        try #require(ok, "not delivered: received \(s.receivedLines)/\(lines), \(s.upstreams.map { "\($0.name) \($0.cursor)/\(s.head)" })")
+        let log = (try? String(contentsOfFile: dir.sub("tap.log"), encoding: .utf8)) ?? ""
+        try #require(
+            ok,
+            "not delivered: received \(s.receivedLines)/\(lines), \(s.upstreams.map { "\($0.name) \($0.cursor)/\(s.head)" }); tap log ends: \(log.split(separator: "\n").suffix(30).joined(separator: "\n"))")
     }
 
     /// Waits until carbon has written every expected point, then returns what the reference reader sees.
@@ -283,6 +298,60 @@ func missing(_ want: [String: [Int: Double]], in got: [String: [Int: Double]]) -
         let s = try h.status()
         #expect(s.droppedLines == 0 && !s.backPressure)
         #expect(s.receivedLines == total)
+        for cache in [h.old, h.new] {
+            let gaps = missing(sent.points, in: try h.points(in: cache, expect: sent.points, timeout: 120))
+            #expect(gaps.count == 0, "\(cache === h.old ? "old" : "new") misses \(gaps.count) points, e.g. \(gaps.prefix(5))")
+        }
+    }
+
+    @Test func aFullDiskUnderTheSpoolHoldsSendersBackAndLosesNothing() throws {
+        let mnt = TempDir("tap-spool-fs")
+        let mount = Process()
+        mount.executableURL = URL(fileURLWithPath: "/bin/mount")
+        mount.arguments = ["-t", "tmpfs", "-o", "size=1m", "tmpfs", mnt.path]
+        try mount.run()
+        mount.waitUntilExit()
+        try #require(mount.terminationStatus == 0, "this test needs to mount a tmpfs (run as root)")
+        defer {
+            let u = Process()
+            u.executableURL = URL(fileURLWithPath: "/bin/umount")
+            u.arguments = ["-l", mnt.path]
+            try? u.run()
+            u.waitUntilExit()
+        }
+        let h = try TapHarness(extraTap: "  spool_dir: \(mnt.path)/spool\n  segment_size: 64KiB")
+        try h.startTap()
+        h.new.kill()
+        let series = (0..<40).map { "df.host\($0).bytes" }
+        let base = Int(Date().timeIntervalSince1970) - 3600
+        var sent = Sent()
+        var chunks: [String] = []
+        for start in stride(from: 0, to: 1500, by: 100) {
+            chunks.append(sent.batch(series: series, times: (base + start)..<(base + start + 100)))
+        }
+        let total = sent.lines
+        let port = h.listenPort
+        let done = DispatchSemaphore(value: 0)
+        let toSend = chunks
+        Thread {
+            if let sender = try? LineSender(port: port) {
+                for c in toSend { try? sender.send(c) }
+            }
+            done.signal()
+        }.start()
+        let failing = try waitUntil(timeout: 30) { try h.status().spoolError != nil }
+        #expect(failing, "the spool never reported the full disk")
+        let during = try h.status()
+        #expect(during.receivedLines < total)
+        #expect(h.tap?.isRunning == true)
+        let ctl = try Ferry.run(["tap", "ctl", h.plan, "status"])
+        #expect(ctl.stdout.contains("WRITE FAILING"), "\(ctl.stdout)")
+        // New returns: its backlog drains, delivered segments are deleted, the spool writes again.
+        try h.new.launch()
+        done.wait()
+        try h.waitDelivered(received: total, timeout: 120)
+        let s = try h.status()
+        #expect(s.spoolError == nil && s.droppedLines == 0 && s.receivedLines == total)
         for cache in [h.old, h.new] {
             let gaps = missing(sent.points, in: try h.points(in: cache, expect: sent.points, timeout: 120))
             #expect(gaps.count == 0, "\(cache === h.old ? "old" : "new") misses \(gaps.count) points, e.g. \(gaps.prefix(5))")
