@@ -204,6 +204,14 @@ func missing(_ want: [String: [Int: Double]], in got: [String: [Int: Double]]) -
         h.killTap()  // kill -9 with the backlog for new only in the spool
 
         try h.startTap()
+        // The mode survives the restart too; switch it through `ferry tap ctl` and back.
+        let ctl = try Ferry.run(["tap", "ctl", h.plan, "mode", "reverse", "--json"])
+        #expect(ctl.status == 0 && ctl.stdout.contains("\"primary\" : \"new\""), "\(ctl.all)")
+        #expect(try Ferry.run(["tap", "ctl", h.plan, "mode", "sideways"]).status != 0)
+        h.killTap()
+        try h.startTap()
+        #expect(try h.status().mode == .reverse)
+        #expect(try Ferry.run(["tap", "ctl", h.plan, "mode", "mirror"]).status == 0)
         let restarted = try h.status()
         #expect(restarted.upstreams.first { $0.name == "new" }!.spoolBytes >= spoolBefore, "the backlog did not survive kill -9")
         try h.new.launch()
