@@ -413,6 +413,24 @@ struct HoldQueue {
         return false
     }
 
+    /// Submits, then parks the channel while the spool is at its limit (back-pressure).
+    mutating func store(_ out: [UInt8], lines: Int, tap: CarbonTap, context: ChannelHandlerContext) {
+        guard submit(out, lines: lines, tap: tap, context: context), tap.underPressure else { return }
+        context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in }
+        if !tap.park(context.channel) {
+            context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
+        }
+    }
+
+    /// A `Resume` event: retries what is held, then reads on. False for any other event (pass it on).
+    mutating func resume(_ event: Any, tap: CarbonTap, context: ChannelHandlerContext) -> Bool {
+        guard event is CarbonTap.Resume else { return false }
+        guard drain(tap: tap, context: context) else { return true }
+        context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
+        context.read()
+        return true
+    }
+
     /// Retries in order; true when nothing is held any more.
     mutating func drain(tap: CarbonTap, context: ChannelHandlerContext) -> Bool {
         while let first = items.first {
@@ -481,23 +499,11 @@ final class PlaintextHandler: ChannelInboundHandler {
                 },
                 tooLong: { n in tap.reportInvalid(peer: peer, problem: "\(CarbonLine.Problem.tooLong(n))", sample: "") })
         }
-        if hold.submit(out, lines: lines, tap: tap, context: context) { pauseIfFull(context) }
-    }
-
-    func pauseIfFull(_ context: ChannelHandlerContext) {
-        if tap.underPressure {
-            context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in }
-            if !tap.park(context.channel) {
-                context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
-            }
-        }
+        hold.store(out, lines: lines, tap: tap, context: context)
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        guard event is CarbonTap.Resume else { return context.fireUserInboundEventTriggered(event) }
-        guard hold.drain(tap: tap, context: context) else { return }
-        context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
-        context.read()
+        if !hold.resume(event, tap: tap, context: context) { context.fireUserInboundEventTriggered(event) }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -626,19 +632,11 @@ final class PickleHandler: ChannelInboundHandler {
                 lines += 1
             }
         }
-        if hold.submit(out, lines: lines, tap: tap, context: context), tap.underPressure {
-            context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in }
-            if !tap.park(context.channel) {
-                context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
-            }
-        }
+        hold.store(out, lines: lines, tap: tap, context: context)
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        guard event is CarbonTap.Resume else { return context.fireUserInboundEventTriggered(event) }
-        guard hold.drain(tap: tap, context: context) else { return }
-        context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
-        context.read()
+        if !hold.resume(event, tap: tap, context: context) { context.fireUserInboundEventTriggered(event) }
     }
 
     func channelInactive(context: ChannelHandlerContext) {

@@ -1,4 +1,4 @@
-import Foundation
+public import Foundation
 
 #if canImport(Glibc)
 import Glibc
@@ -226,4 +226,66 @@ extension WhisperOracle {
         let json = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: [String: Double]] ?? [:]
         return json.mapValues { d in Dictionary(uniqueKeysWithValues: d.compactMap { k, v in Int(k).map { ($0, v) } }) }
     }
+}
+
+/// A tmpfs of `size` (e.g. "5m") mounted on `path` (default: a fresh directory), for full-disk tests; needs
+/// root. Unmounted when the value goes away; `resize` grows it in place.
+public final class TmpfsMount: @unchecked Sendable {
+    let owned: TempDir?
+    public let path: String
+
+    public struct Failed: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    public init(at existing: String? = nil, size: String) throws {
+        owned = existing == nil ? TempDir("tmpfs") : nil
+        path = existing ?? owned!.path
+        guard Self.mount(["-t", "tmpfs", "-o", "size=\(size)", "tmpfs", path]) else {
+            throw Failed(description: "this test needs to mount a tmpfs (run as root)")
+        }
+    }
+
+    public func resize(_ size: String) throws {
+        guard Self.mount(["-o", "remount,size=\(size)", path]) else { throw Failed(description: "tmpfs remount failed") }
+    }
+
+    static func mount(_ args: [String], tool: String = "/bin/mount") -> Bool {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: tool)
+        p.arguments = args
+        guard (try? p.run()) != nil else { return false }
+        p.waitUntilExit()
+        return p.terminationStatus == 0
+    }
+
+    deinit { _ = Self.mount(["-l", path], tool: "/bin/umount") }
+}
+
+/// Runs Python code (with `pickle`, `sys` and `os` imported) and returns what it wrote to stdout: the tests'
+/// source of real pickles, including hostile ones.
+public func pythonOutput(_ code: String) throws -> [UInt8] {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    p.arguments = ["python3", "-c", "import pickle, sys, os\n" + code]
+    let out = Pipe()
+    p.standardOutput = out
+    try p.run()
+    let data = out.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    guard p.terminationStatus == 0 else { throw TmpfsMount.Failed(description: "python3 failed: \(code.prefix(80))") }
+    return [UInt8](data)
+}
+
+/// Sends `chunks` over one connection from a thread of its own (a held-back sender blocks there, not in the
+/// test); the semaphore is signalled when it is done.
+public func sendInBackground(_ chunks: [String], port: Int) -> DispatchSemaphore {
+    let done = DispatchSemaphore(value: 0)
+    Thread {
+        if let sender = try? LineSender(port: port) {
+            for c in chunks { try? sender.send(c) }
+        }
+        done.signal()
+    }.start()
+    return done
 }

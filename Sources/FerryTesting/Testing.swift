@@ -173,10 +173,10 @@ public struct Ferry {
         return URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("ferry").path
     }
 
-    /// Starts ferry without waiting; the caller waits or kills it.
-    public static func start(
+    /// A ferry process, not started: `prefix` runs before the binary (e.g. setpriv), `environment` adds to ours.
+    public static func process(
         _ args: [String], environment: [String: String] = [:], prefix: [String] = [], cwd: String? = nil
-    ) throws -> (Process, Pipe, Pipe) {
+    ) -> Process {
         let p = Process()
         if prefix.isEmpty {
             p.executableURL = URL(fileURLWithPath: binary)
@@ -190,6 +190,14 @@ public struct Ferry {
         for (k, v) in environment { env[k] = v }
         p.environment = env
         if let cwd { p.currentDirectoryURL = URL(fileURLWithPath: cwd) }
+        return p
+    }
+
+    /// Starts ferry without waiting; the caller waits or kills it.
+    public static func start(
+        _ args: [String], environment: [String: String] = [:], prefix: [String] = [], cwd: String? = nil
+    ) throws -> (Process, Pipe, Pipe) {
+        let p = process(args, environment: environment, prefix: prefix, cwd: cwd)
         let o = Pipe()
         let e = Pipe()
         p.standardOutput = o
@@ -206,19 +214,7 @@ public struct Ferry {
         _ args: [String], environment: [String: String] = [:], prefix: [String] = [], cwd: String? = nil
     ) throws -> Result {
         let dir = TempDir("ferry-out")
-        let p = Process()
-        if prefix.isEmpty {
-            p.executableURL = URL(fileURLWithPath: binary)
-            p.arguments = args
-        } else {
-            p.executableURL = URL(fileURLWithPath: prefix[0])
-            p.arguments = Array(prefix.dropFirst()) + [binary] + args
-        }
-        var env = ProcessInfo.processInfo.environment
-        env["FERRY_PROGRESS_INTERVAL"] = env["FERRY_PROGRESS_INTERVAL"] ?? "60"
-        for (k, v) in environment { env[k] = v }
-        p.environment = env
-        if let cwd { p.currentDirectoryURL = URL(fileURLWithPath: cwd) }
+        let p = process(args, environment: environment, prefix: prefix, cwd: cwd)
         _ = FileManager.default.createFile(atPath: dir.sub("out"), contents: nil)
         _ = FileManager.default.createFile(atPath: dir.sub("err"), contents: nil)
         let o = try FileHandle(forWritingTo: URL(fileURLWithPath: dir.sub("out")))

@@ -231,10 +231,10 @@ func missing(_ want: [String: [Int: Double]], in got: [String: [Int: Double]]) -
         let now = Int(Date().timeIntervalSince1970) - 60
         var sent = Sent()
         let marker = h.dir.sub("pwned")
-        let evil = try python(
+        let evil = try pythonOutput(
             "class E:\n    def __reduce__(self): return (os.system, ('touch \(marker)',))\n"
                 + "sys.stdout.buffer.write(pickle.dumps([('evil.metric', (\(now), E()))], protocol=2))")
-        let good = try python("sys.stdout.buffer.write(pickle.dumps([('pickled.ok', (\(now), 4.25))], protocol=2))")
+        let good = try pythonOutput("sys.stdout.buffer.write(pickle.dumps([('pickled.ok', (\(now), 4.25))], protocol=2))")
         sent.points["pickled.ok"] = [now: 4.25]
 
         let sender = try LineSender(port: h.listenPort)
@@ -286,15 +286,7 @@ func missing(_ want: [String: [Int: Double]], in got: [String: [Int: Double]]) -
         let total = sent.lines
         let bytes = chunks.reduce(0) { $0 + $1.utf8.count }
         #expect(bytes > 2 * 1_048_576)
-        let port = h.listenPort
-        let done = DispatchSemaphore(value: 0)
-        let toSend = chunks
-        Thread {
-            if let sender = try? LineSender(port: port) {
-                for c in toSend { try? sender.send(c) }
-            }
-            done.signal()
-        }.start()
+        let done = sendInBackground(chunks, port: h.listenPort)
         let held = try waitUntil(timeout: 30) { try h.status().backPressure }
         #expect(held, "the spool never reported back-pressure")
         let during = try h.status()
@@ -313,20 +305,7 @@ func missing(_ want: [String: [Int: Double]], in got: [String: [Int: Double]]) -
     }
 
     @Test func aFullDiskUnderTheSpoolHoldsSendersBackAndLosesNothing() throws {
-        let mnt = TempDir("tap-spool-fs")
-        let mount = Process()
-        mount.executableURL = URL(fileURLWithPath: "/bin/mount")
-        mount.arguments = ["-t", "tmpfs", "-o", "size=1m", "tmpfs", mnt.path]
-        try mount.run()
-        mount.waitUntilExit()
-        try #require(mount.terminationStatus == 0, "this test needs to mount a tmpfs (run as root)")
-        defer {
-            let u = Process()
-            u.executableURL = URL(fileURLWithPath: "/bin/umount")
-            u.arguments = ["-l", mnt.path]
-            try? u.run()
-            u.waitUntilExit()
-        }
+        let mnt = try TmpfsMount(size: "1m")
         let h = try TapHarness(extraTap: "  spool_dir: \(mnt.path)/spool\n  segment_size: 64KiB")
         try h.startTap()
         h.new.kill()
@@ -338,15 +317,7 @@ func missing(_ want: [String: [Int: Double]], in got: [String: [Int: Double]]) -
             chunks.append(sent.batch(series: series, times: (base + start)..<(base + start + 100)))
         }
         let total = sent.lines
-        let port = h.listenPort
-        let done = DispatchSemaphore(value: 0)
-        let toSend = chunks
-        Thread {
-            if let sender = try? LineSender(port: port) {
-                for c in toSend { try? sender.send(c) }
-            }
-            done.signal()
-        }.start()
+        let done = sendInBackground(chunks, port: h.listenPort)
         let failing = try waitUntil(timeout: 30) { try h.status().spoolError != nil }
         #expect(failing, "the spool never reported the full disk")
         let during = try h.status()
@@ -366,17 +337,6 @@ func missing(_ want: [String: [Int: Double]], in got: [String: [Int: Double]]) -
         }
     }
 
-    func python(_ code: String) throws -> [UInt8] {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["python3", "-c", "import pickle, sys, os\n" + code]
-        let out = Pipe()
-        p.standardOutput = out
-        try p.run()
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return [UInt8](data)
-    }
 }
 
 /// A steady live load: every 50 ms, one point per series at the current second (the value depends only on the

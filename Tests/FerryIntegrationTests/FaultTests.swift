@@ -123,19 +123,7 @@ import FerryTesting
         let s = try Scenario(chunkSize: "1MiB", concurrency: 2)
         try TreeGen.make(at: s.source, files: 80, maxSmall: 64 * 1024, large: [6 << 20])
         try FileManager.default.createDirectory(atPath: s.destination, withIntermediateDirectories: true)
-        let mount = Process()
-        mount.executableURL = URL(fileURLWithPath: "/bin/mount")
-        mount.arguments = ["-t", "tmpfs", "-o", "size=5m", "tmpfs", s.destination]
-        try mount.run()
-        mount.waitUntilExit()
-        try #require(mount.terminationStatus == 0, "this test needs to mount a tmpfs (run as root)")
-        defer {
-            let u = Process()
-            u.executableURL = URL(fileURLWithPath: "/bin/umount")
-            u.arguments = ["-l", s.destination]
-            try? u.run()
-            u.waitUntilExit()
-        }
+        let disk = try TmpfsMount(at: s.destination, size: "5m")
         let r = try s.ferry("run", "PLAN")
         #expect(r.status == 3, "\(r.all)")
         #expect(r.stderr.contains("is full"))
@@ -143,12 +131,7 @@ import FerryTesting
         #expect(st["phase"] as? String == "copy")
         #expect((st["last_error"] as? String)?.contains("full") == true)
         // What the ledger calls done is really at the destination, byte for byte.
-        let grow = Process()
-        grow.executableURL = URL(fileURLWithPath: "/bin/mount")
-        grow.arguments = ["-o", "remount,size=64m", s.destination]
-        try grow.run()
-        grow.waitUntilExit()
-        #expect(grow.terminationStatus == 0)
+        try disk.resize("64m")
         let again = try s.ferry("run", "PLAN")
         #expect(again.status == 0, "\(again.all)")
         #expect(s.parity() == [])

@@ -60,18 +60,7 @@ import FerryTesting
 
 @Suite struct PickleTests {
     /// Pickles produced by the real Python `pickle` module.
-    func python(_ code: String) throws -> [UInt8] {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["python3", "-c", "import pickle, sys, os\n" + code]
-        let out = Pipe()
-        p.standardOutput = out
-        try p.run()
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        #expect(p.terminationStatus == 0)
-        return [UInt8](data)
-    }
+    func python(_ code: String) throws -> [UInt8] { try pythonOutput(code) }
 
     @Test(arguments: [0, 1, 2, 3, 4])
     func carbonPayloadsDecodeInEveryProtocol(proto: Int) throws {
