@@ -14,7 +14,7 @@ enum Registry {
             required: ["path"], pathIsLocal: true),
         StoreKindSchema(kind: "ceres", keys: ["path"], required: ["path"], pathIsLocal: true),
         StoreKindSchema(
-            kind: "s3", keys: ["endpoint", "region", "bucket", "prefix", "credentials"],
+            kind: "s3", keys: ["endpoint", "region", "bucket", "prefix", "credentials", "addressing"],
             required: ["endpoint", "bucket", "credentials"], pathIsLocal: false),
     ]
 
@@ -99,10 +99,17 @@ enum Registry {
             guard plan.copy.chunkSize >= 5 * 1_048_576 else {
                 throw FerryError(.invalidPlan, "copy.chunk_size is the multipart part size for S3: at least 5MiB")
             }
+            let addressingName = o["addressing"] ?? "path"
+            guard let addressing = S3Addressing(rawValue: addressingName) else {
+                throw FerryError(.invalidPlan, "s3 addressing: expected path or virtual, got '\(addressingName)'")
+            }
+            if addressing == .virtual, let why = S3Client.virtualHostable(bucket: bucket, endpoint: endpoint) {
+                throw FerryError(.invalidPlan, "s3 addressing: \(why)")
+            }
             let credentials = try CredentialSource.resolve(creds, baseDirectory: PathUtil.directory(of: plan.file))
             return S3Store(
                 endpoint: endpoint, region: o["region"] ?? "auto", bucket: bucket, prefix: o["prefix"] ?? "",
-                credentials: credentials, partSize: plan.copy.chunkSize)
+                credentials: credentials, partSize: plan.copy.chunkSize, addressing: addressing)
         case "fs":
             guard let path = readRoot ?? spec.path else { throw FerryError(.invalidPlan, "fs store without a path") }
             return LocalStore(root: path)

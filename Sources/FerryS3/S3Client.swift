@@ -30,7 +30,14 @@ public struct S3Object: Sendable, Equatable {
     public var etag: String
 }
 
-/// A small S3 client over libcurl: path-style addressing, SigV4 on every request with the real payload hash,
+/// How requests name the bucket: in the path (`endpoint/bucket/key`, what R2, MinIO and SeaweedFS take by
+/// default) or in the host name (`bucket.endpoint/key`, AWS's preferred form).
+public enum S3Addressing: String, Sendable {
+    case path
+    case virtual
+}
+
+/// A small S3 client over libcurl: path-style or virtual-hosted addressing, SigV4 on every request with the real payload hash,
 /// keep-alive (one handle per client), retries of 429/500/503 and transport errors with jittered exponential
 /// backoff, and a clear error when every attempt fails. Not thread-safe: one client per worker.
 // @unchecked Sendable: a client is used by one thread at a time (S3Store hands them out from a pool).
@@ -42,12 +49,43 @@ public final class S3Client: @unchecked Sendable {
     public var maxAttempts = 5
     public var baseDelay = 0.1
     var host: String
+    /// scheme://host[:port] that requests go to (with the bucket in the host name when virtual-hosted).
+    let base: String
+    /// What comes before the key in the path: "/bucket" path-style, "" virtual-hosted.
+    let bucketPath: String
 
-    public init(endpoint: String, region: String, bucket: String, credentials: S3Credentials) {
+    public init(
+        endpoint: String, region: String, bucket: String, credentials: S3Credentials, addressing: S3Addressing = .path
+    ) {
         self.endpoint = endpoint.hasSuffix("/") ? String(endpoint.dropLast()) : endpoint
         self.bucket = bucket
         signer = SigV4(credentials: credentials, region: region)
-        host = URL(string: self.endpoint).map { u in u.port.map { "\(u.host ?? ""):\($0)" } ?? (u.host ?? "") } ?? ""
+        let url = URL(string: self.endpoint)
+        let endpointHost = url.map { u in u.port.map { "\(u.host ?? ""):\($0)" } ?? (u.host ?? "") } ?? ""
+        switch addressing {
+        case .path:
+            host = endpointHost
+            base = self.endpoint
+            bucketPath = "/" + bucket
+        case .virtual:
+            host = bucket + "." + endpointHost
+            base = (url?.scheme ?? "https") + "://" + host
+            bucketPath = ""
+        }
+    }
+
+    /// Whether `bucket` can be a DNS label under `endpoint` (virtual-hosted addressing).
+    public static func virtualHostable(bucket: String, endpoint: String) -> String? {
+        guard bucket.count >= 3, bucket.count <= 63,
+            bucket.allSatisfy({ ($0.isASCII && ($0.isLowercase || $0.isNumber)) || $0 == "-" }),
+            bucket.first != "-", bucket.last != "-"
+        else {
+            return "bucket '\(bucket)' is not a DNS label (lowercase letters, digits, '-'); use addressing: path"
+        }
+        if let host = URL(string: endpoint)?.host, host.allSatisfy({ $0.isNumber || $0 == "." || $0 == ":" }) {
+            return "endpoint \(endpoint) is an IP address, which cannot carry the bucket as a host name; use addressing: path"
+        }
+        return nil
     }
 
     /// Sends one signed request, retrying what is worth retrying.
@@ -55,7 +93,8 @@ public final class S3Client: @unchecked Sendable {
         _ method: String, key: String?, query: [(String, String)] = [], headers extra: [(String, String)] = [],
         body: [UInt8] = [], operation: String
     ) throws -> HTTPResponse {
-        let path = "/" + bucket + (key.map { "/" + $0 } ?? "")
+        var path = bucketPath + (key.map { "/" + $0 } ?? "")
+        if path.isEmpty { path = "/" }
         let payloadHash = body.isEmpty ? SigV4.emptyPayloadHash : SHA256Hasher.digest(body).hex
         var lastError: (any Error)?
         for attempt in 0..<maxAttempts {
@@ -69,7 +108,7 @@ public final class S3Client: @unchecked Sendable {
             let signed = signer.sign(method: method, path: path, query: query, headers: headers, payloadHash: payloadHash)
             headers.append(("Authorization", signed.authorization))
             let qs = SigV4.canonicalQuery(query)
-            let url = endpoint + SigV4.encode(path, encodeSlash: false) + (qs.isEmpty ? "" : "?" + qs)
+            let url = base + SigV4.encode(path, encodeSlash: false) + (qs.isEmpty ? "" : "?" + qs)
             do {
                 let r = try http.perform(method: method, url: url, headers: headers.filter { $0.0 != "host" }, body: body)
                 if r.status == 429 || r.status == 500 || r.status == 502 || r.status == 503 || r.status == 504 {

@@ -60,7 +60,13 @@ public final class S3Store: Store, ChecksumProviding, @unchecked Sendable {
     public var displayName: String { "s3://\(bucket)/\(prefix) at \(endpoint)" }
     public var keepsPOSIXMetadata: Bool { false }
 
-    public init(endpoint: String, region: String, bucket: String, prefix: String, credentials: S3Credentials, partSize: Int64) {
+    public let addressing: S3Addressing
+
+    public init(
+        endpoint: String, region: String, bucket: String, prefix: String, credentials: S3Credentials, partSize: Int64,
+        addressing: S3Addressing = .path
+    ) {
+        self.addressing = addressing
         self.endpoint = endpoint
         self.region = region
         self.bucket = bucket
@@ -71,7 +77,7 @@ public final class S3Store: Store, ChecksumProviding, @unchecked Sendable {
 
     func withClient<T>(_ body: (S3Client) throws -> T) throws -> T {
         let client = pool.withLock { $0.popLast() }
-            ?? S3Client(endpoint: endpoint, region: region, bucket: bucket, credentials: credentials)
+            ?? S3Client(endpoint: endpoint, region: region, bucket: bucket, credentials: credentials, addressing: addressing)
         defer { pool.withLock { $0.append(client) } }
         return try body(client)
     }

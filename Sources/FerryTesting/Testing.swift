@@ -353,6 +353,8 @@ public final class SeaweedFS: @unchecked Sendable {
             "-volume.max=0",
             // Listeners on fixed ports that would collide between servers: off.
             "-s3.port.iceberg=0", "-s3.port.lance=0",
+            // Virtual-hosted requests arrive as {bucket}.localhost (curl resolves *.localhost to loopback).
+            "-s3.domainName=localhost",
         ]
         _ = FileManager.default.createFile(atPath: dir.sub("weed.log"), contents: nil)
         try launch()

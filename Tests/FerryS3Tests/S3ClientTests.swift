@@ -56,6 +56,27 @@ import FerryTesting
         #expect(try client.getObject(keys[0]) == nil)
     }
 
+    @Test func virtualHostedAddressingReachesTheSameBucket() throws {
+        // {bucket}.localhost: curl resolves it to loopback, and the server is told its domain is localhost.
+        let endpoint = "http://localhost:\(weed.s3Port)"
+        #expect(S3Client.virtualHostable(bucket: "ferry-test", endpoint: endpoint) == nil)
+        #expect(S3Client.virtualHostable(bucket: "Ferry_Test", endpoint: endpoint) != nil)
+        #expect(S3Client.virtualHostable(bucket: "ferry-test", endpoint: weed.endpoint) != nil, "an IP endpoint")
+        let vhost = S3Client(
+            endpoint: endpoint, region: "us-east-1", bucket: "ferry-test",
+            credentials: S3Credentials(accessKeyID: weed.accessKey, secretAccessKey: weed.secretKey), addressing: .virtual)
+        #expect(vhost.host == "ferry-test.localhost:\(weed.s3Port)")
+        let body = TreeGen.bytes(count: 4000, seed: 7)
+        _ = try vhost.putObject("vhost/a b+c.bin", body)
+        #expect(try client.getObject("vhost/a b+c.bin") == body, "path-style sees what virtual-hosted wrote")
+        #expect(try vhost.getObject("vhost/a b+c.bin", range: 5...9) == Array(body[5...9]))
+        var keys: [String] = []
+        try vhost.list(prefix: "vhost/") { keys.append($0.key) }
+        #expect(keys == ["vhost/a b+c.bin"])
+        try vhost.deleteObject("vhost/a b+c.bin")
+        #expect(try client.headObject("vhost/a b+c.bin") == nil)
+    }
+
     @Test func largerObjectKeepsItsBytes() throws {
         let body = TreeGen.bytes(count: 6 << 20, seed: 42)
         try client.putObject("big/video.mp4", body)
