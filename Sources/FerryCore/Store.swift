@@ -73,6 +73,18 @@ public protocol ObjectWriter: AnyObject {
     func discard()
 }
 
+/// A reader whose object carries metadata that should travel with it (S3 → S3): the standard headers
+/// (Content-Type, Cache-Control, Content-Disposition, Content-Encoding, Content-Language, Expires) and user
+/// metadata (`x-amz-meta-*`), with lower-cased names.
+public protocol MetadataCarrying: AnyObject {
+    func carriedMetadata() throws -> [String: String]
+}
+
+/// A writer that can apply carried metadata to the object it creates.
+public protocol MetadataAccepting: AnyObject {
+    func accept(metadata: [String: String])
+}
+
 /// A store holds a tree of entries (a directory, a bucket, a metric tree). Not-found is `nil`, not an error.
 /// After rclone's `fs.Fs`: list, stat, read a range, write with an atomic commit.
 public protocol Store: Sendable {

@@ -241,6 +241,18 @@ final class CopyPhase: @unchecked Sendable {
         return try copyLarge(id, entry, reader: reader, buffer: buffer, hasher: hasher, group: &group)
     }
 
+    /// Hands the source object's metadata to the destination writer when both sides keep it; the reason when
+    /// the source cannot tell it.
+    private func carryMetadata(_ reader: any ObjectReader, _ writer: any ObjectWriter) -> String? {
+        guard let from = reader as? any MetadataCarrying, let to = writer as? any MetadataAccepting else { return nil }
+        do {
+            to.accept(metadata: try from.carriedMetadata())
+            return nil
+        } catch {
+            return error.operatorText
+        }
+    }
+
     private func read(_ reader: any ObjectReader, into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) -> ReadResult {
         do {
             return .success(try reader.read(into: buffer, at: offset))
@@ -279,6 +291,7 @@ final class CopyPhase: @unchecked Sendable {
         let token = String(id)
         guard let writer = try destinationCall("create", { try destination.openWriter(for: entry, token: token, resume: false) })
         else { throw FerryError(.destinationIO, "cannot create \(entry.path) at the destination") }
+        if let why = carryMetadata(reader, writer) { return .unreadable(why) }
         if size > 0 {
             throttle?.acquire(size)
             audit?.record(size)
@@ -317,6 +330,7 @@ final class CopyPhase: @unchecked Sendable {
             writer = try destinationCall("create") { try destination.openWriter(for: entry, token: token, resume: false) }
         }
         guard let writer else { throw FerryError(.destinationIO, "cannot create \(entry.path) at the destination") }
+        if let why = carryMetadata(reader, writer) { return .unreadable(why) }
         var sentThisAttempt: Int64 = 0
         let alreadyDone = committed.values.reduce(Int64(0)) { $0 + $1.length }
         if alreadyDone > 0 {

@@ -208,17 +208,45 @@ public final class S3Store: Store, ChecksumProviding, @unchecked Sendable {
         return types[ext] ?? "application/octet-stream"
     }
 
-    func headers(for entry: Entry, sha256: String?) -> [(String, String)] {
-        var h = [("Content-Type", Self.contentType(entry.path)), ("x-amz-meta-mtime", Self.formatNs(entry.mtimeNs))]
+    /// Headers that travel S3 → S3 (lower-case names), besides ferry's own hash, which is recomputed.
+    static let carriedHeaders: Set<String> = [
+        "content-type", "cache-control", "content-disposition", "content-encoding", "content-language", "expires",
+    ]
+
+    static func carried(_ headers: [String: String]) -> [String: String] {
+        headers.filter { k, _ in
+            carriedHeaders.contains(k) || (k.hasPrefix("x-amz-meta-") && k != "x-amz-meta-ferry-sha256")
+        }
+    }
+
+    /// The headers of a new object: carried metadata (S3 sources) wins over what a file suggests (the type from
+    /// the extension, the mtime).
+    func headers(for entry: Entry, sha256: String?, carried: [String: String] = [:]) -> [(String, String)] {
+        var h: [(String, String)] = []
+        if carried["content-type"] == nil { h.append(("Content-Type", Self.contentType(entry.path))) }
+        if carried["x-amz-meta-mtime"] == nil { h.append(("x-amz-meta-mtime", Self.formatNs(entry.mtimeNs))) }
+        h += carried.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
         if let sha256 { h.append(("x-amz-meta-ferry-sha256", sha256)) }
         return h
     }
 }
 
-final class S3Reader: ObjectReader {
+final class S3Reader: ObjectReader, MetadataCarrying {
     let store: S3Store
     let path: String
     let entry: Entry
+    private var metadata: [String: String]?
+
+    /// The object's carried headers, from one HEAD.
+    func carriedMetadata() throws -> [String: String] {
+        if let metadata { return metadata }
+        guard let h = try store.withClient({ try $0.headObject(store.key(path)) }) else {
+            throw FerryError(.sourceIO, "\(path) vanished from \(store.displayName)")
+        }
+        let m = S3Store.carried(h.headers)
+        metadata = m
+        return m
+    }
 
     init(store: S3Store, path: String, entry: Entry) {
         self.store = store
@@ -243,9 +271,12 @@ final class S3Reader: ObjectReader {
 
 /// Small objects are sent with one PUT at publish; larger ones as a multipart upload, one part per chunk,
 /// each part uploaded when the engine asks for durability, so a resumed run skips the parts S3 already has.
-final class S3Writer: ObjectWriter {
+final class S3Writer: ObjectWriter, MetadataAccepting {
     let store: S3Store
     let entry: Entry
+    var carried: [String: String] = [:]
+
+    func accept(metadata: [String: String]) { carried = metadata }
     var path: String { entry.path }
     var size: Int64 { entry.size }
     var uploadID: String?
@@ -272,7 +303,7 @@ final class S3Writer: ObjectWriter {
         guard multipart else { return }
         let k = store.key(path)
         if uploadID == nil {
-            let headers = store.headers(for: entry, sha256: nil)
+            let headers = store.headers(for: entry, sha256: nil, carried: carried)
             uploadID = try store.withClient { try $0.createMultipartUpload(k, headers: headers) }
         }
         for p in pending {
@@ -286,7 +317,7 @@ final class S3Writer: ObjectWriter {
         let k = store.key(path)
         if !multipart {
             try store.withClient { c in
-                _ = try c.putObject(k, small, headers: store.headers(for: entry, sha256: SHA256Hasher.digest(small).hex))
+                _ = try c.putObject(k, small, headers: store.headers(for: entry, sha256: SHA256Hasher.digest(small).hex, carried: carried))
             }
             return
         }

@@ -68,6 +68,52 @@ func mediaBucket(_ weed: SeaweedFS) throws -> S3Client {
         #expect(files > 120)
     }
 
+    @Test func bucketToBucketCarriesHeadersAndUserMetadata() throws {
+        let weed = try SeaweedFS()
+        let old = try mediaBucket(weed)
+        let new = S3Client(
+            endpoint: weed.endpoint, region: "us-east-1", bucket: "media-r2",
+            credentials: S3Credentials(accessKeyID: weed.accessKey, secretAccessKey: weed.secretKey))
+        new.maxAttempts = 8
+        try new.createBucket()
+        let meta: [(String, String)] = [
+            ("Content-Type", "video/mp4"), ("Cache-Control", "public, max-age=315576000, immutable"),
+            ("Content-Disposition", "inline; filename=\"clip.mp4\""), ("Content-Encoding", "identity"),
+            ("Content-Language", "de"), ("Expires", "Thu, 01 Dec 2033 16:00:00 GMT"), ("x-amz-meta-uploader", "mastodon"),
+        ]
+        let small = TreeGen.bytes(count: 300_000, seed: 3)
+        let big = TreeGen.bytes(count: 12 << 20, seed: 4)
+        _ = try old.putObject("cache/a.mp4", small, headers: meta)
+        let id = try old.createMultipartUpload("cache/big.mp4", headers: meta)
+        var parts: [(number: Int, etag: String)] = []
+        for (i, off) in stride(from: 0, to: big.count, by: 5 << 20).enumerated() {
+            parts.append((i + 1, try old.uploadPart("cache/big.mp4", uploadID: id, number: i + 1, Array(big[off..<min(big.count, off + (5 << 20))]))))
+        }
+        try old.completeMultipartUpload("cache/big.mp4", uploadID: id, parts: parts)
+
+        let dir = TempDir("ferry-s3s3")
+        let env = ["MEDIA_ACCESS_KEY_ID": weed.accessKey, "MEDIA_SECRET_ACCESS_KEY": weed.secretKey]
+        let plan = try writePlan(dir.path, """
+            version: 1
+            name: s3s3
+            source:      { kind: s3, endpoint: "\(weed.endpoint)", region: us-east-1, bucket: media, credentials: "env:MEDIA_" }
+            destination: { kind: s3, endpoint: "\(weed.endpoint)", region: us-east-1, bucket: media-r2, credentials: "env:MEDIA_" }
+            copy:        { chunk_size: 5MiB }
+            """)
+        let r = try Ferry.run(["run", plan], environment: env)
+        #expect(r.status == 0, "\(r.all)")
+        for (key, body) in [("cache/a.mp4", small), ("cache/big.mp4", big)] {
+            #expect(try new.getObject(key) == body, "\(key)")
+            let h = try #require(try new.headObject(key))
+            for (name, value) in meta {
+                #expect(h.headers[name.lowercased()] == value, "\(key) \(name)")
+            }
+            if body.count <= 5 << 20 {
+                #expect(h.headers["x-amz-meta-ferry-sha256"] == SHA256Hasher.digest(body).hex, "\(key)")
+            }
+        }
+    }
+
     @Test func missingCredentialsAreAPlanError() throws {
         let dir = TempDir()
         try FileManager.default.createDirectory(atPath: dir.sub("system"), withIntermediateDirectories: true)
