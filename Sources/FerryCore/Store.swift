@@ -85,6 +85,12 @@ public protocol MetadataAccepting: AnyObject {
     func accept(metadata: [String: String])
 }
 
+/// A writer that can use the SHA-256 the engine already computed for the bytes it writes (an S3 payload hash,
+/// a stored object hash), so no byte is hashed twice.
+public protocol DigestAwareWriter: ObjectWriter {
+    func write(_ bytes: UnsafeRawBufferPointer, at offset: Int64, sha256Hex: String) throws
+}
+
 /// A store holds a tree of entries (a directory, a bucket, a metric tree). Not-found is `nil`, not an error.
 /// After rclone's `fs.Fs`: list, stat, read a range, write with an atomic commit.
 public protocol Store: Sendable {

@@ -241,6 +241,14 @@ final class CopyPhase: @unchecked Sendable {
         return try copyLarge(id, entry, reader: reader, buffer: buffer, hasher: hasher, group: &group)
     }
 
+    static func write(_ writer: any ObjectWriter, _ data: UnsafeRawBufferPointer, at offset: Int64, digest: String) throws {
+        if let w = writer as? any DigestAwareWriter {
+            try w.write(data, at: offset, sha256Hex: digest)
+        } else {
+            try writer.write(data, at: offset)
+        }
+    }
+
     /// Hands the source object's metadata to the destination writer when both sides keep it; the reason when
     /// the source cannot tell it.
     private func carryMetadata(_ reader: any ObjectReader, _ writer: any ObjectWriter) -> String? {
@@ -295,7 +303,7 @@ final class CopyPhase: @unchecked Sendable {
         if size > 0 {
             throttle?.acquire(size)
             audit?.record(size)
-            try destinationCall("write") { try writer.write(data, at: 0) }
+            try destinationCall("write") { try Self.write(writer, data, at: 0, digest: digest.hex) }
         }
         try destinationCall("publish") { try writer.publish(entry) }
         let chunks = size > 0 ? [ChunkRecord(index: 0, offset: 0, length: Int64(size), sha256: digest.hex)] : []
@@ -362,7 +370,7 @@ final class CopyPhase: @unchecked Sendable {
             let digest = hasher.finish()
             throttle?.acquire(n)
             audit?.record(n)
-            try destinationCall("write") { try writer.write(data, at: chunk.offset) }
+            try destinationCall("write") { try Self.write(writer, data, at: chunk.offset, digest: digest.hex) }
             try destinationCall("fdatasync") { try writer.makeDurable() }
             try ledger.commitChunk(
                 id, ChunkRecord(index: chunk.index, offset: chunk.offset, length: chunk.length, sha256: digest.hex))

@@ -91,11 +91,11 @@ public final class S3Client: @unchecked Sendable {
     /// Sends one signed request, retrying what is worth retrying.
     func send(
         _ method: String, key: String?, query: [(String, String)] = [], headers extra: [(String, String)] = [],
-        body: [UInt8] = [], operation: String
+        body: [UInt8] = [], payloadHash known: String? = nil, operation: String
     ) throws -> HTTPResponse {
         var path = bucketPath + (key.map { "/" + $0 } ?? "")
         if path.isEmpty { path = "/" }
-        let payloadHash = body.isEmpty ? SigV4.emptyPayloadHash : SHA256Hasher.digest(body).hex
+        let payloadHash = known ?? (body.isEmpty ? SigV4.emptyPayloadHash : SHA256Hasher.digest(body).hex)
         var lastError: (any Error)?
         for attempt in 0..<maxAttempts {
             if attempt > 0 {
@@ -143,8 +143,9 @@ public final class S3Client: @unchecked Sendable {
 
     /// PUT with metadata (`x-amz-meta-*` and the standard headers); returns the ETag.
     @discardableResult
-    public func putObject(_ key: String, _ body: [UInt8], headers: [(String, String)] = []) throws -> String {
-        let r = try send("PUT", key: key, headers: headers, body: body, operation: "PutObject \(key)")
+    /// `payloadHash`: the body's SHA-256 when the caller has it already (it is not computed again).
+    public func putObject(_ key: String, _ body: [UInt8], headers: [(String, String)] = [], payloadHash: String? = nil) throws -> String {
+        let r = try send("PUT", key: key, headers: headers, body: body, payloadHash: payloadHash, operation: "PutObject \(key)")
         try check(r, "PutObject \(key)")
         return r.headers["etag"] ?? ""
     }
@@ -252,10 +253,10 @@ extension S3Client {
     }
 
     /// Uploads part `number` (1-based); returns its ETag.
-    public func uploadPart(_ key: String, uploadID: String, number: Int, _ body: [UInt8]) throws -> String {
+    public func uploadPart(_ key: String, uploadID: String, number: Int, _ body: [UInt8], payloadHash: String? = nil) throws -> String {
         let r = try send(
             "PUT", key: key, query: [("partNumber", String(number)), ("uploadId", uploadID)], body: body,
-            operation: "UploadPart \(key) #\(number)")
+            payloadHash: payloadHash, operation: "UploadPart \(key) #\(number)")
         try check(r, "UploadPart \(key) #\(number)")
         return r.headers["etag"] ?? ""
     }

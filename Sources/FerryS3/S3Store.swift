@@ -271,7 +271,7 @@ final class S3Reader: ObjectReader, MetadataCarrying {
 
 /// Small objects are sent with one PUT at publish; larger ones as a multipart upload, one part per chunk,
 /// each part uploaded when the engine asks for durability, so a resumed run skips the parts S3 already has.
-final class S3Writer: ObjectWriter, MetadataAccepting {
+final class S3Writer: DigestAwareWriter, MetadataAccepting {
     let store: S3Store
     let entry: Entry
     var carried: [String: String] = [:]
@@ -280,8 +280,10 @@ final class S3Writer: ObjectWriter, MetadataAccepting {
     var path: String { entry.path }
     var size: Int64 { entry.size }
     var uploadID: String?
-    var pending: [(offset: Int64, bytes: [UInt8])] = []
+    var pending: [(offset: Int64, bytes: [UInt8], sha256: String?)] = []
     var small: [UInt8] = []
+    /// The engine's SHA-256 of `small`, when it was written in one piece.
+    var smallDigest: String?
 
     init(store: S3Store, entry: Entry) {
         self.store = store
@@ -290,9 +292,19 @@ final class S3Writer: ObjectWriter, MetadataAccepting {
 
     var multipart: Bool { size > store.partSize }
 
-    func write(_ bytes: UnsafeRawBufferPointer, at offset: Int64) throws {
+    func write(_ bytes: UnsafeRawBufferPointer, at offset: Int64, sha256Hex: String) throws {
+        try write(bytes, at: offset)
         if multipart {
-            pending.append((offset, Array(bytes)))
+            pending[pending.count - 1].sha256 = sha256Hex
+        } else if offset == 0 && bytes.count == Int(size) {
+            smallDigest = sha256Hex
+        }
+    }
+
+    func write(_ bytes: UnsafeRawBufferPointer, at offset: Int64) throws {
+        smallDigest = nil
+        if multipart {
+            pending.append((offset, Array(bytes), nil))
         } else {
             if small.count < Int(offset) + bytes.count { small += [UInt8](repeating: 0, count: Int(offset) + bytes.count - small.count) }
             small.withUnsafeMutableBytes { $0.baseAddress!.advanced(by: Int(offset)).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count) }
@@ -308,7 +320,7 @@ final class S3Writer: ObjectWriter, MetadataAccepting {
         }
         for p in pending {
             let number = Int(p.offset / store.partSize) + 1
-            _ = try store.withClient { try $0.uploadPart(k, uploadID: uploadID!, number: number, p.bytes) }
+            _ = try store.withClient { try $0.uploadPart(k, uploadID: uploadID!, number: number, p.bytes, payloadHash: p.sha256) }
         }
         pending = []
     }
@@ -316,8 +328,10 @@ final class S3Writer: ObjectWriter, MetadataAccepting {
     func publish(_ entry: Entry) throws {
         let k = store.key(path)
         if !multipart {
+            // One SHA-256 of the content serves as the stored hash and as the request's payload hash.
+            let digest = smallDigest ?? SHA256Hasher.digest(small).hex
             try store.withClient { c in
-                _ = try c.putObject(k, small, headers: store.headers(for: entry, sha256: SHA256Hasher.digest(small).hex, carried: carried))
+                _ = try c.putObject(k, small, headers: store.headers(for: entry, sha256: digest, carried: carried), payloadHash: digest)
             }
             return
         }
