@@ -141,6 +141,51 @@ func missing(_ want: [String: [Int: Double]], in got: [String: [Int: Double]]) -
     return out
 }
 
+@Suite struct TapPlanTests {
+    @Test func badTapSettingsArePreciseErrorsAndADryRunStartsNothing() throws {
+        let dir = TempDir("tap-plan")
+        try FileManager.default.createDirectory(atPath: dir.sub("old"), withIntermediateDirectories: true)
+        func check(_ tap: String) throws -> Ferry.Result {
+            let plan = try writePlan(
+                dir.path,
+                "version: 1\nname: t\nsource: { kind: whisper, path: old }\ndestination: { kind: whisper, path: new }\n" + tap)
+            return try Ferry.run(["plan", "check", plan])
+        }
+        let typo = try check("tap: { kind: carbon, listen: 127.0.0.1:2003, old: 127.0.0.1:2103, new: 10.0.0.2:2003, spool_limt: 1GiB }\n")
+        #expect(typo.status == 2)
+        #expect(typo.stderr.contains("plan.yml:5:") && typo.stderr.contains("did you mean 'spool_limit'"), "\(typo.stderr)")
+        let missing = try check("tap: { kind: carbon, listen: 127.0.0.1:2003, old: 127.0.0.1:2103 }\n")
+        #expect(missing.status == 2)
+        #expect(missing.stderr.contains("tap.new"), "\(missing.stderr)")
+        let badValues = try check(
+            "tap: { kind: carbon, listen: nowhere, old: 127.0.0.1:2103, new: 10.0.0.2:99999, fsync: sometimes, spool_limit: 1KiB }\n")
+        #expect(badValues.status == 2)
+        for field in ["tap.listen", "tap.new", "tap.fsync", "tap.spool_limit"] {
+            #expect(badValues.stderr.contains(field), "\(field): \(badValues.stderr)")
+        }
+        let loop = try check("tap: { kind: carbon, listen: 127.0.0.1:2003, old: 127.0.0.1:2003, new: 10.0.0.2:2003 }\n")
+        #expect(loop.status == 2 && loop.stderr.contains("its own upstream"), "\(loop.stderr)")
+        let planned = try check("tap: { kind: s3 }\n")
+        #expect(planned.status == 2 && planned.stderr.contains("planned"), "\(planned.stderr)")
+
+        let port = freePorts(1)[0]
+        let ok = try writePlan(
+            dir.path,
+            """
+            version: 1
+            name: t
+            source: { kind: whisper, path: old }
+            destination: { kind: whisper, path: new }
+            tap: { kind: carbon, listen: 127.0.0.1:\(port), old: 127.0.0.1:1, new: 127.0.0.1:2, control: \(dir.sub("c.sock")) }
+            """)
+        #expect(try Ferry.run(["plan", "check", ok]).status == 0)
+        let dry = try Ferry.run(["run", ok, "--dry-run"])
+        #expect(dry.status == 0, "\(dry.all)")
+        #expect(!tcpListening(port), "a dry run must not start the tap")
+        #expect(!FileManager.default.fileExists(atPath: dir.sub("c.sock")))
+    }
+}
+
 @Suite(.serialized) struct CarbonTapTests {
     static let series = (0..<8).map { "live.host\($0).cpu" }
 
