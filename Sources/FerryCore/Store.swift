@@ -89,6 +89,9 @@ public protocol MetadataAccepting: AnyObject {
 /// a stored object hash), so no byte is hashed twice.
 public protocol DigestAwareWriter: ObjectWriter {
     func write(_ bytes: UnsafeRawBufferPointer, at offset: Int64, sha256Hex: String) throws
+    /// Before `publish` of an object sent in chunks: every chunk's SHA-256, in order (including chunks sent by an
+    /// earlier, interrupted run).
+    func accept(chunkDigests: [String])
 }
 
 /// A store holds a tree of entries (a directory, a bucket, a metric tree). Not-found is `nil`, not an error.
@@ -162,4 +165,6 @@ public protocol PointComparing: Store {
 /// verify can compare hashes without reading the bytes back.
 public protocol ChecksumProviding: Store {
     func storedSHA256(_ path: String) throws -> String?
+    /// For an object sent in chunks: the chunk size and the hash of its chunks' digests stored beside it.
+    func storedChunkListSHA256(_ path: String) throws -> (chunkSize: Int64, sha256: String)?
 }

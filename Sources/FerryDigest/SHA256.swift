@@ -93,6 +93,19 @@ public final class SHA256Hasher {
     }
 
     /// One-shot digest of a buffer.
+    /// ferry's hash of an object sent in chunks: the SHA-256 of its chunks' SHA-256 digests (32 raw bytes each,
+    /// in order). It proves the same content as a whole-object hash for a given chunk size, and costs no second
+    /// pass over the bytes. Nil when a digest is not 64 hex characters.
+    public static func chunkListDigest(_ hexDigests: [String]) -> Digest256? {
+        var all: [UInt8] = []
+        all.reserveCapacity(32 * hexDigests.count)
+        for h in hexDigests {
+            guard let d = Digest256(hex: h) else { return nil }
+            all += d.bytes
+        }
+        return digest(all)
+    }
+
     public static func digest(_ bytes: [UInt8]) -> Digest256 {
         let h = SHA256Hasher()
         h.update(bytes)

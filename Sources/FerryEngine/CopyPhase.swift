@@ -383,6 +383,9 @@ final class CopyPhase: @unchecked Sendable {
             progress.retract(bytes: sentThisAttempt + alreadyDone)
             return .changed(now)
         }
+        if let w = writer as? any DigestAwareWriter {
+            w.accept(chunkDigests: try ledger.chunks(of: id).sorted { $0.index < $1.index }.map(\.sha256))
+        }
         try destinationCall("publish") { try writer.publish(entry) }
         progress.add(files: 1)
         group.done.append((id, [], nil))

@@ -215,6 +215,14 @@ final class VerifyPhase: @unchecked Sendable {
                     proof.withLock { $0.byHash += 1 }
                     return nil
                 }
+                if chunks.count > 1, let (size, stored) = try? sums.storedChunkListSHA256(e.path),
+                    size == chunks.sorted(by: { $0.index < $1.index })[0].length,
+                    let want = SHA256Hasher.chunkListDigest(chunks.sorted { $0.index < $1.index }.map(\.sha256))
+                {
+                    if stored != want.hex { return "stored SHA-256 of the chunk list differs from the source's" }
+                    proof.withLock { $0.byHash += 1 }
+                    return nil
+                }
             }
             if e.size > 0 { proof.withLock { $0.unverified += 1 } }
             return nil

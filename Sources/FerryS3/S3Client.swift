@@ -261,6 +261,19 @@ extension S3Client {
         return r.headers["etag"] ?? ""
     }
 
+    /// Server-side copy within this bucket (`x-amz-copy-source`); with `headers`, the metadata is replaced by
+    /// them. Objects up to 5 GiB.
+    public func copyObject(from source: String, to key: String, replacing headers: [(String, String)]? = nil) throws {
+        var h = [("x-amz-copy-source", SigV4.encode("/" + bucket + "/" + source, encodeSlash: false))]
+        if let headers { h += [("x-amz-metadata-directive", "REPLACE")] + headers }
+        let r = try send("PUT", key: key, headers: h, operation: "CopyObject \(key)")
+        try check(r, "CopyObject \(key)")
+        // S3 may answer 200 and still report an error in the body.
+        if XMLFields.parse(r.body, wanted: ["Code"]).contains(where: { $0.0 == "Code" }) {
+            throw Self.error(r, operation: "CopyObject \(key)")
+        }
+    }
+
     public func completeMultipartUpload(_ key: String, uploadID: String, parts: [(number: Int, etag: String)]) throws {
         var xml = "<CompleteMultipartUpload>"
         for p in parts.sorted(by: { $0.number < $1.number }) {

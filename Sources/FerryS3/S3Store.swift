@@ -147,6 +147,18 @@ public final class S3Store: Store, ChecksumProviding, @unchecked Sendable {
         try withClient { try $0.headObject(key(path))?.headers["x-amz-meta-ferry-sha256"] }
     }
 
+    public func storedChunkListSHA256(_ path: String) throws -> (chunkSize: Int64, sha256: String)? {
+        guard let v = try withClient({ try $0.headObject(key(path))?.headers[Self.chunkListHeader] }) else { return nil }
+        let parts = v.split(separator: ":")
+        guard parts.count == 2, let size = Int64(parts[0]) else { return nil }
+        return (size, String(parts[1]))
+    }
+
+    /// `PARTSIZE:SHA256` of a multipart object: the hash of its parts' SHA-256 digests.
+    static let chunkListHeader = "x-amz-meta-ferry-sha256-chunks"
+    /// CopyObject (used to set the chunk-list hash after a multipart upload) takes objects up to 5 GiB.
+    static let maxCopySize: Int64 = 5 << 30
+
     static func parseNs(_ s: String) -> Int64? {
         let parts = s.split(separator: ".")
         guard let sec = Int64(parts[0]) else { return nil }
@@ -277,6 +289,9 @@ final class S3Writer: DigestAwareWriter, MetadataAccepting {
     var carried: [String: String] = [:]
 
     func accept(metadata: [String: String]) { carried = metadata }
+
+    var chunkDigests: [String] = []
+    func accept(chunkDigests: [String]) { self.chunkDigests = chunkDigests }
     var path: String { entry.path }
     var size: Int64 { entry.size }
     var uploadID: String?
@@ -344,6 +359,16 @@ final class S3Writer: DigestAwareWriter, MetadataAccepting {
                 throw FerryError(.destinationIO, "\(path): \(parts.count) of \(expected) parts uploaded")
             }
             try c.completeMultipartUpload(k, uploadID: id, parts: parts.map { ($0.number, $0.etag) })
+            // The hash of the parts' digests goes beside the object (a server-side copy onto itself, metadata
+            // replaced), so verify can prove it without reading it back. Metadata of a multipart upload is fixed
+            // when it starts, before the digests are known.
+            if chunkDigests.count == expected, size <= S3Store.maxCopySize,
+                let list = SHA256Hasher.chunkListDigest(chunkDigests)
+            {
+                var headers = store.headers(for: entry, sha256: nil, carried: carried)
+                headers.append((S3Store.chunkListHeader, "\(store.partSize):\(list.hex)"))
+                try c.copyObject(from: k, to: k, replacing: headers)
+            }
         }
     }
 

@@ -110,6 +110,13 @@ func mediaBucket(_ weed: SeaweedFS) throws -> S3Client {
             }
             if body.count <= 5 << 20 {
                 #expect(h.headers["x-amz-meta-ferry-sha256"] == SHA256Hasher.digest(body).hex, "\(key)")
+            } else {
+                // A multipart object carries the hash of its 5 MiB parts' digests instead.
+                let parts = stride(from: 0, to: body.count, by: 5 << 20).map {
+                    SHA256Hasher.digest(Array(body[$0..<min(body.count, $0 + (5 << 20))])).hex
+                }
+                let list = try #require(SHA256Hasher.chunkListDigest(parts))
+                #expect(h.headers["x-amz-meta-ferry-sha256-chunks"] == "\(5 << 20):\(list.hex)", "\(key)")
             }
         }
     }
@@ -238,11 +245,14 @@ func mediaBucket(_ weed: SeaweedFS) throws -> S3Client {
         let c = try mediaBucket(weed)
         let dir = TempDir("ferry-s3-verify")
         for i in 0..<60 { try TreeGen.write(dir.sub("src/img/\(i).png"), size: 1000 + i, seed: UInt64(i)) }
+        // Two multipart objects (3 parts of 5 MiB): proven by the stored hash of their parts' digests.
+        for i in 0..<2 { try TreeGen.write(dir.sub("src/video/\(i).mp4"), size: 12 << 20, seed: UInt64(100 + i)) }
         let plan = try writePlan(dir.path, """
             version: 1
             name: v
             source:      { kind: fs, path: src }
             destination: { kind: s3, endpoint: "\(weed.endpoint)", region: us-east-1, bucket: media, credentials: "env:MEDIA_" }
+            copy:        { chunk_size: 5MiB }
             verify:      { mode: sample, sample: 10% }
             """)
         let env = ["MEDIA_ACCESS_KEY_ID": weed.accessKey, "MEDIA_SECRET_ACCESS_KEY": weed.secretKey]
@@ -251,7 +261,8 @@ func mediaBucket(_ weed: SeaweedFS) throws -> S3Client {
         let first = try #require(try JSONSerialization.jsonObject(with: Data(try Ferry.run(["verify", plan, "--json"], environment: env).stdout.utf8)) as? [String: Any])
         let hashed = first["files_content_checked"] as? Int ?? -1
         let byHash = first["files_checked_by_stored_hash"] as? Int ?? -1
-        #expect(hashed + byHash == 60, "every object proven one way or the other: \(first)")
+        #expect(hashed + byHash == 62, "every object proven one way or the other: \(first)")
+        #expect(first["files_unverified"] as? Int ?? -1 == 0, "\(first)")
         #expect(byHash > 30)
         // An object outside the next round's sample whose stored hash is wrong is caught without reading it.
         let nextRound = (first["round"] as? Int ?? 0) + 1
@@ -262,5 +273,13 @@ func mediaBucket(_ weed: SeaweedFS) throws -> S3Client {
         #expect(v.status == 1, "\(v.all)")
         #expect(v.stdout.contains(victim))
         #expect(v.stdout.contains("stored SHA-256 differs"))
+        // Likewise a multipart object whose chunk-list hash was tampered with.
+        let video = try #require((0..<2).map { "video/\($0).mp4" }.first { !Sampling.isSelected($0, round: nextRound + 1, rate: 0.1) })
+        try c.copyObject(from: video, to: video, replacing: [("x-amz-meta-ferry-sha256-chunks", "\(5 << 20):" + String(repeating: "0", count: 64))])
+        try c.putObject(victim, body, headers: [("x-amz-meta-ferry-sha256", SHA256Hasher.digest(body).hex)])
+        let w = try Ferry.run(["verify", plan], environment: env)
+        #expect(w.status == 1, "\(w.all)")
+        #expect(w.stdout.contains(video))
+        #expect(w.stdout.contains("chunk list differs"))
     }
 }
