@@ -267,15 +267,21 @@ struct StatusCommand: ParsableCommand {
         let p = try loadPlan(plan)
         try guarded {
             let job = try makeJob(p, global)
+            let tapStatus = try Registry.tap(p, launch: false)?.status()
             guard let s = try job.status() else {
                 if json {
-                    try writeJSON(["job": p.name, "phase": "not-started"])
+                    struct NotStarted: Encodable {
+                        var job: String
+                        var phase = "not-started"
+                        var tap: TapStatus?
+                    }
+                    try writeJSON(NotStarted(job: p.name, tap: tapStatus))
                 } else {
                     out("job '\(p.name)' has not started (no state at \(p.stateDirectory)); `ferry run \(plan)` starts it")
+                    if let t = tapStatus { printTap(t) }
                 }
                 return
             }
-            let tapStatus = try Registry.tap(p, launch: false)?.status()
             if json {
                 var s = s
                 s.tap = tapStatus

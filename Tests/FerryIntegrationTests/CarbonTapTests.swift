@@ -192,6 +192,9 @@ func missing(_ want: [String: [Int: Double]], in got: [String: [Int: Double]]) -
     @Test func aKilledUpstreamMissesNothingAndOrderPerSeriesHolds() throws {
         let h = try TapHarness()
         try h.startTap()
+        // The tap's health shows in `ferry status` even before the job starts.
+        let st = try Ferry.run(["status", h.plan])
+        #expect(st.stdout.contains("has not started") && st.stdout.contains("mode mirror"), "\(st.stdout)")
         let base = Int(Date().timeIntervalSince1970) - 1800
         var sent = Sent()
         let sender = try LineSender(port: h.listenPort)
