@@ -218,7 +218,9 @@ final class Upstream: @unchecked Sendable {
             }
             let records: [JournalRecord]
             do {
-                records = try journal.read(from: from, maxBytes: 256 * 1024) { offset, why in
+                // Under a replay rate, batches of about a tenth of a second's worth (at ~50 bytes a line).
+                let maxBytes = replayRate > 0 ? min(256 * 1024, max(4096, Int(replayRate * 5))) : 256 * 1024
+                records = try journal.read(from: from, maxBytes: maxBytes) { offset, why in
                     logger.error("spool record at \(offset) is corrupt: \(why)")
                 }
             } catch {
@@ -241,7 +243,7 @@ final class Upstream: @unchecked Sendable {
                 tokens = min(replayRate, tokens + now.timeIntervalSince(lastRefill) * replayRate)
                 lastRefill = now
                 if tokens < Double(lines) {
-                    Thread.sleep(forTimeInterval: min(1, (Double(lines) - tokens) / replayRate))
+                    Thread.sleep(forTimeInterval: (Double(lines) - tokens) / replayRate)  // pacing, not synchronisation
                     tokens = 0
                     lastRefill = Date()
                 } else {

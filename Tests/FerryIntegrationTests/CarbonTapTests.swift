@@ -40,7 +40,7 @@ final class TapHarness: @unchecked Sendable {
               old: \(old.lineAddress)
               new: \(new.lineAddress)
               control: \(control)
-              replay_rate: 0
+            \(extraTap.contains("replay_rate") ? "" : "  replay_rate: 0")
             \(extraTap)
             state: \(dir.sub("state"))
             \(extraPlan)
@@ -318,6 +318,29 @@ func missing(_ want: [String: [Int: Double]], in got: [String: [Int: Double]]) -
         }
         #expect(!FileManager.default.fileExists(atPath: marker))
         #expect(h.tap?.isRunning == true)
+    }
+
+    @Test func aReturningUpstreamIsReplayedAtReplayRate() throws {
+        let h = try TapHarness(extraTap: "  replay_rate: 1000/s")
+        try h.startTap()
+        h.new.kill()
+        let base = Int(Date().timeIntervalSince1970) - 2400
+        var sent = Sent()
+        let sender = try LineSender(port: h.listenPort)
+        try sender.send(sent.batch(series: (0..<10).map { "rr.s\($0)" }, times: base..<(base + 300)))
+        let accepted = try waitUntil(timeout: 30) { try h.status().receivedLines >= sent.lines }
+        try #require(accepted)
+        // Make the backlog at least a second old, so that it counts as replay (a restart's backlog always is).
+        let aged = try waitUntil(timeout: 10) { try h.status().upstreams.first { $0.name == "new" }!.lagSeconds > 1.2 }
+        try #require(aged)
+        try h.new.launch()
+        let started = Date()
+        try h.waitDelivered(received: sent.lines)
+        let took = Date().timeIntervalSince(started)
+        // 3,000 lines at 1,000 lines/s: the first second's budget goes at once, the rest is paced.
+        #expect(took >= 1.5, "replayed 3,000 lines in \(took) s despite replay_rate 1000/s")
+        let gaps = missing(sent.points, in: try h.points(in: h.new, expect: sent.points))
+        #expect(gaps.count == 0, "new misses \(gaps.count) points")
     }
 
     @Test func aFullSpoolHoldsSendersBackAndDropsNothing() throws {
