@@ -72,12 +72,25 @@ public struct SigV4: Sendable {
     public func sign(method: String, path: String, query: [(String, String)], headers: [(String, String)], payloadHash: String)
         -> Signed
     {
-        let canonicalHeaders = headers.map { ($0.0.lowercased(), Self.trimAll($0.1)) }.sorted { $0.0 < $1.0 }
+        sign(
+            method: method, canonicalURI: Self.encode(path, encodeSlash: false), canonicalQuery: Self.canonicalQuery(query),
+            headers: headers, payloadHash: payloadHash)
+    }
+
+    /// Signs with the canonical URI and query given as they are (a server checking a request uses the path as
+    /// it arrived, already encoded once by the client).
+    public func sign(method: String, canonicalURI: String, canonicalQuery: String, headers: [(String, String)], payloadHash: String)
+        -> Signed
+    {
+        // Repeated headers are one canonical header, their values joined by commas.
+        var merged: [String: [String]] = [:]
+        for (k, v) in headers { merged[k.lowercased(), default: []].append(Self.trimAll(v)) }
+        let canonicalHeaders = merged.map { ($0.key, $0.value.joined(separator: ",")) }.sorted { $0.0 < $1.0 }
         let signedHeaders = canonicalHeaders.map(\.0).joined(separator: ";")
         let canonicalRequest = [
             method,
-            Self.encode(path, encodeSlash: false),
-            Self.canonicalQuery(query),
+            canonicalURI,
+            canonicalQuery,
             canonicalHeaders.map { "\($0.0):\($0.1)\n" }.joined(),
             signedHeaders,
             payloadHash,
@@ -110,5 +123,126 @@ public struct SigV4: Sendable {
         f.timeZone = TimeZone(identifier: "UTC")
         f.dateFormat = "yyyyMMdd'T'HHmmss'Z'"
         return f.string(from: date)
+    }
+}
+
+/// Checks requests signed with SigV4 (header form) against a set of known credentials: what a proxy in front of a
+/// bucket needs so that it is never an open relay. The canonical URI is the path exactly as received (clients
+/// encode it once); the query is decoded and re-encoded canonically; the payload hash in
+/// `x-amz-content-sha256` must be signed and must match the body (unless the client declared
+/// `UNSIGNED-PAYLOAD`). Messages never contain a secret.
+public struct SigV4Verifier: Sendable {
+    public enum Failure: Error, Equatable, Sendable, CustomStringConvertible {
+        case missingAuthorization
+        case malformed(String)
+        case unknownAccessKey(String)
+        case requestTimeTooSkewed
+        case signatureMismatch
+        case payloadHashMismatch
+        case unsupported(String)
+
+        /// The S3 error code a server answers with.
+        public var code: String {
+            switch self {
+            case .missingAuthorization, .malformed: "AccessDenied"
+            case .unknownAccessKey: "InvalidAccessKeyId"
+            case .requestTimeTooSkewed: "RequestTimeTooSkewed"
+            case .signatureMismatch: "SignatureDoesNotMatch"
+            case .payloadHashMismatch: "XAmzContentSHA256Mismatch"
+            case .unsupported: "NotImplemented"
+            }
+        }
+
+        public var description: String {
+            switch self {
+            case .missingAuthorization: "the request is not signed"
+            case .malformed(let why): "malformed authorization: \(why)"
+            case .unknownAccessKey(let id): "unknown access key \(id)"
+            case .requestTimeTooSkewed: "x-amz-date is more than 15 minutes from the tap's clock"
+            case .signatureMismatch: "the signature does not match"
+            case .payloadHashMismatch: "the body does not match x-amz-content-sha256"
+            case .unsupported(let what): "\(what) is not supported"
+            }
+        }
+    }
+
+    public let credentials: [String: S3Credentials]
+    public var maxSkew: Double = 900
+
+    public init(credentials: [S3Credentials]) {
+        self.credentials = Dictionary(credentials.map { ($0.accessKeyID, $0) }, uniquingKeysWith: { a, _ in a })
+    }
+
+    /// Percent-decoding of one query component (`+` stays `+`: in S3 query strings a space is `%20`).
+    static func decode(_ s: Substring) -> String {
+        String(s).removingPercentEncoding ?? String(s)
+    }
+
+    /// The canonical query of a raw query string as it arrived.
+    public static func canonicalQuery(raw: String?) -> String {
+        guard let raw, !raw.isEmpty else { return "" }
+        let pairs = raw.split(separator: "&", omittingEmptySubsequences: true).map { part -> (String, String) in
+            if let eq = part.firstIndex(of: "=") {
+                return (decode(part[..<eq]), decode(part[part.index(after: eq)...]))
+            }
+            return (decode(part), "")
+        }
+        return SigV4.canonicalQuery(pairs)
+    }
+
+    /// Verifies one request; returns the access key ID it was signed with.
+    /// - rawPath: the path as on the request line (percent-encoded), without the query.
+    /// - bodySHA256: the hex SHA-256 of the body as received.
+    public func verify(
+        method: String, rawPath: String, rawQuery: String?, headers: [(String, String)], bodySHA256: String,
+        now: Date = Date()
+    ) throws(Failure) -> String {
+        func header(_ name: String) -> String? { headers.first { $0.0.lowercased() == name }?.1 }
+        if rawQuery?.contains("X-Amz-Signature=") == true { throw .unsupported("a presigned URL") }
+        guard let auth = header("authorization") else { throw .missingAuthorization }
+        let prefix = "AWS4-HMAC-SHA256 "
+        guard auth.hasPrefix(prefix) else { throw .malformed("not AWS4-HMAC-SHA256") }
+        var fields: [String: String] = [:]
+        for part in auth.dropFirst(prefix.count).split(separator: ",") {
+            let kv = part.trimmingCharacters(in: .whitespaces)
+            guard let eq = kv.firstIndex(of: "=") else { throw .malformed("field without '='") }
+            fields[String(kv[..<eq])] = String(kv[kv.index(after: eq)...])
+        }
+        guard let credential = fields["Credential"], let signedList = fields["SignedHeaders"], let signature = fields["Signature"]
+        else { throw .malformed("Credential, SignedHeaders and Signature are required") }
+        let scope = credential.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
+        guard scope.count == 5, scope[3] == "s3", scope[4] == "aws4_request" else { throw .malformed("credential scope") }
+        guard let creds = credentials[scope[0]] else { throw .unknownAccessKey(scope[0]) }
+        guard let amzDate = header("x-amz-date") else { throw .malformed("x-amz-date missing") }
+        guard amzDate.hasPrefix(scope[1]) else { throw .malformed("x-amz-date and the credential scope disagree") }
+        let f = DateFormatter()
+        f.locale = Locale(identifier: "en_US_POSIX")
+        f.timeZone = TimeZone(identifier: "UTC")
+        f.dateFormat = "yyyyMMdd'T'HHmmss'Z'"
+        guard let when = f.date(from: amzDate) else { throw .malformed("x-amz-date") }
+        guard abs(when.timeIntervalSince(now)) <= maxSkew else { throw .requestTimeTooSkewed }
+        let signedNames = signedList.split(separator: ";").map { String($0) }
+        guard signedNames.contains("host") else { throw .malformed("host must be signed") }
+        guard let declared = header("x-amz-content-sha256"), signedNames.contains("x-amz-content-sha256") else {
+            throw .malformed("x-amz-content-sha256 must be sent and signed")
+        }
+        if declared.hasPrefix("STREAMING-") { throw .unsupported("aws-chunked streaming upload (\(declared))") }
+        if declared != "UNSIGNED-PAYLOAD" && declared.lowercased() != bodySHA256 { throw .payloadHashMismatch }
+        var signedHeaders: [(String, String)] = []
+        for name in signedNames {
+            let values = headers.filter { $0.0.lowercased() == name }
+            guard !values.isEmpty else { throw .malformed("signed header \(name) missing") }
+            signedHeaders += values.map { (name, $0.1) }
+        }
+        let signer = SigV4(credentials: creds, region: scope[2])
+        let expected = signer.sign(
+            method: method, canonicalURI: rawPath, canonicalQuery: Self.canonicalQuery(raw: rawQuery), headers: signedHeaders,
+            payloadHash: declared)
+        // Constant-time comparison: a timing side channel must not reveal the signature byte by byte.
+        let a = Array(expected.signature.utf8), b = Array(signature.utf8)
+        var diff = UInt8(a.count == b.count ? 0 : 1)
+        for i in 0..<min(a.count, b.count) { diff |= a[i] ^ b[i] }
+        guard diff == 0 else { throw .signatureMismatch }
+        return scope[0]
     }
 }
