@@ -78,7 +78,8 @@ let package = Package(
         .target(
             name: "FerryTap",
             dependencies: [
-                "FerryCore", "CFerrySys",
+                "FerryCore", "CFerrySys", "FerryS3", "FerryDigest",
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

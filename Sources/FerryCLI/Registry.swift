@@ -19,18 +19,27 @@ enum Registry {
     ]
 
     static let tapKinds: [TapKindSchema] = [
-        TapKindSchema(kind: "carbon", keys: CarbonTapConfig.keys, required: CarbonTapConfig.required)
+        TapKindSchema(kind: "carbon", keys: CarbonTapConfig.keys, required: CarbonTapConfig.required),
+        TapKindSchema(kind: "s3", keys: S3TapConfig.keys, required: S3TapConfig.required),
     ]
 
     /// The handle on the plan's tap (nil without one). With `launch`, arming starts `ferry tap PLAN` detached
     /// when it is not running, logging to the tap's directory.
     static func tap(_ plan: Plan, launch: Bool) throws -> TapClient? {
         guard let spec = plan.tap else { return nil }
-        guard spec.kind == "carbon" else { throw FerryError(.invalidPlan, "tap kind '\(spec.kind)' is not available in this build") }
-        let config = try CarbonTapConfig(plan: plan)
+        let (dir, socket): (String, String)
+        switch spec.kind {
+        case "carbon":
+            let config = try CarbonTapConfig(plan: plan)
+            (dir, socket) = (config.directory, config.controlSocket)
+        case "s3":
+            let config = try S3TapConfig(plan: plan)
+            (dir, socket) = (config.directory, config.controlSocket)
+        default:
+            throw FerryError(.invalidPlan, "tap kind '\(spec.kind)' is not available in this build")
+        }
         let planFile = plan.file
-        let log = config.directory + "/tap.log"
-        let dir = config.directory
+        let log = dir + "/tap.log"
         let launcher: (@Sendable () throws -> Void)? =
             launch
             ? { @Sendable in
@@ -38,7 +47,7 @@ enum Registry {
                 let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
                 _ = try spawnDetached(executable: exe, arguments: ["tap", "run", planFile], log: log)
             } : nil
-        return TapClient(socketPath: config.controlSocket, launcher: launcher)
+        return TapClient(socketPath: socket, launcher: launcher)
     }
 
     /// Source → destination kinds this build can move.
@@ -46,7 +55,6 @@ enum Registry {
 
     static let planned: [String: String] = [
         "remote": "is planned (ferry serve) but not implemented in this version of ferry; supported: fs",
-        "tap:s3": "is planned (S3 dual-write proxy) but not implemented in this version of ferry",
         "tap:fs-journal": "is planned (filesystem change journal) but not implemented in this version of ferry",
     ]
 

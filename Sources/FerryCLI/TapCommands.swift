@@ -31,8 +31,6 @@ struct TapRun: ParsableCommand {
         let p = try loadPlan(plan)
         try guarded {
             guard let spec = p.tap else { throw FerryError(.invalidPlan, "the plan has no tap section") }
-            guard spec.kind == "carbon" else { throw FerryError(.invalidPlan, "tap kind '\(spec.kind)' cannot run in this build") }
-            let config = try CarbonTapConfig(plan: p)
             let logger = global.logger()
             // Signals are blocked before any thread starts and taken synchronously here (sigwait), so none can
             // arrive half way through a write.
@@ -41,12 +39,23 @@ struct TapRun: ParsableCommand {
             sigaddset(&set, SIGTERM)
             sigaddset(&set, SIGINT)
             pthread_sigmask(SIG_BLOCK, &set, nil)
-            let tap = try CarbonTap(config: config, logger: logger)
-            try tap.start()
+            let stop: () -> Void
+            switch spec.kind {
+            case "carbon":
+                let tap = try CarbonTap(config: try CarbonTapConfig(plan: p), logger: logger)
+                try tap.start()
+                stop = tap.stop
+            case "s3":
+                let tap = try S3Tap(config: try S3TapConfig(plan: p), logger: logger)
+                try tap.start()
+                stop = tap.stop
+            default:
+                throw FerryError(.invalidPlan, "tap kind '\(spec.kind)' cannot run in this build")
+            }
             var sig: Int32 = 0
             sigwait(&set, &sig)
             logger.notice("signal \(sig): stopping the tap")
-            tap.stop()
+            stop()
         }
     }
 }

@@ -261,6 +261,14 @@ extension S3Client {
         return r.headers["etag"] ?? ""
     }
 
+    /// Sends a request as given (a proxy's forward): retried like any other, the answer returned whatever its
+    /// status.
+    public func forward(method: String, key: String?, query: [(String, String)], headers: [(String, String)], body: [UInt8]) throws
+        -> HTTPResponse
+    {
+        try send(method, key: key, query: query, headers: headers, body: body, operation: "\(method) \(key ?? "/")")
+    }
+
     /// Server-side copy within this bucket (`x-amz-copy-source`); with `headers`, the metadata is replaced by
     /// them. Objects up to 5 GiB.
     public func copyObject(from source: String, to key: String, replacing headers: [(String, String)]? = nil) throws {

@@ -46,7 +46,7 @@ public enum CredentialSource {
 
 /// A bucket (and key prefix) as a store. Objects are entries; keys map to paths below the prefix. Keys that
 /// cannot be paths (`..` or empty segments, a leading `/`) are reported by the walk, never followed.
-public final class S3Store: Store, ChecksumProviding, @unchecked Sendable {
+public final class S3Store: Store, ChecksumProviding, FenceChecking, @unchecked Sendable {
     // @unchecked: configuration is immutable; the client pool is behind a Mutex.
     public let endpoint: String
     public let region: String
@@ -154,6 +154,14 @@ public final class S3Store: Store, ChecksumProviding, @unchecked Sendable {
         return (size, String(parts[1]))
     }
 
+    /// Where a tap's cutover fence for `marker` lives in a bucket.
+    public static func fenceKey(_ marker: String) -> String { ".ferry-fence/" + marker }
+
+    /// Whether the fence marker object with `value` has arrived.
+    public func hasPoint(metric: String, timestamp: Int, value: Double) throws -> Bool {
+        try withClient { try $0.headObject(key(Self.fenceKey(metric)))?.headers["x-amz-meta-ferry-fence"] } == String(Int(value))
+    }
+
     /// `PARTSIZE:SHA256` of a multipart object: the hash of its parts' SHA-256 digests.
     static let chunkListHeader = "x-amz-meta-ferry-sha256-chunks"
     /// CopyObject (used to set the chunk-list hash after a multipart upload) takes objects up to 5 GiB.
@@ -225,7 +233,7 @@ public final class S3Store: Store, ChecksumProviding, @unchecked Sendable {
         "content-type", "cache-control", "content-disposition", "content-encoding", "content-language", "expires",
     ]
 
-    static func carried(_ headers: [String: String]) -> [String: String] {
+    public static func carried(_ headers: [String: String]) -> [String: String] {
         headers.filter { k, _ in
             carriedHeaders.contains(k) || (k.hasPrefix("x-amz-meta-") && k != "x-amz-meta-ferry-sha256")
         }

@@ -134,7 +134,7 @@ public final class CarbonTap: @unchecked Sendable {
         let control = try ServerBootstrap(group: group)
             .childChannelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(ControlHandler(tap: self))
+                    try channel.pipeline.syncOperations.addHandler(ControlHandler(handle: { self.handle($0) }))
                 }
             }
             .bind(unixDomainSocketPath: config.controlSocket, cleanupExistingSocketFile: true).wait()
@@ -654,11 +654,11 @@ final class PickleHandler: ChannelInboundHandler {
 final class ControlHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
-    let tap: CarbonTap
+    let handle: (ControlRequest) -> ControlResponse
     var pending: [UInt8] = []
 
-    init(tap: CarbonTap) {
-        self.tap = tap
+    init(handle: @escaping (ControlRequest) -> ControlResponse) {
+        self.handle = handle
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -673,7 +673,7 @@ final class ControlHandler: ChannelInboundHandler {
             pending.removeSubrange(...nl)
             let response: ControlResponse
             if let req = try? JSONDecoder().decode(ControlRequest.self, from: Data(line)) {
-                response = tap.handle(req)
+                response = handle(req)
             } else {
                 response = ControlResponse(ok: false, error: "expected one JSON request per line")
             }

@@ -1,0 +1,501 @@
+import Foundation
+public import FerryCore
+import FerryDigest
+public import FerryS3
+public import Logging
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+/// The settings of `tap: {kind: s3, ...}`: the application talks S3 to `listen` with the tap's own credentials
+/// and bucket name; `old` and `new` are the plan's source and destination buckets.
+public struct S3TapConfig: Sendable {
+    public var listen: HostPort
+    public var credentials: S3Credentials
+    /// The bucket name the application uses (default: the source bucket's name).
+    public var bucket: String
+    public var old: S3Side
+    public var new: S3Side
+    public var directory: String
+    public var controlSocket: String
+    public var maxBody: Int = 64 * 1_048_576
+    public var fsync: FsyncPolicy = .interval(1)
+
+    public struct S3Side: Sendable {
+        public var endpoint: String
+        public var region: String
+        public var bucket: String
+        public var prefix: String
+        public var credentials: S3Credentials
+        public var addressing: S3Addressing
+    }
+
+    public static let keys: Set<String> = ["listen", "credentials", "bucket", "spool_dir", "control", "max_body", "fsync", "fence_timeout"]
+    public static let required: Set<String> = ["listen", "credentials"]
+
+    public init(plan: Plan) throws {
+        guard let tap = plan.tap, tap.kind == "s3" else { throw FerryError(.invalidPlan, "the plan has no s3 tap") }
+        let o = tap.options
+        let base = PathUtil.directory(of: plan.file)
+        guard let l = o["listen"], let listen = HostPort.parse(l) else {
+            throw FerryError(.invalidPlan, "tap.listen: expected host:port, got '\(o["listen"] ?? "")'")
+        }
+        guard plan.source.kind == "s3", plan.destination.kind == "s3" else {
+            throw FerryError(.invalidPlan, "tap.kind s3 needs an s3 source and an s3 destination (the application writes to a bucket)")
+        }
+        func side(_ spec: StoreSpec) throws -> S3Side {
+            let s = spec.options
+            guard let endpoint = s["endpoint"], let bucket = s["bucket"], let creds = s["credentials"] else {
+                throw FerryError(.invalidPlan, "s3 store needs endpoint, bucket and credentials")
+            }
+            let prefix = s["prefix"] ?? ""
+            return S3Side(
+                endpoint: endpoint, region: s["region"] ?? "auto", bucket: bucket,
+                prefix: prefix.isEmpty || prefix.hasSuffix("/") ? prefix : prefix + "/",
+                credentials: try CredentialSource.resolve(creds, baseDirectory: base),
+                addressing: S3Addressing(rawValue: s["addressing"] ?? "path") ?? .path)
+        }
+        self.listen = listen
+        credentials = try CredentialSource.resolve(o["credentials"] ?? "", baseDirectory: base)
+        old = try side(plan.source)
+        new = try side(plan.destination)
+        bucket = o["bucket"] ?? old.bucket
+        directory = o["spool_dir"].map { PathUtil.absolute(PathUtil.expandTilde($0), relativeTo: base) } ?? plan.stateDirectory + "/tap"
+        controlSocket = o["control"].map { PathUtil.absolute(PathUtil.expandTilde($0), relativeTo: base) } ?? directory + "/control.sock"
+        if let v = o["max_body"] {
+            guard let n = Units.parseSize(v), n >= 1_048_576 else { throw FerryError(.invalidPlan, "tap.max_body: expected a size of at least 1MiB, got '\(v)'") }
+            maxBody = Int(n)
+        }
+        if let v = o["fsync"] {
+            guard let p = FsyncPolicy.parse(v) else { throw FerryError(.invalidPlan, "tap.fsync: expected always, never or an interval, got '\(v)'") }
+            fsync = p
+        }
+    }
+}
+
+/// The S3 dual-write proxy. The application points at it instead of its bucket. Every request must be signed
+/// with the tap's credentials (anything else gets 403: the tap is never an open relay); it is re-signed and sent
+/// to the primary side, and every successful write (PUT, completed multipart upload, copy, DELETE) is recorded in
+/// the durable journal, from which one mirror thread replays it, in order, onto the secondary side (reading the
+/// object back from the primary, so the secondary gets the bytes and metadata that were committed). A down
+/// secondary only grows the backlog. The same key is not written to the secondary twice within a second (R2's
+/// limit). Reads go to the primary; in `cutover` mode to the new side first, then the old one for what it lacks.
+public final class S3Tap: @unchecked Sendable {
+    public let config: S3TapConfig
+    let logger: Logger
+    let journal: Journal
+    let verifier: SigV4Verifier
+    let group: MultiThreadedEventLoopGroup
+    private let lock = NSLock()
+    private var mode: TapMode = .mirror
+    private var channels: [any Channel] = []
+    private var running = true
+    private var received: UInt64 = 0
+    private var refused: UInt64 = 0
+    private var mirrored: UInt64 = 0
+    private var cursor: UInt64
+    private var mirrorError: String?
+    private var lastWrite: [String: Date] = [:]
+    private let cursorPath: String
+    private let modePath: String
+    private let workers = DispatchQueue(label: "ferry-s3-tap", attributes: .concurrent)
+
+    public init(config: S3TapConfig, logger: Logger) throws {
+        self.config = config
+        self.logger = logger
+        try FileManager.default.createDirectory(atPath: config.directory, withIntermediateDirectories: true)
+        journal = try Journal(directory: config.directory + "/queue", fsync: config.fsync)
+        verifier = SigV4Verifier(credentials: [config.credentials])
+        cursorPath = config.directory + "/cursor.mirror"
+        modePath = config.directory + "/mode"
+        cursor = (try? String(contentsOfFile: cursorPath, encoding: .utf8)).flatMap { UInt64($0.trimmingCharacters(in: .whitespacesAndNewlines)) } ?? journal.head
+        cursor = min(max(cursor, journal.tail), journal.head)
+        if let m = (try? String(contentsOfFile: modePath, encoding: .utf8)).flatMap({ TapMode(rawValue: $0.trimmingCharacters(in: .whitespacesAndNewlines)) }) {
+            mode = m
+        }
+        group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, min(4, System.coreCount)))
+    }
+
+    func side(_ name: String) -> S3TapConfig.S3Side { name == "old" ? config.old : config.new }
+
+    var primary: String {
+        lock.lock()
+        defer { lock.unlock() }
+        return mode == .mirror ? "old" : "new"
+    }
+
+    var secondary: String? {
+        lock.lock()
+        defer { lock.unlock() }
+        switch mode {
+        case .mirror: return "new"
+        case .cutover, .reverse: return "old"
+        case .single: return nil
+        }
+    }
+
+    func client(_ name: String) -> S3Client {
+        let s = side(name)
+        return S3Client(endpoint: s.endpoint, region: s.region, bucket: s.bucket, credentials: s.credentials, addressing: s.addressing)
+    }
+
+    // MARK: - lifecycle
+
+    public func start() throws {
+        let t = Thread { [self] in self.mirrorLoop() }
+        t.name = "ferry-s3-tap-mirror"
+        t.start()
+        let maxBody = config.maxBody
+        let http = try ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelInitializer { [self] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                    try channel.pipeline.syncOperations.addHandler(S3ProxyHandler(tap: self, maxBody: maxBody))
+                }
+            }
+            .bind(host: config.listen.host, port: config.listen.port).wait()
+        let control = try ServerBootstrap(group: group)
+            .childChannelInitializer { [self] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(ControlHandler(handle: { self.handle($0) }))
+                }
+            }
+            .bind(unixDomainSocketPath: config.controlSocket, cleanupExistingSocketFile: true).wait()
+        chmod(config.controlSocket, 0o600)
+        lock.lock()
+        channels = [http, control]
+        lock.unlock()
+        logger.info("s3 tap listening on \(config.listen) for bucket \(config.bucket); mode \(mode.rawValue)")
+    }
+
+    public func stop() {
+        lock.lock()
+        let cs = channels
+        channels = []
+        running = false
+        lock.unlock()
+        for c in cs { try? c.close().wait() }
+        journal.shutdown()
+        try? group.syncShutdownGracefully()
+    }
+
+    private var isRunning: Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return running
+    }
+
+    // MARK: - requests
+
+    struct Request {
+        var method: String
+        var uri: String
+        var headers: [(String, String)]
+        var body: [UInt8]
+    }
+
+    struct Response {
+        var status: Int
+        var headers: [(String, String)]
+        var body: [UInt8]
+
+        static func error(_ status: Int, _ code: String, _ message: String) -> Response {
+            let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>\(code)</Code><Message>\(message)</Message></Error>"
+            return Response(status: status, headers: [("Content-Type", "application/xml")], body: Array(xml.utf8))
+        }
+    }
+
+    static let forwardedRequestHeaders: Set<String> = [
+        "content-type", "cache-control", "content-disposition", "content-encoding", "content-language", "expires", "content-md5",
+        "range", "if-match", "if-none-match", "if-modified-since", "if-unmodified-since", "x-amz-metadata-directive",
+    ]
+    static let returnedHeaders: Set<String> = [
+        "etag", "content-type", "last-modified", "content-range", "accept-ranges", "cache-control", "content-disposition",
+        "content-encoding", "content-language", "expires",
+    ]
+
+    /// Runs on a worker thread: authenticate, forward, record the write.
+    func serve(_ r: Request) -> Response {
+        let (rawPath, rawQuery) = r.uri.firstIndex(of: "?").map { (String(r.uri[..<$0]), String(r.uri[r.uri.index(after: $0)...])) } ?? (r.uri, nil)
+        do {
+            _ = try verifier.verify(
+                method: r.method, rawPath: rawPath, rawQuery: rawQuery, headers: r.headers, bodySHA256: SHA256Hasher.digest(r.body).hex)
+        } catch {
+            lock.lock()
+            refused += 1
+            lock.unlock()
+            logger.warning("refused \(r.method) \(rawPath): \(error)")
+            return .error(error.code == "NotImplemented" ? 501 : 403, error.code, "\(error)")
+        }
+        lock.lock()
+        received += 1
+        lock.unlock()
+        let decoded = rawPath.removingPercentEncoding ?? rawPath
+        let parts = decoded.drop { $0 == "/" }.split(separator: "/", maxSplits: 1, omittingEmptySubsequences: false)
+        guard let bucket = parts.first, bucket == config.bucket else {
+            return .error(404, "NoSuchBucket", "this tap serves the bucket \(config.bucket)")
+        }
+        let key = parts.count > 1 && !parts[1].isEmpty ? String(parts[1]) : nil
+        let query: [(String, String)] = (rawQuery ?? "").split(separator: "&").map { p in
+            let kv = p.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            return (String(kv[0]).removingPercentEncoding ?? String(kv[0]), kv.count > 1 ? (String(kv[1]).removingPercentEncoding ?? String(kv[1])) : "")
+        }
+        var headers = r.headers.filter { h in
+            let n = h.0.lowercased()
+            return Self.forwardedRequestHeaders.contains(n) || n.hasPrefix("x-amz-meta-")
+        }
+        let names = Set(query.map(\.0))
+        let isRead = r.method == "GET" || r.method == "HEAD"
+        do {
+            if let copySource = r.headers.first(where: { $0.0.lowercased() == "x-amz-copy-source" })?.1 {
+                // The source names the application's bucket: point it at the same side's bucket.
+                let src = (copySource.removingPercentEncoding ?? copySource).drop { $0 == "/" }
+                let srcParts = src.split(separator: "/", maxSplits: 1)
+                guard srcParts.count == 2, srcParts[0] == config.bucket else {
+                    return .error(400, "InvalidArgument", "x-amz-copy-source must name \(config.bucket)")
+                }
+                let p = side(primary)
+                headers.append(("x-amz-copy-source", SigV4.encode("/" + p.bucket + "/" + p.prefix + srcParts[1], encodeSlash: false)))
+            }
+            var target = primary
+            var res = try forward(target, r.method, key, query, headers, r.body)
+            lock.lock()
+            let cutover = mode == .cutover
+            lock.unlock()
+            if isRead && cutover && res.status == 404, key != nil {
+                // Cutover: the new side first, the old one for what has not been copied yet.
+                target = "old"
+                res = try forward(target, r.method, key, query, headers, r.body)
+            }
+            if (200..<300).contains(res.status), let key, !isRead {
+                let isPart = names.contains("partNumber") || names.contains("uploads")
+                let isCompleted = r.method == "POST" && names.contains("uploadId")
+                let isAbort = r.method == "DELETE" && names.contains("uploadId")
+                if (r.method == "PUT" && !isPart) || isCompleted {
+                    try record(op: "put", key: key)
+                } else if r.method == "DELETE" && !isAbort {
+                    try record(op: "delete", key: key)
+                }
+            }
+            var out = res.headers.filter { Self.returnedHeaders.contains($0.key) || $0.key.hasPrefix("x-amz-meta-") }.map { ($0.key, $0.value) }
+            if r.method == "HEAD", let len = res.headers["content-length"] { out.append(("content-length", len)) }
+            return Response(status: res.status, headers: out, body: res.body)
+        } catch {
+            logger.error("\(r.method) \(rawPath) to \(primary) failed: \(error)")
+            return .error(503, "ServiceUnavailable", "the primary side did not answer")
+        }
+    }
+
+    func forward(_ name: String, _ method: String, _ key: String?, _ query: [(String, String)], _ headers: [(String, String)], _ body: [UInt8]) throws
+        -> HTTPResponse
+    {
+        let c = client(name)
+        let k = key.map { side(name).prefix + $0 }
+        return try c.forward(method: method, key: k, query: query, headers: headers, body: body)
+    }
+
+    /// Records a write for the secondary, durably, before the application hears it succeeded.
+    func record(op: String, key: String) throws {
+        let line = try JSONSerialization.data(withJSONObject: ["op": op, "key": key])
+        try journal.append([UInt8](line))
+    }
+
+    // MARK: - mirror
+
+    private func mirrorLoop() {
+        var backoff = 0.2
+        while isRunning {
+            let target = secondary
+            lock.lock()
+            let from = cursor
+            lock.unlock()
+            guard let target else {
+                _ = journal.wait(beyond: journal.head, timeout: 0.5)
+                lock.lock()
+                cursor = journal.head
+                lock.unlock()
+                continue
+            }
+            if from >= journal.head {
+                _ = journal.wait(beyond: from, timeout: 0.5)
+                continue
+            }
+            guard let rec = (try? journal.read(from: from, maxBytes: 1))?.first else { continue }
+            do {
+                if !rec.payload.isEmpty { try apply(rec.payload, to: target) }
+                lock.lock()
+                cursor = rec.end
+                mirrored += 1
+                mirrorError = nil
+                lock.unlock()
+                try? String(rec.end).write(toFile: cursorPath, atomically: true, encoding: .utf8)
+                journal.release(below: rec.end)
+                backoff = 0.2
+            } catch {
+                lock.lock()
+                let first = mirrorError == nil
+                mirrorError = "\(error)"
+                lock.unlock()
+                if first { logger.warning("mirroring to \(target) failed (\(error)); the queue keeps it and retries") }
+                Thread.sleep(forTimeInterval: backoff)  // retry pacing, not synchronisation
+                backoff = min(backoff * 2, 5)
+            }
+        }
+    }
+
+    /// Makes the secondary match the primary for one key.
+    private func apply(_ payload: [UInt8], to target: String) throws {
+        guard let obj = try JSONSerialization.jsonObject(with: Data(payload)) as? [String: String], let op = obj["op"], let key = obj["key"]
+        else { return }
+        // R2 takes one write per key per second.
+        lock.lock()
+        let last = lastWrite[key]
+        lock.unlock()
+        if let last, Date().timeIntervalSince(last) < 1 { Thread.sleep(forTimeInterval: 1 - Date().timeIntervalSince(last)) }
+        let source = target == "old" ? "new" : "old"
+        let dst = client(target)
+        let dkey = side(target).prefix + key
+        let skey = side(source).prefix + key
+        let src = client(source)
+        if op == "delete" {
+            try dst.deleteObject(dkey)
+        } else if let head = try src.headObject(skey), let body = try src.getObject(skey) {
+            var headers = S3Store.carried(head.headers).sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
+            let digest = SHA256Hasher.digest(body).hex
+            headers.append(("x-amz-meta-ferry-sha256", digest))
+            _ = try dst.putObject(dkey, body, headers: headers, payloadHash: digest)
+        } else {
+            // Gone from the primary since: the secondary follows.
+            try dst.deleteObject(dkey)
+        }
+        lock.lock()
+        lastWrite[key] = Date()
+        if lastWrite.count > 100_000 { lastWrite = lastWrite.filter { Date().timeIntervalSince($0.value) < 1 } }
+        lock.unlock()
+    }
+
+    // MARK: - control
+
+    public func status() -> TapStatus {
+        lock.lock()
+        let m = mode, r = received, rf = refused, mi = mirrored, c = cursor, err = mirrorError
+        lock.unlock()
+        let head = journal.head
+        let lag = c < head ? journal.appendedAt(c).map { max(0, Date().timeIntervalSince1970 - Double($0) / 1000) } ?? 0 : 0
+        let sec = secondary
+        func upstream(_ name: String) -> TapUpstreamStatus {
+            let s = side(name)
+            let isPrimary = name == primary
+            return TapUpstreamStatus(
+                name: name, address: "\(s.endpoint)/\(s.bucket)", role: isPrimary ? "primary" : (sec == name ? "mirror" : "detached"),
+                connected: isPrimary || err == nil, forwardedLines: isPrimary ? r : mi, forwardedBytes: 0,
+                spoolBytes: isPrimary ? 0 : head - c, lagSeconds: isPrimary ? 0 : lag, cursor: isPrimary ? head : c, reconnects: 0,
+                lastError: isPrimary ? nil : err)
+        }
+        return TapStatus(
+            kind: "s3", pid: getpid(), mode: m, primary: primary, head: head, receivedLines: r, invalidLines: 0, refusedMessages: rf,
+            droppedLines: 0, backPressure: false, spoolBytes: head - c, spoolLimit: 0, upstreams: [upstream("old"), upstream("new")])
+    }
+
+    public func setMode(_ m: TapMode) throws -> TapStatus {
+        try Data(m.rawValue.utf8).write(to: URL(fileURLWithPath: modePath), options: .atomic)
+        lock.lock()
+        let before = mode
+        mode = m
+        lock.unlock()
+        if before != m { logger.notice("mode \(before.rawValue) -> \(m.rawValue)") }
+        return status()
+    }
+
+    /// The fence: a marker object written to the primary and mirrored like any write.
+    public func fence(path: String, value: Double, timestamp: Int) throws -> UInt64 {
+        let key = S3Store.fenceKey(path)
+        let c = client(primary)
+        _ = try c.putObject(side(primary).prefix + key, Array(String(Int(value)).utf8), headers: [("x-amz-meta-ferry-fence", String(Int(value)))])
+        try record(op: "put", key: key)
+        return journal.head
+    }
+
+    func handle(_ request: ControlRequest) -> ControlResponse {
+        do {
+            switch request.op {
+            case "status", "mark":
+                let s = status()
+                return ControlResponse(ok: true, status: s, seq: s.head)
+            case "mode":
+                guard let name = request.mode, let m = TapMode(rawValue: name) else { return ControlResponse(ok: false, error: "unknown mode") }
+                return ControlResponse(ok: true, status: try setMode(m))
+            case "fence":
+                guard let path = request.path, let value = request.value, let ts = request.timestamp else {
+                    return ControlResponse(ok: false, error: "fence needs path, value and timestamp")
+                }
+                return ControlResponse(ok: true, seq: try fence(path: path, value: value, timestamp: ts))
+            default:
+                return ControlResponse(ok: false, error: "unknown op '\(request.op)'")
+            }
+        } catch {
+            return ControlResponse(ok: false, error: "\(error)")
+        }
+    }
+}
+
+/// Collects one HTTP request (head and body, up to `maxBody`), serves it on a worker thread and writes the
+/// answer back on the channel's event loop.
+final class S3ProxyHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+    let tap: S3Tap
+    let maxBody: Int
+    var head: HTTPRequestHead?
+    var body: [UInt8] = []
+    var tooLarge = false
+
+    init(tap: S3Tap, maxBody: Int) {
+        self.tap = tap
+        self.maxBody = maxBody
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let h):
+            head = h
+            body = []
+            tooLarge = false
+        case .body(var b):
+            if body.count + b.readableBytes > maxBody {
+                tooLarge = true
+            } else {
+                body += b.readBytes(length: b.readableBytes) ?? []
+            }
+        case .end:
+            guard let h = head else { return }
+            let request = S3Tap.Request(method: h.method.rawValue, uri: h.uri, headers: h.headers.map { ($0.name, $0.value) }, body: body)
+            let keepAlive = h.isKeepAlive
+            let channel = context.channel
+            let tap = self.tap
+            let large = tooLarge
+            let maxBody = self.maxBody
+            tap.dispatch {
+                let r = large ? S3Tap.Response.error(400, "EntityTooLarge", "bodies over \(maxBody) bytes: use a multipart upload") : tap.serve(request)
+                channel.eventLoop.execute {
+                    var headers = HTTPHeaders(r.headers.filter { $0.0.lowercased() != "content-length" })
+                    let isHead = request.method == "HEAD"
+                    headers.replaceOrAdd(name: "content-length", value: isHead ? (r.headers.first { $0.0 == "content-length" }?.1 ?? "0") : String(r.body.count))
+                    if !keepAlive { headers.replaceOrAdd(name: "connection", value: "close") }
+                    let status = HTTPResponseStatus(statusCode: r.status)
+                    channel.write(HTTPServerResponsePart.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers)), promise: nil)
+                    if !isHead && !r.body.isEmpty { channel.write(HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(bytes: r.body))), promise: nil) }
+                    channel.writeAndFlush(HTTPServerResponsePart.end(nil)).whenComplete { _ in
+                        if !keepAlive { channel.close(promise: nil) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+extension S3Tap {
+    func dispatch(_ work: @escaping @Sendable () -> Void) { workers.async(execute: work) }
+}

@@ -1,0 +1,129 @@
+import Foundation
+import Testing
+import FerryCore
+import FerryDigest
+import FerryS3
+import FerryTap
+import FerryTesting
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The Mastodon story: media moves from one bucket to another while users keep uploading through ferry's S3 tap.
+@Suite(.serialized) struct S3TapTests {
+    @Test func mediaMovesWhileUsersUploadThroughTheTap() throws {
+        let weed = try SeaweedFS()
+        let old = try mediaBucket(weed)
+        let new = S3Client(
+            endpoint: weed.endpoint, region: "us-east-1", bucket: "media-r2",
+            credentials: S3Credentials(accessKeyID: weed.accessKey, secretAccessKey: weed.secretKey))
+        new.maxAttempts = 8
+        try new.createBucket()
+        let meta = [("Content-Type", "image/png"), ("Cache-Control", "public, max-age=315576000, immutable"), ("x-amz-meta-account", "42")]
+        for i in 0..<60 {
+            _ = try old.putObject("media_attachments/files/\(i).png", TreeGen.bytes(count: 2000 + i * 97, seed: UInt64(i)), headers: meta)
+        }
+        let dir = TempDir("s3tap")
+        let port = freePorts(1)[0]
+        let app = S3Credentials(accessKeyID: "mastodon-app", secretAccessKey: "tap-secret-never-logged")
+        let env = [
+            "MEDIA_ACCESS_KEY_ID": weed.accessKey, "MEDIA_SECRET_ACCESS_KEY": weed.secretKey,
+            "TAP_ACCESS_KEY_ID": app.accessKeyID, "TAP_SECRET_ACCESS_KEY": app.secretAccessKey,
+        ]
+        let plan = try writePlan(dir.path, """
+            version: 1
+            name: media
+            source:      { kind: s3, endpoint: "\(weed.endpoint)", region: us-east-1, bucket: media, credentials: "env:MEDIA_" }
+            destination: { kind: s3, endpoint: "\(weed.endpoint)", region: us-east-1, bucket: media-r2, credentials: "env:MEDIA_" }
+            tap:         { kind: s3, listen: "127.0.0.1:\(port)", credentials: "env:TAP_", control: "\(dir.sub("c.sock"))", fence_timeout: 30s }
+            verify:      { mode: full }
+            cutover:     { max_tap_lag: 30s }
+            """)
+        let tapProcess = Ferry.process(["tap", plan], environment: env)
+        _ = FileManager.default.createFile(atPath: dir.sub("tap.log"), contents: nil)
+        let log = try FileHandle(forWritingTo: URL(fileURLWithPath: dir.sub("tap.log")))
+        tapProcess.standardOutput = log
+        tapProcess.standardError = log
+        try tapProcess.run()
+        defer {
+            kill(tapProcess.processIdentifier, SIGKILL)
+            tapProcess.waitUntilExit()
+        }
+        let control = TapClient(socketPath: dir.sub("c.sock"))
+        let up = (try? waitUntil(timeout: 20) { try control.status() != nil }) ?? false
+        try #require(up, "the s3 tap did not start: \((try? String(contentsOfFile: dir.sub("tap.log"), encoding: .utf8)) ?? "")")
+
+        // The application, signing with the tap's credentials.
+        let endpoint = "http://127.0.0.1:\(port)"
+        let user = S3Client(endpoint: endpoint, region: "auto", bucket: "media", credentials: app)
+        // Anyone else is refused: the tap is never an open relay.
+        let stranger = S3Client(
+            endpoint: endpoint, region: "auto", bucket: "media", credentials: S3Credentials(accessKeyID: "mastodon-app", secretAccessKey: "guess"))
+        stranger.maxAttempts = 1
+        do {
+            _ = try stranger.putObject("evil.png", [1, 2, 3])
+            Issue.record("a wrongly signed PUT was accepted")
+        } catch let e as S3Error {
+            #expect(e.status == 403 && e.code == "SignatureDoesNotMatch")
+        }
+        #expect(try old.headObject("evil.png") == nil)
+
+        let uploads = NSLock.Protected<[String: [UInt8]]>([:])
+        let stop = NSLock.Protected(false)
+        let done = DispatchSemaphore(value: 0)
+        Thread {
+            var n = 0
+            while !stop.withLock({ $0 }) {
+                let key = "media_attachments/files/new-\(n).png"
+                let body = TreeGen.bytes(count: 500 + n * 13, seed: UInt64(1000 + n))
+                if (try? user.putObject(key, body, headers: meta)) != nil { uploads.withLock { $0[key] = body } }
+                n += 1
+                usleep(20_000)  // the users' pace, not synchronisation
+            }
+            done.signal()
+        }.start()
+        _ = waitUntil(timeout: 30) { uploads.withLock { $0.count } >= 5 }
+        // A user deletes a post's media through the tap.
+        try user.deleteObject("media_attachments/files/7.png")
+
+        let run = try Ferry.run(["run", plan], environment: env)
+        #expect(run.status == 0, "\(run.all)")
+        let before = uploads.withLock { $0.count }
+        _ = waitUntil(timeout: 30) { uploads.withLock { $0.count } >= before + 10 }
+        let cut = try Ferry.run(["cutover", plan], environment: env)
+        #expect(cut.status == 0, "\(cut.all)")
+        #expect(try control.status()?.mode == .reverse)
+        let afterCut = uploads.withLock { $0.count }
+        _ = waitUntil(timeout: 30) { uploads.withLock { $0.count } >= afterCut + 5 }
+        stop.withLock { $0 = true }
+        done.wait()
+        let drained = try waitUntil(timeout: 60) {
+            guard let s = try control.status() else { return false }
+            return s.upstreams.allSatisfy { $0.role != "mirror" || $0.cursor == s.head }
+        }
+        #expect(drained)
+
+        // Every object on the old side, from before and during the copy, is on the new side: same bytes, same
+        // metadata; what was written after the cutover went to the new side and was mirrored back.
+        var oldKeys: [String] = []
+        try old.list { oldKeys.append($0.key) }
+        var newKeys: [String] = []
+        try new.list { newKeys.append($0.key) }
+        #expect(Set(oldKeys) == Set(newKeys), "old \(oldKeys.count) vs new \(newKeys.count) objects")
+        #expect(!newKeys.contains("media_attachments/files/7.png"))
+        #expect(!oldKeys.contains("media_attachments/files/7.png"))
+        for (key, body) in uploads.withLock({ $0 }) {
+            #expect(try new.getObject(key) == body, "\(key) on new")
+            #expect(try old.getObject(key) == body, "\(key) on old")
+        }
+        for key in oldKeys where !key.hasPrefix(".ferry-fence") {
+            let a = try #require(try old.headObject(key)), b = try #require(try new.headObject(key))
+            for h in ["content-type", "cache-control", "x-amz-meta-account"] { #expect(a.headers[h] == b.headers[h], "\(key) \(h)") }
+            #expect(try old.getObject(key) == (try new.getObject(key)), "\(key)")
+        }
+        let logText = (try? String(contentsOfFile: dir.sub("tap.log"), encoding: .utf8)) ?? ""
+        #expect(!logText.contains(app.secretAccessKey) && !logText.contains(weed.secretKey))
+        #expect(logText.contains("refused PUT"), "the refused request is logged")
+    }
+}
