@@ -163,7 +163,7 @@ public final class CarbonCache: @unchecked Sendable {
 
 /// A plaintext Graphite sender: one TCP connection, blocking writes.
 public final class LineSender {
-    let fd: Int32
+    public let fd: Int32
 
     public init(port: Int) throws {
         fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)

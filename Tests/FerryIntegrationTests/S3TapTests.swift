@@ -126,4 +126,95 @@ import Glibc
         #expect(!logText.contains(app.secretAccessKey) && !logText.contains(weed.secretKey))
         #expect(logText.contains("refused PUT"), "the refused request is logged")
     }
+
+    /// A raw HTTP request without any signature, as an open relay would take it.
+    func rawStatus(port: Int, _ request: String) throws -> String {
+        let sender = try LineSender(port: port)
+        try sender.send(request)
+        var buf = [UInt8](repeating: 0, count: 512)
+        let n = buf.withUnsafeMutableBytes { recv(sender.fd, $0.baseAddress, 512, 0) }
+        return String(decoding: buf.prefix(max(0, n)), as: UTF8.self).split(separator: "\r\n").first.map(String.init) ?? ""
+    }
+
+    @Test func aFailingSecondaryLosesNothingAndMultipartAndCopyAreMirrored() throws {
+        let weed = try SeaweedFS()
+        let old = try mediaBucket(weed)
+        let dir = TempDir("s3tap-down")
+        let port = freePorts(1)[0]
+        let app = S3Credentials(accessKeyID: "app", secretAccessKey: "tap-secret")
+        let env = [
+            "MEDIA_ACCESS_KEY_ID": weed.accessKey, "MEDIA_SECRET_ACCESS_KEY": weed.secretKey,
+            "TAP_ACCESS_KEY_ID": app.accessKeyID, "TAP_SECRET_ACCESS_KEY": app.secretAccessKey,
+        ]
+        // The secondary is another server, down while the application writes.
+        let weed2 = try SeaweedFS()
+        let later = S3Client(
+            endpoint: weed2.endpoint, region: "us-east-1", bucket: "later",
+            credentials: S3Credentials(accessKeyID: weed2.accessKey, secretAccessKey: weed2.secretKey))
+        later.maxAttempts = 8
+        try later.createBucket()
+        weed2.stop()
+        let env2 = ["LATER_ACCESS_KEY_ID": weed2.accessKey, "LATER_SECRET_ACCESS_KEY": weed2.secretKey]
+        let plan = try writePlan(dir.path, """
+            version: 1
+            name: down
+            source:      { kind: s3, endpoint: "\(weed.endpoint)", region: us-east-1, bucket: media, credentials: "env:MEDIA_" }
+            destination: { kind: s3, endpoint: "\(weed2.endpoint)", region: us-east-1, bucket: later, credentials: "env:LATER_" }
+            tap:         { kind: s3, listen: "127.0.0.1:\(port)", credentials: "env:TAP_", control: "\(dir.sub("c.sock"))" }
+            """)
+        let tapProcess = Ferry.process(["tap", plan], environment: env.merging(env2) { a, _ in a })
+        tapProcess.standardOutput = FileHandle.nullDevice
+        tapProcess.standardError = FileHandle.nullDevice
+        try tapProcess.run()
+        defer {
+            kill(tapProcess.processIdentifier, SIGKILL)
+            tapProcess.waitUntilExit()
+        }
+        let control = TapClient(socketPath: dir.sub("c.sock"))
+        let up = (try? waitUntil(timeout: 20) { try control.status() != nil }) ?? false
+        try #require(up)
+        #expect(try rawStatus(port: port, "GET /media/x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").contains("403"))
+
+        let user = S3Client(endpoint: "http://127.0.0.1:\(port)", region: "auto", bucket: "media", credentials: app)
+        var want: [String: [UInt8]] = [:]
+        for i in 0..<5 {
+            let body = TreeGen.bytes(count: 1000 + i, seed: UInt64(i))
+            _ = try user.putObject("small/\(i).png", body, headers: [("Content-Type", "image/png")])
+            want["small/\(i).png"] = body
+        }
+        // The same key written again at once: the secondary ends with the last version.
+        let last = TreeGen.bytes(count: 777, seed: 99)
+        _ = try user.putObject("small/0.png", last, headers: [("Content-Type", "image/png")])
+        want["small/0.png"] = last
+        // A multipart upload through the tap (two parts of 5 MiB and a tail).
+        let big = TreeGen.bytes(count: (10 << 20) + 1234, seed: 7)
+        let id = try user.createMultipartUpload("video/clip.mp4", headers: [("Content-Type", "video/mp4")])
+        var parts: [(number: Int, etag: String)] = []
+        for (i, off) in stride(from: 0, to: big.count, by: 5 << 20).enumerated() {
+            parts.append((i + 1, try user.uploadPart("video/clip.mp4", uploadID: id, number: i + 1, Array(big[off..<min(big.count, off + (5 << 20))]))))
+        }
+        try user.completeMultipartUpload("video/clip.mp4", uploadID: id, parts: parts)
+        want["video/clip.mp4"] = big
+        // A server-side copy through the tap.
+        try user.copyObject(from: "small/1.png", to: "small/copy.png")
+        want["small/copy.png"] = want["small/1.png"]
+
+        let failing = try waitUntil(timeout: 30) {
+            guard let n = try control.status()?.upstreams.first(where: { $0.name == "new" }) else { return false }
+            return n.lastError != nil && n.spoolBytes > 0
+        }
+        #expect(failing, "the failing secondary shows in the tap's status")
+        for (k, v) in want { #expect(try old.getObject(k) == v, "\(k) on the primary") }
+
+        try weed2.launch()
+        let drained = try waitUntil(timeout: 60) {
+            guard let s = try control.status(), let n = s.upstreams.first(where: { $0.name == "new" }) else { return false }
+            return n.cursor == s.head
+        }
+        #expect(drained)
+        for (k, v) in want {
+            #expect(try later.getObject(k) == v, "\(k) mirrored")
+        }
+        #expect(try later.headObject("video/clip.mp4")?.headers["content-type"] == "video/mp4")
+    }
 }
