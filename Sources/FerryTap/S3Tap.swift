@@ -304,6 +304,9 @@ public final class S3Tap: @unchecked Sendable {
 
     // MARK: - mirror
 
+    /// Objects above this are mirrored as multipart uploads of this part size.
+    static let mirrorPartSize: Int64 = 16 * 1_048_576
+
     private func mirrorLoop() {
         var backoff = 0.2
         while isRunning {
@@ -361,11 +364,33 @@ public final class S3Tap: @unchecked Sendable {
         let src = client(source)
         if op == "delete" {
             try dst.deleteObject(dkey)
-        } else if let head = try src.headObject(skey), let body = try src.getObject(skey) {
+        } else if let head = try src.headObject(skey) {
             var headers = S3Store.carried(head.headers).sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
-            let digest = SHA256Hasher.digest(body).hex
-            headers.append(("x-amz-meta-ferry-sha256", digest))
-            _ = try dst.putObject(dkey, body, headers: headers, payloadHash: digest)
+            if head.size <= Self.mirrorPartSize {
+                guard let body = try src.getObject(skey) else { return try dst.deleteObject(dkey) }
+                let digest = SHA256Hasher.digest(body).hex
+                headers.append(("x-amz-meta-ferry-sha256", digest))
+                _ = try dst.putObject(dkey, body, headers: headers, payloadHash: digest)
+            } else {
+                // Large objects go part by part (ranged reads), so memory stays one part whatever the size.
+                let id = try dst.createMultipartUpload(dkey, headers: headers)
+                do {
+                    var parts: [(number: Int, etag: String)] = []
+                    var offset: Int64 = 0
+                    while offset < head.size {
+                        let end = min(head.size, offset + Self.mirrorPartSize) - 1
+                        guard let part = try src.getObject(skey, range: offset...end) else {
+                            throw FerryError(.sourceIO, "\(key) vanished from the primary while mirrored")
+                        }
+                        parts.append((parts.count + 1, try dst.uploadPart(dkey, uploadID: id, number: parts.count + 1, part)))
+                        offset = end + 1
+                    }
+                    try dst.completeMultipartUpload(dkey, uploadID: id, parts: parts)
+                } catch {
+                    try? dst.abortMultipartUpload(dkey, uploadID: id)
+                    throw error
+                }
+            }
         } else {
             // Gone from the primary since: the secondary follows.
             try dst.deleteObject(dkey)

@@ -186,8 +186,8 @@ import Glibc
         let last = TreeGen.bytes(count: 777, seed: 99)
         _ = try user.putObject("small/0.png", last, headers: [("Content-Type", "image/png")])
         want["small/0.png"] = last
-        // A multipart upload through the tap (two parts of 5 MiB and a tail).
-        let big = TreeGen.bytes(count: (10 << 20) + 1234, seed: 7)
+        // A multipart upload through the tap (parts of 5 MiB and a tail; mirrored in 16 MiB parts).
+        let big = TreeGen.bytes(count: (20 << 20) + 1234, seed: 7)
         let id = try user.createMultipartUpload("video/clip.mp4", headers: [("Content-Type", "video/mp4")])
         var parts: [(number: Int, etag: String)] = []
         for (i, off) in stride(from: 0, to: big.count, by: 5 << 20).enumerated() {
