@@ -126,7 +126,10 @@ struct PlanCheck: ParsableCommand {
         }
         out("plan \(plan) is valid: job '\(p.name)', \(p.source.displayName) → \(p.destination.displayName)")
         out("state: \(p.stateDirectory)")
-        if let t = p.tap { out("tap: \(t.kind), listening on \(t.options["listen"] ?? "?"), old \(t.options["old"] ?? "?"), new \(t.options["new"] ?? "?")") }
+        if let t = p.tap {
+            let old = t.options["old"] ?? p.source.displayName, new = t.options["new"] ?? p.destination.displayName
+            out("tap: \(t.kind), listening on \(t.options["listen"] ?? "?"), old \(old), new \(new)")
+        }
     }
 }
 
