@@ -14,7 +14,7 @@ import Glibc
 /// and catches up when it returns; nothing is dropped. When the spool reaches its limit the tap stops reading
 /// from TCP senders (back-pressure) and says so; only UDP, which has no way to push back, can lose datagrams,
 /// and those are counted and logged.
-public final class CarbonTap: @unchecked Sendable {
+public final class CarbonTap: TapServer, @unchecked Sendable {
     public let config: CarbonTapConfig
     let logger: Logger
     let journal: Journal
@@ -361,30 +361,6 @@ public final class CarbonTap: @unchecked Sendable {
         lock.unlock()
         logger.info("fence \(path) at sequence \(seq)")
         return seq
-    }
-
-    func handle(_ request: ControlRequest) -> ControlResponse {
-        do {
-            switch request.op {
-            case "status", "mark":
-                let s = status()
-                return ControlResponse(ok: true, status: s, seq: s.head)
-            case "mode":
-                guard let name = request.mode, let m = TapMode(rawValue: name) else {
-                    return ControlResponse(ok: false, error: "mode: expected one of \(TapMode.allCases.map(\.rawValue).joined(separator: ", "))")
-                }
-                return ControlResponse(ok: true, status: try setMode(m))
-            case "fence":
-                guard let path = request.path, let value = request.value, let ts = request.timestamp else {
-                    return ControlResponse(ok: false, error: "fence needs path, value and timestamp")
-                }
-                return ControlResponse(ok: true, seq: try fence(path: path, value: value, timestamp: ts))
-            default:
-                return ControlResponse(ok: false, error: "unknown op '\(request.op)' (status, mode, fence)")
-            }
-        } catch {
-            return ControlResponse(ok: false, error: "\(error)")
-        }
     }
 }
 

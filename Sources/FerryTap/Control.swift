@@ -37,6 +37,40 @@ public struct ControlResponse: Codable, Sendable {
     }
 }
 
+/// What every tap process answers on its control socket.
+protocol TapServer: AnyObject {
+    func status() -> TapStatus
+    func setMode(_ m: TapMode) throws -> TapStatus
+    func fence(path: String, value: Double, timestamp: Int) throws -> UInt64
+}
+
+extension TapServer {
+    /// One control request: status, mode or fence.
+    func handle(_ request: ControlRequest) -> ControlResponse {
+        do {
+            switch request.op {
+            case "status", "mark":
+                let s = status()
+                return ControlResponse(ok: true, status: s, seq: s.head)
+            case "mode":
+                guard let name = request.mode, let m = TapMode(rawValue: name) else {
+                    return ControlResponse(ok: false, error: "mode: expected one of \(TapMode.allCases.map(\.rawValue).joined(separator: ", "))")
+                }
+                return ControlResponse(ok: true, status: try setMode(m))
+            case "fence":
+                guard let path = request.path, let value = request.value, let ts = request.timestamp else {
+                    return ControlResponse(ok: false, error: "fence needs path, value and timestamp")
+                }
+                return ControlResponse(ok: true, seq: try fence(path: path, value: value, timestamp: ts))
+            default:
+                return ControlResponse(ok: false, error: "unknown op '\(request.op)' (status, mode, fence)")
+            }
+        } catch {
+            return ControlResponse(ok: false, error: "\(error)")
+        }
+    }
+}
+
 /// The engine's and `ferry tap ctl`'s handle on a tap process, through its control socket. `arm()` starts the
 /// tap (detached, in its own session) when nothing answers on the socket.
 public struct TapClient: TapControl {

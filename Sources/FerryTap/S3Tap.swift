@@ -80,7 +80,7 @@ public struct S3TapConfig: Sendable {
 /// object back from the primary, so the secondary gets the bytes and metadata that were committed). A down
 /// secondary only grows the backlog. The same key is not written to the secondary twice within a second (R2's
 /// limit). Reads go to the primary; in `cutover` mode to the new side first, then the old one for what it lacks.
-public final class S3Tap: @unchecked Sendable {
+public final class S3Tap: TapServer, @unchecked Sendable {
     public let config: S3TapConfig
     let logger: Logger
     let journal: Journal
@@ -441,28 +441,6 @@ public final class S3Tap: @unchecked Sendable {
         _ = try c.putObject(side(primary).prefix + key, Array(String(Int(value)).utf8), headers: [("x-amz-meta-ferry-fence", String(Int(value)))])
         try record(op: "put", key: key)
         return journal.head
-    }
-
-    func handle(_ request: ControlRequest) -> ControlResponse {
-        do {
-            switch request.op {
-            case "status", "mark":
-                let s = status()
-                return ControlResponse(ok: true, status: s, seq: s.head)
-            case "mode":
-                guard let name = request.mode, let m = TapMode(rawValue: name) else { return ControlResponse(ok: false, error: "unknown mode") }
-                return ControlResponse(ok: true, status: try setMode(m))
-            case "fence":
-                guard let path = request.path, let value = request.value, let ts = request.timestamp else {
-                    return ControlResponse(ok: false, error: "fence needs path, value and timestamp")
-                }
-                return ControlResponse(ok: true, seq: try fence(path: path, value: value, timestamp: ts))
-            default:
-                return ControlResponse(ok: false, error: "unknown op '\(request.op)'")
-            }
-        } catch {
-            return ControlResponse(ok: false, error: "\(error)")
-        }
     }
 }
 

@@ -5,10 +5,11 @@ import FerryEngine
 import FerryS3
 import FerryDigest
 
-/// The bucket `media` on a fresh SeaweedFS, and a client for it (patient while the server finishes starting).
-func mediaBucket(_ weed: SeaweedFS) throws -> S3Client {
+/// A bucket (default `media`) on a fresh SeaweedFS, and a client for it (patient while the server finishes
+/// starting).
+func mediaBucket(_ weed: SeaweedFS, name: String = "media") throws -> S3Client {
     let c = S3Client(
-        endpoint: weed.endpoint, region: "us-east-1", bucket: "media",
+        endpoint: weed.endpoint, region: "us-east-1", bucket: name,
         credentials: S3Credentials(accessKeyID: weed.accessKey, secretAccessKey: weed.secretKey))
     c.maxAttempts = 8
     try c.createBucket()
@@ -71,11 +72,7 @@ func mediaBucket(_ weed: SeaweedFS) throws -> S3Client {
     @Test func bucketToBucketCarriesHeadersAndUserMetadata() throws {
         let weed = try SeaweedFS()
         let old = try mediaBucket(weed)
-        let new = S3Client(
-            endpoint: weed.endpoint, region: "us-east-1", bucket: "media-r2",
-            credentials: S3Credentials(accessKeyID: weed.accessKey, secretAccessKey: weed.secretKey))
-        new.maxAttempts = 8
-        try new.createBucket()
+        let new = try mediaBucket(weed, name: "media-r2")
         let meta: [(String, String)] = [
             ("Content-Type", "video/mp4"), ("Cache-Control", "public, max-age=315576000, immutable"),
             ("Content-Disposition", "inline; filename=\"clip.mp4\""), ("Content-Encoding", "identity"),

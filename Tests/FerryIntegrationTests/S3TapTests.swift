@@ -15,11 +15,7 @@ import Glibc
     @Test func mediaMovesWhileUsersUploadThroughTheTap() throws {
         let weed = try SeaweedFS()
         let old = try mediaBucket(weed)
-        let new = S3Client(
-            endpoint: weed.endpoint, region: "us-east-1", bucket: "media-r2",
-            credentials: S3Credentials(accessKeyID: weed.accessKey, secretAccessKey: weed.secretKey))
-        new.maxAttempts = 8
-        try new.createBucket()
+        let new = try mediaBucket(weed, name: "media-r2")
         let meta = [("Content-Type", "image/png"), ("Cache-Control", "public, max-age=315576000, immutable"), ("x-amz-meta-account", "42")]
         for i in 0..<60 {
             _ = try old.putObject("media_attachments/files/\(i).png", TreeGen.bytes(count: 2000 + i * 97, seed: UInt64(i)), headers: meta)
@@ -40,19 +36,12 @@ import Glibc
             verify:      { mode: full }
             cutover:     { max_tap_lag: 30s }
             """)
-        let tapProcess = Ferry.process(["tap", plan], environment: env)
-        _ = FileManager.default.createFile(atPath: dir.sub("tap.log"), contents: nil)
-        let log = try FileHandle(forWritingTo: URL(fileURLWithPath: dir.sub("tap.log")))
-        tapProcess.standardOutput = log
-        tapProcess.standardError = log
-        try tapProcess.run()
+        let tapProcess = try startTap(plan, env, dir)
         defer {
             kill(tapProcess.processIdentifier, SIGKILL)
             tapProcess.waitUntilExit()
         }
         let control = TapClient(socketPath: dir.sub("c.sock"))
-        let up = (try? waitUntil(timeout: 20) { try control.status() != nil }) ?? false
-        try #require(up, "the s3 tap did not start: \((try? String(contentsOfFile: dir.sub("tap.log"), encoding: .utf8)) ?? "")")
 
         // The application, signing with the tap's credentials.
         let endpoint = "http://127.0.0.1:\(port)"
@@ -127,6 +116,21 @@ import Glibc
         #expect(logText.contains("refused PUT"), "the refused request is logged")
     }
 
+    /// Starts `ferry tap PLAN` with its log in `dir/tap.log` and waits for its control socket (`dir/c.sock`).
+    func startTap(_ plan: String, _ env: [String: String], _ dir: TempDir) throws -> Process {
+        let p = Ferry.process(["tap", plan], environment: env)
+        _ = FileManager.default.createFile(atPath: dir.sub("tap.log"), contents: nil)
+        let log = try FileHandle(forWritingTo: URL(fileURLWithPath: dir.sub("tap.log")))
+        p.standardOutput = log
+        p.standardError = log
+        try p.run()
+        let control = TapClient(socketPath: dir.sub("c.sock"))
+        let up = (try? waitUntil(timeout: 20) { try control.status() != nil }) ?? false
+        if !up { kill(p.processIdentifier, SIGKILL) }
+        try #require(up, "the s3 tap did not start: \((try? String(contentsOfFile: dir.sub("tap.log"), encoding: .utf8)) ?? "")")
+        return p
+    }
+
     /// A raw HTTP request without any signature, as an open relay would take it.
     func rawStatus(port: Int, _ request: String) throws -> String {
         let sender = try LineSender(port: port)
@@ -148,11 +152,7 @@ import Glibc
         ]
         // The secondary is another server, down while the application writes.
         let weed2 = try SeaweedFS()
-        let later = S3Client(
-            endpoint: weed2.endpoint, region: "us-east-1", bucket: "later",
-            credentials: S3Credentials(accessKeyID: weed2.accessKey, secretAccessKey: weed2.secretKey))
-        later.maxAttempts = 8
-        try later.createBucket()
+        let later = try mediaBucket(weed2, name: "later")
         weed2.stop()
         let env2 = ["LATER_ACCESS_KEY_ID": weed2.accessKey, "LATER_SECRET_ACCESS_KEY": weed2.secretKey]
         let plan = try writePlan(dir.path, """
@@ -162,17 +162,12 @@ import Glibc
             destination: { kind: s3, endpoint: "\(weed2.endpoint)", region: us-east-1, bucket: later, credentials: "env:LATER_" }
             tap:         { kind: s3, listen: "127.0.0.1:\(port)", credentials: "env:TAP_", control: "\(dir.sub("c.sock"))" }
             """)
-        let tapProcess = Ferry.process(["tap", plan], environment: env.merging(env2) { a, _ in a })
-        tapProcess.standardOutput = FileHandle.nullDevice
-        tapProcess.standardError = FileHandle.nullDevice
-        try tapProcess.run()
+        let tapProcess = try startTap(plan, env.merging(env2) { a, _ in a }, dir)
         defer {
             kill(tapProcess.processIdentifier, SIGKILL)
             tapProcess.waitUntilExit()
         }
         let control = TapClient(socketPath: dir.sub("c.sock"))
-        let up = (try? waitUntil(timeout: 20) { try control.status() != nil }) ?? false
-        try #require(up)
         #expect(try rawStatus(port: port, "GET /media/x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").contains("403"))
 
         let user = S3Client(endpoint: "http://127.0.0.1:\(port)", region: "auto", bucket: "media", credentials: app)
