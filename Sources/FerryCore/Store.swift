@@ -94,6 +94,12 @@ public protocol DigestAwareWriter: ObjectWriter {
     func accept(chunkDigests: [String])
 }
 
+/// A destination that needs larger chunks for some objects (S3: at most 10,000 parts per object).
+public protocol ChunkSizing {
+    /// The chunk size for an object of `size` bytes when the plan asks for `planned`.
+    func chunkSize(forSize size: Int64, planned: Int64) -> Int64
+}
+
 /// A store holds a tree of entries (a directory, a bucket, a metric tree). Not-found is `nil`, not an error.
 /// After rclone's `fs.Fs`: list, stat, read a range, write with an atomic commit.
 public protocol Store: Sendable {

@@ -228,8 +228,17 @@ final class VerifyPhase: @unchecked Sendable {
             return nil
         }
         let chunks = try ledger.chunks(of: item.id)
-        let layout = ChunkLayout.chunks(size: e.size, chunkSize: Int64(buffer.count))
+        let planned = Int64(buffer.count)
+        let itemChunk = (destination as? any ChunkSizing)?.chunkSize(forSize: e.size, planned: planned) ?? planned
+        let layout = ChunkLayout.chunks(size: e.size, chunkSize: e.size <= planned ? planned : itemChunk)
         if chunks.count != layout.count { return "ledger holds \(chunks.count) of \(layout.count) chunk checksums" }
+        var own: UnsafeMutableRawBufferPointer?
+        defer { own?.deallocate() }
+        var buffer = buffer
+        if Int(itemChunk) > buffer.count {
+            own = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(itemChunk), alignment: 4096)
+            buffer = own!
+        }
         let reader: any ObjectReader
         do {
             guard let r = try destination.openReader(e.path) else { return "missing at the destination" }

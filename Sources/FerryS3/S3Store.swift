@@ -46,7 +46,7 @@ public enum CredentialSource {
 
 /// A bucket (and key prefix) as a store. Objects are entries; keys map to paths below the prefix. Keys that
 /// cannot be paths (`..` or empty segments, a leading `/`) are reported by the walk, never followed.
-public final class S3Store: Store, ChecksumProviding, FenceChecking, @unchecked Sendable {
+public final class S3Store: Store, ChecksumProviding, FenceChecking, ChunkSizing, @unchecked Sendable {
     // @unchecked: configuration is immutable; the client pool is behind a Mutex.
     public let endpoint: String
     public let region: String
@@ -84,18 +84,34 @@ public final class S3Store: Store, ChecksumProviding, FenceChecking, @unchecked 
 
     func key(_ path: String) -> String { prefix + path }
 
+    /// S3 allows 10,000 parts per object (FERRY_TEST_S3_MAX_PARTS lowers it, so tests can reach the limit with
+    /// small objects), each at most 5 GiB.
+    static let maxParts: Int64 = ProcessInfo.processInfo.environment["FERRY_TEST_S3_MAX_PARTS"].flatMap(Int64.init) ?? 10_000
+    static let maxPartSize: Int64 = 5 << 30
+
+    /// `copy.chunk_size`, or for an object that would need more than 10,000 parts of it, the smallest whole
+    /// number of MiB that keeps it within 10,000 equal parts.
+    public func chunkSize(forSize size: Int64, planned: Int64) -> Int64 {
+        guard (size + planned - 1) / planned > Self.maxParts else { return planned }
+        let mib: Int64 = 1_048_576
+        let needed = (size + Self.maxParts - 1) / Self.maxParts
+        return (needed + mib - 1) / mib * mib
+    }
+
+    /// This object's part size.
+    func partSize(for size: Int64) -> Int64 { chunkSize(forSize: size, planned: partSize) }
+
     /// Keys longer than 1,024 bytes, and a second name that is the same text in another Unicode normalisation
     /// (R2 normalises keys to NFC, so an NFC/NFD pair would become one object).
     public func refusalChecker() -> ((Entry) -> String?)? {
         var seen: [Int: Int] = [:]  // hash of the NFC form -> hash of the first name's bytes
         let prefix = self.prefix
-        let partSize = self.partSize
         return { entry in
             guard entry.kind == .file else { return nil }
             let key = prefix + entry.path
             if key.utf8.count > 1024 { return "key is \(key.utf8.count) bytes; S3 and R2 allow 1,024" }
-            if (entry.size + partSize - 1) / partSize > 10_000 {
-                return "\(entry.size) bytes need more than 10,000 parts of copy.chunk_size; raise chunk_size"
+            if entry.size > Self.maxParts * Self.maxPartSize || entry.size > 5 << 40 {
+                return "\(entry.size) bytes exceed the largest object S3 holds (5 TiB)"
             }
             let nfc = key.precomposedStringWithCanonicalMapping
             var hn = Hasher()
@@ -313,6 +329,8 @@ final class S3Writer: DigestAwareWriter, MetadataAccepting {
         self.entry = entry
     }
 
+    /// This object's part size: `copy.chunk_size`, larger for an object that would need over 10,000 parts.
+    var partSize: Int64 { store.partSize(for: size) }
     var multipart: Bool { size > store.partSize }
 
     func write(_ bytes: UnsafeRawBufferPointer, at offset: Int64, sha256Hex: String) throws {
@@ -342,7 +360,7 @@ final class S3Writer: DigestAwareWriter, MetadataAccepting {
             uploadID = try store.withClient { try $0.createMultipartUpload(k, headers: headers) }
         }
         for p in pending {
-            let number = Int(p.offset / store.partSize) + 1
+            let number = Int(p.offset / partSize) + 1
             _ = try store.withClient { try $0.uploadPart(k, uploadID: uploadID!, number: number, p.bytes, payloadHash: p.sha256) }
         }
         pending = []
@@ -362,7 +380,7 @@ final class S3Writer: DigestAwareWriter, MetadataAccepting {
         guard let id = uploadID else { throw FerryError(.destinationIO, "\(path): no multipart upload to complete") }
         try store.withClient { c in
             let parts = try c.listParts(k, uploadID: id)
-            let expected = Int((size + store.partSize - 1) / store.partSize)
+            let expected = Int((size + partSize - 1) / partSize)
             guard parts.count == expected else {
                 throw FerryError(.destinationIO, "\(path): \(parts.count) of \(expected) parts uploaded")
             }
@@ -374,7 +392,7 @@ final class S3Writer: DigestAwareWriter, MetadataAccepting {
                 let list = SHA256Hasher.chunkListDigest(chunkDigests)
             {
                 var headers = store.headers(for: entry, sha256: nil, carried: carried)
-                headers.append((S3Store.chunkListHeader, "\(store.partSize):\(list.hex)"))
+                headers.append((S3Store.chunkListHeader, "\(partSize):\(list.hex)"))
                 try c.copyObject(from: k, to: k, replacing: headers)
             }
         }

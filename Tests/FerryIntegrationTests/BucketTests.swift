@@ -118,6 +118,32 @@ func mediaBucket(_ weed: SeaweedFS, name: String = "media") throws -> S3Client {
         }
     }
 
+    @Test func anObjectOverThePartLimitGoesInLargerEqualParts() throws {
+        let weed = try SeaweedFS()
+        let c = try mediaBucket(weed)
+        let dir = TempDir("ferry-s3-parts")
+        try TreeGen.write(dir.sub("src/video/long.mp4"), size: 40 << 20, seed: 5)
+        let plan = try writePlan(dir.path, """
+            version: 1
+            name: parts
+            source:      { kind: fs, path: src }
+            destination: { kind: s3, endpoint: "\(weed.endpoint)", region: us-east-1, bucket: media, credentials: "env:MEDIA_" }
+            copy:        { chunk_size: 5MiB }
+            verify:      { mode: full }
+            """)
+        // With at most 3 parts per object, 40 MiB goes as 3 parts of 14 MiB (the last one shorter).
+        let env = ["MEDIA_ACCESS_KEY_ID": weed.accessKey, "MEDIA_SECRET_ACCESS_KEY": weed.secretKey, "FERRY_TEST_S3_MAX_PARTS": "3"]
+        let r = try Ferry.run(["run", plan], environment: env)
+        #expect(r.status == 0, "\(r.all)")
+        let body = try #require(try c.getObject("video/long.mp4"))
+        #expect(SHA256Hasher.digest(body).hex == TreeCompare.fileDigest(dir.sub("src/video/long.mp4")))
+        let head = try #require(try c.headObject("video/long.mp4"))
+        #expect(head.etag.hasSuffix("-3\""), "three parts: \(head.etag)")
+        #expect(head.headers["x-amz-meta-ferry-sha256-chunks"]?.hasPrefix("\(14 << 20):") == true)
+        let v = try Ferry.run(["verify", plan], environment: env)
+        #expect(v.status == 0, "\(v.all)")
+    }
+
     @Test func missingCredentialsAreAPlanError() throws {
         let dir = TempDir()
         try FileManager.default.createDirectory(atPath: dir.sub("system"), withIntermediateDirectories: true)

@@ -73,7 +73,23 @@ import FerryCore
         #expect(check(file("caf\u{E9}.png")) == nil)
         #expect(check(file("cafe\u{301}.png"))?.contains("normalisation") == true)
         #expect(check(file(String(repeating: "x", count: 1024)))?.contains("1,024") == true, "with the prefix it is over")
-        #expect(check(file("huge.bin", 10_001 * (5 << 20)))?.contains("10,000 parts") == true)
-        #expect(check(file("big.bin", 10_000 * (5 << 20))) == nil)
+        // Over 10,000 parts of chunk_size: larger parts, not a refusal; only what S3 cannot hold at all is refused.
+        #expect(check(file("huge.bin", 10_001 * (5 << 20))) == nil)
+        #expect(check(file("enormous.bin", (5 << 40) + 1))?.contains("5 TiB") == true)
+    }
+
+    @Test func partSizeGrowsSoThatNoObjectNeedsMoreThan10000Parts() {
+        let store = S3Store(
+            endpoint: "http://127.0.0.1:1", region: "auto", bucket: "b", prefix: "",
+            credentials: S3Credentials(accessKeyID: "a", secretAccessKey: "s"), partSize: 5 << 20)
+        let mib: Int64 = 1 << 20
+        #expect(store.chunkSize(forSize: 10_000 * 5 * mib, planned: 5 * mib) == 5 * mib)
+        let grown = store.chunkSize(forSize: 10_001 * 5 * mib, planned: 5 * mib)
+        #expect(grown == 6 * mib, "whole MiB, just enough")
+        for size in [Int64(80) << 30, Int64(1) << 40, (Int64(5) << 40) - 1] {
+            let part = store.chunkSize(forSize: size, planned: 16 * mib)
+            #expect((size + part - 1) / part <= 10_000, "\(size)")
+            #expect(part % mib == 0 && part <= 5 << 30)
+        }
     }
 }
