@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 import FerryDigest
 import FerryCore
@@ -53,6 +54,16 @@ import FerryCore
         #expect(SigV4.encode("a/b") == "a%2Fb")
         #expect(SigV4.canonicalQuery([("prefix", "a b"), ("list-type", "2"), ("encoding-type", "url")])
             == "encoding-type=url&list-type=2&prefix=a%20b")
+    }
+
+    @Test func amzDatesFormatAndParseWithoutAFormatter() {
+        #expect(SigV4.amzDate(Date(timeIntervalSince1970: 1_369_353_600)) == "20130524T000000Z")
+        #expect(SigV4.amzDate(Date(timeIntervalSince1970: 1_795_615_199.9)) == "20261125T135959Z")
+        #expect(SigV4.parseAmzDate("20130524T000000Z") == Date(timeIntervalSince1970: 1_369_353_600))
+        #expect(SigV4.parseAmzDate("20261125T135959Z") == Date(timeIntervalSince1970: 1_795_615_199))
+        for bad in ["", "20130524T000000", "2013-05-24T00:00:00Z", "20131324T000000Z", "2013052xT000000Z"] {
+            #expect(SigV4.parseAmzDate(bad) == nil, "\(bad)")
+        }
     }
 
     @Test func secretsNeverPrint() {
