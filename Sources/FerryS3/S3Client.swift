@@ -180,9 +180,12 @@ public final class S3Client: @unchecked Sendable {
             if let token { q.append(("continuation-token", token)) }
             let r = try send("GET", key: nil, query: q, operation: "ListObjectsV2 \(bucket)")
             try check(r, "ListObjectsV2 \(bucket)")
-            let fields = XMLFields.parse(r.body, wanted: ["Key", "Size", "ETag", "IsTruncated", "NextContinuationToken"])
+            let fields = XMLFields.parse(
+                r.body, wanted: ["Key", "Size", "ETag", "IsTruncated", "NextContinuationToken"], ends: ["Contents"])
+            // One object per <Contents>, whatever order its fields come in (SeaweedFS puts Size after ETag).
             var key: String?
             var size: Int64 = 0
+            var etag = ""
             var truncated = false
             token = nil
             for (name, value) in fields {
@@ -190,9 +193,10 @@ public final class S3Client: @unchecked Sendable {
                 // encoding-type=url is form encoding: a space arrives as "+", a literal "+" as %2B.
                 case "Key": key = value.replacingOccurrences(of: "+", with: " ").removingPercentEncoding ?? value
                 case "Size": size = Int64(value) ?? 0
-                case "ETag":
-                    if let k = key { try body(S3Object(key: k, size: size, etag: value)) }
-                    key = nil
+                case "ETag": etag = value
+                case "Contents":
+                    if let k = key { try body(S3Object(key: k, size: size, etag: etag)) }
+                    (key, size, etag) = (nil, 0, "")
                 case "IsTruncated": truncated = value == "true"
                 case "NextContinuationToken": token = value
                 default: break
@@ -206,15 +210,20 @@ public final class S3Client: @unchecked Sendable {
 /// Pulls the text of selected elements out of an S3 XML response, in document order.
 final class XMLFields: NSObject, XMLParserDelegate {
     let wanted: Set<String>
+    /// Elements whose end is reported as (name, ""): the boundary of a record such as `Contents`.
+    let ends: Set<String>
     var out: [(String, String)] = []
     var current: String?
     var text = ""
 
-    init(wanted: Set<String>) { self.wanted = wanted }
+    init(wanted: Set<String>, ends: Set<String>) {
+        self.wanted = wanted
+        self.ends = ends
+    }
 
-    static func parse(_ body: [UInt8], wanted: Set<String>) -> [(String, String)] {
+    static func parse(_ body: [UInt8], wanted: Set<String>, ends: Set<String> = []) -> [(String, String)] {
         let p = XMLParser(data: Data(body))
-        let d = XMLFields(wanted: wanted)
+        let d = XMLFields(wanted: wanted, ends: ends)
         p.delegate = d
         _ = p.parse()
         return d.out
@@ -236,6 +245,7 @@ final class XMLFields: NSObject, XMLParserDelegate {
             out.append((name, text))
             current = nil
         }
+        if ends.contains(name) { out.append((name, "")) }
     }
 }
 

@@ -379,7 +379,11 @@ final class S3Writer: DigestAwareWriter, MetadataAccepting {
         try makeDurable()
         guard let id = uploadID else { throw FerryError(.destinationIO, "\(path): no multipart upload to complete") }
         try store.withClient { c in
-            let parts = try c.listParts(k, uploadID: id)
+            // A part sent again after an interruption can be listed twice (SeaweedFS); the last listing of a
+            // number is the one that counts, as a re-upload replaces a part in S3.
+            var byNumber: [Int: (number: Int, etag: String, size: Int64)] = [:]
+            for p in try c.listParts(k, uploadID: id) { byNumber[p.number] = p }
+            let parts = byNumber.values.sorted { $0.number < $1.number }
             let expected = Int((size + partSize - 1) / partSize)
             guard parts.count == expected else {
                 throw FerryError(.destinationIO, "\(path): \(parts.count) of \(expected) parts uploaded")

@@ -25,8 +25,10 @@ import FerryTesting
         // ~1,000 bytes; SeaweedFS limits each path segment to 255 bytes (AWS and R2 do not), so several segments.
         let long = "long/" + (0..<4).map { String(repeating: Character(String($0)), count: 240) }.joined(separator: "/")
         let keys = ["photos/a b+c%d&e=f.jpg", "media/日本語/ファイル.png", nfc, nfd, long, "empty/zero.bin", "tilde~star*(1).txt"]
+        var sizes: [[UInt8]: Int64] = [:]
         for (i, key) in keys.enumerated() {
             let body = key.hasPrefix("empty") ? [] : TreeGen.bytes(count: 1000 + i * 37, seed: UInt64(i))
+            sizes[Array(key.utf8)] = Int64(body.count)
             let etag = try client.putObject(
                 key, body,
                 headers: [
@@ -50,6 +52,7 @@ import FerryTesting
         try client.list(pageSize: 2) { listed[Array($0.key.utf8)] = $0.size }
         #expect(Set(listed.keys) == Set(keys.map { Array($0.utf8) }), "paged listing with encoding-type=url returns every key")
         #expect(listed[Array("empty/zero.bin".utf8)] == 0)
+        #expect(listed == sizes, "every listed size belongs to its own key (SeaweedFS sends Size after ETag)")
         #expect(listed.count == keys.count, "the NFC and the NFD key are two objects here")
         try client.deleteObject(keys[0])
         #expect(try client.headObject(keys[0]) == nil)
