@@ -100,6 +100,14 @@ public protocol ChunkSizing {
     func chunkSize(forSize size: Int64, planned: Int64) -> Int64
 }
 
+/// A destination that can copy an object from a source on the same service without the bytes passing through
+/// ferry (S3 CopyObject between buckets of one endpoint). The ledger then holds no chunk hashes for the item:
+/// verify proves it by reading both sides.
+public protocol ServerSideCopying {
+    /// Copies `entry` from `source` server-side; false when this source cannot be copied that way.
+    func copyServerSide(_ entry: Entry, from source: any Store) throws -> Bool
+}
+
 /// A store holds a tree of entries (a directory, a bucket, a metric tree). Not-found is `nil`, not an error.
 /// After rclone's `fs.Fs`: list, stat, read a range, write with an atomic commit.
 public protocol Store: Sendable {

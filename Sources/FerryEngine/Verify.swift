@@ -228,6 +228,9 @@ final class VerifyPhase: @unchecked Sendable {
             return nil
         }
         let chunks = try ledger.chunks(of: item.id)
+        if chunks.isEmpty && e.size > 0 && destination is any ServerSideCopying {
+            return compareBothSides(e, buffer: buffer, hasher: hasher)
+        }
         let planned = Int64(buffer.count)
         let itemChunk = (destination as? any ChunkSizing)?.chunkSize(forSize: e.size, planned: planned) ?? planned
         let layout = ChunkLayout.chunks(size: e.size, chunkSize: e.size <= planned ? planned : itemChunk)
@@ -297,5 +300,46 @@ final class VerifyPhase: @unchecked Sendable {
         drift.deleted = max(0, present - seenPresent)
         drift.deleted += try ledger.countVanished()
         return drift
+    }
+}
+
+extension VerifyPhase {
+    /// An item copied server-side has no chunk hashes: both sides are read chunk by chunk and their SHA-256
+    /// compared.
+    func compareBothSides(_ e: Entry, buffer: UnsafeMutableRawBufferPointer, hasher: SHA256Hasher) -> String? {
+        let readers: (any ObjectReader, any ObjectReader)
+        do {
+            guard let s = try source.openReader(e.path) else { return "missing at the source" }
+            guard let d = try destination.openReader(e.path) else {
+                s.close()
+                return "missing at the destination"
+            }
+            readers = (s, d)
+        } catch {
+            return "cannot read both sides: \(error.operatorText)"
+        }
+        defer {
+            readers.0.close()
+            readers.1.close()
+        }
+        for chunk in ChunkLayout.chunks(size: e.size, chunkSize: Int64(buffer.count)) {
+            let window = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(chunk.length)])
+            var digests: [String] = []
+            for r in [readers.0, readers.1] {
+                do {
+                    guard try r.read(into: window, at: chunk.offset) == Int(chunk.length) else {
+                        return "truncated in chunk \(chunk.index) on one side"
+                    }
+                } catch {
+                    return "cannot read chunk \(chunk.index): \(error.operatorText)"
+                }
+                hasher.update(UnsafeRawBufferPointer(window))
+                digests.append(hasher.finish().hex)
+            }
+            if digests[0] != digests[1] {
+                return "content differs in chunk \(chunk.index) (bytes \(chunk.offset)-\(chunk.offset + chunk.length - 1))"
+            }
+        }
+        return nil
     }
 }

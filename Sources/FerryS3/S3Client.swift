@@ -282,7 +282,12 @@ extension S3Client {
     /// Server-side copy within this bucket (`x-amz-copy-source`); with `headers`, the metadata is replaced by
     /// them. Objects up to 5 GiB.
     public func copyObject(from source: String, to key: String, replacing headers: [(String, String)]? = nil) throws {
-        var h = [("x-amz-copy-source", SigV4.encode("/" + bucket + "/" + source, encodeSlash: false))]
+        try copyObject(fromBucket: bucket, key: source, to: key, replacing: headers)
+    }
+
+    /// Server-side copy from `sourceBucket` on the same endpoint into this bucket.
+    public func copyObject(fromBucket sourceBucket: String, key source: String, to key: String, replacing headers: [(String, String)]? = nil) throws {
+        var h = [("x-amz-copy-source", SigV4.encode("/" + sourceBucket + "/" + source, encodeSlash: false))]
         if let headers { h += [("x-amz-metadata-directive", "REPLACE")] + headers }
         let r = try send("PUT", key: key, headers: h, operation: "CopyObject \(key)")
         try check(r, "CopyObject \(key)")

@@ -46,7 +46,7 @@ public enum CredentialSource {
 
 /// A bucket (and key prefix) as a store. Objects are entries; keys map to paths below the prefix. Keys that
 /// cannot be paths (`..` or empty segments, a leading `/`) are reported by the walk, never followed.
-public final class S3Store: Store, ChecksumProviding, FenceChecking, ChunkSizing, @unchecked Sendable {
+public final class S3Store: Store, ChecksumProviding, FenceChecking, ChunkSizing, ServerSideCopying, @unchecked Sendable {
     // @unchecked: configuration is immutable; the client pool is behind a Mutex.
     public let endpoint: String
     public let region: String
@@ -96,6 +96,18 @@ public final class S3Store: Store, ChecksumProviding, FenceChecking, ChunkSizing
         let mib: Int64 = 1_048_576
         let needed = (size + Self.maxParts - 1) / Self.maxParts
         return (needed + mib - 1) / mib * mib
+    }
+
+    /// CopyObject from a bucket on the same endpoint, readable with the same credentials, for objects up to
+    /// 5 GiB: the object and all its metadata are copied by the server.
+    public func copyServerSide(_ entry: Entry, from source: any Store) throws -> Bool {
+        guard let src = source as? S3Store, src.endpoint == endpoint, src.credentials.accessKeyID == credentials.accessKeyID,
+            entry.size <= Self.maxCopySize, entry.kind == .file
+        else { return false }
+        try withClient { c in
+            try c.copyObject(fromBucket: src.bucket, key: src.key(entry.path), to: key(entry.path))
+        }
+        return true
     }
 
     /// This object's part size.

@@ -72,7 +72,6 @@ func mediaBucket(_ weed: SeaweedFS, name: String = "media") throws -> S3Client {
     @Test func bucketToBucketCarriesHeadersAndUserMetadata() throws {
         let weed = try SeaweedFS()
         let old = try mediaBucket(weed)
-        let new = try mediaBucket(weed, name: "media-r2")
         let meta: [(String, String)] = [
             ("Content-Type", "video/mp4"), ("Cache-Control", "public, max-age=315576000, immutable"),
             ("Content-Disposition", "inline; filename=\"clip.mp4\""), ("Content-Encoding", "identity"),
@@ -89,33 +88,60 @@ func mediaBucket(_ weed: SeaweedFS, name: String = "media") throws -> S3Client {
         try old.completeMultipartUpload("cache/big.mp4", uploadID: id, parts: parts)
 
         let dir = TempDir("ferry-s3s3")
-        let env = ["MEDIA_ACCESS_KEY_ID": weed.accessKey, "MEDIA_SECRET_ACCESS_KEY": weed.secretKey]
-        let plan = try writePlan(dir.path, """
-            version: 1
-            name: s3s3
-            source:      { kind: s3, endpoint: "\(weed.endpoint)", region: us-east-1, bucket: media, credentials: "env:MEDIA_" }
-            destination: { kind: s3, endpoint: "\(weed.endpoint)", region: us-east-1, bucket: media-r2, credentials: "env:MEDIA_" }
-            copy:        { chunk_size: 5MiB }
-            """)
-        let r = try Ferry.run(["run", plan], environment: env)
-        #expect(r.status == 0, "\(r.all)")
-        for (key, body) in [("cache/a.mp4", small), ("cache/big.mp4", big)] {
-            #expect(try new.getObject(key) == body, "\(key)")
-            let h = try #require(try new.headObject(key))
-            for (name, value) in meta {
-                #expect(h.headers[name.lowercased()] == value, "\(key) \(name)")
-            }
-            if body.count <= 5 << 20 {
-                #expect(h.headers["x-amz-meta-ferry-sha256"] == SHA256Hasher.digest(body).hex, "\(key)")
+        let env = [
+            "MEDIA_ACCESS_KEY_ID": weed.accessKey, "MEDIA_SECRET_ACCESS_KEY": weed.secretKey,
+            "OTHER_ACCESS_KEY_ID": weed.accessKey, "OTHER_SECRET_ACCESS_KEY": weed.secretKey,
+            "FERRY_TEST_WRITE_LOG": dir.sub("writes.log"),
+        ]
+        // Same endpoint, same credentials: CopyObject, no byte passes through ferry. Through another endpoint
+        // name (as between two providers) the bytes stream through ferry and get ferry's hashes.
+        for (name, dest, creds) in [("same", "media-r2", "MEDIA_"), ("streamed", "media-other", "OTHER_")] {
+            let endpoint = name == "same" ? weed.endpoint : "http://localhost:\(weed.s3Port)"
+            let target = try mediaBucket(weed, name: dest)
+            let plan = try writePlan(dir.path, """
+                version: 1
+                name: \(name)
+                source:      { kind: s3, endpoint: "\(weed.endpoint)", region: us-east-1, bucket: media, credentials: "env:MEDIA_" }
+                destination: { kind: s3, endpoint: "\(endpoint)", region: us-east-1, bucket: \(dest), credentials: "env:\(creds)" }
+                copy:        { chunk_size: 5MiB }
+                verify:      { mode: full }
+                """, name: name + ".yml")
+            try? FileManager.default.removeItem(atPath: dir.sub("writes.log"))
+            let r = try Ferry.run(["run", plan], environment: env)
+            #expect(r.status == 0, "\(r.all)")
+            let written = ((try? String(contentsOfFile: dir.sub("writes.log"), encoding: .utf8)) ?? "")
+                .split(separator: "\n").compactMap { Int($0) }.reduce(0, +)
+            if name == "same" {
+                #expect(written == 0, "a server-side copy sends no bytes through ferry (\(written))")
             } else {
-                // A multipart object carries the hash of its 5 MiB parts' digests instead.
-                let parts = stride(from: 0, to: body.count, by: 5 << 20).map {
-                    SHA256Hasher.digest(Array(body[$0..<min(body.count, $0 + (5 << 20))])).hex
+                #expect(written == small.count + big.count)
+            }
+            for (key, body) in [("cache/a.mp4", small), ("cache/big.mp4", big)] {
+                #expect(try target.getObject(key) == body, "\(name) \(key)")
+                let h = try #require(try target.headObject(key))
+                for (header, value) in meta {
+                    #expect(h.headers[header.lowercased()] == value, "\(name) \(key) \(header)")
                 }
-                let list = try #require(SHA256Hasher.chunkListDigest(parts))
-                #expect(h.headers["x-amz-meta-ferry-sha256-chunks"] == "\(5 << 20):\(list.hex)", "\(key)")
+                if name == "streamed" && body.count <= 5 << 20 {
+                    #expect(h.headers["x-amz-meta-ferry-sha256"] == SHA256Hasher.digest(body).hex, "\(key)")
+                } else if name == "streamed" {
+                    // A multipart object carries the hash of its 5 MiB parts' digests instead.
+                    let parts = stride(from: 0, to: body.count, by: 5 << 20).map {
+                        SHA256Hasher.digest(Array(body[$0..<min(body.count, $0 + (5 << 20))])).hex
+                    }
+                    let list = try #require(SHA256Hasher.chunkListDigest(parts))
+                    #expect(h.headers["x-amz-meta-ferry-sha256-chunks"] == "\(5 << 20):\(list.hex)", "\(key)")
+                }
             }
         }
+        // A server-side copy is verified by reading both sides: a changed destination object is caught.
+        let r2 = try mediaBucket(weed, name: "media-r2")
+        var tampered = small
+        tampered[100] ^= 0xFF
+        _ = try r2.putObject("cache/a.mp4", tampered, headers: meta)
+        let v = try Ferry.run(["verify", dir.sub("same.yml")], environment: env)
+        #expect(v.status == 1, "\(v.all)")
+        #expect(v.stdout.contains("cache/a.mp4") && v.stdout.contains("content differs"), "\(v.stdout)")
     }
 
     @Test func anObjectOverThePartLimitGoesInLargerEqualParts() throws {
