@@ -330,14 +330,9 @@ final class CopyPhase: @unchecked Sendable {
         let token = String(id)
         let itemChunk = (destination as? any ChunkSizing)?.chunkSize(forSize: entry.size, planned: chunkSize) ?? chunkSize
         let layout = ChunkLayout.chunks(size: entry.size, chunkSize: itemChunk)
-        // An object that needs larger chunks than the plan's gets a buffer of its own for them.
-        var own: UnsafeMutableRawBufferPointer?
-        defer { own?.deallocate() }
-        var buffer = buffer
-        if Int(itemChunk) > buffer.count {
-            own = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(itemChunk), alignment: 4096)
-            buffer = own!
-        }
+        let chunkBuffer = ChunkBuffer(buffer, atLeast: itemChunk)
+        defer { withExtendedLifetime(chunkBuffer) {} }  // the buffer lives as long as this function uses it
+        let buffer = chunkBuffer.buffer
         var committed = Dictionary(uniqueKeysWithValues: try ledger.chunks(of: id).map { ($0.index, $0) })
         // Committed chunks must match this layout; anything else is stale and starts over.
         if committed.values.contains(where: { c in

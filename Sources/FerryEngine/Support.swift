@@ -169,3 +169,17 @@ public enum Interruption {
 
     public static var requested: Bool { interruptFlag.load(ordering: .relaxed) }
 }
+
+/// A worker's chunk buffer, or one of `size` bytes when an object needs larger chunks than the plan's (S3's
+/// 10,000-part limit); the larger one is freed with the value.
+final class ChunkBuffer {
+    let buffer: UnsafeMutableRawBufferPointer
+    private let owned: Bool
+
+    init(_ shared: UnsafeMutableRawBufferPointer, atLeast size: Int64) {
+        owned = Int(size) > shared.count
+        buffer = owned ? UnsafeMutableRawBufferPointer.allocate(byteCount: Int(size), alignment: 4096) : shared
+    }
+
+    deinit { if owned { buffer.deallocate() } }
+}

@@ -235,13 +235,9 @@ final class VerifyPhase: @unchecked Sendable {
         let itemChunk = (destination as? any ChunkSizing)?.chunkSize(forSize: e.size, planned: planned) ?? planned
         let layout = ChunkLayout.chunks(size: e.size, chunkSize: e.size <= planned ? planned : itemChunk)
         if chunks.count != layout.count { return "ledger holds \(chunks.count) of \(layout.count) chunk checksums" }
-        var own: UnsafeMutableRawBufferPointer?
-        defer { own?.deallocate() }
-        var buffer = buffer
-        if Int(itemChunk) > buffer.count {
-            own = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(itemChunk), alignment: 4096)
-            buffer = own!
-        }
+        let chunkBuffer = ChunkBuffer(buffer, atLeast: itemChunk)
+        defer { withExtendedLifetime(chunkBuffer) {} }  // the buffer lives as long as this function uses it
+        let buffer = chunkBuffer.buffer
         let reader: any ObjectReader
         do {
             guard let r = try destination.openReader(e.path) else { return "missing at the destination" }
