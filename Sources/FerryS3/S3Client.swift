@@ -272,11 +272,11 @@ extension S3Client {
     }
 
     /// Sends a request as given (a proxy's forward): retried like any other, the answer returned whatever its
-    /// status.
-    public func forward(method: String, key: String?, query: [(String, String)], headers: [(String, String)], body: [UInt8]) throws
-        -> HTTPResponse
-    {
-        try send(method, key: key, query: query, headers: headers, body: body, operation: "\(method) \(key ?? "/")")
+    /// status. `payloadHash`: the body's SHA-256 when the caller has it already.
+    public func forward(
+        method: String, key: String?, query: [(String, String)], headers: [(String, String)], body: [UInt8], payloadHash: String? = nil
+    ) throws -> HTTPResponse {
+        try send(method, key: key, query: query, headers: headers, body: body, payloadHash: payloadHash, operation: "\(method) \(key ?? "/")")
     }
 
     /// Server-side copy within this bucket (`x-amz-copy-source`); with `headers`, the metadata is replaced by

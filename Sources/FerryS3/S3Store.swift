@@ -75,7 +75,8 @@ public final class S3Store: Store, ChecksumProviding, FenceChecking, ChunkSizing
         self.partSize = partSize
     }
 
-    func withClient<T>(_ body: (S3Client) throws -> T) throws -> T {
+    /// Runs `body` with a client from the store's pool (one keep-alive connection each, reused).
+    public func withClient<T>(_ body: (S3Client) throws -> T) throws -> T {
         let client = pool.withLock { $0.popLast() }
             ?? S3Client(endpoint: endpoint, region: region, bucket: bucket, credentials: credentials, addressing: addressing)
         defer { pool.withLock { $0.append(client) } }

@@ -86,6 +86,9 @@ public final class S3Tap: TapServer, @unchecked Sendable {
     let journal: Journal
     let verifier: SigV4Verifier
     let group: MultiThreadedEventLoopGroup
+    /// The two sides, for their client pools.
+    let oldStore: S3Store
+    let newStore: S3Store
     private let lock = NSLock()
     private var mode: TapMode = .mirror
     private var channels: [any Channel] = []
@@ -114,6 +117,13 @@ public final class S3Tap: TapServer, @unchecked Sendable {
             mode = m
         }
         group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, min(4, System.coreCount)))
+        func store(_ s: S3TapConfig.S3Side) -> S3Store {
+            S3Store(
+                endpoint: s.endpoint, region: s.region, bucket: s.bucket, prefix: s.prefix, credentials: s.credentials,
+                partSize: Self.mirrorPartSize, addressing: s.addressing)
+        }
+        oldStore = store(config.old)
+        newStore = store(config.new)
     }
 
     func side(_ name: String) -> S3TapConfig.S3Side { name == "old" ? config.old : config.new }
@@ -134,9 +144,9 @@ public final class S3Tap: TapServer, @unchecked Sendable {
         }
     }
 
-    func client(_ name: String) -> S3Client {
-        let s = side(name)
-        return S3Client(endpoint: s.endpoint, region: s.region, bucket: s.bucket, credentials: s.credentials, addressing: s.addressing)
+    /// Runs `body` with a pooled client for a side, so requests reuse keep-alive connections.
+    func withClient<T>(_ name: String, _ body: (S3Client) throws -> T) throws -> T {
+        try (name == "old" ? oldStore : newStore).withClient(body)
     }
 
     // MARK: - lifecycle
@@ -219,9 +229,9 @@ public final class S3Tap: TapServer, @unchecked Sendable {
     /// Runs on a worker thread: authenticate, forward, record the write.
     func serve(_ r: Request) -> Response {
         let (rawPath, rawQuery) = r.uri.firstIndex(of: "?").map { (String(r.uri[..<$0]), String(r.uri[r.uri.index(after: $0)...])) } ?? (r.uri, nil)
+        let bodyHash = SHA256Hasher.digest(r.body).hex
         do {
-            _ = try verifier.verify(
-                method: r.method, rawPath: rawPath, rawQuery: rawQuery, headers: r.headers, bodySHA256: SHA256Hasher.digest(r.body).hex)
+            _ = try verifier.verify(method: r.method, rawPath: rawPath, rawQuery: rawQuery, headers: r.headers, bodySHA256: bodyHash)
         } catch {
             lock.lock()
             refused += 1
@@ -260,14 +270,14 @@ public final class S3Tap: TapServer, @unchecked Sendable {
                 headers.append(("x-amz-copy-source", SigV4.encode("/" + p.bucket + "/" + p.prefix + srcParts[1], encodeSlash: false)))
             }
             var target = primary
-            var res = try forward(target, r.method, key, query, headers, r.body)
+            var res = try forward(target, r.method, key, query, headers, r.body, bodyHash)
             lock.lock()
             let cutover = mode == .cutover
             lock.unlock()
             if isRead && cutover && res.status == 404, key != nil {
                 // Cutover: the new side first, the old one for what has not been copied yet.
                 target = "old"
-                res = try forward(target, r.method, key, query, headers, r.body)
+                res = try forward(target, r.method, key, query, headers, r.body, bodyHash)
             }
             if (200..<300).contains(res.status), let key, !isRead {
                 let isPart = names.contains("partNumber") || names.contains("uploads")
@@ -288,12 +298,13 @@ public final class S3Tap: TapServer, @unchecked Sendable {
         }
     }
 
-    func forward(_ name: String, _ method: String, _ key: String?, _ query: [(String, String)], _ headers: [(String, String)], _ body: [UInt8]) throws
-        -> HTTPResponse
-    {
-        let c = client(name)
+    /// Sends the request to a side; `bodyHash` is the one computed when the signature was checked.
+    func forward(
+        _ name: String, _ method: String, _ key: String?, _ query: [(String, String)], _ headers: [(String, String)], _ body: [UInt8],
+        _ bodyHash: String
+    ) throws -> HTTPResponse {
         let k = key.map { side(name).prefix + $0 }
-        return try c.forward(method: method, key: k, query: query, headers: headers, body: body)
+        return try withClient(name) { try $0.forward(method: method, key: k, query: query, headers: headers, body: body, payloadHash: bodyHash) }
     }
 
     /// Records a write for the secondary, durably, before the application hears it succeeded.
@@ -358,47 +369,49 @@ public final class S3Tap: TapServer, @unchecked Sendable {
         lock.unlock()
         if let last, Date().timeIntervalSince(last) < 1 { Thread.sleep(forTimeInterval: 1 - Date().timeIntervalSince(last)) }
         let source = target == "old" ? "new" : "old"
-        let dst = client(target)
         let dkey = side(target).prefix + key
         let skey = side(source).prefix + key
-        let src = client(source)
-        if op == "delete" {
-            try dst.deleteObject(dkey)
-        } else if let head = try src.headObject(skey) {
-            var headers = S3Store.carried(head.headers).sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
-            if head.size <= Self.mirrorPartSize {
-                guard let body = try src.getObject(skey) else { return try dst.deleteObject(dkey) }
-                let digest = SHA256Hasher.digest(body).hex
-                headers.append(("x-amz-meta-ferry-sha256", digest))
-                _ = try dst.putObject(dkey, body, headers: headers, payloadHash: digest)
-            } else {
-                // Large objects go part by part (ranged reads), so memory stays one part whatever the size.
-                let id = try dst.createMultipartUpload(dkey, headers: headers)
-                do {
-                    var parts: [(number: Int, etag: String)] = []
-                    var offset: Int64 = 0
-                    while offset < head.size {
-                        let end = min(head.size, offset + Self.mirrorPartSize) - 1
-                        guard let part = try src.getObject(skey, range: offset...end) else {
-                            throw FerryError(.sourceIO, "\(key) vanished from the primary while mirrored")
-                        }
-                        parts.append((parts.count + 1, try dst.uploadPart(dkey, uploadID: id, number: parts.count + 1, part)))
-                        offset = end + 1
-                    }
-                    try dst.completeMultipartUpload(dkey, uploadID: id, parts: parts)
-                } catch {
-                    try? dst.abortMultipartUpload(dkey, uploadID: id)
-                    throw error
-                }
-            }
-        } else {
-            // Gone from the primary since: the secondary follows.
-            try dst.deleteObject(dkey)
+        try withClient(source) { src in
+            try withClient(target) { dst in try mirror(op: op, key: key, from: src, skey, to: dst, dkey) }
         }
         lock.lock()
         lastWrite[key] = Date()
         if lastWrite.count > 100_000 { lastWrite = lastWrite.filter { Date().timeIntervalSince($0.value) < 1 } }
         lock.unlock()
+    }
+
+    /// Makes `dkey` on `dst` what `skey` on `src` is now (or removes it).
+    private func mirror(op: String, key: String, from src: S3Client, _ skey: String, to dst: S3Client, _ dkey: String) throws {
+        guard op != "delete", let head = try src.headObject(skey) else {
+            // Deleted, or gone from the primary since: the secondary follows.
+            return try dst.deleteObject(dkey)
+        }
+        var headers = S3Store.carried(head.headers).sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
+        if head.size <= Self.mirrorPartSize {
+            guard let body = try src.getObject(skey) else { return try dst.deleteObject(dkey) }
+            let digest = SHA256Hasher.digest(body).hex
+            headers.append(("x-amz-meta-ferry-sha256", digest))
+            _ = try dst.putObject(dkey, body, headers: headers, payloadHash: digest)
+            return
+        }
+        // Large objects go part by part (ranged reads), so memory stays one part whatever the size.
+        let id = try dst.createMultipartUpload(dkey, headers: headers)
+        do {
+            var parts: [(number: Int, etag: String)] = []
+            var offset: Int64 = 0
+            while offset < head.size {
+                let end = min(head.size, offset + Self.mirrorPartSize) - 1
+                guard let part = try src.getObject(skey, range: offset...end) else {
+                    throw FerryError(.sourceIO, "\(key) vanished from the primary while mirrored")
+                }
+                parts.append((parts.count + 1, try dst.uploadPart(dkey, uploadID: id, number: parts.count + 1, part)))
+                offset = end + 1
+            }
+            try dst.completeMultipartUpload(dkey, uploadID: id, parts: parts)
+        } catch {
+            try? dst.abortMultipartUpload(dkey, uploadID: id)
+            throw error
+        }
     }
 
     // MARK: - control
@@ -437,8 +450,10 @@ public final class S3Tap: TapServer, @unchecked Sendable {
     /// The fence: a marker object written to the primary and mirrored like any write.
     public func fence(path: String, value: Double, timestamp: Int) throws -> UInt64 {
         let key = S3Store.fenceKey(path)
-        let c = client(primary)
-        _ = try c.putObject(side(primary).prefix + key, Array(String(Int(value)).utf8), headers: [("x-amz-meta-ferry-fence", String(Int(value)))])
+        let p = primary
+        _ = try withClient(p) {
+            try $0.putObject(side(p).prefix + key, Array(String(Int(value)).utf8), headers: [("x-amz-meta-ferry-fence", String(Int(value)))])
+        }
         try record(op: "put", key: key)
         return journal.head
     }
