@@ -6,6 +6,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 #include "ferry_sys.h"
 
@@ -45,3 +46,37 @@ int ferry_rename_noreplace(int olddirfd, const char *oldpath, int newdirfd, cons
 int ferry_spawn_closefrom(posix_spawn_file_actions_t *actions, int from) {
     return posix_spawn_file_actions_addclosefrom_np(actions, from);
 }
+
+static int ferry_proc_path(char *buf, size_t size, int dirfd, const char *name) {
+    int n = snprintf(buf, size, "/proc/self/fd/%d/%s", dirfd, name);
+    if (n < 0 || (size_t)n >= size) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    return 0;
+}
+
+long ferry_llistxattrat(int dirfd, const char *name, char *list, unsigned long size) {
+    char path[512];
+    if (ferry_proc_path(path, sizeof path, dirfd, name) != 0) return -1;
+    return llistxattr(path, list, size);
+}
+
+long ferry_lgetxattrat(int dirfd, const char *name, const char *attr, void *value, unsigned long size) {
+    char path[512];
+    if (ferry_proc_path(path, sizeof path, dirfd, name) != 0) return -1;
+    return lgetxattr(path, attr, value, size);
+}
+
+int ferry_lsetxattrat(int dirfd, const char *name, const char *attr, const void *value, unsigned long size) {
+    char path[512];
+    if (ferry_proc_path(path, sizeof path, dirfd, name) != 0) return -1;
+    return lsetxattr(path, attr, value, size, 0);
+}
+
+int ferry_fsetxattr(int fd, const char *attr, const void *value, unsigned long size) {
+    return fsetxattr(fd, attr, value, size, 0);
+}
+
+int ferry_seek_data(void) { return SEEK_DATA; }
+int ferry_seek_hole(void) { return SEEK_HOLE; }

@@ -57,13 +57,18 @@ func printError(_ text: String) {
 
 /// Loads and validates the plan, printing every diagnostic and exiting 2 when it is invalid.
 func loadPlan(_ path: String) throws -> Plan {
+    let diagnostics: [PlanDiagnostic]
     do {
-        return try Registry.loader.load(file: path)
+        let plan = try Registry.loader.load(file: path)
+        // The stores' and the tap's own checks, every problem at once, located like the loader's.
+        diagnostics = Registry.problems(plan).map { PlanLoader.diagnostic($0, plan: plan, displayPath: path) }
+        if diagnostics.isEmpty { return plan }
     } catch {
-        for d in error.diagnostics { FileHandle.standardError.write(Data("\(d)\n".utf8)) }
-        FileHandle.standardError.write(Data("ferry: plan \(path) is invalid (\(error.diagnostics.count) problem(s))\n".utf8))
-        throw ExitCode(Exit.planError)
+        diagnostics = error.diagnostics
     }
+    for d in diagnostics { FileHandle.standardError.write(Data("\(d)\n".utf8)) }
+    FileHandle.standardError.write(Data("ferry: plan \(path) is invalid (\(diagnostics.count) problem(s))\n".utf8))
+    throw ExitCode(Exit.planError)
 }
 
 func makeJob(_ plan: Plan, _ options: GlobalOptions) throws -> Job {
@@ -116,14 +121,6 @@ struct PlanCheck: ParsableCommand {
 
     func run() throws {
         let p = try loadPlan(plan)
-        do {
-            _ = try Registry.source(p)
-            _ = try Registry.store(p.destination, plan: p)
-            _ = try Registry.tap(p, launch: false)
-        } catch {
-            printError("plan \(plan) is invalid: \(error)")
-            throw ExitCode(Exit.planError)
-        }
         out("plan \(plan) is valid: job '\(p.name)', \(p.source.displayName) → \(p.destination.displayName)")
         out("state: \(p.stateDirectory)")
         if let t = p.tap {
@@ -158,11 +155,10 @@ struct RunCommand: ParsableCommand {
             case .alreadyDone(let why):
                 out(why)
             case .ready(let report):
-                printReport(report, stateDirectory: p.stateDirectory)
+                printReport(report, stateDirectory: p.stateDirectory, plan: plan)
                 out("job '\(p.name)' is ready for cutover: `ferry cutover \(plan)`")
             case .mismatches(let report):
-                printReport(report, stateDirectory: p.stateDirectory)
-                out("run `ferry run \(plan) --repair` to re-copy the bad entries")
+                printReport(report, stateDirectory: p.stateDirectory, plan: plan)
                 throw ExitCode(Exit.mismatch)
             }
         }
@@ -173,31 +169,30 @@ struct RunCommand: ParsableCommand {
         out("dry run: \(source.displayName) → \(p.destination.displayName) (nothing is written)")
         if p.snapshot.hook != nil { out("note: the snapshot hook is not run in a dry run; the live tree is inventoried") }
         let destination = try Registry.store(p.destination, plan: p)
-        let inv = try DryRun.inventory(
-            source: source, destination: destination, bandwidth: p.copy.bandwidth, concurrency: p.copy.concurrency)
+        let inv = try DryRun.inventory(source: source, destination: destination, plan: p)
         out("files        \(inv.files)  (\(Units.formatBytes(inv.bytes)))")
         out("directories  \(inv.directories)")
-        out("symlinks     \(inv.symlinks)")
-        if !inv.skipped.isEmpty {
-            out("unreadable   \(inv.skipped.count)")
-            for s in inv.skipped.prefix(10) { out("  \(s)") }
-        }
+        out("symlinks     \(inv.symlinks)  (copy.symlinks: \(inv.symlinkPolicy))")
+        if inv.hardLinks > 0 { out("hard links   \(inv.hardLinks)  (second names, linked at the destination)") }
+        if inv.specials > 0 { out("specials     \(inv.specials)  (FIFOs, sockets, devices; copy.specials: copy)") }
+        out("refused      \(inv.refusedCount)\(inv.refusedCount > 0 ? "  (the run will fail until each is fixed or covered by a policy)" : "")")
+        for r in inv.refused.prefix(20) { out("  \(r)") }
+        if inv.refusedCount > 20 { out("  ... and \(inv.refusedCount - 20) more") }
+        out("skipped by policy \(inv.skippedByPolicyCount)")
+        for r in inv.skippedByPolicy.prefix(20) { out("  \(r)") }
+        if inv.skippedByPolicyCount > 20 { out("  ... and \(inv.skippedByPolicyCount - 20) more") }
         out("size classes:")
         for b in inv.histogram where b.files > 0 {
             out("  \(pad(b.label, 12)) \(pad(String(b.files), 10)) files  \(Units.formatBytes(b.bytes))")
         }
-        if inv.refusedCount > 0 {
-            out("refused by the destination: \(inv.refusedCount)")
-            for r in inv.refused.prefix(20) { out("  \(r)") }
-        }
         if !inv.largest.isEmpty {
             out("largest files:")
-            for l in inv.largest { out("  \(pad(Units.formatBytes(l.size), 12))  \(l.path)") }
+            for l in inv.largest { out("  \(pad(Units.formatBytes(l.size), 12))  \(RawName.display(l.path))") }
         }
         if !inv.topLevel.isEmpty {
             out("per top-level directory:")
             for t in inv.topLevel.prefix(30) {
-                out("  \(pad(t.name, 30)) \(pad(String(t.files), 10)) files  \(Units.formatBytes(t.bytes))")
+                out("  \(pad(RawName.display(t.name), 30)) \(pad(String(t.files), 10)) files  \(Units.formatBytes(t.bytes))")
             }
             if inv.topLevel.count > 30 { out("  ... and \(inv.topLevel.count - 30) more") }
         }
@@ -211,23 +206,45 @@ struct RunCommand: ParsableCommand {
 
 func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s : s + String(repeating: " ", count: n - s.count) }
 
-func printReport(_ r: VerifyReport, stateDirectory: String) {
+func printReport(_ r: VerifyReport, stateDirectory: String, plan: String = "PLAN") {
     let what = r.mode == "full" ? "full" : "sample \(Units.formatDecimal(r.sample * 100, places: 1))% (round \(r.round))"
     out(
-        "verify: \(what), \(r.entries) entries checked, \(r.filesContentChecked) files hashed "
-            + "(\(Units.formatBytes(r.bytesChecked))) in \(Units.formatDuration(r.seconds))")
+        "verify: \(what), fresh walks of both sides (\(r.sourceEntries) source entries, \(r.destinationEntries) at the "
+            + "destination), \(r.filesContentChecked) files hashed (\(Units.formatBytes(r.bytesChecked))) in \(Units.formatDuration(r.seconds))")
     if r.filesCheckedByStoredHash > 0 { out("proven by stored SHA-256 (not read back): \(r.filesCheckedByStoredHash) files") }
     if r.filesUnverified > 0 {
         out("not content-checked this round (outside the sample): \(r.filesUnverified) files; later rounds cover them")
     }
+    if r.counts.skippedByPolicy > 0 {
+        out("skipped by policy: \(r.counts.skippedByPolicy) (listed in the report; not failures)")
+        for p in r.skippedByPolicy.prefix(10) { out("  \(RawName.display(p.path))  \(p.reason)") }
+        if r.counts.skippedByPolicy > 10 { out("  ... see the JSON report for all of them") }
+    }
+    if r.counts.liveExtras > 0 { out("destination entries outside the source (live data, not compared): \(r.counts.liveExtras)") }
+    if r.counts.leftoversRemoved > 0 { out("partial files of interrupted copies removed: \(r.counts.leftoversRemoved)") }
     if r.ok {
         out("result: CLEAN")
     } else {
-        out("result: MISMATCH, \(r.mismatches) problem(s)")
-        let width = min(60, max(4, r.problems.prefix(50).map(\.path.count).max() ?? 4))
-        out("  \(pad("PATH", width))  REASON")
-        for p in r.problems.prefix(50) { out("  \(pad(p.path, width))  \(p.reason)") }
+        let c = r.counts
+        var parts: [String] = []
+        for (n, word) in [(c.missing, "missing"), (c.extra, "extra"), (c.differs, "differing"), (c.refused, "refused"),
+                          (c.notCopied, "not copied"), (c.unverifiable, "unverifiable")] where n > 0 {
+            parts.append("\(n) \(word)")
+        }
+        out("result: MISMATCH, \(r.mismatches) problem(s): \(parts.joined(separator: ", "))")
+        let shown = r.problems.prefix(50).map { (RawName.display($0.path), $0) }
+        let width = min(60, max(4, shown.map(\.0.count).max() ?? 4))
+        out("  \(pad("PATH", width))  \(pad("WHAT", 12))  REASON")
+        for (path, p) in shown { out("  \(pad(path, width))  \(pad(p.kind, 12))  \(p.reason)") }
         if r.problems.count > 50 || r.problemsTruncated { out("  ... see the JSON report for all of them") }
+        out("what fixes them:")
+        if c.refused > 0 {
+            out("  refused: fix or remove each entry at the source, or cover it with a plan policy (copy.symlinks, "
+                + "copy.specials, exclude), then `ferry run \(plan) --catch-up`")
+        }
+        if c.missing + c.differs + c.notCopied > 0 { out("  missing, differing, not copied: `ferry run \(plan) --repair` copies them again") }
+        if c.extra > 0 { out("  extra: the destination holds entries the source does not; remove them there (ferry deletes only what it copied)") }
+        if c.unverifiable > 0 { out("  unverifiable: make the destination entries readable, then `ferry verify \(plan)`") }
     }
     if r.drift.total > 0 {
         out(
@@ -251,7 +268,7 @@ struct VerifyCommand: ParsableCommand {
         try guarded {
             let job = try makeJob(p, global)
             let report = try job.verifyOnly()
-            if json { try writeJSON(report) } else { printReport(report, stateDirectory: p.stateDirectory) }
+            if json { try writeJSON(report) } else { printReport(report, stateDirectory: p.stateDirectory, plan: plan) }
             if !report.ok { throw ExitCode(Exit.mismatch) }
         }
     }

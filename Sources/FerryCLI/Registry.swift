@@ -8,7 +8,7 @@ import FerryTap
 /// The composition root: the one place that knows every concrete store kind and builds it from a plan.
 enum Registry {
     static let storeKinds: [StoreKindSchema] = [
-        StoreKindSchema(kind: "fs", keys: ["path"], required: ["path"], pathIsLocal: true),
+        StoreKindSchema(kind: "fs", keys: ["path"], required: ["path"], pathIsLocal: true, holdsSpecials: true),
         StoreKindSchema(
             kind: "whisper", keys: ["path", "retentions", "aggregation", "xFilesFactor", "carbon_conf"],
             required: ["path"], pathIsLocal: true),
@@ -67,15 +67,24 @@ enum Registry {
     static func schemaSource(_ plan: Plan) throws -> @Sendable (String) throws -> WhisperSchema? {
         let o = plan.destination.options
         if let ret = o["retentions"] {
+            // Every problem at once, each starting with its field (located by the CLI).
+            var problems: [String] = []
             let method = o["aggregation"] ?? "average"
-            guard let agg = Aggregation(name: method) else {
-                throw FerryError(.invalidPlan, "destination.aggregation: unknown method '\(method)'")
-            }
+            let agg = Aggregation(name: method)
+            if agg == nil { problems.append("destination.aggregation: unknown method '\(method)'") }
             let xffText = o["xFilesFactor"] ?? "0.5"
-            guard let xff = Float(xffText), xff >= 0, xff <= 1 else {
-                throw FerryError(.invalidPlan, "destination.xFilesFactor: expected a number in [0, 1], got \(xffText)")
+            let xff = Float(xffText).flatMap { $0 >= 0 && $0 <= 1 ? $0 : nil }
+            if xff == nil { problems.append("destination.xFilesFactor: expected a number in [0, 1], got \(xffText)") }
+            var archives: [(secondsPerPoint: Int, points: Int)]?
+            do {
+                archives = try Retentions.parse(ret)
+            } catch let e as FerryError {
+                problems.append(e.message.hasPrefix("destination.") ? e.message : "destination.retentions: \(e.message)")
             }
-            let schema = WhisperSchema(retentions: try Retentions.parse(ret), xFilesFactor: xff, aggregation: agg)
+            guard problems.isEmpty, let agg, let xff, let archives else {
+                throw FerryError(.invalidPlan, problems.joined(separator: "; "))
+            }
+            let schema = WhisperSchema(retentions: archives, xFilesFactor: xff, aggregation: agg)
             _ = try Whisper(retentions: schema.archives)  // validates the archive list as whisper.create does
             return { _ in schema }
         }
@@ -93,34 +102,65 @@ enum Registry {
             guard let path = plan.snapshot.path ?? plan.source.path else { throw FerryError(.invalidPlan, "ceres store without a path") }
             return CeresTreeStore(root: path, schemaFor: try schemaSource(plan))
         }
-        return try store(plan.source, readRoot: plan.snapshot.path, plan: plan)
+        return try store(plan.source, readRoot: plan.snapshot.path ?? plan.source.path, plan: plan)
+    }
+
+    /// Every problem the stores and the tap find in a plan the loader accepted, each message starting with the
+    /// field it is about, so that it can be located.
+    static func problems(_ plan: Plan) -> [String] {
+        var out: [String] = []
+        func attempt(_ body: () throws -> Void) {
+            do {
+                try body()
+            } catch let e as FerryError {
+                for m in e.message.components(separatedBy: "; ") where !out.contains(m) { out.append(m) }
+            } catch {
+                out.append("\(error)")
+            }
+        }
+        attempt { _ = try source(plan) }
+        attempt { _ = try store(plan.destination, plan: plan) }
+        attempt { _ = try tap(plan, launch: false) }
+        return out
     }
 
     /// The store a plan's side names. `readRoot` overrides the path (the snapshot path for the source).
     static func store(_ spec: StoreSpec, readRoot: String? = nil, plan: Plan) throws -> any Store {
+        let side = readRoot != nil || spec.identity == plan.source.identity && spec.identity != plan.destination.identity
+            ? "source" : "destination"
         switch spec.kind {
         case "s3":
             let o = spec.options
+            var problems: [String] = []
             guard let endpoint = o["endpoint"], let bucket = o["bucket"], let creds = o["credentials"] else {
-                throw FerryError(.invalidPlan, "s3 store needs endpoint, bucket and credentials")
+                throw FerryError(.invalidPlan, "\(side): an s3 store needs endpoint, bucket and credentials")
             }
-            guard plan.copy.chunkSize >= 5 * 1_048_576 else {
-                throw FerryError(.invalidPlan, "copy.chunk_size is the multipart part size for S3: at least 5MiB")
+            if plan.copy.chunkSize < 5 * 1_048_576 {
+                problems.append("copy.chunk_size: is the multipart part size for S3: at least 5MiB")
             }
             let addressingName = o["addressing"] ?? "path"
-            guard let addressing = S3Addressing(rawValue: addressingName) else {
-                throw FerryError(.invalidPlan, "s3 addressing: expected path or virtual, got '\(addressingName)'")
+            let addressing = S3Addressing(rawValue: addressingName)
+            if addressing == nil {
+                problems.append("\(side).addressing: expected path or virtual, got '\(addressingName)'")
+            } else if addressing == .virtual, let why = S3Client.virtualHostable(bucket: bucket, endpoint: endpoint) {
+                problems.append("\(side).addressing: \(why)")
             }
-            if addressing == .virtual, let why = S3Client.virtualHostable(bucket: bucket, endpoint: endpoint) {
-                throw FerryError(.invalidPlan, "s3 addressing: \(why)")
+            var resolved: S3Credentials?
+            do {
+                resolved = try CredentialSource.resolve(creds, baseDirectory: PathUtil.directory(of: plan.file))
+            } catch let e as FerryError {
+                problems.append("\(side).credentials: \(e.message)")
             }
-            let credentials = try CredentialSource.resolve(creds, baseDirectory: PathUtil.directory(of: plan.file))
+            guard problems.isEmpty, let addressing, let credentials = resolved else {
+                throw FerryError(.invalidPlan, problems.joined(separator: "; "))
+            }
             return S3Store(
                 endpoint: endpoint, region: o["region"] ?? "auto", bucket: bucket, prefix: o["prefix"] ?? "",
                 credentials: credentials, partSize: plan.copy.chunkSize, addressing: addressing)
         case "fs":
             guard let path = readRoot ?? spec.path else { throw FerryError(.invalidPlan, "fs store without a path") }
-            return LocalStore(root: path)
+            // Links are followed only at the source, and only when the plan says so.
+            return LocalStore(root: path, followSymlinks: readRoot != nil && plan.copy.symlinks == .follow)
         case "whisper":
             guard let path = readRoot ?? spec.path else { throw FerryError(.invalidPlan, "whisper store without a path") }
             return WhisperTreeStore(root: path)

@@ -13,6 +13,9 @@ public struct Plan: Sendable {
     public var cutover: CutoverSpec
     /// Absolute path of the state directory (ledger, reports).
     public var stateDirectory: String
+    /// Where each field's value stands in the plan file ("destination.credentials" → line, column), so that the
+    /// stores' and taps' own checks report file:line:column too.
+    public var locations: [String: PlanLocation] = [:]
 
     /// The part of the plan that the snapshot and the committed chunks depend on. When it changes, a saved job
     /// cannot be resumed: the manifest describes another source or the chunks another layout.
@@ -22,6 +25,11 @@ public struct Plan: Sendable {
         parts.append("chunk_size=\(copy.chunkSize)")
         return parts.joined(separator: "\n")
     }
+}
+
+public struct PlanLocation: Sendable {
+    public var line: Int
+    public var column: Int
 }
 
 /// Where data comes from or goes to. `kind` picks the store; the remaining keys belong to that kind.
@@ -67,6 +75,27 @@ public struct TapSpec: Sendable {
 }
 
 public struct CopySpec: Sendable {
+    /// What happens to symbolic links (after rclone's `--links`/`-L` and rsync's `-l`/`-L`).
+    public enum SymlinkPolicy: String, Sendable, CaseIterable {
+        /// Copied as links (the target text, never followed). The default where the destination holds links.
+        case copy
+        /// Left out and listed as skipped by policy. The default for a bucket destination.
+        case skip
+        /// Followed: the file or directory the link points to is copied in its place.
+        case follow
+    }
+    /// What happens to FIFOs, sockets and device nodes. Without a policy they are refused (the run fails).
+    public enum SpecialsPolicy: String, Sendable, CaseIterable {
+        case skip
+        /// Recreated at the destination (fs → fs; device nodes need root).
+        case copy
+    }
+    /// nil: the destination's default (`copy` where links can be held, else `skip`).
+    public var symlinks: SymlinkPolicy? = nil
+    /// nil: refuse them.
+    public var specials: SpecialsPolicy? = nil
+    /// Glob patterns (rsync/rclone style) of entries left out; each is listed as skipped by policy.
+    public var exclude: [String] = []
     public var chunkSize: Int64 = 8 * 1_048_576
     public var concurrency: Int = 4
     /// Bytes per second, or nil for unlimited.

@@ -35,12 +35,21 @@ public struct StoreKindSchema: Sendable {
     public var required: Set<String>
     /// Whether `path` names a local directory (resolved against the plan's directory and checked).
     public var pathIsLocal: Bool
+    /// Whether, as a destination, it holds symbolic links (a bucket does not).
+    public var holdsLinks: Bool
+    /// Whether, as a destination, it can recreate FIFOs, sockets and device nodes.
+    public var holdsSpecials: Bool
 
-    public init(kind: String, keys: Set<String>, required: Set<String>, pathIsLocal: Bool) {
+    public init(
+        kind: String, keys: Set<String>, required: Set<String>, pathIsLocal: Bool, holdsLinks: Bool? = nil,
+        holdsSpecials: Bool = false
+    ) {
         self.kind = kind
         self.keys = keys
         self.required = required
         self.pathIsLocal = pathIsLocal
+        self.holdsLinks = holdsLinks ?? pathIsLocal
+        self.holdsSpecials = holdsSpecials
     }
 }
 
@@ -94,6 +103,14 @@ public struct PlanLoader: Sendable {
 
     public func parse(_ text: String, displayPath: String, absolutePath: String) throws(PlanError) -> Plan {
         var ctx = Context(file: displayPath, baseDirectory: PathUtil.directory(of: absolutePath))
+        if let bad = Self.aliasAsKey(text) {
+            // Yams hashes a key node whole: an alias to nested aliases as a key costs exponential time.
+            throw PlanError(diagnostics: [
+                PlanDiagnostic(
+                    file: displayPath, line: bad.line, column: bad.column, field: "",
+                    message: "a YAML alias (*name) used as a mapping key is not allowed in a plan")
+            ])
+        }
         let root: Node?
         do {
             root = try Yams.compose(yaml: text)
@@ -111,7 +128,9 @@ public struct PlanLoader: Sendable {
         let fields = ctx.fields(
             top,
             at: "",
-            allowed: ["version", "name", "source", "destination", "snapshot", "tap", "copy", "verify", "cutover", "state"],
+            allowed: [
+                "version", "name", "source", "destination", "snapshot", "tap", "copy", "verify", "cutover", "state", "exclude",
+            ],
             required: ["version", "name", "source", "destination"]
         )
 
@@ -172,7 +191,23 @@ public struct PlanLoader: Sendable {
 
         var copy = CopySpec()
         if let node = fields["copy"], let map = ctx.mapping(node, "copy") {
-            let f = ctx.fields(map, at: "copy", allowed: ["chunk_size", "concurrency", "bandwidth", "compression"], required: [])
+            let f = ctx.fields(
+                map, at: "copy", allowed: ["chunk_size", "concurrency", "bandwidth", "compression", "symlinks", "specials"],
+                required: [])
+            if let v = f["symlinks"], let s = ctx.string(v, "copy.symlinks") {
+                if let policy = CopySpec.SymlinkPolicy(rawValue: s) {
+                    copy.symlinks = policy
+                } else {
+                    ctx.fail(v, "copy.symlinks", "expected copy, skip or follow, got \"\(s)\"")
+                }
+            }
+            if let v = f["specials"], let s = ctx.string(v, "copy.specials") {
+                if let policy = CopySpec.SpecialsPolicy(rawValue: s) {
+                    copy.specials = policy
+                } else {
+                    ctx.fail(v, "copy.specials", "expected skip or copy, got \"\(s)\"")
+                }
+            }
             if let v = f["chunk_size"], let s = ctx.string(v, "copy.chunk_size") {
                 if let size = Units.parseSize(s) {
                     if size < 64 * 1024 || size > 1024 * 1_048_576 {
@@ -204,6 +239,21 @@ public struct PlanLoader: Sendable {
                 } else {
                     ctx.fail(v, "copy.compression", "expected off or zstd, got \"\(s)\"")
                 }
+            }
+        }
+
+        if let node = fields["exclude"] {
+            if let list = node.sequence {
+                for item in list {
+                    guard let pattern = ctx.nonEmptyString(item, "exclude") else { continue }
+                    if let why = GlobPattern.problem(pattern) {
+                        ctx.fail(item, "exclude", "\(why): \"\(pattern)\"")
+                    } else {
+                        copy.exclude.append(pattern)
+                    }
+                }
+            } else {
+                ctx.fail(node, "exclude", "expected a list of glob patterns, e.g. [ \"*.tmp\", \"cache/**\" ]")
             }
         }
 
@@ -269,11 +319,10 @@ public struct PlanLoader: Sendable {
                 "cannot move \(source.kind) to \(destination.kind); supported: "
                     + pairs.sorted().map { $0.replacingOccurrences(of: ">", with: " → ") }.joined(separator: ", "))
         }
-        if let source, let destination, let sp = source.path, let dp = destination.path,
-            storeKinds[source.kind]?.pathIsLocal == true, storeKinds[destination.kind]?.pathIsLocal == true
-        {
-            let s = PathUtil.canonical(sp)
-            let d = PathUtil.canonical(dp)
+        let localSource = source.flatMap { s in storeKinds[s.kind]?.pathIsLocal == true ? s.path : nil }.map(PathUtil.canonical)
+        let localDestination = destination.flatMap { d in storeKinds[d.kind]?.pathIsLocal == true ? d.path : nil }
+            .map(PathUtil.canonical)
+        if let s = localSource, let d = localDestination {
             if s == d {
                 ctx.fail(fields["destination"], "destination.path", "is the source itself (\(d))")
             } else if PathUtil.isInside(d, s) {
@@ -287,8 +336,27 @@ public struct PlanLoader: Sendable {
                     ctx.fail(fields["snapshot"], "snapshot.path", "\(c) overlaps the destination \(d)")
                 }
             }
-            if PathUtil.isInside(PathUtil.canonical(stateDirectory), d) || PathUtil.canonical(stateDirectory) == d {
-                ctx.fail(fields["state"] ?? fields["destination"], "state", "the state directory must not be inside the destination")
+        }
+        // The state directory holds the ledger: inside the source it would be copied (and never settle), inside
+        // the destination it would be verified as an extra or overwritten. Checked for every kind pair.
+        let state = PathUtil.canonical(stateDirectory)
+        let stateNode = fields["state"] ?? fields["destination"]
+        for (side, root) in [("source", localSource), ("snapshot", snapshot.path.map(PathUtil.canonical)), ("destination", localDestination)] {
+            guard let root else { continue }
+            if state == root || PathUtil.isInside(state, root) {
+                ctx.fail(stateNode, "state", "the state directory \(state) must not be inside the \(side) \(root)")
+            }
+        }
+        if let destination, let schema = storeKinds[destination.kind] {
+            if copy.symlinks == .copy && !schema.holdsLinks {
+                ctx.fail(
+                    fields["copy"], "copy.symlinks",
+                    "a \(destination.kind) destination cannot hold symbolic links: use skip (the default here) or follow")
+            }
+            if copy.specials == .copy && !schema.holdsSpecials {
+                ctx.fail(
+                    fields["copy"], "copy.specials",
+                    "a \(destination.kind) destination cannot hold FIFOs, sockets or devices: use skip")
             }
         }
 
@@ -298,10 +366,12 @@ public struct PlanLoader: Sendable {
             }
             throw PlanError(diagnostics: ctx.diagnostics)
         }
-        return Plan(
+        var plan = Plan(
             version: version, name: name, file: absolutePath, source: source, destination: destination,
             snapshot: snapshot, tap: tap, copy: copy, verify: verify, cutover: cutover,
             stateDirectory: stateDirectory)
+        plan.locations = ctx.locations
+        return plan
     }
 
     private func storeSpec(_ node: Node, field: String, ctx: inout Context, mustExist: Bool) -> StoreSpec? {
@@ -346,6 +416,70 @@ public struct PlanLoader: Sendable {
         return StoreSpec(kind: kind, path: path, options: options)
     }
 
+    /// A problem found after loading (by a store's or a tap's own checks), located by the field its message
+    /// starts with ("tap.listen: expected host:port ..."), or at the file when it names none.
+    public static func diagnostic(_ message: String, plan: Plan, displayPath: String) -> PlanDiagnostic {
+        var best: (String, PlanLocation)?
+        for (field, loc) in plan.locations where message.hasPrefix(field) {
+            let rest = message.dropFirst(field.count)
+            guard rest.isEmpty || rest.first == ":" || rest.first == " " else { continue }
+            if best == nil || field.count > best!.0.count { best = (field, loc) }
+        }
+        guard let (field, loc) = best else {
+            return PlanDiagnostic(file: displayPath, line: nil, column: nil, field: "", message: message)
+        }
+        var text = String(message.dropFirst(field.count))
+        while text.first == ":" || text.first == " " { text.removeFirst() }
+        return PlanDiagnostic(file: displayPath, line: loc.line, column: loc.column, field: field, message: text)
+    }
+
+    /// Where an alias is used as a mapping key (`? *a` or `*a: value`, in block or flow style), if anywhere.
+    /// Scanned on the text, before Yams composes anything; quoted strings and comments are passed over.
+    static func aliasAsKey(_ text: String) -> (line: Int, column: Int)? {
+        var line = 1
+        for raw in text.split(separator: "\n", omittingEmptySubsequences: false) {
+            defer { line += 1 }
+            guard raw.contains("*") else { continue }
+            let chars = Array(raw.utf8)
+            var i = 0
+            var quote: UInt8? = nil
+            var explicitKey = false
+            while i < chars.count {
+                let c = chars[i]
+                if let q = quote {
+                    if c == q { quote = nil }
+                    i += 1
+                    continue
+                }
+                if c == UInt8(ascii: "#") && (i == 0 || chars[i - 1] == 32 || chars[i - 1] == 9) { break }
+                if c == UInt8(ascii: "\"") || c == UInt8(ascii: "'") {
+                    quote = c
+                } else if c == UInt8(ascii: "?") && (i + 1 == chars.count || chars[i + 1] == 32) {
+                    explicitKey = true
+                } else if c == UInt8(ascii: "*") && (i == 0 || [32, 9, 91, 123, 44, 63].contains(chars[i - 1])) {
+                    if explicitKey { return (line, i + 1) }
+                    var j = i + 1
+                    while j < chars.count, ![32, 9, 44, 91, 93, 123, 125].contains(chars[j]) {
+                        if chars[j] == UInt8(ascii: ":") && (j + 1 == chars.count || chars[j + 1] == 32) { return (line, i + 1) }
+                        j += 1
+                    }
+                    while j < chars.count, chars[j] == 32 || chars[j] == 9 { j += 1 }
+                    if j < chars.count, chars[j] == UInt8(ascii: ":") { return (line, i + 1) }
+                    i = j
+                    continue
+                }
+                i += 1
+            }
+            // A flow collection holding an alias, used as an implicit key: `[*a, *a]: 1`.
+            if let close = raw.range(of: #"[\]\}]\s*:(\s|$)"#, options: .regularExpression),
+                raw[..<close.lowerBound].contains("*")
+            {
+                return (line, 1)
+            }
+        }
+        return nil
+    }
+
     static func diagnostic(for error: YamlError, file: String) -> PlanDiagnostic {
         switch error {
         case .scanner(let context, let problem, let mark, _), .parser(let context, let problem, let mark, _),
@@ -367,6 +501,7 @@ public struct PlanLoader: Sendable {
         var file: String
         var baseDirectory: String
         var diagnostics: [PlanDiagnostic] = []
+        var locations: [String: PlanLocation] = [:]
 
         mutating func fail(_ node: Node?, _ field: String, _ message: String) {
             diagnostics.append(
@@ -389,6 +524,7 @@ public struct PlanLoader: Sendable {
                 let full = prefix.isEmpty ? key : "\(prefix).\(key)"
                 if allowed.contains(key) {
                     out[key] = v
+                    if let m = v.mark ?? k.mark { locations[full] = PlanLocation(line: m.line, column: m.column) }
                 } else {
                     var msg = "unknown key '\(key)'"
                     if let guess = Self.closest(key, in: allowed) { msg += " (did you mean '\(guess)'?)" }

@@ -1,8 +1,47 @@
-/// What a manifest row describes: one file, directory or symbolic link.
+/// What a manifest row describes: a file, a directory, a symbolic link, a second name of a file (a hard link),
+/// or a special file (FIFO, socket, device node).
 public enum EntryKind: String, Sendable, Codable {
     case file
     case directory
     case symlink
+    /// Another name of a file already in the tree: `linkTarget` holds the first name's path.
+    case hardlink
+    case fifo
+    case socket
+    case charDevice = "char-device"
+    case blockDevice = "block-device"
+
+    /// FIFOs, sockets and device nodes: never opened, recreated only under `copy.specials: copy`.
+    public var isSpecial: Bool {
+        switch self {
+        case .fifo, .socket, .charDevice, .blockDevice: true
+        default: false
+        }
+    }
+
+    /// How an operator names it.
+    public var noun: String {
+        switch self {
+        case .file: "file"
+        case .directory: "directory"
+        case .symlink: "symlink"
+        case .hardlink: "hard link"
+        case .fifo: "FIFO"
+        case .socket: "socket"
+        case .charDevice: "character device"
+        case .blockDevice: "block device"
+        }
+    }
+}
+
+/// One extended attribute (ACLs are the `system.posix_acl_*` ones). The value is raw bytes.
+public struct ExtendedAttribute: Sendable, Equatable, Codable {
+    public var name: String
+    public var value: [UInt8]
+    public init(name: String, value: [UInt8]) {
+        self.name = name
+        self.value = value
+    }
 }
 
 /// One entry of a store, as a snapshot records it. `path` is relative to the store's root, '/'-separated,
@@ -18,8 +57,17 @@ public struct Entry: Sendable, Equatable {
     public var inode: UInt64
     public var uid: UInt32
     public var gid: UInt32
-    /// For symbolic links: the target, exactly as stored (never resolved).
+    /// For symbolic links: the target, exactly as stored (never resolved). For hard links: the path of the
+    /// file's first name in the tree.
     public var linkTarget: String?
+    /// For device nodes: the device number.
+    public var rdev: UInt64 = 0
+    /// How many names the file has (st_nlink); more than one means hard links may be in the tree.
+    public var links: UInt32 = 1
+    /// Extended attributes (sorted by name), where the store keeps them; empty when there are none.
+    public var xattrs: [ExtendedAttribute] = []
+    /// Bytes allocated on disk (st_blocks * 512) where the store knows; a sparse file holds fewer than its size.
+    public var allocated: Int64? = nil
 
     public init(
         path: String, kind: EntryKind, size: Int64, mtimeNs: Int64, mode: UInt32, inode: UInt64,
@@ -39,17 +87,24 @@ public struct Entry: Sendable, Equatable {
     /// Whether the content could differ from `other` judging by metadata alone (the catch-up test).
     public func changed(comparedTo other: Entry) -> Bool {
         kind != other.kind || size != other.size || mtimeNs != other.mtimeNs || inode != other.inode
-            || linkTarget != other.linkTarget
+            || linkTarget != other.linkTarget || rdev != other.rdev
     }
 }
 
-/// An entry that the walk could not include, with the reason (unreadable directory, unsafe name, ...).
+/// An entry that is not copied, with the reason: `refused` (unreadable, unrepresentable at the destination; it
+/// fails the run) or skipped by an explicit plan `policy` (listed, does not fail).
 public struct SkippedEntry: Sendable {
+    public enum Category: String, Sendable, Codable {
+        case refused
+        case policy
+    }
     public var path: String
     public var reason: String
-    public init(path: String, reason: String) {
+    public var category: Category
+    public init(path: String, reason: String, category: Category = .refused) {
         self.path = path
         self.reason = reason
+        self.category = category
     }
 }
 
@@ -147,6 +202,10 @@ public protocol Store: Sendable {
     /// Whether the store keeps mode, owner and directories (a filesystem does, a bucket does not); verify only
     /// compares what both sides can hold.
     var keepsPOSIXMetadata: Bool { get }
+    /// Whether names must be UTF-8 text (S3 keys); a name with raw bytes is then refused.
+    var namesAreText: Bool { get }
+    /// Whether a name is the store's own temporary object (a partial file of a copy in flight or interrupted).
+    func isOwnTemporary(_ path: String) -> Bool
 
     /// As a destination: a checker that names why an entry cannot be represented here (a key too long, two
     /// names that would become one object), applied to the whole manifest before anything is copied. It may keep
@@ -156,7 +215,20 @@ public protocol Store: Sendable {
 
 extension Store {
     public var keepsPOSIXMetadata: Bool { true }
+    public var namesAreText: Bool { false }
+    public func isOwnTemporary(_ path: String) -> Bool { false }
     public func refusalChecker() -> ((Entry) -> String?)? { nil }
+}
+
+/// A destination that can give a file a second name (hard links, fs → fs).
+public protocol HardLinking: Store {
+    /// Links `entry.path` to the already copied file at `entry.linkTarget`.
+    func makeHardLink(_ entry: Entry) throws
+}
+
+/// A destination that can recreate FIFOs, sockets and device nodes (`copy.specials: copy`).
+public protocol SpecialMaking: Store {
+    func makeSpecial(_ entry: Entry) throws
 }
 
 /// A store whose objects can absorb another copy's content instead of being replaced (metric files: the

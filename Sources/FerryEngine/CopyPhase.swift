@@ -36,6 +36,9 @@ final class CopyPhase: @unchecked Sendable {
     let logger: Logger
     /// The snapshot time: merges take source data up to here (later points belong to the live side).
     var snapshotTime: Int = Int(Date().timeIntervalSince1970)
+    /// The job's tag in partial names: an item's token is `TAG.ID`.
+    var partialTag = "0"
+    func token(_ id: Int64) -> String { "\(partialTag).\(id)" }
     static let maxAttempts = 3
     /// Small files per group commit, at most; a group also closes when it holds `chunkSize` bytes.
     static let groupFiles = 5000
@@ -77,6 +80,7 @@ final class CopyPhase: @unchecked Sendable {
             throw FerryError(.other, "interrupted; what was committed is kept: run `ferry run` again to resume")
         }
         try copySymlinks()
+        try copyLinksAndSpecials()
         try finishDirectories()
         return summary.withLock { $0 }
     }
@@ -148,11 +152,20 @@ final class CopyPhase: @unchecked Sendable {
         var entry = item.entry
         while true {
             attempts += 1
-            let outcome = try attempt(item.id, &entry, buffer: buffer, hasher: hasher, group: &group)
+            let outcome: Outcome
+            do {
+                outcome = try attempt(item.id, &entry, buffer: buffer, hasher: hasher, group: &group)
+            } catch let e as FerryError where e.code == .unsafePath {
+                // This one entry cannot be placed at the destination (a file stands where its directory would
+                // go): it is refused alone, and the rest is copied.
+                try refuse(item, e)
+                return
+            }
             switch outcome {
             case .copied, .interrupted:
                 return
             case .vanished:
+                try? destination.discardPartial(for: entry.path, token: token(item.id))
                 try ledger.setState([item.id], .vanished, error: "vanished from the source during the copy")
                 summary.withLock { $0.vanished += 1 }
                 logger.info("vanished during copy", metadata: ["path": "\(entry.path)"])
@@ -179,6 +192,14 @@ final class CopyPhase: @unchecked Sendable {
                 entry = now
             }
         }
+    }
+
+    /// Marks an entry that the destination cannot hold as failed with the destination's reason.
+    private func refuse(_ item: ItemRecord, _ e: FerryError) throws {
+        try ledger.fail(item.id, error: "refused by the destination: \(e.message)")
+        summary.withLock { $0.failed += 1 }
+        progress.addFailed()
+        logger.warning("refused by the destination", metadata: ["path": "\(RawName.display(item.entry.path))", "reason": "\(e.message)"])
     }
 
     /// Merges into an existing destination object; false when there is none (the file is copied whole).
@@ -305,7 +326,7 @@ final class CopyPhase: @unchecked Sendable {
         let data = UnsafeRawBufferPointer(rebasing: buffer[0..<size])
         hasher.update(data)
         let digest = hasher.finish()
-        let token = String(id)
+        let token = token(id)
         guard let writer = try destinationCall("create", { try destination.openWriter(for: entry, token: token, resume: false) })
         else { throw FerryError(.destinationIO, "cannot create \(entry.path) at the destination") }
         if let why = carryMetadata(reader, writer) { return .unreadable(why) }
@@ -327,7 +348,7 @@ final class CopyPhase: @unchecked Sendable {
         _ id: Int64, _ entry: Entry, reader: any ObjectReader, buffer: UnsafeMutableRawBufferPointer,
         hasher: SHA256Hasher, group: inout Group
     ) throws -> Outcome {
-        let token = String(id)
+        let token = token(id)
         let itemChunk = (destination as? any ChunkSizing)?.chunkSize(forSize: entry.size, planned: chunkSize) ?? chunkSize
         let layout = ChunkLayout.chunks(size: entry.size, chunkSize: itemChunk)
         let chunkBuffer = ChunkBuffer(buffer, atLeast: itemChunk)
@@ -435,9 +456,45 @@ final class CopyPhase: @unchecked Sendable {
             ids.removeAll()
         }
         try ledger.forEachItem(states: [.pending], kind: .symlink) { item in
-            try destinationCall("symlink") { try destination.makeSymlink(item.entry) }
+            do {
+                try destinationCall("symlink") { try destination.makeSymlink(item.entry) }
+            } catch let e as FerryError where e.code == .unsafePath {
+                try refuse(item, e)
+                return
+            }
             ids.append(item.id)
             if ids.count >= 1000 { try flush() }
+        }
+        try flush()
+    }
+
+    /// Second names of files (hard links, after every file is in place) and special files.
+    private func copyLinksAndSpecials() throws {
+        var ids: [Int64] = []
+        func flush() throws {
+            guard !ids.isEmpty else { return }
+            try destinationCall("sync") { try destination.syncAll() }
+            try ledger.setState(ids, .done)
+            ids.removeAll()
+        }
+        let kinds: [EntryKind] = [.hardlink, .fifo, .socket, .charDevice, .blockDevice]
+        for kind in kinds {
+            try ledger.forEachItem(states: [.pending], kind: kind) { item in
+                do {
+                    if kind == .hardlink {
+                        guard let links = destination as? any HardLinking else { return }
+                        try destinationCall("link") { try links.makeHardLink(item.entry) }
+                    } else {
+                        guard let maker = destination as? any SpecialMaking else { return }
+                        try destinationCall("mknod") { try maker.makeSpecial(item.entry) }
+                    }
+                } catch let e as FerryError where e.code == .unsafePath || e.code == .destinationIO {
+                    try refuse(item, e)
+                    return
+                }
+                ids.append(item.id)
+                if ids.count >= 1000 { try flush() }
+            }
         }
         try flush()
     }
@@ -447,8 +504,13 @@ final class CopyPhase: @unchecked Sendable {
     private func finishDirectories() throws {
         var ids: [Int64] = []
         try ledger.forEachDirectoryDeepestFirst { item in
-            try destinationCall("mkdir") { try destination.makeDirectory(item.entry) }
-            try destinationCall("directory metadata") { try destination.finishDirectory(item.entry) }
+            do {
+                try destinationCall("mkdir") { try destination.makeDirectory(item.entry) }
+                try destinationCall("directory metadata") { try destination.finishDirectory(item.entry) }
+            } catch let e as FerryError where e.code == .unsafePath {
+                try refuse(item, e)
+                return
+            }
             if item.state == .pending { ids.append(item.id) }
         }
         try destinationCall("sync") { try destination.syncAll() }

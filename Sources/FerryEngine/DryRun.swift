@@ -16,10 +16,18 @@ public struct Inventory: Codable, Sendable {
     public var bytes: Int64 = 0
     public var directories: Int64 = 0
     public var symlinks: Int64 = 0
-    public var skipped: [String] = []
-    /// Entries the destination would refuse (first 100), and how many.
+    /// Hard links (second names of a file) and special files that will be recreated.
+    public var hardLinks: Int64 = 0
+    public var specials: Int64 = 0
+    /// Entries that would be refused (unreadable, or unrepresentable at the destination; first 100), and how many.
+    /// The run fails while there are any.
     public var refused: [String] = []
     public var refusedCount: Int64 = 0
+    /// Entries an explicit plan policy leaves out (first 100), and how many.
+    public var skippedByPolicy: [String] = []
+    public var skippedByPolicyCount: Int64 = 0
+    /// The symlink policy in force, and whether it is the destination's default.
+    public var symlinkPolicy: String = "copy"
     /// (upper bound label, files, bytes) per size class.
     public var histogram: [Bucket] = []
     public struct Bucket: Codable, Sendable {
@@ -43,23 +51,37 @@ public enum DryRun {
     ]
 
     public static func inventory(
-        source: any Store, destination: (any Store)? = nil, bandwidth: Int64?, concurrency: Int, probeSeconds: Double = 1.0
+        source: any Store, destination: any Store, plan: Plan, probeSeconds: Double = 1.0
     ) throws -> Inventory {
+        let bandwidth = plan.copy.bandwidth
+        let concurrency = plan.copy.concurrency
         var inv = Inventory()
         inv.histogram = classes.map { Inventory.Bucket(label: $0.1, files: 0, bytes: 0) }
-        let refuse = destination?.refusalChecker()
+        var filter = EntryFilter(plan: plan, destination: destination)
+        let (policy, defaulted) = EntryFilter.symlinkPolicy(plan, destination: destination)
+        inv.symlinkPolicy = policy.rawValue + (defaulted ? " (the default for this destination)" : "")
         var top: [String: (Int64, Int64)] = [:]
         var largest: [Inventory.Largest] = []
         var smallSample: [String] = []
-        try source.walk({ e in
+        try source.walk({ found in
+            let e: Entry
+            switch filter.classify(found) {
+            case .copy(let c): e = c
+            case .refuse(let why):
+                inv.refusedCount += 1
+                if inv.refused.count < 100 { inv.refused.append("\(RawName.display(found.path)): \(why)") }
+                return
+            case .skip(let why):
+                inv.skippedByPolicyCount += 1
+                if inv.skippedByPolicy.count < 100 { inv.skippedByPolicy.append("\(RawName.display(found.path)): \(why)") }
+                return
+            }
             switch e.kind {
             case .directory: inv.directories += 1
             case .symlink: inv.symlinks += 1
+            case .hardlink: inv.hardLinks += 1
+            case .fifo, .socket, .charDevice, .blockDevice: inv.specials += 1
             case .file:
-                if let why = refuse?(e) {
-                    inv.refusedCount += 1
-                    if inv.refused.count < 100 { inv.refused.append("\(e.path): \(why)") }
-                }
                 inv.files += 1
                 inv.bytes += e.size
                 let c = classes.firstIndex { e.size < $0.0 } ?? classes.count - 1
@@ -76,7 +98,8 @@ public enum DryRun {
                 if e.size < 1 << 20 && smallSample.count < 200 { smallSample.append(e.path) }
             }
         }, skipped: { s in
-            if inv.skipped.count < 100 { inv.skipped.append("\(s.path): \(s.reason)") }
+            inv.refusedCount += 1
+            if inv.refused.count < 100 { inv.refused.append("\(RawName.display(s.path)): \(s.reason)") }
         })
         inv.largest = largest
         inv.topLevel = top.map { .init(name: $0.key, files: $0.value.0, bytes: $0.value.1) }.sorted { $0.bytes > $1.bytes }

@@ -110,7 +110,7 @@ public final class Job {
                     "vanished": "\(summary.vanished)", "merged": "\(summary.merged)",
                     "values_merged": "\(summary.valuesMerged)",
                 ])
-            let report = try verify(ledger)
+            let report = try verify(ledger, removeLeftovers: true)
             try ledger.setLastError(nil)
             return report.ok ? .ready(report) : .mismatches(report)
         } catch {
@@ -168,23 +168,34 @@ public final class Job {
         var files: Int64 = 0
         var bytes: Int64 = 0
         if let root = try source.stat("") { try writer.add(root) }
-        // What the destination cannot hold is refused now, before anything is copied, and fails verify.
-        let refuse = destination.refusalChecker()
+        // Every entry ends copied, refused (the run fails, the entry is named) or skipped by a plan policy.
+        var filter = EntryFilter(plan: plan, destination: destination)
+        var refused = 0
+        var skippedByPolicy = 0
         try source.walk({ e in
-            if let why = refuse?(e) {
-                logger.info("refused", metadata: ["path": "\(e.path)", "reason": "\(why)"])
-                try ledger.recordSkipped(SkippedEntry(path: e.path, reason: "refused by the destination: \(why)"))
-                return
-            }
-            try writer.add(e)
-            if e.kind == .file {
-                files += 1
-                bytes += e.size
+            switch filter.classify(e) {
+            case .copy(let e):
+                try writer.add(e)
+                if e.kind == .file {
+                    files += 1
+                    bytes += e.size
+                }
+            case .refuse(let why):
+                refused += 1
+                logger.warning("refused", metadata: ["path": "\(RawName.display(e.path))", "reason": "\(why)"])
+                try ledger.recordSkipped(SkippedEntry(path: e.path, reason: why, category: .refused))
+            case .skip(let why):
+                skippedByPolicy += 1
+                try ledger.recordSkipped(SkippedEntry(path: e.path, reason: why, category: .policy))
             }
         }, skipped: { s in
-            logger.warning("cannot read source entry", metadata: ["path": "\(s.path)", "reason": "\(s.reason)"])
+            refused += 1
+            logger.warning("cannot read source entry", metadata: ["path": "\(RawName.display(s.path))", "reason": "\(s.reason)"])
             try? ledger.recordSkipped(s)
         })
+        if refused > 0 || skippedByPolicy > 0 {
+            logger.info("snapshot: entries not copied", metadata: ["refused": "\(refused)", "skipped_by_policy": "\(skippedByPolicy)"])
+        }
         try writer.flush()
         try ledger.finishSnapshot(root: readRoot.isEmpty ? source.displayName : readRoot, at: time)
         logger.info("snapshot taken", metadata: ["files": "\(files)", "bytes": "\(bytes)", "root": "\(readRoot)"])
@@ -198,7 +209,23 @@ public final class Job {
         var seen: [Int64] = []
         var added = 0
         var changed = 0
-        func visit(_ e: Entry) throws {
+        // Refusals and policy skips are decided again from this walk: what the operator fixed or removed at the
+        // source is forgotten, what is still wrong is recorded again.
+        try ledger.clearSkipped()
+        var filter = EntryFilter(plan: plan, destination: destination)
+        func visit(_ found: Entry) throws {
+            let e: Entry
+            let verdict = filter.classify(found)
+            switch verdict {
+            case .copy(let c): e = c
+            case .refuse(let why), .skip(let why):
+                var refused = false
+                if case .refuse = verdict { refused = true }
+                try ledger.recordSkipped(SkippedEntry(path: found.path, reason: why, category: refused ? .refused : .policy))
+                // What was copied before stays at the destination (as rsync keeps excluded files).
+                if let item = try ledger.item(path: found.path) { seen.append(item.id) }
+                return
+            }
             guard let item = try ledger.item(path: e.path) else {
                 try writer.add(e)
                 added += 1
@@ -218,7 +245,10 @@ public final class Job {
             }
         }
         if let root = try source.stat("") { try visit(root) }
-        try source.walk(visit, skipped: { s in try? ledger.recordSkipped(s) })
+        try source.walk(visit, skipped: { s in
+            try? ledger.recordSkipped(s)
+            if let item = try? ledger.item(path: s.path) { seen.append(item.id) }
+        })
         try writer.flush()
         try ledger.markSeen(seen, scan: scan)
         let gone = try ledger.markUnseenVanished(scan: scan)
@@ -226,9 +256,11 @@ public final class Job {
         var removed: [Int64] = []
         var vanished: [ItemRecord] = []
         try ledger.forEachItem(states: [.vanished]) { vanished.append($0) }
+        let tag = try ledger.partialTag()
         for item in vanished.sorted(by: { $0.entry.path > $1.entry.path }) {
             do {
-                try destination.remove(item.entry.path, kind: item.entry.kind)
+                if item.entry.kind == .file { try? destination.discardPartial(for: item.entry.path, token: "\(tag).\(item.id)") }
+                try destination.remove(item.entry.path, kind: item.entry.kind == .hardlink ? .file : item.entry.kind)
                 removed.append(item.id)
             } catch {
                 logger.warning("cannot remove at the destination", metadata: ["path": "\(item.entry.path)", "error": "\(error)"])
@@ -247,6 +279,7 @@ public final class Job {
             source: source, destination: destination, ledger: ledger, chunkSize: chunkSize,
             concurrency: plan.copy.concurrency, bandwidth: plan.copy.bandwidth, progress: progress, logger: logger)
         if let at = try ledger.job()?.snapshotAt { phase.snapshotTime = Int(at) }
+        phase.partialTag = try ledger.partialTag()
         let stop = progress.startReporting(heartbeat: heartbeat(ledger))
         defer {
             stop()
@@ -265,10 +298,13 @@ public final class Job {
     }
 
     /// Runs verify and moves the job to `ready` or `verify-failed`.
-    public func verify(_ ledger: Ledger) throws -> VerifyReport {
+    /// `removeLeftovers`: partial files of this job's interrupted copies found at the destination are removed
+    /// (`ferry run`); `ferry verify` only reports them.
+    public func verify(_ ledger: Ledger, removeLeftovers: Bool = false) throws -> VerifyReport {
         try ledger.setPhase(.verify)
         let phase = VerifyPhase(
             plan: plan, source: source, destination: destination, ledger: ledger, progress: progress, logger: logger)
+        if removeLeftovers { phase.removeLeftoversTagged = try ledger.partialTag() }
         let stop = progress.startReporting(heartbeat: heartbeat(ledger))
         let report: VerifyReport
         do {

@@ -223,7 +223,38 @@ public final class Ledger: Sendable {
                     ALTER TABLE job ADD COLUMN completed_at REAL;
                     """)
         }
+        m.registerMigration("v3-parity") { db in
+            try db.execute(
+                sql: """
+                    ALTER TABLE skipped ADD COLUMN category TEXT NOT NULL DEFAULT 'refused';
+                    ALTER TABLE job ADD COLUMN partial_tag TEXT;
+                    ALTER TABLE items ADD COLUMN rdev INTEGER NOT NULL DEFAULT 0;
+                    ALTER TABLE items ADD COLUMN xattrs BLOB;
+                    """)
+        }
         return m
+    }
+
+    /// The job's random tag in partial-file names (`.ferry-TAG.ID.part`): a leftover of this job is recognised by
+    /// it, and no user's file name collides with it. Created on first use.
+    public func partialTag() throws -> String {
+        try wrap("partial tag") {
+            try db.write { db in
+                if let tag = try String.fetchOne(db, sql: "SELECT partial_tag FROM job WHERE id = 1") { return tag }
+                let tag = String(UInt64.random(in: 0...UInt64.max), radix: 16)
+                try db.execute(sql: "UPDATE job SET partial_tag = ? WHERE id = 1", arguments: [tag])
+                return tag
+            }
+        }
+    }
+
+    static func encodeXattrs(_ x: [ExtendedAttribute]) -> Data? {
+        x.isEmpty ? nil : try? JSONEncoder().encode(x)
+    }
+
+    static func decodeXattrs(_ d: Data?) -> [ExtendedAttribute] {
+        guard let d else { return [] }
+        return (try? JSONDecoder().decode([ExtendedAttribute].self, from: d)) ?? []
     }
 
     func wrap<T>(_ what: String, _ body: () throws -> T) throws -> T {
@@ -391,13 +422,15 @@ public final class Ledger: Sendable {
                 try ledger.db.write { db in
                     let stmt = try db.cachedStatement(
                         sql: """
-                            INSERT INTO items (path, kind, size, mtime_ns, mode, inode, uid, gid, link_target, state, scan)
-                            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)
+                            INSERT INTO items (path, kind, size, mtime_ns, mode, inode, uid, gid, link_target, state, scan,
+                                rdev, xattrs)
+                            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)
                             """)
                     for e in rows {
                         try stmt.execute(arguments: [
                             e.path, e.kind.rawValue, e.size, e.mtimeNs, Int64(e.mode), Int64(bitPattern: e.inode),
-                            Int64(e.uid), Int64(e.gid), e.linkTarget, scan,
+                            Int64(e.uid), Int64(e.gid), e.linkTarget, scan, Int64(bitPattern: e.rdev),
+                            Ledger.encodeXattrs(e.xattrs),
                         ])
                     }
                 }
@@ -433,17 +466,44 @@ public final class Ledger: Sendable {
         try wrap("record skipped") {
             try db.write { db in
                 try db.execute(
-                    sql: "INSERT OR REPLACE INTO skipped (path, reason) VALUES (?, ?)", arguments: [s.path, s.reason])
+                    sql: "INSERT OR REPLACE INTO skipped (path, reason, category) VALUES (?, ?, ?)",
+                    arguments: [s.path, s.reason, s.category.rawValue])
             }
         }
     }
 
-    public func skipped() throws -> [SkippedEntry] {
+    /// Forgets every refusal and policy skip (a catch-up records them again from its own walk, so an entry the
+    /// operator removed or fixed at the source is no longer held against the job).
+    public func clearSkipped() throws {
+        try wrap("clear skipped") { try db.write { db in try db.execute(sql: "DELETE FROM skipped") } }
+    }
+
+    public func skipped(category: SkippedEntry.Category? = nil, limit: Int = Int.max) throws -> [SkippedEntry] {
         try wrap("read skipped") {
             try db.read { db in
-                try Row.fetchAll(db, sql: "SELECT * FROM skipped ORDER BY path").map {
-                    SkippedEntry(path: $0["path"], reason: $0["reason"])
+                var sql = "SELECT * FROM skipped"
+                var args: [any DatabaseValueConvertible] = []
+                if let category {
+                    sql += " WHERE category = ?"
+                    args.append(category.rawValue)
                 }
+                sql += " ORDER BY path LIMIT ?"
+                args.append(limit)
+                return try Row.fetchAll(db, sql: sql, arguments: StatementArguments(args)).map {
+                    SkippedEntry(
+                        path: $0["path"], reason: $0["reason"],
+                        category: SkippedEntry.Category(rawValue: $0["category"]) ?? .refused)
+                }
+            }
+        }
+    }
+
+    public func countSkipped() throws -> (refused: Int64, policy: Int64) {
+        try wrap("count skipped") {
+            try db.read { db in
+                let r = try Int64.fetchOne(db, sql: "SELECT count(*) FROM skipped WHERE category = 'refused'") ?? 0
+                let p = try Int64.fetchOne(db, sql: "SELECT count(*) FROM skipped WHERE category = 'policy'") ?? 0
+                return (r, p)
             }
         }
     }
@@ -454,8 +514,12 @@ public final class Ledger: Sendable {
             mode: UInt32(truncatingIfNeeded: r["mode"] as Int64), inode: UInt64(bitPattern: r["inode"] as Int64),
             uid: UInt32(truncatingIfNeeded: r["uid"] as Int64), gid: UInt32(truncatingIfNeeded: r["gid"] as Int64),
             linkTarget: r["link_target"])
+        var entry = e
+        entry.rdev = UInt64(bitPattern: (r["rdev"] as Int64?) ?? 0)
+        entry.xattrs = decodeXattrs(r["xattrs"])
+        let e2 = entry
         return ItemRecord(
-            id: r["id"], entry: e, state: ItemState(rawValue: r["state"]) ?? .pending, attempts: r["attempts"],
+            id: r["id"], entry: e2, state: ItemState(rawValue: r["state"]) ?? .pending, attempts: r["attempts"],
             error: r["error"])
     }
 
@@ -587,12 +651,13 @@ public final class Ledger: Sendable {
     static func updateEntry(_ db: Database, _ id: Int64, _ e: Entry) throws {
         try db.execute(
             sql: """
-                UPDATE items SET kind = ?, size = ?, mtime_ns = ?, mode = ?, inode = ?, uid = ?, gid = ?, link_target = ?
+                UPDATE items SET kind = ?, size = ?, mtime_ns = ?, mode = ?, inode = ?, uid = ?, gid = ?, link_target = ?,
+                    rdev = ?, xattrs = ?
                 WHERE id = ?
                 """,
             arguments: [
                 e.kind.rawValue, e.size, e.mtimeNs, Int64(e.mode), Int64(bitPattern: e.inode), Int64(e.uid),
-                Int64(e.gid), e.linkTarget, id,
+                Int64(e.gid), e.linkTarget, Int64(bitPattern: e.rdev), encodeXattrs(e.xattrs), id,
             ])
     }
 

@@ -60,6 +60,6 @@ extension Job {
             directories: other.directories, symlinks: other.symlinks, bytesTotal: c.totalBytes, bytesDone: c.doneBytes,
             runner: runner, lastVerify: try ledger.lastVerify(),
             cutoverAt: job.cutoverAt.map { iso.string(from: Date(timeIntervalSince1970: $0)) },
-            cutoverForced: job.cutoverForced, lastError: job.lastError, skipped: try ledger.skipped().count, tap: nil)
+            cutoverForced: job.cutoverForced, lastError: job.lastError, skipped: Int(try ledger.countSkipped().refused), tap: nil)
     }
 }

@@ -7,6 +7,8 @@ import Logging
 /// A verify report, printed as a table and written as JSON.
 public struct VerifyReport: Codable, Sendable {
     public struct Problem: Codable, Sendable {
+        /// missing, extra, differs, refused, unverifiable, not-copied
+        public var kind: String
         public var path: String
         public var reason: String
     }
@@ -17,6 +19,20 @@ public struct VerifyReport: Codable, Sendable {
         public var examples: [String] = []
         public var total: Int64 { changed + added + deleted }
     }
+    public struct Counts: Codable, Sendable {
+        public var missing: Int64 = 0
+        public var extra: Int64 = 0
+        public var differs: Int64 = 0
+        public var refused: Int64 = 0
+        public var unverifiable: Int64 = 0
+        public var notCopied: Int64 = 0
+        /// Entries left out by an explicit plan policy (listed, not failures).
+        public var skippedByPolicy: Int64 = 0
+        /// Destination entries outside the source where the destination is live (metric trees): informational.
+        public var liveExtras: Int64 = 0
+        /// Partial files of this job's interrupted copies, removed by this verify (`ferry run` only).
+        public var leftoversRemoved: Int64 = 0
+    }
     public var job: String
     public var plan: String
     public var run: Int64
@@ -26,6 +42,9 @@ public struct VerifyReport: Codable, Sendable {
     public var startedAt: String
     public var finishedAt: String
     public var seconds: Double
+    /// Entries listed by the fresh walks: source and destination.
+    public var sourceEntries: Int64
+    public var destinationEntries: Int64
     public var entries: Int64
     public var filesContentChecked: Int64
     public var bytesChecked: Int64
@@ -35,16 +54,24 @@ public struct VerifyReport: Codable, Sendable {
     /// matching; a later round of the rotating sample covers them.
     public var filesUnverified: Int64
     public var mismatches: Int64
+    public var counts: Counts
     public var problems: [Problem]
     public var problemsTruncated: Bool
+    /// The first entries skipped by policy, with the policy that skipped them.
+    public var skippedByPolicy: [Problem]
     public var drift: Drift
     public var ok: Bool
 }
 
-/// Proves parity: every manifest entry exists at the destination with the same type, size, mode, mtime and
-/// link target, and (all files in `full` mode, a rotating deterministic sample otherwise) the same bytes, chunk
-/// by chunk against the SHA-256 recorded when the source was read. Also measures the source's drift since the
-/// snapshot (what a catch-up would copy), which does not fail verify but blocks cutover.
+/// Proves parity from two fresh walks: the source and the destination are both listed again, and the two
+/// listings are joined by path (in a scratch SQLite database in the state directory, so memory does not grow
+/// with the tree). Which entries exist comes from these walks, never from the manifest alone: an entry the copy's
+/// own walk missed is missing here, an entry ferry left behind is an extra. The manifest only says what the copy
+/// did (its chunk SHA-256s prove content without reading the source again) and what the source held at the
+/// snapshot (what changed since is drift: it does not fail verify, it blocks cutover until a catch-up).
+///
+/// Each source entry is classified by the same `EntryFilter` as the snapshot: refused entries fail verify, policy
+/// skips are listed. Every file in `full` mode (a rotating deterministic sample otherwise) has its bytes proven.
 final class VerifyPhase: @unchecked Sendable {
     // @unchecked: immutable configuration plus Mutex-protected accumulators.
     let plan: Plan
@@ -55,11 +82,47 @@ final class VerifyPhase: @unchecked Sendable {
     let logger: Logger
     static let maxProblemsKept = 10_000
     var snapshotTime: Int = Int(Date().timeIntervalSince1970)
+    /// `ferry run` passes the job's partial tag: partial files of this job found at the destination are removed.
+    var removeLeftoversTagged: String?
 
     private let cursor = Mutex<Int64>(0)
-    private let acc = Mutex<(problems: [VerifyReport.Problem], failures: [(Int64?, String, String)], mismatches: Int64, files: Int64, bytes: Int64, entries: Int64)>(([], [], 0, 0, 0, 0))
-    private let proof = Mutex<(byHash: Int64, unverified: Int64)>((0, 0))
+    private let acc = Mutex<Accumulator>(Accumulator())
     private let fatal = Mutex<(any Error)?>(nil)
+
+    struct Accumulator {
+        var problems: [VerifyReport.Problem] = []
+        var failures: [(Int64?, String, String)] = []
+        var mismatches: Int64 = 0
+        var files: Int64 = 0
+        var bytes: Int64 = 0
+        var entries: Int64 = 0
+        var byHash: Int64 = 0
+        var unverified: Int64 = 0
+        var counts = VerifyReport.Counts()
+        var policy: [VerifyReport.Problem] = []
+        var drift = VerifyReport.Drift()
+
+        mutating func problem(_ kind: String, _ path: String, _ reason: String, item: Int64?) {
+            mismatches += 1
+            switch kind {
+            case "missing": counts.missing += 1
+            case "extra": counts.extra += 1
+            case "differs": counts.differs += 1
+            case "refused": counts.refused += 1
+            case "unverifiable": counts.unverifiable += 1
+            default: counts.notCopied += 1
+            }
+            if problems.count < VerifyPhase.maxProblemsKept {
+                problems.append(.init(kind: kind, path: path, reason: reason))
+                failures.append((item, path, reason))
+            }
+        }
+
+        mutating func drifted(_ path: String, _ keyPath: WritableKeyPath<VerifyReport.Drift, Int64>) {
+            drift[keyPath: keyPath] += 1
+            if drift.examples.count < 20 { drift.examples.append(path.isEmpty ? "." : RawName.display(path)) }
+        }
+    }
 
     init(plan: Plan, source: any Store, destination: any Store, ledger: Ledger, progress: ProgressTracker, logger: Logger) {
         self.plan = plan
@@ -75,40 +138,38 @@ final class VerifyPhase: @unchecked Sendable {
         let mode = plan.verify.mode
         let rate = mode == .full ? 1.0 : plan.verify.sample
         let (runID, round) = try ledger.beginVerify(mode: mode.rawValue, sample: rate)
-        let counts = try ledger.counts()
-        progress.begin(phase: "verify", filesTotal: counts.totalFiles, bytesTotal: Int64(Double(counts.totalBytes) * rate))
         let chunkSize = try ledger.job()?.chunkSize ?? plan.copy.chunkSize
         if let at = try ledger.job()?.snapshotAt { snapshotTime = Int(at) }
+        let scratch = try WalkScratch(stateDirectory: plan.stateDirectory)
+        defer { scratch.remove() }
+        progress.begin(phase: "verify: listing", filesTotal: 0, bytesTotal: 0)
+        let listed = try listBothSides(scratch)
+        let toCheck = try classify(scratch, round: round, rate: rate)
+        progress.begin(phase: "verify", filesTotal: toCheck.files, bytesTotal: toCheck.bytes)
         runThreads(plan.copy.concurrency, name: "ferry-verify") { [self] _ in
             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(chunkSize), alignment: 4096)
             defer { buffer.deallocate() }
             let hasher = SHA256Hasher()
             do {
                 while fatal.withLock({ $0 == nil }) {
-                    let page: [ItemRecord] = try cursor.withLock { after in
-                        let p = try ledger.items(states: [.pending, .done, .failed], after: after, limit: 64)
-                        if let last = p.last { after = last.id }
+                    let page = try cursor.withLock { after in
+                        let p = try scratch.checks(after: after, limit: 64)
+                        if let last = p.last { after = last.seq }
                         return p
                     }
                     if page.isEmpty { break }
-                    for item in page {
-                        let content = item.entry.kind == .file && Sampling.isSelected(item.entry.path, round: round, rate: rate)
-                        let problem = try check(item, content: content, buffer: buffer, hasher: hasher)
+                    for c in page {
+                        guard let item = try ledger.item(id: c.item) else { continue }
+                        let problem = try checkContent(item, sampled: c.sampled, buffer: buffer, hasher: hasher)
                         acc.withLock { a in
-                            a.entries += 1
-                            if item.entry.kind == .file && content && problem == nil {
+                            if let problem {
+                                a.problem("differs", item.entry.path, problem, item: item.id)
+                            } else if c.sampled {
                                 a.files += 1
                                 a.bytes += item.entry.size
                             }
-                            if let problem {
-                                a.mismatches += 1
-                                if a.problems.count < Self.maxProblemsKept {
-                                    a.problems.append(.init(path: item.entry.path, reason: problem))
-                                    a.failures.append((item.id, item.entry.path, problem))
-                                }
-                            }
                         }
-                        if item.entry.kind == .file { progress.add(files: 1, bytes: content ? item.entry.size : 0) }
+                        progress.add(files: 1, bytes: c.sampled ? item.entry.size : 0)
                     }
                 }
             } catch {
@@ -116,26 +177,17 @@ final class VerifyPhase: @unchecked Sendable {
             }
         }
         if let error = fatal.withLock({ $0 }) { throw error }
-        // Entries the snapshot could not read are not at the destination: parity is not proven for them.
-        for s in try ledger.skipped() {
-            acc.withLock { a in
-                a.mismatches += 1
-                a.problems.append(.init(path: s.path, reason: "not copied: \(s.reason)"))
-                a.failures.append((nil, s.path, "not copied: \(s.reason)"))
-            }
-        }
-        let drift = try measureDrift()
         let finished = Date()
         let a = acc.withLock { $0 }
         let iso = ISO8601DateFormatter()
         let report = VerifyReport(
             job: plan.name, plan: plan.file, run: runID, round: round, mode: mode.rawValue, sample: rate,
             startedAt: iso.string(from: started), finishedAt: iso.string(from: finished),
-            seconds: finished.timeIntervalSince(started), entries: a.entries, filesContentChecked: a.files,
-            bytesChecked: a.bytes, filesCheckedByStoredHash: proof.withLock { $0.byHash },
-            filesUnverified: proof.withLock { $0.unverified }, mismatches: a.mismatches,
+            seconds: finished.timeIntervalSince(started), sourceEntries: listed.source, destinationEntries: listed.destination,
+            entries: a.entries, filesContentChecked: a.files, bytesChecked: a.bytes, filesCheckedByStoredHash: a.byHash,
+            filesUnverified: a.unverified, mismatches: a.mismatches, counts: a.counts,
             problems: a.problems.sorted { $0.path < $1.path }, problemsTruncated: a.mismatches > Int64(a.problems.count),
-            drift: drift, ok: a.mismatches == 0)
+            skippedByPolicy: a.policy, drift: a.drift, ok: a.mismatches == 0)
         let reportPath = plan.stateDirectory + "/verify-\(runID).json"
         let data = try Self.encode(report)
         do {
@@ -146,7 +198,7 @@ final class VerifyPhase: @unchecked Sendable {
         }
         try ledger.finishVerify(
             id: runID, filesChecked: a.files, bytesChecked: a.bytes, failures: a.failures.map { ($0.0, $0.1, $0.2) },
-            mismatches: a.mismatches, drift: drift.total, ok: report.ok, reportPath: reportPath)
+            mismatches: a.mismatches, drift: a.drift.total, ok: report.ok, reportPath: reportPath)
         return report
     }
 
@@ -157,38 +209,174 @@ final class VerifyPhase: @unchecked Sendable {
         return try enc.encode(report)
     }
 
-    /// Returns a problem description, or nil when the entry matches.
-    private func check(
-        _ item: ItemRecord, content: Bool, buffer: UnsafeMutableRawBufferPointer, hasher: SHA256Hasher
-    ) throws -> String? {
-        let e = item.entry
-        switch item.state {
-        case .pending: return "not copied yet"
-        case .failed: return "not copied: \(item.error ?? "failed")"
-        default: break
+    /// Walks both sides afresh into the scratch database, the destination first: an entry written to both sides
+    /// while the walks run (a live tap) then shows as new at the source (drift), never as an extra at the
+    /// destination. The source side is classified by the plan's policies.
+    private func listBothSides(_ scratch: WalkScratch) throws -> (source: Int64, destination: Int64) {
+        let dst = scratch.writer(table: "dst")
+        if let root = try destination.stat("") { try dst.add(root, verdict: "copy", reason: nil) }
+        var unlisted: [SkippedEntry] = []
+        try destination.walk({ e in try dst.add(e, verdict: "copy", reason: nil) }, skipped: { s in
+            if unlisted.count < 100 { unlisted.append(s) }
+        })
+        try dst.flush()
+        // What the destination walk could not read is not proven.
+        acc.withLock { a in
+            for s in unlisted { a.problem("unverifiable", s.path, "cannot be listed at the destination: \(s.reason)", item: nil) }
         }
+        var filter = EntryFilter(plan: plan, destination: destination)
+        let src = scratch.writer(table: "src")
+        if let root = try source.stat("") { try src.add(root, verdict: "copy", reason: nil) }
+        try source.walk({ e in
+            switch filter.classify(e) {
+            case .copy: try src.add(e, verdict: "copy", reason: nil)  // as walked: a second name is still a file
+            case .refuse(let why): try src.add(e, verdict: "refused", reason: why)
+            case .skip(let why): try src.add(e, verdict: "policy", reason: why)
+            }
+        }, skipped: { s in
+            try? src.add(Entry(path: s.path, kind: .file, size: 0, mtimeNs: 0, mode: 0, inode: 0), verdict: "refused", reason: s.reason)
+        })
+        try src.flush()
+        return (src.count, dst.count)
+    }
+
+    /// Joins the two listings with the manifest and records every finding; returns how much content to check.
+    private func classify(_ scratch: WalkScratch, round: Int, rate: Double) throws -> (files: Int64, bytes: Int64) {
         let posix = source.keepsPOSIXMetadata && destination.keepsPOSIXMetadata
-        if !posix && e.kind == .directory { return nil }  // a bucket has no directories to compare
-        let d: Entry?
-        do {
-            d = try destination.stat(e.path)
-        } catch {
-            return "cannot stat at the destination: \(error.operatorText)"
+        // A live destination (metric trees) or a live tap writes entries the snapshot never saw.
+        let live = destination is any Merging || plan.tap != nil
+        let pointwise = destination is any PointComparing
+        var files: Int64 = 0
+        var bytes: Int64 = 0
+        var removeLeftovers: [String] = []
+        var a = acc.withLock { $0 }
+        try scratch.join(ledgerPath: ledger.path) { row in
+            let path = row.path
+            a.entries += 1
+            if let s = row.source, row.sourceVerdict == "refused" {
+                a.problem("refused", s.path, row.sourceReason ?? "refused", item: row.item?.id)
+                return nil
+            }
+            if row.sourceVerdict == "policy" {
+                a.counts.skippedByPolicy += 1
+                if a.policy.count < 1000 { a.policy.append(.init(kind: "skipped", path: path, reason: row.sourceReason ?? "")) }
+                return nil
+            }
+            // A bucket holds no directories; a tree made from a bucket has directories the bucket never listed.
+            if row.source?.kind == .directory && (!destination.keepsPOSIXMetadata || pointwise) { return nil }
+            if row.source == nil && row.destination?.kind == .directory && !source.keepsPOSIXMetadata { return nil }
+            let item = row.item
+            let present = item.map { [.pending, .done, .failed].contains($0.state) } ?? false
+            guard let s = row.source else {
+                if present || item?.state == .vanished {
+                    a.drifted(path, \.deleted)  // gone from the source since the snapshot: a catch-up removes it
+                    return nil
+                }
+                guard let d = row.destination else { return nil }
+                if destination.isOwnTemporary(d.path) {
+                    if let tag = removeLeftoversTagged, PathUtil.lastComponent(d.path).hasPrefix(".ferry-\(tag).") {
+                        removeLeftovers.append(d.path)
+                        return nil
+                    }
+                    a.problem("extra", d.path, "a partial file that an interrupted copy left behind (`ferry run` removes this job's own)", item: nil)
+                } else if live {
+                    a.counts.liveExtras += 1
+                } else {
+                    a.problem("extra", d.path, "extra at the destination: the source has no such \(d.kind.noun)", item: nil)
+                }
+                return nil
+            }
+            guard let item, present else {
+                a.drifted(path, \.added)  // new at the source since the snapshot
+                return nil
+            }
+            switch item.state {
+            case .pending:
+                a.problem("not-copied", path, "not copied yet", item: item.id)
+                return nil
+            case .failed:
+                a.problem("not-copied", path, "not copied: \(item.error ?? "failed")", item: item.id)
+                return nil
+            default: break
+            }
+            var manifest = item.entry
+            if manifest.kind == .hardlink { manifest.kind = .file }
+            if s.changed(comparedTo: manifest) || s.mode != manifest.mode {
+                a.drifted(path, \.changed)  // the destination holds the snapshot's version; a catch-up copies the new one
+                return nil
+            }
+            guard let d = row.destination else {
+                a.problem("missing", path, "missing at the destination", item: item.id)
+                return nil
+            }
+            if let why = Self.metadataDiffers(manifest, d, posix: posix && !pointwise, sizes: !pointwise, sourceAllocated: s.allocated) {
+                a.problem("differs", path, why, item: item.id)
+                return nil
+            }
+            guard manifest.kind == .file, item.entry.kind != .hardlink else { return nil }
+            let sampled = Sampling.isSelected(path, round: round, rate: rate)
+            if sampled || destination is any ChecksumProviding {
+                files += 1
+                if sampled { bytes += manifest.size }
+                return (item.id, sampled)
+            }
+            if manifest.size > 0 { a.unverified += 1 }
+            return nil
         }
-        guard let d else { return "missing at the destination" }
-        if d.kind != e.kind { return "is a \(d.kind.rawValue) at the destination, a \(e.kind.rawValue) at the source" }
+        acc.withLock { $0 = a }
+        for path in removeLeftovers {
+            do {
+                try destination.remove(path, kind: .file)
+                acc.withLock { $0.counts.leftoversRemoved += 1 }
+                logger.info("removed a partial file of an interrupted copy", metadata: ["path": "\(RawName.display(path))"])
+            } catch {
+                acc.withLock { $0.problem("extra", path, "a partial file that could not be removed: \(error.operatorText)", item: nil) }
+            }
+        }
+        if posix && destination is any HardLinking {
+            for (path, why) in try scratch.hardLinkDifferences() {
+                acc.withLock { $0.problem("differs", path, why, item: nil) }
+            }
+        }
+        return (files, bytes)
+    }
+
+    /// What differs between the manifest's view of an entry and the destination's, judging by metadata.
+    static func metadataDiffers(_ e: Entry, _ d: Entry, posix: Bool, sizes: Bool, sourceAllocated: Int64?) -> String? {
+        if d.kind != e.kind { return "is a \(d.kind.noun) at the destination, a \(e.kind.noun) at the source" }
+        func octal(_ m: UInt32) -> String { "0" + String(m, radix: 8) }
         switch e.kind {
         case .symlink:
             if d.linkTarget != e.linkTarget {
-                return "link target differs (source \(e.linkTarget ?? "?"), destination \(d.linkTarget ?? "?"))"
+                return "link target differs (source \(RawName.display(e.linkTarget ?? "?")), destination \(RawName.display(d.linkTarget ?? "?")))"
             }
-            return nil
-        case .directory:
-            if d.mode != e.mode { return "mode differs (source \(octal(e.mode)), destination \(octal(d.mode)))" }
-            return nil
+        case .charDevice, .blockDevice:
+            if d.rdev != e.rdev { return "device number differs" }
         case .file:
-            break
+            if sizes && d.size != e.size { return "size differs (source \(e.size), destination \(d.size))" }
+        default: break
         }
+        guard posix else { return nil }
+        if d.mode != e.mode { return "mode differs (source \(octal(e.mode)), destination \(octal(d.mode)))" }
+        if e.kind == .file && d.mtimeNs != e.mtimeNs { return "mtime differs" }
+        if geteuid() == 0 && (d.uid != e.uid || d.gid != e.gid) {
+            return "owner differs (source \(e.uid):\(e.gid), destination \(d.uid):\(d.gid))"
+        }
+        if d.xattrs != e.xattrs {
+            let names = Set(e.xattrs.map(\.name)).symmetricDifference(d.xattrs.map(\.name)).sorted()
+            return "extended attributes differ" + (names.isEmpty ? " (values)" : " (\(names.joined(separator: ", ")))")
+        }
+        if e.kind == .file, let src = sourceAllocated, let dst = d.allocated, src < e.size, dst > src + max(1 << 20, src / 10) {
+            return "holes not kept: the source allocates \(src) bytes of \(e.size), the destination \(dst)"
+        }
+        return nil
+    }
+
+    /// Returns a problem description, or nil when the content matches.
+    private func checkContent(
+        _ item: ItemRecord, sampled content: Bool, buffer: UnsafeMutableRawBufferPointer, hasher: SHA256Hasher
+    ) throws -> String? {
+        let e = item.entry
         if let points = destination as? any PointComparing {
             // Metric files: the destination keeps live points, so parity is proven value by value.
             guard content else { return nil }
@@ -200,19 +388,13 @@ final class VerifyPhase: @unchecked Sendable {
                 return "cannot compare points: \(error.operatorText)"
             }
         }
-        if d.size != e.size { return "size differs (source \(e.size), destination \(d.size))" }
-        if posix && d.mode != e.mode { return "mode differs (source \(octal(e.mode)), destination \(octal(d.mode)))" }
-        if posix && d.mtimeNs != e.mtimeNs { return "mtime differs" }
-        if posix && geteuid() == 0 && (d.uid != e.uid || d.gid != e.gid) {
-            return "owner differs (source \(e.uid):\(e.gid), destination \(d.uid):\(d.gid))"
-        }
         guard content else {
             // Outside the sample: a hash stored beside the object still proves a single-chunk file.
             if let sums = destination as? any ChecksumProviding {
                 let chunks = try ledger.chunks(of: item.id)
                 if chunks.count == 1, let stored = try? sums.storedSHA256(e.path) {
                     if stored != chunks[0].sha256 { return "stored SHA-256 differs from the source's" }
-                    proof.withLock { $0.byHash += 1 }
+                    acc.withLock { $0.byHash += 1 }
                     return nil
                 }
                 if chunks.count > 1, let (size, stored) = try? sums.storedChunkListSHA256(e.path),
@@ -220,15 +402,16 @@ final class VerifyPhase: @unchecked Sendable {
                     let want = SHA256Hasher.chunkListDigest(chunks.sorted { $0.index < $1.index }.map(\.sha256))
                 {
                     if stored != want.hex { return "stored SHA-256 of the chunk list differs from the source's" }
-                    proof.withLock { $0.byHash += 1 }
+                    acc.withLock { $0.byHash += 1 }
                     return nil
                 }
             }
-            if e.size > 0 { proof.withLock { $0.unverified += 1 } }
+            if e.size > 0 { acc.withLock { $0.unverified += 1 } }
             return nil
         }
         let chunks = try ledger.chunks(of: item.id)
-        if chunks.isEmpty && e.size > 0 && destination is any ServerSideCopying {
+        if chunks.isEmpty && e.size > 0 {
+            // Copied server-side (no bytes through ferry, no chunk hashes): read both sides.
             return compareBothSides(e, buffer: buffer, hasher: hasher)
         }
         let planned = Int64(buffer.count)
@@ -263,40 +446,6 @@ final class VerifyPhase: @unchecked Sendable {
         return nil
     }
 
-    private func octal(_ m: UInt32) -> String { "0" + String(m, radix: 8) }
-
-    /// Re-walks the source (metadata only) and counts what changed since the snapshot.
-    func measureDrift() throws -> VerifyReport.Drift {
-        var drift = VerifyReport.Drift()
-        var seenPresent: Int64 = 0
-        func note(_ path: String) {
-            if drift.examples.count < 20 { drift.examples.append(path) }
-        }
-        func visit(_ e: Entry) throws {
-            guard let item = try ledger.item(path: e.path) else {
-                drift.added += 1
-                note(e.path)
-                return
-            }
-            switch item.state {
-            case .vanished, .deleted:
-                drift.added += 1
-                note(e.path)
-            case .pending, .done, .failed:
-                seenPresent += 1
-                if e.changed(comparedTo: item.entry) || e.mode != item.entry.mode {
-                    drift.changed += 1
-                    note(e.path.isEmpty ? "." : e.path)
-                }
-            }
-        }
-        if let root = try source.stat("") { try visit(root) }
-        try source.walk(visit, skipped: { _ in })
-        let present = try ledger.countPresent()
-        drift.deleted = max(0, present - seenPresent)
-        drift.deleted += try ledger.countVanished()
-        return drift
-    }
 }
 
 extension VerifyPhase {

@@ -11,7 +11,7 @@ import Darwin
 /// A directory tree on a local filesystem. Every path is resolved component by component from the root's
 /// descriptor with `O_NOFOLLOW`, so no symbolic link in the tree, old or swapped in later, leads a read or a
 /// write outside it.
-public final class LocalStore: Store, @unchecked Sendable {
+public final class LocalStore: Store, HardLinking, SpecialMaking, @unchecked Sendable {
     // @unchecked: the root path is immutable; the cached root descriptor is behind a Mutex.
     public let root: String
     public var displayName: String { "fs:\(root)" }
@@ -22,8 +22,16 @@ public final class LocalStore: Store, @unchecked Sendable {
     /// replacing it, and the staged file is removed afterwards.
     public let onExisting: (@Sendable (_ staged: String, _ existing: String) throws -> Void)?
 
-    public init(root: String, onExisting: (@Sendable (_ staged: String, _ existing: String) throws -> Void)? = nil) {
+    /// `copy.symlinks: follow`: the walk lists what a link points to (file or directory) in its place, and reads
+    /// go through links. Off by default: a link is then an entry of its own and is never followed.
+    public let followSymlinks: Bool
+
+    public init(
+        root: String, followSymlinks: Bool = false,
+        onExisting: (@Sendable (_ staged: String, _ existing: String) throws -> Void)? = nil
+    ) {
         self.root = root
+        self.followSymlinks = followSymlinks
         self.onExisting = onExisting
     }
 
@@ -45,15 +53,52 @@ public final class LocalStore: Store, @unchecked Sendable {
     /// Opens `path` below the root in one call, refusing symlinks anywhere on the way. Returns nil when the
     /// kernel has no openat2 (the caller walks components instead).
     private func openBeneath(_ path: String, _ flags: Int32) throws -> Int32? {
-        let fd = ferry_open_beneath(try rootFD(), path, flags, 0)
+        let name = RawName.cString(path)
+        // A path longer than PATH_MAX is legal (built with openat); the kernel takes it only a component at a time.
+        if name.count >= Int(PATH_MAX) { return nil }
+        let base = try rootFD()
+        if followSymlinks { return retryEINTR { openat(base, name, flags & ~O_NOFOLLOW) } }
+        let fd = ferry_open_beneath(base, name, flags, 0)
         if fd >= 0 { return fd }
-        if errno == ENOSYS || errno == EPERM { return nil }  // EPERM: a seccomp filter refusing openat2
+        if errno == ENOSYS || errno == EPERM || errno == ENAMETOOLONG { return nil }  // EPERM: a seccomp filter
         return fd
     }
 
-    /// Prefix of partial files; the walk never lists them.
+    /// Partial files are named `.ferry-TOKEN.part` beside their final name. The engine's tokens carry a random
+    /// tag of the job, so a user's own `.ferry-notes.part` never collides with one; the walk lists both like any
+    /// other name, and verify reports a partial left behind as an extra.
     public static let partialPrefix = ".ferry-"
     public static let partialSuffix = ".part"
+
+    /// Names that cannot coexist in a directory tree: a file and a directory of the same name, or a file with
+    /// something below it (a bucket can hold `a` and `a/b`). The later one is refused. Sources list entries in
+    /// name order with a directory's contents right after it, so a stack of the file names that may still prefix
+    /// a later entry is enough (bounded by the nesting of such names, not by the tree).
+    public func refusalChecker() -> ((Entry) -> String?)? {
+        var files: [String] = []
+        return { entry in
+            while let top = files.last {
+                if entry.path == top {
+                    return "\"\(RawName.display(top))\" is already a file; a \(entry.kind.noun) cannot have the same name"
+                }
+                if entry.path.hasPrefix(top + "/") {
+                    return "\"\(RawName.display(top))\" is a file, so nothing can be below it in a directory tree"
+                }
+                // A later name can still start with `top/` only while names share `top` and sort before `top/`.
+                if entry.path.hasPrefix(top), let next = entry.path.utf8.dropFirst(top.utf8.count).first, next < UInt8(ascii: "/") {
+                    break
+                }
+                files.removeLast()
+            }
+            if entry.kind != .directory { files.append(entry.path) }
+            return nil
+        }
+    }
+
+    public func isOwnTemporary(_ path: String) -> Bool {
+        let name = PathUtil.lastComponent(path)
+        return name.hasPrefix(Self.partialPrefix) && name.hasSuffix(Self.partialSuffix)
+    }
 
     // MARK: - descriptors
 
@@ -90,15 +135,17 @@ public final class LocalStore: Store, @unchecked Sendable {
             // Missing directories: fall through and create them component by component.
         }
         var fd = try openRoot()
+        let follow = followSymlinks ? 0 : O_NOFOLLOW
         for comp in comps {
-            var next = retryEINTR { openat(fd, comp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
+            let c = RawName.cString(comp)
+            var next = retryEINTR { openat(fd, c, O_RDONLY | O_DIRECTORY | follow | O_CLOEXEC) }
             if next < 0 && errno == ENOENT && create {
-                if mkdirat(fd, comp, 0o700) != 0 && errno != EEXIST {
+                if mkdirat(fd, c, 0o700) != 0 && errno != EEXIST {
                     let e = errno
                     close(fd)
-                    throw SystemCallError("mkdir", errno: e, path: comp)
+                    throw SystemCallError("mkdir", errno: e, path: RawName.display(comp))
                 }
-                next = retryEINTR { openat(fd, comp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
+                next = retryEINTR { openat(fd, c, O_RDONLY | O_DIRECTORY | follow | O_CLOEXEC) }
             }
             let e = errno
             close(fd)
@@ -130,72 +177,135 @@ public final class LocalStore: Store, @unchecked Sendable {
 
     public func walk(_ visit: (Entry) throws -> Void, skipped: (SkippedEntry) -> Void) throws {
         let fd = try openRoot()
-        try walkDirectory(fd: fd, prefix: "", visit: visit, skipped: skipped)
+        var st = Glibc.stat()
+        var ancestors: [(UInt64, UInt64)] = []
+        if fstat(fd, &st) == 0 { ancestors.append((UInt64(st.st_dev), UInt64(st.st_ino))) }
+        try walkDirectory(fd: fd, prefix: "", ancestors: ancestors, visit: visit, skipped: skipped)
     }
 
-    /// Walks one directory (consuming `fd`), entries sorted by name, subdirectories after their entry.
+    /// A name read from a directory: its string form (lossless, see RawName) and its bytes for syscalls.
+    struct Name {
+        var text: String
+        var c: [CChar]
+    }
+
+    /// Walks one directory (consuming `fd`), entries sorted by name bytes, subdirectories after their entry.
+    /// Every name is kept byte for byte; nothing that readdir returns is dropped without a report.
     private func walkDirectory(
-        fd: Int32, prefix: String, visit: (Entry) throws -> Void, skipped: (SkippedEntry) -> Void
+        fd: Int32, prefix: String, ancestors: [(UInt64, UInt64)], visit: (Entry) throws -> Void,
+        skipped: (SkippedEntry) -> Void
     ) throws {
         guard let dir = fdopendir(fd) else {
             let e = errno
             close(fd)
-            throw SystemCallError("opendir", errno: e, path: prefix.isEmpty ? root : prefix)
+            throw SystemCallError("opendir", errno: e, path: prefix.isEmpty ? root : RawName.display(prefix))
         }
         defer { closedir(dir) }
-        var names: [String] = []
+        var names: [Name] = []
         while true {
             errno = 0
             guard let ent = readdir(dir) else {
-                if errno != 0 { throw SystemCallError("readdir", errno: errno, path: prefix) }
+                if errno != 0 {
+                    skipped(SkippedEntry(path: prefix, reason: SystemCallError("readdir", errno: errno).description + " (listing incomplete)"))
+                }
                 break
             }
-            let name = withUnsafePointer(to: ent.pointee.d_name) {
-                $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
+            let c: [CChar] = withUnsafePointer(to: ent.pointee.d_name) {
+                $0.withMemoryRebound(to: CChar.self, capacity: 256) { p in Array(UnsafeBufferPointer(start: p, count: strlen(p) + 1)) }
             }
-            if name == "." || name == ".." { continue }
-            if name.hasPrefix(Self.partialPrefix) && name.hasSuffix(Self.partialSuffix) { continue }
-            names.append(name)
+            if c.count == 2 && c[0] == 46 { continue }  // "."
+            if c.count == 3 && c[0] == 46 && c[1] == 46 { continue }  // ".."
+            names.append(Name(text: RawName.decode(c.dropLast().map { UInt8(bitPattern: $0) }), c: c))
         }
-        names.sort { $0.utf8.lexicographicallyPrecedes($1.utf8) }
+        names.sort { a, b in a.c.lexicographicallyPrecedes(b.c) { UInt8(bitPattern: $0) < UInt8(bitPattern: $1) } }
         let dfd = dirfd(dir)
         for name in names {
-            let rel = prefix.isEmpty ? name : prefix + "/" + name
+            let rel = prefix.isEmpty ? name.text : prefix + "/" + name.text
             var st = Glibc.stat()
-            if fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0 {
-                if errno == ENOENT { continue }  // vanished between readdir and stat
+            if fstatat(dfd, name.c, &st, AT_SYMLINK_NOFOLLOW) != 0 {
+                if errno == ENOENT { continue }  // removed between readdir and stat: it no longer exists
                 skipped(SkippedEntry(path: rel, reason: SystemCallError("stat", errno: errno).description))
                 continue
             }
+            if followSymlinks && st.st_mode & S_IFMT == S_IFLNK {
+                let target = readLink(dfd, name.c) ?? "?"
+                var followed = Glibc.stat()
+                if fstatat(dfd, name.c, &followed, 0) != 0 {
+                    skipped(SkippedEntry(
+                        path: rel,
+                        reason: "symlink to \(RawName.display(target)) cannot be followed (copy.symlinks: follow): "
+                            + String(cString: strerror(errno))))
+                    continue
+                }
+                st = followed
+            }
             guard var entry = Self.entry(rel, st) else {
-                skipped(SkippedEntry(path: rel, reason: "not a regular file, directory or symlink (device, fifo or socket)"))
+                skipped(SkippedEntry(path: rel, reason: "an entry of unknown type \(String(st.st_mode & S_IFMT, radix: 8))"))
                 continue
             }
             if entry.kind == .symlink {
-                guard let target = readLink(dfd, name) else {
+                guard let target = readLink(dfd, name.c) else {
                     skipped(SkippedEntry(path: rel, reason: SystemCallError("readlink", errno: errno).description))
                     continue
                 }
                 entry.linkTarget = target
             }
-            try visit(entry)
+            if !entry.kind.isSpecial { entry.xattrs = Self.readXattrs(dfd, name.c) }
             if entry.kind == .directory {
-                let sub = retryEINTR { openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
-                if sub < 0 {
-                    if errno == ENOENT { continue }
-                    skipped(SkippedEntry(path: rel, reason: SystemCallError("open directory", errno: errno).description))
+                let id = (UInt64(st.st_dev), UInt64(st.st_ino))
+                if ancestors.contains(where: { $0 == id }) {
+                    skipped(SkippedEntry(path: rel, reason: "a followed symlink loops back to a directory above it"))
                     continue
                 }
-                try walkDirectory(fd: sub, prefix: rel, visit: visit, skipped: skipped)
+                try visit(entry)
+                let follow = followSymlinks ? 0 : O_NOFOLLOW
+                let sub = retryEINTR { openat(dfd, name.c, O_RDONLY | O_DIRECTORY | follow | O_CLOEXEC) }
+                if sub < 0 {
+                    if errno == ENOENT { continue }
+                    skipped(SkippedEntry(path: rel, reason: SystemCallError("open directory", errno: errno).description + " (its contents are not listed)"))
+                    continue
+                }
+                try walkDirectory(fd: sub, prefix: rel, ancestors: ancestors + [id], visit: visit, skipped: skipped)
+            } else {
+                try visit(entry)
             }
         }
     }
 
-    private func readLink(_ dfd: Int32, _ name: String) -> String? {
-        var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-        let n = readlinkat(dfd, name, &buf, buf.count - 1)
-        guard n >= 0 else { return nil }
-        return String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    /// The link's target, byte for byte (any length the kernel returns).
+    private func readLink(_ dfd: Int32, _ name: [CChar]) -> String? {
+        var size = 256
+        while true {
+            var buf = [CChar](repeating: 0, count: size)
+            let n = readlinkat(dfd, name, &buf, buf.count)
+            guard n >= 0 else { return nil }
+            if n < buf.count { return RawName.decode(buf[0..<n].map { UInt8(bitPattern: $0) }) }
+            size *= 4
+            if size > 1 << 20 { return nil }
+        }
+    }
+
+    /// Every extended attribute of `name` in `dfd` (ACLs included), sorted by name; empty when there are none
+    /// or the filesystem has no xattrs.
+    static func readXattrs(_ dfd: Int32, _ name: [CChar]) -> [ExtendedAttribute] {
+        let n = ferry_llistxattrat(dfd, name, nil, 0)
+        guard n > 0 else { return [] }
+        var list = [CChar](repeating: 0, count: n + 1)
+        let got = ferry_llistxattrat(dfd, name, &list, UInt(list.count))
+        guard got > 0 else { return [] }
+        var out: [ExtendedAttribute] = []
+        var start = 0
+        for i in 0..<got where list[i] == 0 {
+            let attr = Array(list[start...i])
+            start = i + 1
+            let size = ferry_lgetxattrat(dfd, name, attr, nil, 0)
+            guard size >= 0 else { continue }
+            var value = [UInt8](repeating: 0, count: max(size, 1))
+            let read = ferry_lgetxattrat(dfd, name, attr, &value, UInt(value.count))
+            guard read >= 0 else { continue }
+            out.append(ExtendedAttribute(name: String(decoding: attr.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self), value: Array(value[0..<read])))
+        }
+        return out.sorted { $0.name < $1.name }
     }
 
     static func entry(_ path: String, _ st: stat) -> Entry? {
@@ -204,12 +314,22 @@ public final class LocalStore: Store, @unchecked Sendable {
         case S_IFREG: kind = .file
         case S_IFDIR: kind = .directory
         case S_IFLNK: kind = .symlink
+        case S_IFIFO: kind = .fifo
+        case S_IFSOCK: kind = .socket
+        case S_IFCHR: kind = .charDevice
+        case S_IFBLK: kind = .blockDevice
         default: return nil
         }
-        return Entry(
+        var e = Entry(
             path: path, kind: kind, size: kind == .file ? Int64(st.st_size) : 0,
             mtimeNs: Int64(st.st_mtim.tv_sec) * 1_000_000_000 + Int64(st.st_mtim.tv_nsec),
             mode: UInt32(st.st_mode & 0o7777), inode: UInt64(st.st_ino), uid: st.st_uid, gid: st.st_gid)
+        if kind == .charDevice || kind == .blockDevice { e.rdev = UInt64(st.st_rdev) }
+        if kind == .file {
+            e.links = UInt32(truncatingIfNeeded: st.st_nlink)
+            e.allocated = Int64(st.st_blocks) * 512
+        }
+        return e
     }
 
     public func stat(_ path: String) throws -> Entry? {
@@ -218,20 +338,20 @@ public final class LocalStore: Store, @unchecked Sendable {
             guard fstatat(AT_FDCWD, root, &st, 0) == 0 else { return nil }
             return Self.entry("", st)
         }
-        guard PathUtil.isSafeRelative(path) else { throw FerryError(.unsafePath, "refusing unsafe path \"\(path)\"") }
+        guard PathUtil.isSafeRelative(path) else { throw FerryError(.unsafePath, "refusing unsafe path \"\(RawName.display(path))\"") }
         if let fd = try openBeneath(path, ferry_o_path() | O_NOFOLLOW | O_CLOEXEC) {
             if fd < 0 {
                 switch errno {
                 case ENOENT, ENOTDIR: return nil
                 case ELOOP, EXDEV: return try statSlow(path)  // the parent path holds a symlink, or the entry is one
-                default: throw SystemCallError("open", errno: errno, path: path)
+                default: throw SystemCallError("open", errno: errno, path: RawName.display(path))
                 }
             }
             defer { close(fd) }
             var st = Glibc.stat()
-            guard fstat(fd, &st) == 0 else { throw SystemCallError("fstat", errno: errno, path: path) }
+            guard fstat(fd, &st) == 0 else { throw SystemCallError("fstat", errno: errno, path: RawName.display(path)) }
             guard var e = Self.entry(path, st) else { return nil }
-            if e.kind == .symlink { e.linkTarget = readLink(fd, "") }
+            if e.kind == .symlink { e.linkTarget = readLink(fd, [0]) }
             return e
         }
         return try statSlow(path)
@@ -240,35 +360,37 @@ public final class LocalStore: Store, @unchecked Sendable {
     private func statSlow(_ path: String) throws -> Entry? {
         guard let (fd, name) = try openParent(of: path, create: false) else { return nil }
         defer { close(fd) }
+        let c = RawName.cString(name)
         var st = Glibc.stat()
-        if fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0 {
+        if fstatat(fd, c, &st, followSymlinks ? 0 : AT_SYMLINK_NOFOLLOW) != 0 {
             if errno == ENOENT { return nil }
-            throw SystemCallError("stat", errno: errno, path: path)
+            throw SystemCallError("stat", errno: errno, path: RawName.display(path))
         }
         guard var e = Self.entry(path, st) else { return nil }
-        if e.kind == .symlink { e.linkTarget = readLink(fd, name) }
+        if e.kind == .symlink { e.linkTarget = readLink(fd, c) }
         return e
     }
 
     // MARK: - reading
 
     public func openReader(_ path: String) throws -> (any ObjectReader)? {
-        guard PathUtil.isSafeRelative(path) else { throw FerryError(.unsafePath, "refusing unsafe path \"\(path)\"") }
+        guard PathUtil.isSafeRelative(path) else { throw FerryError(.unsafePath, "refusing unsafe path \"\(RawName.display(path))\"") }
         if let fd = try openBeneath(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC) {
             if fd >= 0 { return LocalReader(fd: fd, path: path) }
             switch errno {
             case ENOENT, ENOTDIR: return nil
-            case ELOOP, EXDEV: throw FerryError(.unsafePath, "\"\(path)\" is now a symlink or passes one; not followed")
-            default: throw SystemCallError("open", errno: errno, path: path)
+            case ELOOP, EXDEV: throw FerryError(.unsafePath, "\"\(RawName.display(path))\" is now a symlink or passes one; not followed")
+            default: throw SystemCallError("open", errno: errno, path: RawName.display(path))
             }
         }
         guard let (dfd, name) = try openParent(of: path, create: false) else { return nil }
         defer { close(dfd) }
-        let fd = retryEINTR { openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC) }
+        let c = RawName.cString(name)
+        let fd = retryEINTR { openat(dfd, c, O_RDONLY | (followSymlinks ? 0 : O_NOFOLLOW) | O_CLOEXEC) }
         if fd < 0 {
             if errno == ENOENT { return nil }
-            if errno == ELOOP { throw FerryError(.unsafePath, "\"\(path)\" is now a symlink; not followed") }
-            throw SystemCallError("open", errno: errno, path: path)
+            if errno == ELOOP { throw FerryError(.unsafePath, "\"\(RawName.display(path))\" is now a symlink; not followed") }
+            throw SystemCallError("open", errno: errno, path: RawName.display(path))
         }
         return LocalReader(fd: fd, path: path)
     }
@@ -286,7 +408,7 @@ public final class LocalStore: Store, @unchecked Sendable {
             let e = errno
             close(dfd)
             if resume && e == ENOENT { return nil }
-            throw SystemCallError("create", errno: e, path: PathUtil.directory(of: entry.path) + "/" + tmp)
+            throw SystemCallError("create", errno: e, path: RawName.display(PathUtil.directory(of: entry.path)) + "/" + tmp)
         }
         let w = LocalWriter(dirFD: dfd, fd: fd, tmpName: tmp, finalName: name, path: entry.path)
         if let onExisting {
@@ -301,17 +423,18 @@ public final class LocalStore: Store, @unchecked Sendable {
         if entry.path.isEmpty { return }
         guard let (dfd, name) = try openParent(of: entry.path, create: true) else { return }
         defer { close(dfd) }
-        if mkdirat(dfd, name, 0o700) != 0 {
+        let c = RawName.cString(name)
+        if mkdirat(dfd, c, 0o700) != 0 {
             let e = errno
-            guard e == EEXIST else { throw SystemCallError("mkdir", errno: e, path: entry.path) }
+            guard e == EEXIST else { throw SystemCallError("mkdir", errno: e, path: RawName.display(entry.path)) }
             var st = Glibc.stat()
-            guard fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 else {
-                throw SystemCallError("stat", errno: errno, path: entry.path)
+            guard fstatat(dfd, c, &st, AT_SYMLINK_NOFOLLOW) == 0 else {
+                throw SystemCallError("stat", errno: errno, path: RawName.display(entry.path))
             }
             if st.st_mode & S_IFMT != S_IFDIR {
                 // A file or link stands where the source has a directory: replace it.
-                guard unlinkat(dfd, name, 0) == 0, mkdirat(dfd, name, 0o700) == 0 else {
-                    throw SystemCallError("replace with directory", errno: errno, path: entry.path)
+                guard unlinkat(dfd, c, 0) == 0, mkdirat(dfd, c, 0o700) == 0 else {
+                    throw SystemCallError("replace with directory", errno: errno, path: RawName.display(entry.path))
                 }
             }
         }
@@ -323,21 +446,64 @@ public final class LocalStore: Store, @unchecked Sendable {
             fd = try openRoot()
         } else {
             guard let (dfd, name) = try openParent(of: entry.path, create: false) else { return }
-            fd = retryEINTR { openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
+            fd = retryEINTR { openat(dfd, RawName.cString(name), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
             close(dfd)
-            if fd < 0 { throw SystemCallError("open directory", errno: errno, path: entry.path) }
+            if fd < 0 { throw SystemCallError("open directory", errno: errno, path: RawName.display(entry.path)) }
         }
         defer { close(fd) }
         try Self.applyMetadata(fd: fd, entry, path: entry.path)
     }
 
     public func makeSymlink(_ entry: Entry) throws {
-        guard let target = entry.linkTarget else { throw FerryError(.other, "symlink \(entry.path) has no target") }
+        guard let target = entry.linkTarget else { throw FerryError(.other, "symlink \(RawName.display(entry.path)) has no target") }
         guard let (dfd, name) = try openParent(of: entry.path, create: true) else { return }
         defer { close(dfd) }
-        let tmp = Self.partialName("link-\(UInt32.random(in: 0...UInt32.max))")
-        guard symlinkat(target, dfd, tmp) == 0 else { throw SystemCallError("symlink", errno: errno, path: entry.path) }
+        let tmp = Self.partialName("link-\(UInt64.random(in: 0...UInt64.max))")
+        guard symlinkat(RawName.cString(target), dfd, tmp) == 0 else {
+            throw SystemCallError("symlink", errno: errno, path: RawName.display(entry.path))
+        }
         if isRoot { _ = fchownat(dfd, tmp, entry.uid, entry.gid, AT_SYMLINK_NOFOLLOW) }
+        for x in entry.xattrs { _ = ferry_lsetxattrat(dfd, tmp, x.name, x.value, UInt(x.value.count)) }
+        var times = [timespec(tv_sec: 0, tv_nsec: ferry_utime_omit()), Self.timespecOf(entry.mtimeNs)]
+        _ = utimensat(dfd, tmp, &times, AT_SYMLINK_NOFOLLOW)
+        try Self.replace(dfd: dfd, tmp: tmp, name: name, path: entry.path)
+    }
+
+    /// A second name for a file copied already (`entry.linkTarget` is its first name): link, then rename into
+    /// place, so an existing entry of that name is replaced atomically.
+    public func makeHardLink(_ entry: Entry) throws {
+        guard let first = entry.linkTarget else { throw FerryError(.other, "hard link \(RawName.display(entry.path)) has no target") }
+        guard let (sfd, sname) = try openParent(of: first, create: false) else {
+            throw FerryError(.destinationIO, "cannot link \(RawName.display(entry.path)): \(RawName.display(first)) is missing at the destination")
+        }
+        defer { close(sfd) }
+        guard let (dfd, name) = try openParent(of: entry.path, create: true) else { return }
+        defer { close(dfd) }
+        let tmp = Self.partialName("hardlink-\(UInt64.random(in: 0...UInt64.max))")
+        guard linkat(sfd, RawName.cString(sname), dfd, tmp, 0) == 0 else {
+            throw SystemCallError("link", errno: errno, path: RawName.display(entry.path))
+        }
+        try Self.replace(dfd: dfd, tmp: tmp, name: name, path: entry.path)
+    }
+
+    /// Recreates a FIFO, socket or device node (mknod; a device needs root) with its owner, mode and mtime.
+    public func makeSpecial(_ entry: Entry) throws {
+        let type: mode_t
+        switch entry.kind {
+        case .fifo: type = S_IFIFO
+        case .socket: type = S_IFSOCK
+        case .charDevice: type = S_IFCHR
+        case .blockDevice: type = S_IFBLK
+        default: throw FerryError(.other, "\(RawName.display(entry.path)) is not a special file")
+        }
+        guard let (dfd, name) = try openParent(of: entry.path, create: true) else { return }
+        defer { close(dfd) }
+        let tmp = Self.partialName("special-\(UInt64.random(in: 0...UInt64.max))")
+        guard mknodat(dfd, tmp, type | 0o600, dev_t(entry.rdev)) == 0 else {
+            throw SystemCallError("mknod", errno: errno, path: RawName.display(entry.path))
+        }
+        if isRoot { _ = fchownat(dfd, tmp, entry.uid, entry.gid, AT_SYMLINK_NOFOLLOW) }
+        _ = fchmodat(dfd, tmp, mode_t(entry.mode), 0)
         var times = [timespec(tv_sec: 0, tv_nsec: ferry_utime_omit()), Self.timespecOf(entry.mtimeNs)]
         _ = utimensat(dfd, tmp, &times, AT_SYMLINK_NOFOLLOW)
         try Self.replace(dfd: dfd, tmp: tmp, name: name, path: entry.path)
@@ -346,8 +512,8 @@ public final class LocalStore: Store, @unchecked Sendable {
     public func remove(_ path: String, kind: EntryKind) throws {
         guard let (dfd, name) = try openParent(of: path, create: false) else { return }
         defer { close(dfd) }
-        if unlinkat(dfd, name, kind == .directory ? AT_REMOVEDIR : 0) != 0 && errno != ENOENT {
-            throw SystemCallError("remove", errno: errno, path: path)
+        if unlinkat(dfd, RawName.cString(name), kind == .directory ? AT_REMOVEDIR : 0) != 0 && errno != ENOENT {
+            throw SystemCallError("remove", errno: errno, path: RawName.display(path))
         }
     }
 
@@ -375,26 +541,32 @@ public final class LocalStore: Store, @unchecked Sendable {
         return timespec(tv_sec: Int(sec), tv_nsec: Int(nsec))
     }
 
+    /// Owner first (chown clears file capabilities), then extended attributes and ACLs, then mode (consistent with
+    /// the ACL's mask, as at the source), then mtime.
     static func applyMetadata(fd: Int32, _ entry: Entry, path: String) throws {
         if isRoot, fchown(fd, entry.uid, entry.gid) != 0 {
-            throw SystemCallError("chown", errno: errno, path: path)
+            throw SystemCallError("chown", errno: errno, path: RawName.display(path))
         }
-        if fchmod(fd, mode_t(entry.mode)) != 0 { throw SystemCallError("chmod", errno: errno, path: path) }
+        // An attribute the destination filesystem cannot hold is not fatal here: verify compares them and
+        // reports the difference.
+        for x in entry.xattrs { _ = ferry_fsetxattr(fd, x.name, x.value, UInt(x.value.count)) }
+        if fchmod(fd, mode_t(entry.mode)) != 0 { throw SystemCallError("chmod", errno: errno, path: RawName.display(path)) }
         var times = [timespec(tv_sec: 0, tv_nsec: ferry_utime_omit()), timespecOf(entry.mtimeNs)]
-        if futimens(fd, &times) != 0 { throw SystemCallError("utimens", errno: errno, path: path) }
+        if futimens(fd, &times) != 0 { throw SystemCallError("utimens", errno: errno, path: RawName.display(path)) }
     }
 
     /// Renames `tmp` over `name`; an empty directory in the way is removed first.
     static func replace(dfd: Int32, tmp: String, name: String, path: String) throws {
-        if renameat(dfd, tmp, dfd, name) == 0 { return }
+        let c = RawName.cString(name)
+        if renameat(dfd, tmp, dfd, c) == 0 { return }
         let e = errno
         if e == EISDIR || e == ENOTEMPTY || e == EEXIST {
-            if unlinkat(dfd, name, AT_REMOVEDIR) == 0, renameat(dfd, tmp, dfd, name) == 0 { return }
+            if unlinkat(dfd, c, AT_REMOVEDIR) == 0, renameat(dfd, tmp, dfd, c) == 0 { return }
             _ = unlinkat(dfd, tmp, 0)
-            throw FerryError(.destinationIO, "cannot replace \(path): a non-empty directory is in the way")
+            throw FerryError(.destinationIO, "cannot replace \(RawName.display(path)): a non-empty directory is in the way")
         }
         _ = unlinkat(dfd, tmp, 0)
-        throw SystemCallError("rename", errno: e, path: path)
+        throw SystemCallError("rename", errno: e, path: RawName.display(path))
     }
 }
 
@@ -415,7 +587,7 @@ final class LocalReader: ObjectReader {
             let n = pread(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
             if n < 0 {
                 if errno == EINTR { continue }
-                throw SystemCallError("read", errno: errno, path: path)
+                throw SystemCallError("read", errno: errno, path: RawName.display(path))
             }
             if n == 0 { break }
             done += n
@@ -426,7 +598,7 @@ final class LocalReader: ObjectReader {
     func currentEntry() throws -> Entry {
         var st = Glibc.stat()
         guard fstat(fd, &st) == 0, let e = LocalStore.entry(path, st) else {
-            throw SystemCallError("fstat", errno: errno, path: path)
+            throw SystemCallError("fstat", errno: errno, path: RawName.display(path))
         }
         return e
     }
@@ -439,12 +611,17 @@ final class LocalReader: ObjectReader {
     }
 }
 
-final class LocalWriter: ObjectWriter {
+final class LocalWriter: ObjectWriter, MetadataAccepting {
     private let dirFD: Int32
     private var fd: Int32
     private let tmpName: String
     private let finalName: String
     private let path: String
+    /// Everything at or beyond this offset of the partial file is known to be zeros (a hole): an all-zero
+    /// buffer written there is left as a hole, so sparse files stay sparse.
+    private var zeroFrom: Int64
+    /// The mtime carried by a bucket source (`x-amz-meta-mtime`), applied instead of the listing's.
+    private var carriedMtimeNs: Int64?
 
     init(dirFD: Int32, fd: Int32, tmpName: String, finalName: String, path: String) {
         self.dirFD = dirFD
@@ -452,6 +629,8 @@ final class LocalWriter: ObjectWriter {
         self.tmpName = tmpName
         self.finalName = finalName
         self.path = path
+        var st = Glibc.stat()
+        zeroFrom = fstat(fd, &st) == 0 ? Int64(st.st_size) : Int64.max
     }
 
     deinit {
@@ -461,33 +640,65 @@ final class LocalWriter: ObjectWriter {
 
     var onExisting: (() throws -> Void)?
 
+    func accept(metadata: [String: String]) {
+        guard let v = metadata["x-amz-meta-mtime"] else { return }
+        let parts = v.split(separator: ".", maxSplits: 1)
+        guard let sec = Int64(parts.first ?? "") else { return }
+        var ns: Int64 = 0
+        if parts.count > 1 {
+            let frac = String(parts[1].prefix(9))
+            guard let f = Int64(frac) else { return }
+            ns = f
+            for _ in frac.count..<9 { ns *= 10 }
+        }
+        carriedMtimeNs = sec * 1_000_000_000 + ns
+    }
+
+    static func isZero(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        var i = 0
+        let n = bytes.count
+        while i + 8 <= n {
+            if bytes.loadUnaligned(fromByteOffset: i, as: UInt64.self) != 0 { return false }
+            i += 8
+        }
+        while i < n {
+            if bytes[i] != 0 { return false }
+            i += 1
+        }
+        return true
+    }
+
     func write(_ bytes: UnsafeRawBufferPointer, at offset: Int64) throws {
+        if offset >= zeroFrom && Self.isZero(bytes) { return }  // a hole; publish sets the size
         var done = 0
         while done < bytes.count {
             let n = pwrite(fd, bytes.baseAddress! + done, bytes.count - done, off_t(offset) + off_t(done))
             if n < 0 {
                 if errno == EINTR { continue }
-                throw SystemCallError("write", errno: errno, path: path)
+                throw SystemCallError("write", errno: errno, path: RawName.display(path))
             }
             done += n
         }
+        zeroFrom = max(zeroFrom, offset + Int64(bytes.count))
     }
 
     func makeDurable() throws {
-        if fdatasync(fd) != 0 { throw SystemCallError("fdatasync", errno: errno, path: path) }
+        if fdatasync(fd) != 0 { throw SystemCallError("fdatasync", errno: errno, path: RawName.display(path)) }
     }
 
     func publish(_ entry: Entry) throws {
-        if ftruncate(fd, off_t(entry.size)) != 0 { throw SystemCallError("truncate", errno: errno, path: path) }
+        if ftruncate(fd, off_t(entry.size)) != 0 { throw SystemCallError("truncate", errno: errno, path: RawName.display(path)) }
+        var entry = entry
+        if let carriedMtimeNs { entry.mtimeNs = carriedMtimeNs }
         try LocalStore.applyMetadata(fd: fd, entry, path: path)
         Glibc.close(fd)
         fd = -1
         if let onExisting {
-            if ferry_rename_noreplace(dirFD, tmpName, dirFD, finalName) == 0 { return }
+            if ferry_rename_noreplace(dirFD, tmpName, dirFD, RawName.cString(finalName)) == 0 { return }
             let e = errno
             guard e == EEXIST else {
                 _ = unlinkat(dirFD, tmpName, 0)
-                throw SystemCallError("rename", errno: e, path: path)
+                throw SystemCallError("rename", errno: e, path: RawName.display(path))
             }
             defer { _ = unlinkat(dirFD, tmpName, 0) }
             try onExisting()

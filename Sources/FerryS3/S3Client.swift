@@ -202,7 +202,15 @@ public final class S3Client: @unchecked Sendable {
                 default: break
                 }
             }
-            if !truncated { token = nil }
+            if !truncated {
+                token = nil
+            } else if token == nil || token?.isEmpty == true {
+                // A partial listing would become a silent partial copy.
+                throw S3Error(
+                    status: r.status, code: "TruncatedListing",
+                    message: "IsTruncated without a NextContinuationToken; the listing is incomplete",
+                    operation: "ListObjectsV2 \(bucket)")
+            }
         } while token != nil
     }
 }

@@ -59,6 +59,19 @@ public final class S3Store: Store, ChecksumProviding, FenceChecking, ChunkSizing
 
     public var displayName: String { "s3://\(bucket)/\(prefix) at \(endpoint)" }
     public var keepsPOSIXMetadata: Bool { false }
+    /// S3 keys are UTF-8 text: a file name with raw bytes is refused.
+    public var namesAreText: Bool { true }
+
+    /// The change token of an object, the same from a listing and from a HEAD: a stable hash of its ETag (a
+    /// listing carries no user metadata, so the `x-amz-meta-mtime` that a HEAD sees must not count as a change).
+    static func changeToken(_ etag: String) -> UInt64 {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for b in etag.utf8 where b != UInt8(ascii: "\"") {
+            h ^= UInt64(b)
+            h = h &* 0x100_0000_01b3
+        }
+        return h
+    }
 
     public let addressing: S3Addressing
 
@@ -120,7 +133,7 @@ public final class S3Store: Store, ChecksumProviding, FenceChecking, ChunkSizing
         var seen: [Int: Int] = [:]  // hash of the NFC form -> hash of the first name's bytes
         let prefix = self.prefix
         return { entry in
-            guard entry.kind == .file else { return nil }
+            guard entry.kind == .file || entry.kind == .hardlink else { return nil }
             let key = prefix + entry.path
             if key.utf8.count > 1024 { return "key is \(key.utf8.count) bytes; S3 and R2 allow 1,024" }
             if entry.size > Self.maxParts * Self.maxPartSize || entry.size > 5 << 40 {
@@ -154,11 +167,27 @@ public final class S3Store: Store, ChecksumProviding, FenceChecking, ChunkSizing
         try withClient { c in
             try c.list(prefix: prefix) { o in
                 let rel = String(o.key.dropFirst(prefix.count))
-                guard PathUtil.isSafeRelative(rel) else {
-                    skipped(SkippedEntry(path: rel, reason: "key \"\(o.key)\" cannot be a path (empty, `.` or `..` segments)"))
+                if rel.isEmpty { return }  // the prefix's own folder marker
+                if rel.hasPrefix(".ferry-fence/") { return }  // the taps' cutover fence objects are ferry's, not data
+                if rel.hasSuffix("/") {
+                    // A folder marker (the console's "Create folder", s3fs, rclone): a directory, as rclone reads it.
+                    let dir = String(rel.dropLast())
+                    guard o.size == 0, PathUtil.isSafeRelative(dir) else {
+                        skipped(SkippedEntry(
+                            path: rel,
+                            reason: o.size == 0
+                                ? "key \"\(RawName.display(o.key))\" cannot be a path (empty, `.` or `..` segments)"
+                                : "key \"\(RawName.display(o.key))\" ends with / but holds \(o.size) bytes; it cannot be a file name"))
+                        return
+                    }
+                    try visit(Entry(path: dir, kind: .directory, size: 0, mtimeNs: 0, mode: 0o755, inode: Self.changeToken(o.etag)))
                     return
                 }
-                try visit(Entry(path: rel, kind: .file, size: o.size, mtimeNs: 0, mode: 0o644, inode: 0))
+                guard PathUtil.isSafeRelative(rel) else {
+                    skipped(SkippedEntry(path: rel, reason: "key \"\(RawName.display(o.key))\" cannot be a path (empty, `.` or `..` segments)"))
+                    return
+                }
+                try visit(Entry(path: rel, kind: .file, size: o.size, mtimeNs: 0, mode: 0o644, inode: Self.changeToken(o.etag)))
             }
         }
     }
@@ -167,8 +196,7 @@ public final class S3Store: Store, ChecksumProviding, FenceChecking, ChunkSizing
         if path.isEmpty { return nil }  // a bucket prefix is no object
         return try withClient { c in
             guard let h = try c.headObject(key(path)) else { return nil }
-            let mtime = h.headers["x-amz-meta-mtime"].flatMap(Self.parseNs) ?? 0
-            return Entry(path: path, kind: .file, size: h.size, mtimeNs: mtime, mode: 0o644, inode: 0)
+            return Entry(path: path, kind: .file, size: h.size, mtimeNs: 0, mode: 0o644, inode: Self.changeToken(h.etag))
         }
     }
 

@@ -11,12 +11,15 @@ final class Scenario: @unchecked Sendable {
     var auditLog: String { dir.sub("writes.log") }
     var plan: String = ""
 
-    init(chunkSize: String = "1MiB", concurrency: Int = 4, bandwidth: String = "off", extra: String = "") throws {
+    init(chunkSize: String = "1MiB", concurrency: Int = 4, bandwidth: String = "off", copy: String = "", extra: String = "") throws {
         try FileManager.default.createDirectory(atPath: source, withIntermediateDirectories: true)
-        try writePlan(chunkSize: chunkSize, concurrency: concurrency, bandwidth: bandwidth, extra: extra)
+        try writePlan(chunkSize: chunkSize, concurrency: concurrency, bandwidth: bandwidth, copy: copy, extra: extra)
     }
 
-    func writePlan(chunkSize: String = "1MiB", concurrency: Int = 4, bandwidth: String = "off", extra: String = "") throws {
+    /// `copy` adds keys to the plan's copy section (e.g. "specials: skip").
+    func writePlan(
+        chunkSize: String = "1MiB", concurrency: Int = 4, bandwidth: String = "off", copy: String = "", extra: String = ""
+    ) throws {
         plan = try FerryTesting.writePlan(
             dir.path,
             """
@@ -25,7 +28,7 @@ final class Scenario: @unchecked Sendable {
             source:      { kind: fs, path: source }
             destination: { kind: fs, path: destination }
             state: state
-            copy:        { chunk_size: \(chunkSize), concurrency: \(concurrency), bandwidth: \(bandwidth) }
+            copy:        { chunk_size: \(chunkSize), concurrency: \(concurrency), bandwidth: \(bandwidth)\(copy.isEmpty ? "" : ", " + copy) }
             \(extra)
             """)
     }

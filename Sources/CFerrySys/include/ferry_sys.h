@@ -22,4 +22,15 @@ int ferry_rename_noreplace(int olddirfd, const char *oldpath, int newdirfd, cons
 /// posix_spawn_file_actions_addclosefrom_np (glibc 2.34+, behind _GNU_SOURCE): the child closes every
 /// descriptor from `from` up.
 int ferry_spawn_closefrom(posix_spawn_file_actions_t *actions, int from);
+/// Extended attributes of the entry `name` in directory `dirfd`, never following a final symlink (through
+/// /proc/self/fd, since Linux has no *xattrat calls before 6.13). Same results and errno as llistxattr(2),
+/// lgetxattr(2) and lsetxattr(2).
+long ferry_llistxattrat(int dirfd, const char *name, char *list, unsigned long size);
+long ferry_lgetxattrat(int dirfd, const char *name, const char *attr, void *value, unsigned long size);
+int ferry_lsetxattrat(int dirfd, const char *name, const char *attr, const void *value, unsigned long size);
+/// fsetxattr(2) / flistxattr(2) / fgetxattr(2) on an open descriptor.
+int ferry_fsetxattr(int fd, const char *attr, const void *value, unsigned long size);
+/// SEEK_DATA and SEEK_HOLE, hidden behind _GNU_SOURCE.
+int ferry_seek_data(void);
+int ferry_seek_hole(void);
 #endif
