@@ -344,7 +344,7 @@ public struct PlanLoader: Sendable {
         for (side, root) in [("source", localSource), ("snapshot", snapshot.path.map(PathUtil.canonical)), ("destination", localDestination)] {
             guard let root else { continue }
             if state == root || PathUtil.isInside(state, root) {
-                ctx.fail(stateNode, "state", "the state directory \(state) must not be inside the \(side) \(root)")
+                ctx.fail(stateNode, "state", "the state directory \(state) must not be the \(side) \(root) or inside it")
             }
         }
         if let destination, let schema = storeKinds[destination.kind] {

@@ -152,4 +152,57 @@ import FerryTesting
         #expect(a.identity == b.identity)
         #expect(a.identity != c.identity)
     }
+
+    @Test func stateInsideTheSourceOrTheDestinationIsRefusedForEveryPair() throws {
+        let dir = TempDir()
+        try FileManager.default.createDirectory(atPath: dir.sub("src"), withIntermediateDirectories: true)
+        let loader = PlanLoader(storeKinds: [
+            StoreKindSchema(kind: "fs", keys: ["path"], required: ["path"], pathIsLocal: true),
+            StoreKindSchema(kind: "s3", keys: ["bucket"], required: ["bucket"], pathIsLocal: false),
+        ])
+        func problems(_ yaml: String) -> [String] {
+            do {
+                _ = try loader.parse(yaml, displayPath: "plan.yml", absolutePath: dir.path + "/plan.yml")
+                return []
+            } catch {
+                return error.diagnostics.map(\.description)
+            }
+        }
+        let fsfs = "version: 1\nname: t\nsource: { kind: fs, path: src }\ndestination: { kind: fs, path: dst }\n"
+        #expect(problems(fsfs + "state: src\n").contains { $0.contains("plan.yml:5:8: state:") && $0.contains("inside the source") })
+        #expect(problems(fsfs + "state: src/.state\n").contains { $0.contains("inside the source") })
+        #expect(problems(fsfs + "state: dst/.state\n").contains { $0.contains("inside the destination") })
+        let s3fs = "version: 1\nname: t\nsource: { kind: s3, bucket: b }\ndestination: { kind: fs, path: dst }\n"
+        #expect(problems(s3fs + "state: dst/.ferry-state\n").contains { $0.contains("inside the destination") })
+        let fss3 = "version: 1\nname: t\nsource: { kind: fs, path: src }\ndestination: { kind: s3, bucket: b }\n"
+        #expect(problems(fss3 + "state: src/.ferry-state\n").contains { $0.contains("inside the source") })
+        #expect(problems(fss3 + "state: elsewhere\n") == [])
+        #expect(problems(fss3 + "copy: { symlinks: copy }\n").contains { $0.contains("copy.symlinks") && $0.contains("cannot hold symbolic links") })
+        #expect(problems(fsfs + "copy: { symlinks: sometimes, specials: maybe }\nexclude: [\"[z-a]\"]\n").count == 3)
+    }
+
+    @Test func anAliasUsedAsAMappingKeyIsRefusedAtOnce() throws {
+        let dir = TempDir()
+        // The review's bomb: depth 9 ran for more than a minute before; refused on the text now.
+        var yaml = try base(dir) + "snapshot:\n  a0: &a0 [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n"
+        for i in 1..<9 { yaml += "  a\(i): &a\(i) [" + [String](repeating: "*a\(i - 1)", count: 10).joined(separator: ",") + "]\n" }
+        let started = Date()
+        for key in ["? *a8\n: 1\n", "*a8 : 1\n", "{ *a8 : 1 }\n", "[*a8, *a8]: 1\n"] {
+            let d = diagnostics(yaml + key, in: dir)
+            #expect(d.contains { $0.message.contains("alias") && $0.message.contains("mapping key") }, "\(key): \(d)")
+        }
+        #expect(Date().timeIntervalSince(started) < 5)
+        // Aliases as values stay legal.
+        let ok = try base(dir) + "cutover:\n  hooks: &h [\"true\"]\n  rollback_hooks: *h\n"
+        #expect(diagnostics(ok, in: dir).isEmpty)
+    }
+
+    @Test func storeAndTapProblemsAreLocatedByTheirField() throws {
+        let dir = TempDir()
+        let yaml = try base(dir) + "copy: { chunk_size: 4MiB }\n"
+        let plan = try parse(yaml, in: dir).get()
+        let d = PlanLoader.diagnostic("copy.chunk_size: at least 5MiB", plan: plan, displayPath: "plan.yml")
+        #expect(d.description == "plan.yml:5:21: copy.chunk_size: at least 5MiB")
+        #expect(PlanLoader.diagnostic("no field here", plan: plan, displayPath: "plan.yml").description == "plan.yml: no field here")
+    }
 }

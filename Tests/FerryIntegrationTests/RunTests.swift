@@ -64,6 +64,46 @@ import FerryTesting
         #expect(try Ferry.run(["plan", "check", s.dir.sub("missing.yml")]).status == 2)
     }
 
+    @Test func storeAndTapErrorsComeAllAtOnceWithLocations() throws {
+        let s = try Scenario()
+        let bad = try writePlan(s.dir.path, """
+            version: 1
+            name: t
+            source: { kind: fs, path: source }
+            destination: { kind: s3, endpoint: "http://127.0.0.1:1", bucket: b, credentials: "env:NOPE_", addressing: sideways }
+            copy: { chunk_size: 1MiB }
+            """, name: "s3small.yml")
+        let r = try Ferry.run(["plan", "check", bad])
+        #expect(r.status == 2)
+        #expect(r.stderr.contains("s3small.yml:5:21: copy.chunk_size:"), "\(r.stderr)")
+        #expect(r.stderr.contains("s3small.yml:4:") && r.stderr.contains("destination.addressing:"))
+        #expect(r.stderr.contains("destination.credentials:") && r.stderr.contains("NOPE_ACCESS_KEY_ID"))
+        #expect(r.stderr.contains("(3 problem(s))"))
+        let tap = try writePlan(s.dir.path, """
+            version: 1
+            name: t
+            source: { kind: whisper, path: source }
+            destination: { kind: whisper, path: dst }
+            tap:
+              kind: carbon
+              listen: "127.0.0.1:70000"
+              old: "127.0.0.1:2103"
+              new: "127.0.0.1:2203"
+              replay_rate: "-5/s"
+            """, name: "tapbad.yml")
+        let t = try Ferry.run(["plan", "check", tap])
+        #expect(t.status == 2)
+        #expect(t.stderr.contains("tapbad.yml:7:11: tap.listen:") && t.stderr.contains("tapbad.yml:10:16: tap.replay_rate:"), "\(t.stderr)")
+        let ret = try writePlan(s.dir.path, """
+            version: 1
+            name: t
+            source: { kind: ceres, path: source }
+            destination: { kind: whisper, path: dst, retentions: "60s:forever", aggregation: median }
+            """, name: "retbad.yml")
+        let rb = try Ferry.run(["plan", "check", ret])
+        #expect(rb.stderr.contains("destination.aggregation:") && rb.stderr.contains("destination.retentions:"), "\(rb.stderr)")
+    }
+
     @Test func examplePlansAreValid() throws {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         let plans = try FileManager.default.contentsOfDirectory(atPath: root.path + "/plans").filter { $0.hasSuffix(".yml") }

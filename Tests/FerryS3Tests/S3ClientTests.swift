@@ -151,3 +151,53 @@ extension S3ClientTests {
         #expect(try !resumed.listMultipartUploads(prefix: "video/abandoned").contains { $0.uploadID == other })
     }
 }
+
+/// A listing cut short by the server must never pass as a whole one.
+@Suite struct S3ListingTests {
+    @Test func aTruncatedListingWithoutAContinuationTokenIsAnError() throws {
+        // A stand-in S3 endpoint (Python's http.server, bound to port 0) whose ListObjectsV2 says IsTruncated
+        // and gives no NextContinuationToken.
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = [
+            "python3", "-c",
+            """
+            import http.server, sys
+            class H(http.server.BaseHTTPRequestHandler):
+                def do_GET(self):
+                    body = (b'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult><Name>b</Name>'
+                            b'<Contents><Key>one</Key><Size>1</Size><ETag>"x"</ETag></Contents>'
+                            b'<IsTruncated>true</IsTruncated></ListBucketResult>')
+                    self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
+                    self.wfile.write(body)
+                def log_message(self, *a): pass
+            s = http.server.HTTPServer(("127.0.0.1", 0), H)
+            print(s.server_address[1], flush=True)
+            s.handle_request()
+            """,
+        ]
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = FileHandle.nullDevice  // never the test runner's own pipes
+        p.standardInput = FileHandle.nullDevice
+        try p.run()
+        defer {
+            kill(p.processIdentifier, SIGKILL)
+            p.waitUntilExit()
+        }
+        var line = Data()
+        while !line.contains(0x0A) {
+            let chunk = out.fileHandleForReading.availableData
+            if chunk.isEmpty { break }
+            line.append(chunk)
+        }
+        let port = try #require(Int(String(decoding: line, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)))
+        let client = S3Client(
+            endpoint: "http://127.0.0.1:\(port)", region: "us-east-1", bucket: "b",
+            credentials: S3Credentials(accessKeyID: "k", secretAccessKey: "s"))
+        client.maxAttempts = 1
+        var listed: [String] = []
+        #expect(throws: S3Error.self) { try client.list { listed.append($0.key) } }
+        #expect(listed == ["one"], "what was listed before the cut is delivered, then the error")
+    }
+}
