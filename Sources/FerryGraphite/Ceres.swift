@@ -149,6 +149,31 @@ public struct CeresNode: Sendable {
         return (from, until, step, result)
     }
 
+    /// The distinct slice steps of this node, finest first (ceres-maintenance's rollups add coarser ones).
+    public var steps: [Int] { Array(Set(slices.map(\.timeStep))).sorted() }
+
+    /// The values of the slices of one `step` only, from `from` (aligned to `step`) for `count` points: within a
+    /// step, a newer slice (later start) shadows older ones from its start on, as the reference reads them.
+    public func read(step: Int, from: Int, count: Int) throws -> [Double?] {
+        var out = [Double?](repeating: nil, count: count)
+        let until = from + count * step
+        let ofStep = slices.filter { $0.timeStep == step }.sorted { $0.startTime < $1.startTime }
+        for (i, slice) in ofStep.enumerated() {
+            let shadowedFrom = i + 1 < ofStep.count ? ofStep[i + 1].startTime : Int.max
+            let lo = max(from, slice.startTime)
+            let hi = min(until, slice.endTime, shadowedFrom)
+            guard lo < hi else { continue }
+            let start = lo + Whisper.mod(slice.startTime - lo, step)  // first point time of this slice at or after lo
+            guard let series = try slice.read(from: start, until: hi) else { continue }
+            for (k, v) in series.values.enumerated() {
+                let t = series.start + k * step
+                let index = (t - from) / step
+                if index >= 0 && index < count && (t - from) % step == 0 { out[index] = v }
+            }
+        }
+        return out
+    }
+
     static func aggregateSeries(_ method: Aggregation, from old: Int, to new: Int, _ values: [Double?]) -> [Double?] {
         let factor = new / old
         var out: [Double?] = []

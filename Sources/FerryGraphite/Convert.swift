@@ -97,36 +97,41 @@ public struct CarbonSchemas: Sendable {
 
 extension Whisper {
     /// A Whisper file in `schema` holding a Ceres node's data as of `now`. Every archive is filled from the
-    /// finest data covering it: at the node's own step directly, coarser archives by aggregating the node's
-    /// points with the schema's method and xFilesFactor (what carbon would have propagated). Archives finer than
-    /// the node's step stay empty (nothing is invented).
+    /// finest data covering it: the node's slices are grouped by step (ceres-maintenance rolls old data up into
+    /// coarser slices beside the fine ones), and each archive slot takes the finest step that divides the
+    /// archive's step and has enough known points for the schema's xFilesFactor, aggregated with the schema's
+    /// method (what carbon would have propagated). Steps that do not divide an archive's step, or are coarser
+    /// than it, do not fill it (nothing is invented).
     public static func convert(_ node: CeresNode, schema: WhisperSchema, now: Int) throws -> Whisper {
         var db = try Whisper(retentions: schema.archives, xFilesFactor: schema.xFilesFactor, aggregation: schema.aggregation)
-        for a in db.archives where a.secondsPerPoint % node.timeStep == 0 {
+        let steps = node.steps
+        for a in db.archives {
             let step = a.secondsPerPoint
             let oldest = now - a.retention
             let first = oldest - mod(oldest, step) + step
             let last = now - mod(now, step)
             guard first <= last else { continue }
-            let read = try node.read(from: first, until: last + step)
-            guard read.step == node.timeStep else { continue }
-            let factor = step / read.step
-            var base = 0
-            var i = 0
-            var t = read.start
-            while i < read.values.count {
-                let group = Array(read.values[i..<min(i + factor, read.values.count)])
-                let known = group.compactMap { $0 }
-                if !known.isEmpty, t >= first, t <= last,
-                    factor == 1 || Double(known.count) / Double(factor) >= Double(schema.xFilesFactor)
-                {
-                    let padded = group + [Double?](repeating: nil, count: factor - group.count)
-                    let v = factor == 1 ? known[0] : schema.aggregation.aggregate(known: known, neighbors: padded)
-                    if base == 0 { base = t }
-                    db.setPoint(at: db.slotOffset(a, base: base, interval: t), t, v)
+            let slots = (last - first) / step + 1
+            var filled = [Double?](repeating: nil, count: slots)
+            var open = slots
+            for s in steps where step % s == 0 && open > 0 {
+                let factor = step / s
+                let values = try node.read(step: s, from: first, count: slots * factor)
+                for k in 0..<slots where filled[k] == nil {
+                    let group = Array(values[(k * factor)..<((k + 1) * factor)])
+                    let known = group.compactMap { $0 }
+                    guard !known.isEmpty, factor == 1 || Double(known.count) / Double(factor) >= Double(schema.xFilesFactor)
+                    else { continue }
+                    filled[k] = factor == 1 ? known[0] : schema.aggregation.aggregate(known: known, neighbors: group)
+                    open -= 1
                 }
-                i += factor
-                t += step
+            }
+            var base = 0
+            for (k, v) in filled.enumerated() {
+                guard let v else { continue }
+                let t = first + k * step
+                if base == 0 { base = t }
+                db.setPoint(at: db.slotOffset(a, base: base, interval: t), t, v)
             }
         }
         return db

@@ -87,6 +87,9 @@ public final class WhisperTreeStore: Store, Merging, PointComparing, @unchecked 
     }
 
     public func comparePoints(_ path: String, source: any Store, until: Int, window: Int?, now: Int) throws -> String? {
+        if let ceres = source as? CeresTreeStore {
+            return try comparePoints(path, ceres: ceres, until: until, window: window, now: now)
+        }
         guard let src = try Self.load(path, from: source) else { return "missing at the source" }
         guard let dst = try Self.load(path, from: self) else { return "missing at the destination" }
         var tally = PointTally()
@@ -110,6 +113,53 @@ public final class WhisperTreeStore: Store, Merging, PointComparing, @unchecked 
                     && dst.point(at: dst.slotOffset(a, base: dst.baseInterval(a), interval: t)).0 > t
                 if let want, !lapped { tally.compare("\(step)s@\(t)", want: want, got: dst.value(a, at: t)) }
                 t += step
+            }
+        }
+        return tally.verdict
+    }
+}
+
+extension WhisperTreeStore {
+    /// A Ceres source is read independently of the conversion that filled the destination: by the reference read
+    /// rules (newest slice shadows older ones, finer data aggregated to the step read), in pieces between the
+    /// slices' boundaries, at each destination archive's resolution. A piece whose data is coarser than the
+    /// archive has nothing to compare there.
+    func comparePoints(_ path: String, ceres: CeresTreeStore, until: Int, window: Int?, now: Int) throws -> String? {
+        let nodePath = ceres.root + "/" + String(path.dropLast(4))
+        guard CeresNode.isNode(nodePath) else { return "missing at the source" }
+        let node = try CeresNode(path: nodePath)
+        guard let dst = try Self.load(path, from: self) else { return "missing at the destination" }
+        var tally = PointTally()
+        let edges = Set(node.slices.flatMap { [$0.startTime, $0.endTime] })
+        for a in dst.archives {
+            let step = a.secondsPerPoint
+            var oldest = now - a.retention
+            if let window { oldest = max(oldest, until - window) }
+            let first = oldest - Whisper.mod(oldest, step) + step
+            let lastTime = min(until, now)
+            let last = lastTime - Whisper.mod(lastTime, step)
+            guard first <= last else { continue }
+            let cuts = ([first, last + step] + edges.map { $0 - Whisper.mod($0, step) }.filter { $0 > first && $0 < last + step })
+            let bounds = Array(Set(cuts)).sorted()
+            for (lo, hi) in zip(bounds, bounds.dropFirst()) {
+                let series = try node.read(from: lo, until: hi)
+                let s = series.step
+                guard s <= step, step % s == 0 else { continue }
+                let factor = step / s
+                var t = lo
+                while t < hi {
+                    let i = (t - series.start) / s
+                    guard i >= 0, i + factor <= series.values.count else { break }
+                    let group = Array(series.values[i..<(i + factor)])
+                    let known = group.compactMap { $0 }
+                    if !known.isEmpty, factor == 1 || Double(known.count) / Double(factor) >= Double(dst.xFilesFactor) {
+                        let want = factor == 1 ? known[0] : dst.aggregation.aggregate(known: known, neighbors: group)
+                        let lapped = dst.baseInterval(a) != 0
+                            && dst.point(at: dst.slotOffset(a, base: dst.baseInterval(a), interval: t)).0 > t
+                        if !lapped { tally.compare("\(step)s@\(t)", want: want, got: dst.value(a, at: t)) }
+                    }
+                    t += step
+                }
             }
         }
         return tally.verdict

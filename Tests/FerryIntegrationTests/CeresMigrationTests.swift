@@ -88,36 +88,96 @@ import FerryTesting
             #expect(info.archives.map(\.secondsPerPoint) == steps, "\(metric)")
             #expect(info.aggregation == method, "\(metric)")
             #expect(info.xFilesFactor == xff, "\(metric)")
-            let archives = try #require(
-                try JSONSerialization.jsonObject(with: Data(try WhisperOracle.run(["archives", wsp]).utf8))
-                    as? [String: [String: Double]])
-            let node = try CeresNode(path: root + "/" + metric.replacingOccurrences(of: ".", with: "/"))
-            let read = try node.read(from: t0, until: now)
-            var checked = 0
-            for step in steps {
-                let got = archives[String(step)] ?? [:]
-                let factor = step / 60
-                let retention = try #require(info.archives.first { $0.secondsPerPoint == step }).retention
-                let oldest = now - retention
-                let firstAligned = t0 % step == 0 ? t0 : t0 - t0 % step + step
-                var t = max(firstAligned, oldest - oldest % step + step)  // older points are beyond the retention
-                while t + step <= now - now % step {
-                    let i = (t - read.start) / 60
-                    let group = (0..<factor).map { i + $0 < read.values.count ? read.values[i + $0] : nil }
-                    let known = group.compactMap { $0 }
-                    var want: Double? = nil
-                    if !known.isEmpty && (factor == 1 || Double(known.count) / Double(factor) >= Double(xff)) {
-                        want = factor == 1 ? known[0] : method.aggregate(known: known, neighbors: group)
-                    }
-                    #expect(got[String(t)] == want, "\(metric) \(step)s at \(t)")
-                    checked += 1
-                    t += step
-                }
-            }
+            // Expected values from the independent oracle (its own slice reader and whisper's aggregation).
+            let retentions = info.archives.map { ($0.secondsPerPoint, $0.points) }
+            let want = try expected(
+                root + "/" + metric.replacingOccurrences(of: ".", with: "/"), now: now,
+                retentions: retentions.map { "\($0.0):\($0.1)" }.joined(separator: ","), xff: xff, method: method.description)
+            let compared = try compareArchives(wsp, want, now: now, retentions: retentions)
+            let checked = compared.values.reduce(0, +)
             #expect(checked > 100)
         }
         let v = try Ferry.run(["verify", plan])
         #expect(v.status == 0, "\(v.all)")
+    }
+
+    /// The archives the conversion must produce, from testdata/oracle/ceres_expect.py (independent of ferry).
+    func expected(_ node: String, now: Int, retentions: String, xff: Float, method: String) throws -> [String: [String: Double]] {
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("testdata/oracle/ceres_expect.py").path
+        let out = try pythonOutput(
+            "import subprocess; sys.stdout.write(subprocess.run(['python3', \(String(reflecting: script)), "
+                + "\(String(reflecting: node)), '\(now)', '\(retentions)', '\(xff)', '\(method)'], check=True, "
+                + "capture_output=True, text=True).stdout)")
+        return try #require(try JSONSerialization.jsonObject(with: Data(out)) as? [String: [String: Double]])
+    }
+
+    /// Compares what the reference `whisper` reads from `wsp` with the oracle's expectation, slot by slot, away
+    /// from the retention window's edges (the two sides may see a minute turn); returns the slots compared per step.
+    func compareArchives(_ wsp: String, _ want: [String: [String: Double]], now: Int, retentions: [(Int, Int)]) throws -> [Int: Int] {
+        let got = try #require(
+            try JSONSerialization.jsonObject(with: Data(try WhisperOracle.run(["archives", wsp]).utf8)) as? [String: [String: Double]])
+        var compared: [Int: Int] = [:]
+        for (step, points) in retentions {
+            let oldest = now - step * points + 3 * step
+            let newest = now - 3 * step
+            let g = got[String(step)] ?? [:]
+            let w = want[String(step)] ?? [:]
+            var t = oldest - oldest % step
+            while t <= newest {
+                #expect(g[String(t)] == w[String(t)], "\(wsp) \(step)s at \(t): got \(String(describing: g[String(t)])), want \(String(describing: w[String(t)]))")
+                if w[String(t)] != nil { compared[step, default: 0] += 1 }
+                t += step
+            }
+        }
+        return compared
+    }
+
+    @Test func rolledUpOverlappingAndOldOnlyNodesFillEveryArchiveFromTheFinestData() throws {
+        let dir = TempDir("ferry-ceres-rollup")
+        let root = dir.sub("ceres")
+        try FileManager.default.createDirectory(atPath: root + "/.ceres-tree", withIntermediateDirectories: true)
+        let now = Int(Date().timeIntervalSince1970)
+        let h = now - now % 3600
+        let meta = "{\"timeStep\": 60, \"xFilesFactor\": 0.5, \"aggregationMethod\": \"average\"}"
+        // Fine data for the last 12 hours, and ceres-maintenance's 600 s rollup of days 2 to 20 beside it.
+        let both = try node(root, "roll.both", meta: meta)
+        try slice(both, start: h - 12 * 3600, step: 60, (0..<720).map { $0 % 29 == 3 ? nil : Double($0 % 17) })
+        let rolled: [Double?] = (0..<(18 * 144)).map { (i: Int) -> Double? in i % 13 == 0 ? nil : Double(i % 23) / 2 }
+        try slice(both, start: h - 20 * 86400, step: 600, rolled)
+        // Overlaps: a newer fine slice starts inside an older one; a rollup covers part of the fine data too.
+        let overlap = try node(root, "roll.overlap", meta: meta)
+        try slice(overlap, start: h - 10 * 3600, step: 60, (0..<480).map { Double($0 % 9) })
+        let newer: [Double?] = (0..<300).map { (i: Int) -> Double? in i % 5 == 0 ? nil : -Double(i % 7) }
+        try slice(overlap, start: h - 6 * 3600, step: 60, newer)
+        try slice(overlap, start: h - 15 * 3600, step: 600, (0..<60).map { Double($0) * 10 })
+        // Old data only, rolled up: the 60 s archive stays empty, the 600 s one is filled.
+        let old = try node(root, "roll.old", meta: meta)
+        try slice(old, start: h - 25 * 86400, step: 600, (0..<(20 * 144)).map { Double($0 % 31) })
+        let retentions = "60s:1d,600s:30d"
+        let plan = try writePlan(dir.path, """
+            version: 1
+            name: rollup
+            source:      { kind: ceres, path: ceres }
+            destination: { kind: whisper, path: whisper, retentions: "\(retentions)", aggregation: average, xFilesFactor: 0.5 }
+            """)
+        let r = try Ferry.run(["run", plan])
+        #expect(r.status == 0, "verify compares with the source read independently, not with the conversion: \(r.all)")
+        let archives = [(60, 1440), (600, 4320)]
+        for (metric, node) in [("roll/both", both), ("roll/overlap", overlap), ("roll/old", old)] {
+            let want = try expected(node, now: now, retentions: "60:1440,600:4320", xff: 0.5, method: "average")
+            let compared = try compareArchives(dir.sub("whisper/\(metric).wsp"), want, now: now, retentions: archives)
+            #expect((compared[600] ?? 0) > 20, "\(metric): the 600 s archive is filled (\(compared))")
+            if metric == "roll/old" { #expect(compared[60] == nil) } else { #expect((compared[60] ?? 0) > 100, "\(metric)") }
+            if metric == "roll/both" { #expect((compared[600] ?? 0) > 2000, "rolled-up history reaches the 600 s archive") }
+        }
+        // A point changed at the destination is caught by the independent comparison.
+        let wsp = dir.sub("whisper/roll/both.wsp")
+        let t = now - 3 * 86400 - (now - 3 * 86400) % 600
+        try WhisperOracle.run(["update", wsp, String(now), try WhisperOracle.pointsFile(dir.sub("p.json"), [(t, 12345.0)])])
+        let v = try Ferry.run(["verify", plan])
+        #expect(v.status == 1, "\(v.all)")
+        #expect(v.stdout.contains("roll/both.wsp") && v.stdout.contains("differing"), "\(v.stdout)")
     }
 
     @Test func ceresSourceWithoutASchemaIsAPlanError() throws {
