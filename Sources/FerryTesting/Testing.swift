@@ -122,6 +122,8 @@ public enum TreeCompare {
                 continue
             }
             if sa.st_mode != sb.st_mode { out.append("mode: \(p) \(String(sa.st_mode, radix: 8)) vs \(String(sb.st_mode, radix: 8))") }
+            // Owners are kept when ferry runs as root (as the tests do in CI); anyone else cannot chown.
+            if geteuid() == 0 && (sa.st_uid != sb.st_uid || sa.st_gid != sb.st_gid) { out.append("owner: \(p)") }
             let type = sa.st_mode & S_IFMT
             if type == S_IFLNK {
                 let ta = try? fm.destinationOfSymbolicLink(atPath: a + "/" + p)
@@ -135,8 +137,12 @@ public enum TreeCompare {
             if type == S_IFREG {
                 if sa.st_size != sb.st_size {
                     out.append("size: \(p)")
-                } else if fileDigest(a + "/" + p) != fileDigest(b + "/" + p) {
-                    out.append("content: \(p)")
+                } else {
+                    // An unreadable file on either side is a difference, never two equal nils.
+                    switch (fileDigest(a + "/" + p), fileDigest(b + "/" + p)) {
+                    case (let x?, let y?): if x != y { out.append("content: \(p)") }
+                    default: out.append("unreadable: \(p)")
+                    }
                 }
             }
         }
@@ -395,4 +401,25 @@ public final class SeaweedFS: @unchecked Sendable {
     }
 
     deinit { stop() }
+}
+
+/// A reproducible random source for tests (SplitMix64). The seed is printed, so that a failure can be replayed
+/// with FERRY_TEST_SEED=N.
+public struct SeededRandom: RandomNumberGenerator {
+    public let seed: UInt64
+    private var state: UInt64
+
+    public init(_ label: String) {
+        seed = ProcessInfo.processInfo.environment["FERRY_TEST_SEED"].flatMap(UInt64.init) ?? UInt64.random(in: 0...UInt64.max)
+        state = seed
+        print("random seed for \(label): \(seed) (replay with FERRY_TEST_SEED=\(seed))")
+    }
+
+    public mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
 }

@@ -73,7 +73,7 @@ import FerryTesting
             path: dir.sub("a/b"), timeStep: 60, xFilesFactor: 0.5, aggregation: .average, retentions: [(60, 43200)])
         let t0 = 1_700_000_040
         var expected: [Int: Double] = [:]
-        var rng = SystemRandomNumberGenerator()
+        var rng = SeededRandom(#function)
         // Batches as carbon would send them, and history written after newer data, with small and large gaps.
         let batches: [[Int]] = [
             Array(stride(from: t0 + 500 * 60, to: t0 + 600 * 60, by: 60)),  // newer data first

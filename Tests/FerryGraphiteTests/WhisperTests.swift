@@ -20,7 +20,7 @@ func writePoints(_ dir: TempDir, _ points: [(Int, Double)], name: String = "poin
         var mine = try Whisper(
             retentions: [(60, 1440), (300, 2016), (3600, 1000)], xFilesFactor: 0.3, aggregation: method)
         #expect(mine.bytes == [UInt8](try Data(contentsOf: URL(fileURLWithPath: ref))))
-        var rng = SystemRandomNumberGenerator()
+        var rng = SeededRandom(#function)
         for batch in 0..<5 {
             var points: [(Int, Double)] = (0..<Int.random(in: 1...400, using: &rng)).map { _ in
                 let t = now - Int.random(in: 0...(40 * 86400), using: &rng)
@@ -244,5 +244,59 @@ func writePoints(_ dir: TempDir, _ points: [(Int, Double)], name: String = "poin
         holder.waitUntilExit()
         let file = try WhisperFile(path: path, wait: false)
         #expect(try file.read().archives.count == 1)
+    }
+
+    /// The merge's own path: `wait: true` blocks in flock while carbon (here Python) holds the lock, then updates.
+    @Test func aWaitingUpdateBlocksOnTheLockAndLandsAfterIt() throws {
+        let dir = TempDir()
+        let path = dir.sub("wait.wsp")
+        try Whisper(retentions: [(60, 100)]).write(to: path)
+        let now = Int(Date().timeIntervalSince1970)
+        let (tA, tB) = (now - now % 60 - 120, now - now % 60 - 60)
+        let holder = Process()
+        holder.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        holder.arguments = [
+            "python3", "-c",
+            "import fcntl, sys, whisper\nf = open(sys.argv[1], 'rb+')\nfcntl.flock(f, fcntl.LOCK_EX)\nprint('locked', flush=True)\n"
+                + "sys.stdin.readline()\nwhisper.update(sys.argv[1], 2.0, \(tB))\n",
+            path,
+        ]
+        let out = Pipe()
+        let inp = Pipe()
+        holder.standardOutput = out
+        holder.standardInput = inp
+        try holder.run()
+        #expect(String(decoding: out.fileHandleForReading.availableData, as: UTF8.self).hasPrefix("locked"))
+        let finished = NSLock.Protected(false)
+        let done = DispatchSemaphore(value: 0)
+        Thread {
+            do {
+                let file = try WhisperFile(path: path, wait: true)
+                let before = try file.read()
+                var db = before
+                let a = db.archives[0]
+                db.setPoint(at: db.slotOffset(a, base: db.baseInterval(a) == 0 ? tA : db.baseInterval(a), interval: tA), tA, 1.0)
+                try file.write(db, original: before)
+            } catch {
+                Issue.record("update failed: \(error)")
+            }
+            finished.withLock { $0 = true }
+            done.signal()
+        }.start()
+        // The kernel lists a blocked flock request with "->" in /proc/locks: await that, not a delay.
+        let blocked = waitUntil(timeout: 30) {
+            ((try? String(contentsOfFile: "/proc/locks", encoding: .utf8)) ?? "").split(separator: "\n")
+                .contains { $0.contains("-> FLOCK") && $0.contains(" \(getpid()) ") }
+        }
+        #expect(blocked, "the update waits in flock")
+        #expect(!finished.withLock { $0 }, "nothing was written while the lock was held")
+        inp.fileHandleForWriting.write(Data("go\n".utf8))
+        holder.waitUntilExit()
+        #expect(holder.terminationStatus == 0)
+        done.wait()
+        // Both writes are there: the holder's, then ours after it (read by the reference whisper).
+        let json = try WhisperOracle.run(["archives", path])
+        let points = try #require(try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: [String: Double]])
+        #expect(points["60"]?[String(tA)] == 1.0 && points["60"]?[String(tB)] == 2.0, "\(points)")
     }
 }

@@ -118,10 +118,13 @@ func PathUtil_dir(_ p: String) -> String { (p as NSString).deletingLastPathCompo
             try FileManager.default.createDirectory(atPath: dir.sub("\(side)/a"), withIntermediateDirectories: true)
         }
         for name in ["good", "bad"] {
-            _ = try Ferry.run(["metrics", "create", dir.sub("old/a/\(name).wsp"), "60s:1d"])
+            // The setup is checked too: a failed create would make the rest of the test meaningless.
+            let c = try Ferry.run(["metrics", "create", dir.sub("old/a/\(name).wsp"), "60s:1d"])
+            #expect(c.status == 0, "\(c.all)")
         }
         let now = Int(Date().timeIntervalSince1970)
-        _ = try Ferry.run(["metrics", "update", dir.sub("old/a/bad.wsp"), "\(now - 120):1", "\(now - 60):2"])
+        let u = try Ferry.run(["metrics", "update", dir.sub("old/a/bad.wsp"), "\(now - 120):1", "\(now - 60):2"])
+        #expect(u.status == 0, "\(u.all)")
         // The destination's copy of bad.wsp is truncated mid-archive.
         let full = try Data(contentsOf: URL(fileURLWithPath: dir.sub("old/a/bad.wsp")))
         try full.prefix(1000).write(to: URL(fileURLWithPath: dir.sub("new/a/bad.wsp")))

@@ -59,6 +59,7 @@ import Glibc
         #expect(try old.headObject("evil.png") == nil)
 
         let uploads = NSLock.Protected<[String: [UInt8]]>([:])
+        let failures = NSLock.Protected<[String]>([])
         let stop = NSLock.Protected(false)
         let done = DispatchSemaphore(value: 0)
         Thread {
@@ -66,27 +67,34 @@ import Glibc
             while !stop.withLock({ $0 }) {
                 let key = "media_attachments/files/new-\(n).png"
                 let body = TreeGen.bytes(count: 500 + n * 13, seed: UInt64(1000 + n))
-                if (try? user.putObject(key, body, headers: meta)) != nil { uploads.withLock { $0[key] = body } }
+                do {
+                    _ = try user.putObject(key, body, headers: meta)
+                    uploads.withLock { $0[key] = body }
+                } catch {
+                    failures.withLock { $0.append("\(key): \(error)") }
+                }
                 n += 1
                 usleep(20_000)  // the users' pace, not synchronisation
             }
             done.signal()
         }.start()
-        _ = waitUntil(timeout: 30) { uploads.withLock { $0.count } >= 5 }
+        #expect(waitUntil(timeout: 30) { uploads.withLock { $0.count } >= 5 }, "users upload before the copy")
         // A user deletes a post's media through the tap.
         try user.deleteObject("media_attachments/files/7.png")
 
         let run = try Ferry.run(["run", plan], environment: env)
         #expect(run.status == 0, "\(run.all)")
         let before = uploads.withLock { $0.count }
-        _ = waitUntil(timeout: 30) { uploads.withLock { $0.count } >= before + 10 }
+        #expect(waitUntil(timeout: 30) { uploads.withLock { $0.count } >= before + 10 }, "users upload after the copy")
         let cut = try Ferry.run(["cutover", plan], environment: env)
         #expect(cut.status == 0, "\(cut.all)")
         #expect(try control.status()?.mode == .reverse)
         let afterCut = uploads.withLock { $0.count }
-        _ = waitUntil(timeout: 30) { uploads.withLock { $0.count } >= afterCut + 5 }
+        #expect(waitUntil(timeout: 30) { uploads.withLock { $0.count } >= afterCut + 5 }, "users upload after the cutover")
         stop.withLock { $0 = true }
         done.wait()
+        #expect(failures.withLock { $0 } == [], "no upload through the tap failed")
+        #expect(uploads.withLock { $0.count } >= 20)
         let drained = try waitUntil(timeout: 60) {
             guard let s = try control.status() else { return false }
             return s.upstreams.allSatisfy { $0.role != "mirror" || $0.cursor == s.head }

@@ -50,10 +50,50 @@ import FerryDigest
         return (SigV4.encode(path, encodeSlash: false), SigV4.canonicalQuery(query), headers, hash)
     }
 
-    @Test func ourOwnRequestsForHostileKeysVerify() throws {
-        for key in ["photos/a b+c%d&e=f.jpg", "media/日本語/ファイル.png", "unicode/cafe\u{301}.txt", "tilde~star*(1).txt"] {
-            let r = request(key: key, query: [("partNumber", "3"), ("uploadId", "a/b+c= d")], body: Array(key.utf8))
-            _ = try verifier.verify(method: "PUT", rawPath: r.path, rawQuery: r.query, headers: r.headers, bodySHA256: r.body)
+    @Test func botocoreSignedRequestsForHostileKeysVerify() throws {
+        // Signed by botocore (an independent signer), sent as its prepared request would go on the wire.
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = [
+            "python3", "-c",
+            """
+            import hashlib, json, urllib.parse
+            from botocore.auth import S3SigV4Auth
+            from botocore.awsrequest import AWSRequest
+            from botocore.credentials import Credentials
+            out = []
+            for key in ["photos/a b+c%d&e=f.jpg", "media/日本語/ファイル.png", "unicode/cafe\\u0301.txt", "tilde~star*(1).txt",
+                        "semi;colon,comma=eq@at$dollar'quote!", "plus+space here/+/x"]:
+                url = ("http://127.0.0.1:9000/media/" + urllib.parse.quote(key, safe="/~")
+                       + "?partNumber=3&uploadId=" + urllib.parse.quote("a/b+c= d", safe=""))
+                req = AWSRequest(method="PUT", url=url, data=key.encode(), headers={"content-type": "image/png"})
+                S3SigV4Auth(Credentials("\(Self.aws.accessKeyID)", "\(Self.aws.secretAccessKey)"), "s3", "auto").add_auth(req)
+                prepared = req.prepare()
+                u = urllib.parse.urlsplit(prepared.url)
+                headers = [["host", u.netloc]] + [[k, v] for k, v in prepared.headers.items()]
+                out.append({"key": key, "path": u.path, "query": u.query, "headers": headers,
+                            "body": hashlib.sha256(key.encode()).hexdigest()})
+            print(json.dumps(out))
+            """,
+        ]
+        let out = Pipe()
+        p.standardOutput = out
+        try p.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 0, "botocore is installed")
+        let requests = try #require(try JSONSerialization.jsonObject(with: data) as? [[String: Any]])
+        #expect(requests.count == 6)
+        for r in requests {
+            let headers = (r["headers"] as? [[String]] ?? []).map { ($0[0], $0[1]) }
+            let path = r["path"] as? String ?? "", query = r["query"] as? String ?? "", body = r["body"] as? String ?? ""
+            #expect(throws: Never.self, "\(r["key"] ?? "")") {
+                _ = try verifier.verify(method: "PUT", rawPath: path, rawQuery: query, headers: headers, bodySHA256: body)
+            }
+            // The same request with its body swapped is refused: the check above can fail.
+            #expect(throws: (any Error).self) {
+                _ = try verifier.verify(method: "PUT", rawPath: path + "x", rawQuery: query, headers: headers, bodySHA256: body)
+            }
         }
     }
 

@@ -62,7 +62,7 @@ import FerryTesting
     /// Pickles produced by the real Python `pickle` module.
     func python(_ code: String) throws -> [UInt8] { try pythonOutput(code) }
 
-    @Test(arguments: [0, 1, 2, 3, 4])
+    @Test(arguments: [0, 1, 2, 3, 4, 5])
     func carbonPayloadsDecodeInEveryProtocol(proto: Int) throws {
         let bytes = try python(
             "sys.stdout.buffer.write(pickle.dumps([('a.b.c', (1700000000, 1.5)), ('d.e', (1700000001.0, -2)), "
@@ -83,10 +83,17 @@ import FerryTesting
     }
 
     @Test func hostilePicklesAreRefusedWithoutRunningAnything() throws {
-        let marker = TempDir("pickle").sub("pwned")
+        // The directory lives as long as the test (a TempDir released at once would delete it, and a check that
+        // the marker is absent could never fail).
+        let markerDir = TempDir("pickle")
+        let marker = markerDir.sub("pwned")
         let evil = try python(
             "class E:\n    def __reduce__(self): return (os.system, ('touch \(marker)',))\n"
                 + "sys.stdout.buffer.write(pickle.dumps([('a', (1, E()))], protocol=2))")
+        // Control: Python's own unpickler runs the payload, so the marker check below can fail.
+        _ = try python("pickle.loads(bytes.fromhex('\(evil.map { String(format: "%02x", $0) }.joined())'))")
+        #expect(FileManager.default.fileExists(atPath: marker), "the payload works when unpickled by Python")
+        try FileManager.default.removeItem(atPath: marker)
         #expect(throws: PickleDecoder.Refused.self) { try PickleDecoder.decode(evil) }
         #expect(!FileManager.default.fileExists(atPath: marker))
         let global = try python("sys.stdout.buffer.write(pickle.dumps([('a', (1, os.getcwd))], protocol=0))")
