@@ -89,7 +89,10 @@ let package = Package(
         .testTarget(name: "FerryTapTests", dependencies: ["FerryTap", "FerryCore", "FerryTesting"], swiftSettings: strict),
         .testTarget(
             name: "FerryIntegrationTests",
-            dependencies: ["FerryCore", "FerryDigest", "FerryTesting", "FerryGraphite", "FerryLocal", "FerryS3", "FerryEngine", "FerryTap"],
+            dependencies: [
+                "FerryCore", "FerryDigest", "FerryTesting", "FerryGraphite", "FerryLocal", "FerryS3", "FerryEngine", "FerryTap",
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: strict
         ),
     ]

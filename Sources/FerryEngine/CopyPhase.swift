@@ -31,7 +31,6 @@ final class CopyPhase: @unchecked Sendable {
     let chunkSize: Int64
     let concurrency: Int
     let throttle: Throttle?
-    let audit: WriteAudit?
     let progress: ProgressTracker
     let logger: Logger
     /// The snapshot time: merges take source data up to here (later points belong to the live side).
@@ -57,7 +56,6 @@ final class CopyPhase: @unchecked Sendable {
         self.chunkSize = chunkSize
         self.concurrency = concurrency
         self.throttle = bandwidth.map { Throttle(bytesPerSecond: $0) }
-        self.audit = WriteAudit()
         self.progress = progress
         self.logger = logger
     }
@@ -332,7 +330,6 @@ final class CopyPhase: @unchecked Sendable {
         if let why = carryMetadata(reader, writer) { return .unreadable(why) }
         if size > 0 {
             throttle?.acquire(size)
-            audit?.record(size)
             try destinationCall("write") { try Self.write(writer, data, at: 0, digest: digest.hex) }
         }
         try destinationCall("publish") { try writer.publish(entry) }
@@ -403,7 +400,6 @@ final class CopyPhase: @unchecked Sendable {
             hasher.update(data)
             let digest = hasher.finish()
             throttle?.acquire(n)
-            audit?.record(n)
             try destinationCall("write") { try Self.write(writer, data, at: chunk.offset, digest: digest.hex) }
             try destinationCall("fdatasync") { try writer.makeDurable() }
             try ledger.commitChunk(

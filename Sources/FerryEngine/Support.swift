@@ -44,24 +44,6 @@ final class Throttle: Sendable {
     }
 }
 
-/// Appends the length of every payload write to a file named by FERRY_TEST_WRITE_LOG. Tests use it to prove
-/// that a resumed job does not send committed chunks again. Costs nothing when unset.
-final class WriteAudit: Sendable {
-    private let fd: Int32
-
-    init?() {
-        guard let path = ProcessInfo.processInfo.environment["FERRY_TEST_WRITE_LOG"], !path.isEmpty else { return nil }
-        let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { return nil }
-        self.fd = fd
-    }
-
-    func record(_ bytes: Int) {
-        let line = Array("\(bytes)\n".utf8)
-        _ = line.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
-    }
-}
-
 /// Deterministic rotating sample: each verify round takes a different slice of the key space, so successive
 /// sampled verifies cover every file after 1/rate rounds.
 public enum Sampling {

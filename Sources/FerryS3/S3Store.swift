@@ -77,8 +77,9 @@ public final class S3Store: Store, ChecksumProviding, FenceChecking, ChunkSizing
 
     public init(
         endpoint: String, region: String, bucket: String, prefix: String, credentials: S3Credentials, partSize: Int64,
-        addressing: S3Addressing = .path
+        addressing: S3Addressing = .path, maxParts: Int64 = 10_000
     ) {
+        self.maxParts = maxParts
         self.addressing = addressing
         self.endpoint = endpoint
         self.region = region
@@ -98,17 +99,17 @@ public final class S3Store: Store, ChecksumProviding, FenceChecking, ChunkSizing
 
     func key(_ path: String) -> String { prefix + path }
 
-    /// S3 allows 10,000 parts per object (FERRY_TEST_S3_MAX_PARTS lowers it, so tests can reach the limit with
-    /// small objects), each at most 5 GiB.
-    static let maxParts: Int64 = ProcessInfo.processInfo.environment["FERRY_TEST_S3_MAX_PARTS"].flatMap(Int64.init) ?? 10_000
+    /// S3 allows 10,000 parts per object, each at most 5 GiB. (A test store may hold fewer, to reach the limit
+    /// with small objects; it is given at init, never read from the environment.)
+    public let maxParts: Int64
     static let maxPartSize: Int64 = 5 << 30
 
     /// `copy.chunk_size`, or for an object that would need more than 10,000 parts of it, the smallest whole
     /// number of MiB that keeps it within 10,000 equal parts.
     public func chunkSize(forSize size: Int64, planned: Int64) -> Int64 {
-        guard (size + planned - 1) / planned > Self.maxParts else { return planned }
+        guard (size + planned - 1) / planned > maxParts else { return planned }
         let mib: Int64 = 1_048_576
-        let needed = (size + Self.maxParts - 1) / Self.maxParts
+        let needed = (size + maxParts - 1) / maxParts
         return (needed + mib - 1) / mib * mib
     }
 
@@ -132,11 +133,12 @@ public final class S3Store: Store, ChecksumProviding, FenceChecking, ChunkSizing
     public func refusalChecker() -> ((Entry) -> String?)? {
         var seen: [Int: Int] = [:]  // hash of the NFC form -> hash of the first name's bytes
         let prefix = self.prefix
+        let maxParts = self.maxParts
         return { entry in
             guard entry.kind == .file || entry.kind == .hardlink else { return nil }
             let key = prefix + entry.path
             if key.utf8.count > 1024 { return "key is \(key.utf8.count) bytes; S3 and R2 allow 1,024" }
-            if entry.size > Self.maxParts * Self.maxPartSize || entry.size > 5 << 40 {
+            if entry.size > maxParts * Self.maxPartSize || entry.size > 5 << 40 {
                 return "\(entry.size) bytes exceed the largest object S3 holds (5 TiB)"
             }
             let nfc = key.precomposedStringWithCanonicalMapping

@@ -299,11 +299,11 @@ public enum WhisperOracle {
 public final class SeaweedFS: @unchecked Sendable {
     // @unchecked: immutable after start; stop() is idempotent.
     public let dir: TempDir
-    public let s3Port: Int
+    public private(set) var s3Port: Int = 0
     public let accessKey = "ferrytest"
     public let secretKey = "ferry-test-secret-do-not-log"
     let binaryPath: String
-    let arguments: [String]
+    private(set) var arguments: [String] = []
     private let state = NSLock.Protected<Process?>(nil)
 
     public var endpoint: String { "http://127.0.0.1:\(s3Port)" }
@@ -336,23 +336,41 @@ public final class SeaweedFS: @unchecked Sendable {
 
     public init() throws {
         dir = TempDir("weed")
-        var base = 0
-        for _ in 0..<50 {
-            let candidate = Int.random(in: 20000..<29000)
-            if (0..<4).allSatisfy({ Self.free(candidate + $0) }) {
-                base = candidate
-                break
-            }
-        }
-        guard base != 0 else { throw StartError(description: "no free ports for SeaweedFS") }
-        s3Port = base + 3
+        binaryPath = try Self.binary()
         let config = """
             {"identities":[{"name":"test","credentials":[{"accessKey":"\(accessKey)","secretKey":"\(secretKey)"}],\
             "actions":["Admin","Read","Write","List","Tagging"]}]}
             """
         try config.write(toFile: dir.sub("s3.json"), atomically: true, encoding: .utf8)
-        binaryPath = try Self.binary()
-        arguments = [
+        // weed binds its ports itself, so they are chosen free (below Linux's ephemeral range, 32768 and up,
+        // where other tests' outgoing connections land; weed also binds port + 10000) and the start is retried
+        // on fresh ports when one was taken in the meantime.
+        var lastError: (any Error)?
+        for _ in 0..<4 {
+            var base = 0
+            for _ in 0..<50 {
+                let candidate = Int.random(in: 10000..<22000)
+                if (0..<4).allSatisfy({ Self.free(candidate + $0) }) {
+                    base = candidate
+                    break
+                }
+            }
+            guard base != 0 else { throw StartError(description: "no free ports for SeaweedFS") }
+            s3Port = base + 3
+            arguments = Self.arguments(dir: dir, base: base)
+            do {
+                try launch()
+                return
+            } catch {
+                lastError = error
+                stop()
+            }
+        }
+        throw lastError ?? StartError(description: "SeaweedFS did not start")
+    }
+
+    static func arguments(dir: TempDir, base: Int) -> [String] {
+        [
             "server", "-dir=\(dir.path)", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             "-master.port=\(base)", "-volume.port=\(base + 1)", "-filer.port=\(base + 2)", "-s3", "-s3.port=\(base + 3)",
             "-s3.config=\(dir.sub("s3.json"))", "-master.telemetry=false", "-master.volumeSizeLimitMB=64",
@@ -362,7 +380,6 @@ public final class SeaweedFS: @unchecked Sendable {
             // Virtual-hosted requests arrive as {bucket}.localhost (curl resolves *.localhost to loopback).
             "-s3.domainName=localhost",
         ]
-        try launch()
     }
 
     /// Starts the server (again, after `stop`, on the same ports and data) and waits for its S3 port.
@@ -421,5 +438,50 @@ public struct SeededRandom: RandomNumberGenerator {
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
         z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
         return z ^ (z >> 31)
+    }
+}
+
+/// Counts what a ferry process writes from outside ferry's code: testdata/oracle/writecount.c, an LD_PRELOAD shim
+/// built once per test process, logs every payload write to a partial file and every byte sent on a TCP socket.
+public enum WriteCounter {
+    public struct BuildFailed: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    static let built = NSLock.Protected<String?>(nil)
+
+    /// The shim's path, compiling it on first use.
+    public static func library() throws -> String {
+        try built.withLock { path -> Result<String, BuildFailed> in
+            if let path { return .success(path) }
+            let source = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+                .deletingLastPathComponent().appendingPathComponent("testdata/oracle/writecount.c").path
+            let out = NSTemporaryDirectory() + "/ferry-writecount-\(getpid()).so"
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            p.arguments = ["cc", "-O2", "-shared", "-fPIC", "-o", out, source, "-ldl"]
+            do { try p.run() } catch { return .failure(BuildFailed(description: "cannot run cc: \(error)")) }
+            p.waitUntilExit()
+            guard p.terminationStatus == 0 else { return .failure(BuildFailed(description: "cannot build \(source) with cc")) }
+            path = out
+            return .success(out)
+        }.get()
+    }
+
+    /// The environment that makes a ferry process log its writes to `log`.
+    public static func environment(log: String) throws -> [String: String] {
+        ["LD_PRELOAD": try library(), "FERRY_WRITECOUNT_LOG": log]
+    }
+
+    static func lines(_ log: String) -> [Substring] {
+        ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").split(separator: "\n")
+    }
+
+    /// Payload bytes written to partial files (what a copy into a tree writes).
+    public static func fileBytes(_ log: String) -> Int64 { lines(log).reduce(0) { $0 + (Int64($1) ?? 0) } }
+
+    /// Bytes sent on TCP sockets (requests to a server, headers included).
+    public static func netBytes(_ log: String) -> Int64 {
+        lines(log).reduce(0) { $0 + ($1.hasPrefix("net ") ? Int64($1.dropFirst(4)) ?? 0 : 0) }
     }
 }

@@ -18,7 +18,7 @@ import FerryTesting
         ]
         targets.sort()
         for target in targets {
-            let (p, _, _) = try Ferry.start(["run", s.plan], environment: ["FERRY_TEST_WRITE_LOG": s.auditLog])
+            let (p, _, _) = try Ferry.start(["run", s.plan], environment: try WriteCounter.environment(log: s.auditLog))
             let reached = waitUntil { s.bytesWritten() >= Int64(Double(total) * target) || !p.isRunning }
             #expect(reached)
             guard p.isRunning else {
@@ -262,7 +262,7 @@ import FerryTesting
         // 24 MiB at 4 MiB/s: the copy phase lasts about 6 s, many heartbeats (1 s) long.
         let s = try Scenario(chunkSize: "1MiB", concurrency: 2, bandwidth: "4MiB/s")
         try TreeGen.make(at: s.source, files: 20, large: [24 << 20])
-        let (p, _, _) = try Ferry.start(["run", s.plan], environment: ["FERRY_TEST_WRITE_LOG": s.auditLog])
+        let (p, _, _) = try Ferry.start(["run", s.plan], environment: try WriteCounter.environment(log: s.auditLog))
         var seen: [String: Any] = [:]
         let ok = waitUntil(timeout: 60) {
             guard let r = try? s.ferry("status", "PLAN", "--json"), r.status == 0,
@@ -288,7 +288,7 @@ import FerryTesting
     @Test func sigtermStopsCleanlyAndTheRunResumes() throws {
         let s = try Scenario(chunkSize: "1MiB", concurrency: 2, bandwidth: "20MiB/s")
         try TreeGen.make(at: s.source, files: 100, large: [30 << 20])
-        let (p, _, errPipe) = try Ferry.start(["run", s.plan], environment: ["FERRY_TEST_WRITE_LOG": s.auditLog])
+        let (p, _, errPipe) = try Ferry.start(["run", s.plan], environment: try WriteCounter.environment(log: s.auditLog))
         #expect(waitUntil { s.bytesWritten() >= 4 << 20 || !p.isRunning })
         #expect(p.isRunning)
         kill(p.processIdentifier, SIGTERM)

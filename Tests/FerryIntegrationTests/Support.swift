@@ -35,16 +35,13 @@ final class Scenario: @unchecked Sendable {
 
     @discardableResult
     func ferry(_ args: String..., env: [String: String] = [:], prefix: [String] = []) throws -> Ferry.Result {
-        var environment = ["FERRY_TEST_WRITE_LOG": auditLog]
+        var environment = try WriteCounter.environment(log: auditLog)
         for (k, v) in env { environment[k] = v }
         return try Ferry.run(args.map { $0 == "PLAN" ? plan : $0 }, environment: environment, prefix: prefix)
     }
 
-    /// Sum of payload bytes ferry wrote (from the audit log).
-    func bytesWritten() -> Int64 {
-        guard let text = try? String(contentsOfFile: auditLog, encoding: .utf8) else { return 0 }
-        return text.split(separator: "\n").reduce(0) { $0 + (Int64($1) ?? 0) }
-    }
+    /// Sum of payload bytes ferry wrote into partial files, counted by the LD_PRELOAD shim (outside ferry).
+    func bytesWritten() -> Int64 { WriteCounter.fileBytes(auditLog) }
 
     func resetAudit() { try? FileManager.default.removeItem(atPath: auditLog) }
 
