@@ -178,6 +178,10 @@ struct RunCommand: ParsableCommand {
         out("refused      \(inv.refusedCount)\(inv.refusedCount > 0 ? "  (the run will fail until each is fixed or covered by a policy)" : "")")
         for r in inv.refused.prefix(20) { out("  \(r)") }
         if inv.refusedCount > 20 { out("  ... and \(inv.refusedCount - 20) more") }
+        if inv.xattrsNotKept > 0 {
+            out("not kept     \(inv.xattrsNotKept) entries carry extended attributes or ACLs this destination cannot hold")
+        }
+        if inv.linksAsCopies > 0 { out("not kept     \(inv.linksAsCopies) hard-linked names become separate objects") }
         out("skipped by policy \(inv.skippedByPolicyCount)")
         for r in inv.skippedByPolicy.prefix(20) { out("  \(r)") }
         if inv.skippedByPolicyCount > 20 { out("  ... and \(inv.skippedByPolicyCount - 20) more") }

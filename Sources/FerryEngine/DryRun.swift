@@ -28,6 +28,9 @@ public struct Inventory: Codable, Sendable {
     public var skippedByPolicyCount: Int64 = 0
     /// The symlink policy in force, and whether it is the destination's default.
     public var symlinkPolicy: String = "copy"
+    /// What this destination cannot keep of entries it still receives (a bucket): reported, not refused.
+    public var xattrsNotKept: Int64 = 0
+    public var linksAsCopies: Int64 = 0
     /// (upper bound label, files, bytes) per size class.
     public var histogram: [Bucket] = []
     public struct Bucket: Codable, Sendable {
@@ -75,6 +78,10 @@ public enum DryRun {
                 inv.skippedByPolicyCount += 1
                 if inv.skippedByPolicy.count < 100 { inv.skippedByPolicy.append("\(RawName.display(found.path)): \(why)") }
                 return
+            }
+            if !destination.keepsPOSIXMetadata {
+                if !e.xattrs.isEmpty { inv.xattrsNotKept += 1 }
+                if e.kind == .file && e.links > 1 { inv.linksAsCopies += 1 }
             }
             switch e.kind {
             case .directory: inv.directories += 1

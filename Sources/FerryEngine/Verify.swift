@@ -59,6 +59,9 @@ public struct VerifyReport: Codable, Sendable {
     public var problemsTruncated: Bool
     /// The first entries skipped by policy, with the policy that skipped them.
     public var skippedByPolicy: [Problem]
+    /// The plan's policies in force: copy.symlinks (and whether it is the destination's default),
+    /// copy.specials, exclude.
+    public var policies: [String: String]
     public var drift: Drift
     public var ok: Bool
 }
@@ -187,7 +190,7 @@ final class VerifyPhase: @unchecked Sendable {
             entries: a.entries, filesContentChecked: a.files, bytesChecked: a.bytes, filesCheckedByStoredHash: a.byHash,
             filesUnverified: a.unverified, mismatches: a.mismatches, counts: a.counts,
             problems: a.problems.sorted { $0.path < $1.path }, problemsTruncated: a.mismatches > Int64(a.problems.count),
-            skippedByPolicy: a.policy, drift: a.drift, ok: a.mismatches == 0)
+            skippedByPolicy: a.policy, policies: policies(), drift: a.drift, ok: a.mismatches == 0)
         let reportPath = plan.stateDirectory + "/verify-\(runID).json"
         let data = try Self.encode(report)
         do {
@@ -200,6 +203,15 @@ final class VerifyPhase: @unchecked Sendable {
             id: runID, filesChecked: a.files, bytesChecked: a.bytes, failures: a.failures.map { ($0.0, $0.1, $0.2) },
             mismatches: a.mismatches, drift: a.drift.total, ok: report.ok, reportPath: reportPath)
         return report
+    }
+
+    func policies() -> [String: String] {
+        let (symlinks, defaulted) = EntryFilter.symlinkPolicy(plan, destination: destination)
+        return [
+            "copy.symlinks": symlinks.rawValue + (defaulted ? " (default for this destination)" : ""),
+            "copy.specials": plan.copy.specials?.rawValue ?? "refuse (no policy)",
+            "exclude": plan.copy.exclude.isEmpty ? "none" : plan.copy.exclude.joined(separator: ", "),
+        ]
     }
 
     static func encode(_ report: VerifyReport) throws -> Data {
