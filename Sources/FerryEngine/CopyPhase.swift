@@ -166,17 +166,17 @@ final class CopyPhase: @unchecked Sendable {
                 try? destination.discardPartial(for: entry.path, token: token(item.id))
                 try ledger.setState([item.id], .vanished, error: "vanished from the source during the copy")
                 summary.withLock { $0.vanished += 1 }
-                logger.info("vanished during copy", metadata: ["path": "\(entry.path)"])
+                logger.info("vanished during copy", metadata: ["path": "\(RawName.display(entry.path))"])
                 return
             case .unreadable(let why):
                 try ledger.fail(item.id, error: why)
                 summary.withLock { $0.failed += 1 }
                 progress.addFailed()
-                logger.warning("cannot read source file", metadata: ["path": "\(entry.path)", "error": "\(why)"])
+                logger.warning("cannot read source file", metadata: ["path": "\(RawName.display(entry.path))", "error": "\(why)"])
                 return
             case .changed(let now):
                 summary.withLock { $0.requeued += 1 }
-                logger.info("source changed while copied; copying again", metadata: ["path": "\(entry.path)"])
+                logger.info("source changed while copied; copying again", metadata: ["path": "\(RawName.display(entry.path))"])
                 if attempts >= Self.maxAttempts {
                     try ledger.requeue(item.id, entry: now, countAttempt: true)
                     try ledger.fail(
@@ -363,7 +363,7 @@ final class CopyPhase: @unchecked Sendable {
             try destination.openWriter(for: entry, token: token, resume: !committed.isEmpty)
         }
         if writer == nil && !committed.isEmpty {
-            logger.info("partial file missing at the destination; starting the file over", metadata: ["path": "\(entry.path)"])
+            logger.info("partial file missing at the destination; starting the file over", metadata: ["path": "\(RawName.display(entry.path))"])
             try ledger.requeue(id)
             committed = [:]
             writer = try destinationCall("create") { try destination.openWriter(for: entry, token: token, resume: false) }
@@ -375,7 +375,7 @@ final class CopyPhase: @unchecked Sendable {
         if alreadyDone > 0 {
             logger.info(
                 "resuming file after committed chunks",
-                metadata: ["path": "\(entry.path)", "committed": "\(committed.count)/\(layout.count)"])
+                metadata: ["path": "\(RawName.display(entry.path))", "committed": "\(committed.count)/\(layout.count)"])
         }
         for chunk in layout where committed[chunk.index] == nil {
             if stopped { return .interrupted }
@@ -443,7 +443,11 @@ final class CopyPhase: @unchecked Sendable {
 
     // MARK: - links and directories
 
-    private func copySymlinks() throws {
+    /// Creates the pending entries of `kinds` (no content to copy) with `make`, committing them in groups of
+    /// 1,000 after a sync. An entry the destination cannot place (`refusable` codes) is refused alone.
+    private func placeInGroups(
+        _ kinds: [EntryKind], refusable: Set<FerryError.Code> = [.unsafePath], _ make: (ItemRecord) throws -> Void
+    ) throws {
         var ids: [Int64] = []
         func flush() throws {
             guard !ids.isEmpty else { return }
@@ -451,40 +455,11 @@ final class CopyPhase: @unchecked Sendable {
             try ledger.setState(ids, .done)
             ids.removeAll()
         }
-        try ledger.forEachItem(states: [.pending], kind: .symlink) { item in
-            do {
-                try destinationCall("symlink") { try destination.makeSymlink(item.entry) }
-            } catch let e as FerryError where e.code == .unsafePath {
-                try refuse(item, e)
-                return
-            }
-            ids.append(item.id)
-            if ids.count >= 1000 { try flush() }
-        }
-        try flush()
-    }
-
-    /// Second names of files (hard links, after every file is in place) and special files.
-    private func copyLinksAndSpecials() throws {
-        var ids: [Int64] = []
-        func flush() throws {
-            guard !ids.isEmpty else { return }
-            try destinationCall("sync") { try destination.syncAll() }
-            try ledger.setState(ids, .done)
-            ids.removeAll()
-        }
-        let kinds: [EntryKind] = [.hardlink, .fifo, .socket, .charDevice, .blockDevice]
         for kind in kinds {
             try ledger.forEachItem(states: [.pending], kind: kind) { item in
                 do {
-                    if kind == .hardlink {
-                        guard let links = destination as? any HardLinking else { return }
-                        try destinationCall("link") { try links.makeHardLink(item.entry) }
-                    } else {
-                        guard let maker = destination as? any SpecialMaking else { return }
-                        try destinationCall("mknod") { try maker.makeSpecial(item.entry) }
-                    }
-                } catch let e as FerryError where e.code == .unsafePath || e.code == .destinationIO {
+                    try make(item)
+                } catch let e as FerryError where refusable.contains(e.code) {
                     try refuse(item, e)
                     return
                 }
@@ -493,6 +468,27 @@ final class CopyPhase: @unchecked Sendable {
             }
         }
         try flush()
+    }
+
+    private func copySymlinks() throws {
+        try placeInGroups([.symlink]) { item in
+            try destinationCall("symlink") { try destination.makeSymlink(item.entry) }
+        }
+    }
+
+    /// Second names of files (hard links, after every file is in place) and special files. A second name whose
+    /// first one is not at the destination is refused.
+    private func copyLinksAndSpecials() throws {
+        if let links = destination as? any HardLinking {
+            try placeInGroups([.hardlink], refusable: [.unsafePath, .destinationIO]) { item in
+                try destinationCall("link") { try links.makeHardLink(item.entry) }
+            }
+        }
+        if let maker = destination as? any SpecialMaking {
+            try placeInGroups([.fifo, .socket, .charDevice, .blockDevice], refusable: [.unsafePath, .destinationIO]) { item in
+                try destinationCall("mknod") { try maker.makeSpecial(item.entry) }
+            }
+        }
     }
 
     /// Creates every directory (including empty ones) and applies its mode and mtime, deepest first, after the

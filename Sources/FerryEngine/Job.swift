@@ -263,7 +263,7 @@ public final class Job {
                 try destination.remove(item.entry.path, kind: item.entry.kind == .hardlink ? .file : item.entry.kind)
                 removed.append(item.id)
             } catch {
-                logger.warning("cannot remove at the destination", metadata: ["path": "\(item.entry.path)", "error": "\(error)"])
+                logger.warning("cannot remove at the destination", metadata: ["path": "\(RawName.display(item.entry.path))", "error": "\(error)"])
             }
         }
         try ledger.setState(removed, .deleted, error: "removed from the source")

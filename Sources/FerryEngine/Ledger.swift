@@ -95,6 +95,17 @@ public struct StateCounts: Sendable, Codable {
     public var doneBytes: Int64 { (bytes[ItemState.done.rawValue] ?? 0) + partialBytes }
 }
 
+/// Runs a database call; a GRDB or SQLite error becomes a ledger error naming what failed, with its cause.
+func databaseCall<T>(_ what: String, _ body: () throws -> T) throws -> T {
+    do {
+        return try body()
+    } catch let e as FerryError {
+        throw e
+    } catch {
+        throw FerryError(.ledger, "\(what) failed", cause: "\(error)")
+    }
+}
+
 /// All job state: the plan identity, the snapshot manifest, committed chunks, verify results and the event log.
 /// SQLite in WAL mode through GRDB; safe to read from another process (`ferry status`) while a run writes.
 ///
@@ -257,15 +268,7 @@ public final class Ledger: Sendable {
         return (try? JSONDecoder().decode([ExtendedAttribute].self, from: d)) ?? []
     }
 
-    func wrap<T>(_ what: String, _ body: () throws -> T) throws -> T {
-        do {
-            return try body()
-        } catch let e as FerryError {
-            throw e
-        } catch {
-            throw FerryError(.ledger, "ledger: \(what) failed", cause: "\(error)")
-        }
-    }
+    func wrap<T>(_ what: String, _ body: () throws -> T) throws -> T { try databaseCall("ledger: \(what)", body) }
 
     static var now: Double { Date().timeIntervalSince1970 }
 

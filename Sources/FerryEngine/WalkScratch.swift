@@ -42,15 +42,7 @@ final class WalkScratch: @unchecked Sendable {
         for suffix in ["", "-wal", "-shm", "-journal"] { try? FileManager.default.removeItem(atPath: path + suffix) }
     }
 
-    func wrap<T>(_ what: String, _ body: () throws -> T) throws -> T {
-        do {
-            return try body()
-        } catch let e as FerryError {
-            throw e
-        } catch {
-            throw FerryError(.ledger, "verify scratch: \(what) failed", cause: "\(error)")
-        }
-    }
+    func wrap<T>(_ what: String, _ body: () throws -> T) throws -> T { try databaseCall("verify scratch: \(what)", body) }
 
     /// Streams one side's listing into its table in batches.
     final class Writer {

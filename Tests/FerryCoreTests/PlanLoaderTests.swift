@@ -169,13 +169,13 @@ import FerryTesting
             }
         }
         let fsfs = "version: 1\nname: t\nsource: { kind: fs, path: src }\ndestination: { kind: fs, path: dst }\n"
-        #expect(problems(fsfs + "state: src\n").contains { $0.contains("plan.yml:5:8: state:") && $0.contains("inside the source") })
-        #expect(problems(fsfs + "state: src/.state\n").contains { $0.contains("inside the source") })
-        #expect(problems(fsfs + "state: dst/.state\n").contains { $0.contains("inside the destination") })
+        #expect(problems(fsfs + "state: src\n").contains { $0.contains("plan.yml:5:8: state:") && $0.contains("must not be the source") })
+        #expect(problems(fsfs + "state: src/.state\n").contains { $0.contains("must not be the source") })
+        #expect(problems(fsfs + "state: dst/.state\n").contains { $0.contains("must not be the destination") })
         let s3fs = "version: 1\nname: t\nsource: { kind: s3, bucket: b }\ndestination: { kind: fs, path: dst }\n"
-        #expect(problems(s3fs + "state: dst/.ferry-state\n").contains { $0.contains("inside the destination") })
+        #expect(problems(s3fs + "state: dst/.ferry-state\n").contains { $0.contains("must not be the destination") })
         let fss3 = "version: 1\nname: t\nsource: { kind: fs, path: src }\ndestination: { kind: s3, bucket: b }\n"
-        #expect(problems(fss3 + "state: src/.ferry-state\n").contains { $0.contains("inside the source") })
+        #expect(problems(fss3 + "state: src/.ferry-state\n").contains { $0.contains("must not be the source") })
         #expect(problems(fss3 + "state: elsewhere\n") == [])
         #expect(problems(fss3 + "copy: { symlinks: copy }\n").contains { $0.contains("copy.symlinks") && $0.contains("cannot hold symbolic links") })
         #expect(problems(fsfs + "copy: { symlinks: sometimes, specials: maybe }\nexclude: [\"[z-a]\"]\n").count == 3)
