@@ -333,7 +333,7 @@ struct StatusCommand: ParsableCommand {
             if let r = s.runner, r.alive {
                 out("live         \(r.liveFilesDone) files, \(Units.formatBytes(r.liveBytesDone)) (this run's counters)")
             }
-            out("other        \(s.directories) directories, \(s.symlinks) symlinks, \(s.skipped) unreadable entries")
+            out("other        \(s.directories) directories, \(s.symlinks) symlinks, \(s.skipped) refused entries")
             if let v = s.lastVerify {
                 let age = Units.formatDuration(Date().timeIntervalSince1970 - (v.finishedAt ?? v.startedAt))
                 out(

@@ -1,3 +1,5 @@
+import Foundation
+
 /// Validation of Graphite's plaintext protocol (`metric.path value timestamp\n`) and normalization to the form
 /// the tap forwards. Works on bytes: the tap validates every line it accepts, so this is on the hot path.
 public enum CarbonLine {
@@ -13,7 +15,7 @@ public enum CarbonLine {
             case .fieldCount(let n): "expected 3 fields (path value timestamp), got \(n)"
             case .badPath: "invalid metric path (empty segment, '/', control or non-UTF-8 bytes)"
             case .badValue: "value is not a finite number"
-            case .badTimestamp: "timestamp is not a non-negative number"
+            case .badTimestamp: "timestamp is not a finite non-negative number Whisper can store (at most 4294967295)"
             case .tooLong(let n): "line of \(n)+ bytes exceeds max_line_length"
             }
         }
@@ -21,8 +23,23 @@ public enum CarbonLine {
 
     @inline(__always) static func isSpace(_ b: UInt8) -> Bool { b == 0x20 || b == 0x09 || b == 0x0D }
 
-    /// Whether `token` is a finite decimal number as Python's `float()` reads it (no `nan`/`inf`, no `_`).
-    static func isNumber(_ t: UnsafeRawBufferPointer, allowNegative: Bool) -> Bool {
+    /// Whisper stores timestamps as unsigned 32-bit seconds.
+    public static let maxTimestamp: Double = 4_294_967_295
+
+    /// The value of a decimal `token` (the syntax Python's `float()` and carbon accept, without `nan`, `inf`,
+    /// hex or `_`) by strtod's rules, or nil when it is malformed or not finite: `1e-300`, `1e300` and
+    /// `1.7976931348623157e308` are values; a 1 followed by 400 zeros or `99999999999999999999e299` overflow to
+    /// infinity and are refused (carbon would store them as inf).
+    static func number(_ t: UnsafeRawBufferPointer, allowNegative: Bool) -> Double? {
+        guard isDecimal(t, allowNegative: allowNegative) else { return nil }
+        var c = [CChar](repeating: 0, count: t.count + 1)
+        for i in 0..<t.count { c[i] = CChar(bitPattern: t[i]) }
+        let v = strtod(c, nil)
+        return v.isFinite ? v : nil
+    }
+
+    /// The decimal syntax alone: sign, digits with an optional point, an optional exponent.
+    static func isDecimal(_ t: UnsafeRawBufferPointer, allowNegative: Bool) -> Bool {
         var i = 0
         let n = t.count
         if i < n && (t[i] == UInt8(ascii: "+") || t[i] == UInt8(ascii: "-")) {
@@ -39,15 +56,12 @@ public enum CarbonLine {
         if i < n && (t[i] == UInt8(ascii: "e") || t[i] == UInt8(ascii: "E")) {
             i += 1
             if i < n && (t[i] == UInt8(ascii: "+") || t[i] == UInt8(ascii: "-")) { i += 1 }
-            var exp = 0
             var expDigits = 0
             while i < n && t[i] >= 0x30 && t[i] <= 0x39 {
-                exp = min(exp * 10 + Int(t[i] - 0x30), 10_000)
                 i += 1
                 expDigits += 1
             }
-            // Beyond 1e308 Python gives inf, which Whisper would store as garbage.
-            guard expDigits > 0, exp < 300 else { return false }
+            guard expDigits > 0 else { return false }
         }
         return i == n
     }
@@ -91,8 +105,8 @@ public enum CarbonLine {
         let value = UnsafeRawBufferPointer(rebasing: line[fields[1]])
         let ts = UnsafeRawBufferPointer(rebasing: line[fields[2]])
         guard isPath(path) else { return .badPath }
-        guard isNumber(value, allowNegative: true) else { return .badValue }
-        guard isNumber(ts, allowNegative: false) else { return .badTimestamp }
+        guard number(value, allowNegative: true) != nil else { return .badValue }
+        guard let t = number(ts, allowNegative: false), t <= maxTimestamp else { return .badTimestamp }
         out.append(contentsOf: path)
         out.append(0x20)
         out.append(contentsOf: value)
@@ -105,7 +119,7 @@ public enum CarbonLine {
     /// Appends `path value timestamp\n` for a decoded pickle datapoint, validated like a plaintext line.
     public static func normalize(path: String, value: Double, timestamp: Double, into out: inout [UInt8]) -> Problem? {
         guard value.isFinite else { return .badValue }
-        guard timestamp.isFinite, timestamp >= 0 else { return .badTimestamp }
+        guard timestamp.isFinite, timestamp >= 0, timestamp <= maxTimestamp else { return .badTimestamp }
         var p = path
         let ok = p.withUTF8 { isPath(UnsafeRawBufferPointer($0)) }
         guard ok else { return .badPath }

@@ -295,11 +295,16 @@ public final class CarbonTap: TapServer, @unchecked Sendable {
         }
     }
 
+    /// Refused pickle messages are logged as invalid lines are: the first 20, then every 10,000th (a flood of
+    /// tiny hostile frames must not fill the disk the spool lives on).
     func reportRefused(peer: String, reason: String) {
         lock.lock()
         refused += 1
+        let n = refused
         lock.unlock()
-        logger.warning("pickle message from \(peer) refused: \(reason)")
+        if n <= 20 || n % 10_000 == 0 {
+            logger.warning("pickle message from \(peer) refused: \(reason)", metadata: ["refused_total": "\(n)"])
+        }
     }
 
     // MARK: - control

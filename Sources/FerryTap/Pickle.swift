@@ -16,18 +16,25 @@ public enum PickleDecoder {
         public var value: Double
     }
 
-    indirect enum Value {
+    /// Decoded objects live in one flat arena and refer to each other by index: a list is mutated in place as
+    /// Python does (an APPEND after a memo write costs O(1), not a copy of the list), and freeing a message never
+    /// recurses, however deep its nesting.
+    enum Value {
         case str(String)
         case int(Int64)
         case float(Double)
-        case list([Value])
-        case tuple([Value])
+        case list([Int])
+        case tuple([Int])
         case none
         case bool(Bool)
-        case mark
     }
 
-    static let maxDepthItems = 1_000_000
+    /// The most objects one message may create; each opcode reads at least one byte, so decoding is linear in
+    /// the message's size.
+    static let maxObjects = 1_000_000
+    /// Carbon's payload nests three deep (list, item tuple, point tuple); anything much deeper is refused.
+    public static let maxDepth = 32
+    static let markIndex = -1
 
     static let refusedNames: [UInt8: String] = [
         UInt8(ascii: "c"): "GLOBAL", UInt8(ascii: "R"): "REDUCE", UInt8(ascii: "b"): "BUILD", UInt8(ascii: "i"): "INST",
@@ -40,25 +47,46 @@ public enum PickleDecoder {
     /// Decodes one pickle message (the payload after carbon's 4-byte length prefix).
     public static func decode(_ data: [UInt8]) throws(Refused) -> [Datapoint] {
         var r = Reader(data: data)
-        var stack: [Value] = []
-        var memo: [Int: Value] = [:]
+        var arena: [Value] = []
+        var depth: [Int] = []  // nesting depth of each arena object (1 for scalars)
+        var stack: [Int] = []  // arena indices; markIndex for MARK
+        var memo: [Int: Int] = [:]
 
-        func pop() throws(Refused) -> Value {
-            guard let v = stack.popLast() else { throw Refused(reason: "stack underflow") }
+        func push(_ v: Value, depth d: Int = 1) throws(Refused) {
+            guard arena.count < maxObjects else { throw Refused(reason: "pickle too large (more than \(maxObjects) objects)") }
+            guard d <= maxDepth else { throw Refused(reason: "pickle nested deeper than \(maxDepth) levels") }
+            arena.append(v)
+            depth.append(d)
+            stack.append(arena.count - 1)
+        }
+        func pop() throws(Refused) -> Int {
+            guard let v = stack.popLast(), v != markIndex else { throw Refused(reason: "stack underflow") }
             return v
         }
-        func popToMark() throws(Refused) -> [Value] {
-            guard let m = stack.lastIndex(where: { if case .mark = $0 { return true } else { return false } }) else {
-                throw Refused(reason: "no MARK on the stack")
-            }
+        func popToMark() throws(Refused) -> [Int] {
+            guard let m = stack.lastIndex(of: markIndex) else { throw Refused(reason: "no MARK on the stack") }
             let items = Array(stack[(m + 1)...])
             stack.removeSubrange(m...)
             return items
         }
-        func appendTo(_ items: [Value]) throws(Refused) {
-            guard case .list(var l) = try pop() else { throw Refused(reason: "APPEND to something that is not a list") }
+        func top() throws(Refused) -> Int {
+            guard let t = stack.last, t != markIndex else { throw Refused(reason: "memo of an empty stack") }
+            return t
+        }
+        func container(_ items: [Int], tuple: Bool) throws(Refused) {
+            let d = 1 + (items.map { depth[$0] }.max() ?? 0)
+            try push(tuple ? .tuple(items) : .list(items), depth: d)
+        }
+        func appendTo(_ items: [Int]) throws(Refused) {
+            let target = try pop()
+            guard case .list(var l) = arena[target] else { throw Refused(reason: "APPEND to something that is not a list") }
+            let d = 1 + (items.map { depth[$0] }.max() ?? 0)
+            guard d <= maxDepth else { throw Refused(reason: "pickle nested deeper than \(maxDepth) levels") }
+            arena[target] = .none  // hand the array over uniquely, so appending does not copy it
             l.append(contentsOf: items)
-            stack.append(.list(l))
+            arena[target] = .list(l)
+            depth[target] = max(depth[target], d)
+            stack.append(target)
         }
 
         while true {
@@ -66,52 +94,52 @@ public enum PickleDecoder {
             if let name = refusedNames[op] {
                 throw Refused(reason: "refused pickle opcode \(name) (0x\(String(op, radix: 16))): the tap decodes data only, it never imports or calls")
             }
-            if stack.count > maxDepthItems { throw Refused(reason: "pickle too large") }
             switch op {
             case 0x80:  // PROTO
                 let v = try r.byte()
                 guard v <= 5 else { throw Refused(reason: "unsupported pickle protocol \(v)") }
             case 0x95: _ = try r.bytes(8)  // FRAME: length prefix, contents follow inline
             case UInt8(ascii: "."):  // STOP
-                return try datapoints(try pop())
-            case UInt8(ascii: "("): stack.append(.mark)
-            case UInt8(ascii: "]"): stack.append(.list([]))
-            case UInt8(ascii: "l"): stack.append(.list(try popToMark()))
-            case UInt8(ascii: ")"): stack.append(.tuple([]))
-            case UInt8(ascii: "t"): stack.append(.tuple(try popToMark()))
-            case 0x85: stack.append(.tuple([try pop()]))
+                return try datapoints(try pop(), arena)
+            case UInt8(ascii: "("): stack.append(markIndex)
+            case UInt8(ascii: "]"): try push(.list([]))
+            case UInt8(ascii: "l"): try container(try popToMark(), tuple: false)
+            case UInt8(ascii: ")"): try push(.tuple([]))
+            case UInt8(ascii: "t"): try container(try popToMark(), tuple: true)
+            case 0x85: try container([try pop()], tuple: true)
             case 0x86:
                 let b = try pop(), a = try pop()
-                stack.append(.tuple([a, b]))
+                try container([a, b], tuple: true)
             case 0x87:
                 let c = try pop(), b = try pop(), a = try pop()
-                stack.append(.tuple([a, b, c]))
+                try container([a, b, c], tuple: true)
             case UInt8(ascii: "a"): try appendTo([try pop()])
             case UInt8(ascii: "e"):
                 let items = try popToMark()
                 try appendTo(items)
-            case UInt8(ascii: "0"): _ = try pop()  // POP
+            case UInt8(ascii: "0"):  // POP (a MARK too)
+                guard stack.popLast() != nil else { throw Refused(reason: "stack underflow") }
             case UInt8(ascii: "1"): _ = try popToMark()  // POP_MARK
-            case UInt8(ascii: "2"):  // DUP
-                guard let top = stack.last else { throw Refused(reason: "stack underflow") }
+            case UInt8(ascii: "2"):  // DUP: the same object again
+                guard let top = stack.last, top != markIndex else { throw Refused(reason: "stack underflow") }
                 stack.append(top)
-            case UInt8(ascii: "N"): stack.append(.none)
-            case 0x88: stack.append(.bool(true))
-            case 0x89: stack.append(.bool(false))
+            case UInt8(ascii: "N"): try push(.none)
+            case 0x88: try push(.bool(true))
+            case 0x89: try push(.bool(false))
             case UInt8(ascii: "I"):  // INT (text); "I01"/"I00" are True/False
                 let s = try r.line()
-                if s == "01" { stack.append(.bool(true)) } else if s == "00" { stack.append(.bool(false)) } else {
+                if s == "01" { try push(.bool(true)) } else if s == "00" { try push(.bool(false)) } else {
                     guard let v = Int64(s) else { throw Refused(reason: "bad INT '\(s.prefix(40))'") }
-                    stack.append(.int(v))
+                    try push(.int(v))
                 }
             case UInt8(ascii: "L"):  // LONG (text, trailing L)
                 var s = try r.line()
                 if s.hasSuffix("L") { s.removeLast() }
                 guard let v = Int64(s) else { throw Refused(reason: "bad LONG '\(s.prefix(40))'") }
-                stack.append(.int(v))
-            case UInt8(ascii: "J"): stack.append(.int(Int64(Int32(bitPattern: try r.le32()))))
-            case UInt8(ascii: "K"): stack.append(.int(Int64(try r.byte())))
-            case UInt8(ascii: "M"): stack.append(.int(Int64(try r.le16())))
+                try push(.int(v))
+            case UInt8(ascii: "J"): try push(.int(Int64(Int32(bitPattern: try r.le32()))))
+            case UInt8(ascii: "K"): try push(.int(Int64(try r.byte())))
+            case UInt8(ascii: "M"): try push(.int(Int64(try r.le16())))
             case 0x8A:  // LONG1
                 let n = Int(try r.byte())
                 guard n <= 8 else { throw Refused(reason: "integer too large") }
@@ -119,31 +147,31 @@ public enum PickleDecoder {
                 var v: Int64 = 0
                 for (i, x) in b.enumerated() { v |= Int64(x) << (8 * Int64(i)) }
                 if n > 0 && n < 8 && b[n - 1] & 0x80 != 0 { v -= Int64(1) << (8 * Int64(n)) }
-                stack.append(.int(v))
+                try push(.int(v))
             case UInt8(ascii: "F"):
                 let s = try r.line()
                 guard let v = Double(s) else { throw Refused(reason: "bad FLOAT '\(s.prefix(40))'") }
-                stack.append(.float(v))
+                try push(.float(v))
             case UInt8(ascii: "G"):
                 let b = try r.bytes(8)
                 var bits: UInt64 = 0
                 for x in b { bits = bits << 8 | UInt64(x) }
-                stack.append(.float(Double(bitPattern: bits)))
+                try push(.float(Double(bitPattern: bits)))
             case UInt8(ascii: "S"):  // STRING: a quoted Python 2 literal
                 let s = try r.line()
                 guard s.count >= 2, let q = s.first, q == s.last, q == "'" || q == "\"" else {
                     throw Refused(reason: "bad STRING literal")
                 }
-                stack.append(.str(try unescape(String(s.dropFirst().dropLast()))))
-            case UInt8(ascii: "V"): stack.append(.str(try unescapeRaw(try r.latin1Line())))
+                try push(.str(try unescape(String(s.dropFirst().dropLast()))))
+            case UInt8(ascii: "V"): try push(.str(try unescapeRaw(try r.latin1Line())))
             case UInt8(ascii: "U"), UInt8(ascii: "C"), 0x8C:  // SHORT_BINSTRING, SHORT_BINBYTES, SHORT_BINUNICODE
-                stack.append(.str(try r.utf8(Int(try r.byte()))))
+                try push(.str(try r.utf8(Int(try r.byte()))))
             case UInt8(ascii: "T"), UInt8(ascii: "X"), UInt8(ascii: "B"):  // BINSTRING, BINUNICODE, BINBYTES
-                stack.append(.str(try r.utf8(Int(try r.le32()))))
-            case UInt8(ascii: "p"): memo[try r.intLine()] = stack.last
-            case UInt8(ascii: "q"): memo[Int(try r.byte())] = stack.last
-            case UInt8(ascii: "r"): memo[Int(try r.le32())] = stack.last
-            case 0x94: memo[memo.count] = stack.last  // MEMOIZE
+                try push(.str(try r.utf8(Int(try r.le32()))))
+            case UInt8(ascii: "p"): memo[try r.intLine()] = try top()
+            case UInt8(ascii: "q"): memo[Int(try r.byte())] = try top()
+            case UInt8(ascii: "r"): memo[Int(try r.le32())] = try top()
+            case 0x94: memo[memo.count] = try top()  // MEMOIZE
             case UInt8(ascii: "g"), UInt8(ascii: "h"), UInt8(ascii: "j"):
                 let k: Int
                 switch op {
@@ -152,7 +180,7 @@ public enum PickleDecoder {
                 default: k = Int(try r.le32())
                 }
                 guard let v = memo[k] else { throw Refused(reason: "memo key \(k) not defined") }
-                stack.append(v)
+                stack.append(v)  // the same object, as Python's memo gives it
             default:
                 throw Refused(reason: "unsupported pickle opcode 0x\(String(op, radix: 16))")
             }
@@ -168,25 +196,25 @@ public enum PickleDecoder {
         }
     }
 
-    /// Carbon's shape: a list (or tuple) of `(path, (timestamp, value))`.
-    static func datapoints(_ v: Value) throws(Refused) -> [Datapoint] {
-        let items: [Value]
-        switch v {
+    /// Carbon's shape: a list (or tuple) of `(path, (timestamp, value))`, three levels read by index.
+    static func datapoints(_ root: Int, _ arena: [Value]) throws(Refused) -> [Datapoint] {
+        let items: [Int]
+        switch arena[root] {
         case .list(let l), .tuple(let l): items = l
         default: throw Refused(reason: "expected a list of (path, (timestamp, value)) tuples")
         }
         var out: [Datapoint] = []
         out.reserveCapacity(items.count)
         for item in items {
-            guard case .tuple(let pair) = item, pair.count == 2, case .str(let path) = pair[0] else {
+            guard case .tuple(let pair) = arena[item], pair.count == 2, case .str(let path) = arena[pair[0]] else {
                 throw Refused(reason: "expected (path, (timestamp, value)) items")
             }
-            let point: [Value]
-            switch pair[1] {
+            let point: [Int]
+            switch arena[pair[1]] {
             case .tuple(let p), .list(let p): point = p
             default: throw Refused(reason: "expected (timestamp, value) for \(path.prefix(100))")
             }
-            guard point.count == 2, let ts = number(point[0]), let value = number(point[1]) else {
+            guard point.count == 2, let ts = number(arena[point[0]]), let value = number(arena[point[1]]) else {
                 throw Refused(reason: "expected numeric (timestamp, value) for \(path.prefix(100))")
             }
             out.append(Datapoint(path: path, timestamp: ts, value: value))

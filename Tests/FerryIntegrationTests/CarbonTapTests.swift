@@ -312,6 +312,61 @@ func missing(_ want: [String: [Int: Double]], in got: [String: [Int: Double]]) -
         #expect(h.tap?.isRunning == true)
     }
 
+    /// The review's hostile pickles against the running tap, sent with Python's own pickle module and a plain
+    /// socket: a 100,000-deep nesting (it crashed the tap), memo-heavy 1 MB messages (each stalled an event loop
+    /// for minutes) while the control socket must keep answering, and 50,000 tiny refused frames (they grew the
+    /// log without bound). The tap survives, answers, logs a bounded amount, and still delivers good points.
+    @Test func hostilePicklesNeitherCrashNorStallTheTap() throws {
+        let h = try TapHarness()
+        try h.startTap()
+        let now = Int(Date().timeIntervalSince1970) - 60
+        let logBefore = (try? FileManager.default.attributesOfItem(atPath: h.dir.sub("tap.log"))[.size] as? Int) ?? 0
+        let script = """
+            import socket, struct, pickle, sys, time
+            port = int(sys.argv[1])
+            def frame(b): return struct.pack("!L", len(b)) + b
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(frame(b"\\x80\\x02" + b"(" * 100000 + b"l" * 100000 + b"."))
+            q = b"]q\\x00" + b"K\\x01aq\\x00" * 200000 + b"."
+            for _ in range(3):
+                s.sendall(frame(q))
+            s.sendall(b"".join(frame(b"\\x80\\x02N.") for _ in range(50000)))
+            s.sendall(frame(pickle.dumps([("pickled.after.hostile", (\(now), 5.5))], protocol=2)))
+            s.close()
+            """
+        let sender = Process()
+        sender.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        sender.arguments = ["python3", "-c", script, String(h.picklePort)]
+        try sender.run()
+        // While the hostile messages are decoded, the control socket keeps answering (before, one such message
+        // held it for minutes; a 1 MiB message now costs well under a second even in a debug build).
+        var slowest = 0.0
+        var answered = 0
+        while sender.isRunning || answered < 5 {
+            let t = Date()
+            _ = try h.status()
+            slowest = max(slowest, Date().timeIntervalSince(t))
+            answered += 1
+            if answered > 2000 { break }
+        }
+        sender.waitUntilExit()
+        #expect(sender.terminationStatus == 0)
+        print("tap status answered \(answered) times under hostile pickles, slowest \(slowest) s")
+        #expect(slowest < 3.0, "the control socket stalled for \(slowest) s")
+        let refused = try waitUntil(timeout: 60) { try h.status().refusedMessages >= 50_004 }
+        let refusedCount = try h.status().refusedMessages
+        #expect(refused, "refused \(refusedCount)")
+        #expect(h.tap?.isRunning == true, "the tap survived")
+        try h.waitDelivered(received: 1)
+        var sent = Sent()
+        sent.points["pickled.after.hostile"] = [now: 5.5]
+        for cache in [h.old, h.new] {
+            #expect(missing(sent.points, in: try h.points(in: cache, expect: sent.points)).count == 0)
+        }
+        let logAfter = (try? FileManager.default.attributesOfItem(atPath: h.dir.sub("tap.log"))[.size] as? Int) ?? 0
+        #expect(logAfter - logBefore < 64 << 10, "the log grew by \(logAfter - logBefore) bytes for 50,004 refused messages")
+    }
+
     @Test func aReturningUpstreamIsReplayedAtReplayRate() throws {
         let h = try TapHarness(extraTap: "  replay_rate: 1000/s")
         try h.startTap()

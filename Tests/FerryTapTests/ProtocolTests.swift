@@ -37,6 +37,26 @@ import FerryTesting
         #expect(bad.withUnsafeBytes { CarbonLine.normalize($0, into: &out) } == .badPath)
     }
 
+    /// A value is valid exactly when it parses to a finite double: the oracle is Python's own float().
+    @Test func valuesAreFiniteDoublesAsPythonReadsThemAndTimestampsFitWhisper() throws {
+        let values = ["1e-300", "1e300", "1.7976931348623157e308", "1" + String(repeating: "0", count: 400), "99999999999999999999e299",
+                      "1e-400", "-0.0", "4e308", "0.000001", "12345678901234567890"]
+        let python = String(decoding: try pythonOutput(
+            "import math\nfor v in [\(values.map { "'\($0)'" }.joined(separator: ", "))]:\n    print('finite' if math.isfinite(float(v)) else 'inf')"), as: UTF8.self)
+            .split(separator: "\n").map(String.init)
+        #expect(python.count == values.count)
+        for (v, verdict) in zip(values, python) {
+            let problem = check("a.b \(v) 1700000000").1
+            #expect((problem == nil) == (verdict == "finite"), "\(v.prefix(30)): python says \(verdict), ferry \(String(describing: problem))")
+        }
+        #expect(check("a.b 1 " + "1" + String(repeating: "0", count: 400)).1 == .badTimestamp, "a 400-digit timestamp")
+        #expect(check("a.b 1 4294967295").1 == nil)
+        #expect(check("a.b 1 4294967296").1 == .badTimestamp, "beyond Whisper's 32-bit timestamps")
+        var out: [UInt8] = []
+        #expect(CarbonLine.normalize(path: "a.b", value: 1, timestamp: 1e12, into: &out) == .badTimestamp)
+        #expect(CarbonLine.normalize(path: "a.b", value: 1e300, timestamp: 1_700_000_000, into: &out) == nil)
+    }
+
     @Test func linesSplitAcrossReadsAreJoinedAndLongLinesRefusedWhole() {
         var asm = LineAssembler(maxLineLength: 64)
         var lines: [String] = []
@@ -73,6 +93,45 @@ import FerryTesting
                 .init(path: "a.b.c", timestamp: 1_700_000_000, value: 1.5), .init(path: "d.e", timestamp: 1_700_000_001, value: -2),
                 .init(path: "ü.x", timestamp: 1_700_000_002, value: 3), .init(path: "big", timestamp: 1_700_000_003, value: 12_345_678_901_234),
             ])
+    }
+
+    /// The review's reproducer: 100,000 levels of nesting crashed the tap (a recursive teardown overflowed the
+    /// event loop's stack). Refused with the depth limit, freed without recursion.
+    @Test func aDeeplyNestedPickleIsRefusedNotACrash() throws {
+        let nested: [UInt8] = [0x80, 0x02] + [UInt8](repeating: UInt8(ascii: "("), count: 100_000)
+            + [UInt8](repeating: UInt8(ascii: "l"), count: 100_000) + [UInt8(ascii: ".")]
+        do {
+            _ = try PickleDecoder.decode(nested)
+            Issue.record("a 100,000-deep pickle was accepted")
+        } catch {
+            #expect(error.reason.contains("nested deeper"), "\(error.reason)")
+        }
+        // Deep nesting through APPEND instead of MARK/LIST is bounded the same way.
+        var viaAppend: [UInt8] = [0x80, 0x02, UInt8(ascii: "]")]
+        for _ in 0..<50_000 { viaAppend += [UInt8(ascii: "]"), UInt8(ascii: "a")] }
+        #expect(throws: PickleDecoder.Refused.self) { try PickleDecoder.decode(viaAppend + [UInt8(ascii: ".")]) }
+        // Real Python pickles of a deep list (built by Python) are refused too.
+        let deep = try python("x = []\nfor _ in range(200): x = [x]\nsys.stdout.buffer.write(pickle.dumps(x, protocol=2))")
+        #expect(throws: PickleDecoder.Refused.self) { try PickleDecoder.decode(deep) }
+    }
+
+    /// The review's 1 MB pickle that memoizes the list after every APPEND cost minutes of CPU (each APPEND copied
+    /// the list). Decoding is linear now: a message of 200,000 such APPENDs is read in well under a second.
+    @Test func aMemoHeavyPickleDecodesInLinearTime() throws {
+        var quadratic: [UInt8] = [UInt8(ascii: "]"), UInt8(ascii: "q"), 0]
+        for _ in 0..<200_000 { quadratic += [UInt8(ascii: "K"), 1, UInt8(ascii: "a"), UInt8(ascii: "q"), 0] }
+        quadratic.append(UInt8(ascii: "."))
+        let started = Date()
+        #expect(throws: PickleDecoder.Refused.self) { try PickleDecoder.decode(quadratic) }  // not carbon's shape
+        let took = Date().timeIntervalSince(started)
+        print("memo-heavy pickle of \(quadratic.count) bytes refused in \(took) s")
+        #expect(took < 5, "took \(took) s")
+        // The same shape of real data: Python memoizes a shared list and appends to it; it still decodes.
+        let shared = try python(
+            "l = []\nfor i in range(2000): l.append(('m%d' % i, (1700000000 + i, float(i))))\n"
+                + "sys.stdout.buffer.write(pickle.dumps(l, protocol=2))")
+        let points = try PickleDecoder.decode(shared)
+        #expect(points.count == 2000 && points[1999] == .init(path: "m1999", timestamp: 1_700_001_999, value: 1999))
     }
 
     @Test func pythonTwoStylePicklesDecode() throws {
