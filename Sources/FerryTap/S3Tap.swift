@@ -124,6 +124,7 @@ public final class S3Tap: TapServer, @unchecked Sendable {
         }
         oldStore = store(config.old)
         newStore = store(config.new)
+        try reconcileIntents()
     }
 
     func side(_ name: String) -> S3TapConfig.S3Side { name == "old" ? config.old : config.new }
@@ -212,15 +213,36 @@ public final class S3Tap: TapServer, @unchecked Sendable {
         var body: [UInt8]
 
         static func error(_ status: Int, _ code: String, _ message: String) -> Response {
-            let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>\(code)</Code><Message>\(message)</Message></Error>"
+            let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>\(escapeXML(code))</Code><Message>\(escapeXML(message))</Message></Error>"
             return Response(status: status, headers: [("Content-Type", "application/xml")], body: Array(xml.utf8))
         }
     }
 
+    /// Text reflected into an error body (a request's key or access key) is escaped: the XML stays well formed.
+    static func escapeXML(_ s: String) -> String {
+        var out = ""
+        for c in s.unicodeScalars {
+            switch c {
+            case "<": out += "&lt;"
+            case ">": out += "&gt;"
+            case "&": out += "&amp;"
+            case "\"": out += "&quot;"
+            case "'": out += "&apos;"
+            default: out.unicodeScalars.append(c.value < 0x20 ? " " : c)
+            }
+        }
+        return out
+    }
+
+    /// What the application sent that S3 acts on, forwarded to the primary as it came: object headers, the
+    /// conditions, tagging, ACL, storage class, server-side encryption, redirects and checksums.
     static let forwardedRequestHeaders: Set<String> = [
         "content-type", "cache-control", "content-disposition", "content-encoding", "content-language", "expires", "content-md5",
         "range", "if-match", "if-none-match", "if-modified-since", "if-unmodified-since", "x-amz-metadata-directive",
+        "x-amz-tagging", "x-amz-tagging-directive", "x-amz-acl", "x-amz-storage-class", "x-amz-website-redirect-location",
+        "x-amz-grant-read", "x-amz-grant-read-acp", "x-amz-grant-write-acp", "x-amz-grant-full-control",
     ]
+    static let forwardedPrefixes = ["x-amz-meta-", "x-amz-server-side-encryption", "x-amz-checksum-"]
     static let returnedHeaders: Set<String> = [
         "etag", "content-type", "last-modified", "content-range", "accept-ranges", "cache-control", "content-disposition",
         "content-encoding", "content-language", "expires",
@@ -235,8 +257,12 @@ public final class S3Tap: TapServer, @unchecked Sendable {
         } catch {
             lock.lock()
             refused += 1
+            let n = refused
             lock.unlock()
-            logger.warning("refused \(r.method) \(rawPath): \(error)")
+            // At most the first 20, then every 10,000th: a refused flood must not fill the disk of the queue.
+            if n <= 20 || n % 10_000 == 0 {
+                logger.warning("refused \(r.method) \(String(rawPath.prefix(200))): \(error)", metadata: ["refused_total": "\(n)"])
+            }
             return .error(error.code == "NotImplemented" ? 501 : 403, error.code, "\(error)")
         }
         lock.lock()
@@ -248,16 +274,27 @@ public final class S3Tap: TapServer, @unchecked Sendable {
             return .error(404, "NoSuchBucket", "this tap serves the bucket \(config.bucket)")
         }
         let key = parts.count > 1 && !parts[1].isEmpty ? String(parts[1]) : nil
+        if let key, key.split(separator: "/", omittingEmptySubsequences: false).contains(where: { $0 == "." || $0 == ".." }) {
+            // Confinement to the bucket (and prefix) is the tap's own rule, not the upstream's signature check.
+            return .error(400, "InvalidURI", "keys with . or .. segments are refused by the tap")
+        }
         let query: [(String, String)] = (rawQuery ?? "").split(separator: "&").map { p in
             let kv = p.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
             return (String(kv[0]).removingPercentEncoding ?? String(kv[0]), kv.count > 1 ? (String(kv[1]).removingPercentEncoding ?? String(kv[1])) : "")
         }
         var headers = r.headers.filter { h in
             let n = h.0.lowercased()
-            return Self.forwardedRequestHeaders.contains(n) || n.hasPrefix("x-amz-meta-")
+            return Self.forwardedRequestHeaders.contains(n) || Self.forwardedPrefixes.contains { n.hasPrefix($0) }
         }
         let names = Set(query.map(\.0))
         let isRead = r.method == "GET" || r.method == "HEAD"
+        if key == nil && !isRead {
+            if r.method == "POST" && names.contains("delete") { return deleteObjects(r, query, headers, bodyHash) }
+            // Tagging, ACL, policy, lifecycle, CORS, ...: not mirrored, so refused rather than applied to one side.
+            return .error(
+                501, "NotImplemented",
+                "bucket-level writes (\(names.sorted().joined(separator: ", "))) are not mirrored by the tap; set them on both buckets directly")
+        }
         do {
             if let copySource = r.headers.first(where: { $0.0.lowercased() == "x-amz-copy-source" })?.1 {
                 // The source names the application's bucket: point it at the same side's bucket.
@@ -269,6 +306,14 @@ public final class S3Tap: TapServer, @unchecked Sendable {
                 let p = side(primary)
                 headers.append(("x-amz-copy-source", SigV4.encode("/" + p.bucket + "/" + p.prefix + srcParts[1], encodeSlash: false)))
             }
+            let isPartUpload = names.contains("partNumber") || names.contains("uploads")
+            let isAbort = r.method == "DELETE" && names.contains("uploadId")
+            let isWrite = key != nil && !isRead && !isPartUpload && !isAbort
+            if isWrite, let key {
+                // The intent is journaled before the primary acts: a crash after the primary's answer cannot leave
+                // a write on one side only (the mirror re-reads the key from the primary, whatever happened).
+                try record(op: "intent", key: key)
+            }
             var target = primary
             var res = try forward(target, r.method, key, query, headers, r.body, bodyHash)
             lock.lock()
@@ -279,15 +324,9 @@ public final class S3Tap: TapServer, @unchecked Sendable {
                 target = "old"
                 res = try forward(target, r.method, key, query, headers, r.body, bodyHash)
             }
-            if (200..<300).contains(res.status), let key, !isRead {
-                let isPart = names.contains("partNumber") || names.contains("uploads")
-                let isCompleted = r.method == "POST" && names.contains("uploadId")
-                let isAbort = r.method == "DELETE" && names.contains("uploadId")
-                if (r.method == "PUT" && !isPart) || isCompleted {
-                    try record(op: "put", key: key)
-                } else if r.method == "DELETE" && !isAbort {
-                    try record(op: "delete", key: key)
-                }
+            if (200..<300).contains(res.status), let key, isWrite {
+                // Once the primary has it: the mirror syncs the key again (an intent applied early saw the old state).
+                try record(op: r.method == "DELETE" ? "delete" : "put", key: key)
             }
             var out = res.headers.filter { Self.returnedHeaders.contains($0.key) || $0.key.hasPrefix("x-amz-meta-") }.map { ($0.key, $0.value) }
             if r.method == "HEAD", let len = res.headers["content-length"] { out.append(("content-length", len)) }
@@ -296,6 +335,44 @@ public final class S3Tap: TapServer, @unchecked Sendable {
             logger.error("\(r.method) \(rawPath) to \(primary) failed: \(error)")
             return .error(503, "ServiceUnavailable", "the primary side did not answer")
         }
+    }
+
+    /// DeleteObjects (`POST /bucket?delete`, how Mastodon removes media in batches): forwarded to the primary,
+    /// and every key its answer reports deleted is journaled for the secondary. With a side prefix the request's
+    /// keys would need rewriting, so it is refused there rather than applied to the wrong keys.
+    func deleteObjects(_ r: Request, _ query: [(String, String)], _ headers: [(String, String)], _ bodyHash: String) -> Response {
+        guard side("old").prefix.isEmpty && side("new").prefix.isEmpty else {
+            return .error(501, "NotImplemented", "DeleteObjects through a tap with a side prefix: delete the keys one by one")
+        }
+        let requested = Self.xmlValues(r.body, "Key")
+        do {
+            for key in requested { try record(op: "intent", key: key) }
+            let res = try forward(primary, r.method, nil, query, headers, r.body, bodyHash)
+            if (200..<300).contains(res.status) {
+                for key in Self.xmlValues(res.body, "Key") where requested.contains(key) { try record(op: "delete", key: key) }
+            }
+            let out = res.headers.filter { Self.returnedHeaders.contains($0.key) }.map { ($0.key, $0.value) }
+            return Response(status: res.status, headers: out, body: res.body)
+        } catch {
+            logger.error("DeleteObjects to \(primary) failed: \(error)")
+            return .error(503, "ServiceUnavailable", "the primary side did not answer")
+        }
+    }
+
+    /// The text of every `<name>` element (XML entities decoded), in order.
+    static func xmlValues(_ body: [UInt8], _ name: String) -> [String] {
+        let text = String(decoding: body, as: UTF8.self)
+        var out: [String] = []
+        var rest = text[...]
+        while let open = rest.range(of: "<\(name)>"), let close = rest[open.upperBound...].range(of: "</\(name)>") {
+            let raw = String(rest[open.upperBound..<close.lowerBound])
+            out.append(
+                raw.replacingOccurrences(of: "&lt;", with: "<").replacingOccurrences(of: "&gt;", with: ">")
+                    .replacingOccurrences(of: "&quot;", with: "\"").replacingOccurrences(of: "&apos;", with: "'")
+                    .replacingOccurrences(of: "&amp;", with: "&"))
+            rest = rest[close.upperBound...]
+        }
+        return out
     }
 
     /// Sends the request to a side; `bodyHash` is the one computed when the signature was checked.
@@ -311,6 +388,27 @@ public final class S3Tap: TapServer, @unchecked Sendable {
     func record(op: String, key: String) throws {
         let line = try JSONSerialization.data(withJSONObject: ["op": op, "key": key])
         try journal.append([UInt8](line))
+    }
+
+    /// After a restart (a crash may have come between a primary's answer and the journal's record of it), the
+    /// keys of the latest intents are synced again from the primary: the journal's last MiB of records.
+    func reconcileIntents() throws {
+        let from = journal.head > 1 << 20 ? max(journal.tail, journal.head - (1 << 20)) : journal.tail
+        guard from < journal.head else { return }
+        var keys: [String] = []
+        var offset = from
+        while offset < journal.head, let records = try? journal.read(from: offset, maxBytes: 256 << 10), let last = records.last {
+            for rec in records {
+                if let obj = try? JSONSerialization.jsonObject(with: Data(rec.payload)) as? [String: String], obj["op"] == "intent",
+                    let key = obj["key"]
+                {
+                    keys.append(key)
+                }
+            }
+            offset = last.end
+        }
+        for key in Set(keys).sorted() { try record(op: "put", key: key) }
+        if !keys.isEmpty { logger.notice("restart: \(Set(keys).count) keys of recent writes synced again from the primary") }
     }
 
     // MARK: - mirror
@@ -381,6 +479,7 @@ public final class S3Tap: TapServer, @unchecked Sendable {
     }
 
     /// Makes `dkey` on `dst` what `skey` on `src` is now (or removes it).
+    /// `intent` and `put` sync the key from the primary; `delete` removes it.
     private func mirror(op: String, key: String, from src: S3Client, _ skey: String, to dst: S3Client, _ dkey: String) throws {
         guard op != "delete", let head = try src.headObject(skey) else {
             // Deleted, or gone from the primary since: the secondary follows.

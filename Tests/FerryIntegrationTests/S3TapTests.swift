@@ -124,6 +124,98 @@ import Glibc
         #expect(logText.contains("refused PUT"), "the refused request is logged")
     }
 
+    /// Mastodon's batch delete and the other writes the review found applied to one side only, sent by boto3 (an
+    /// independent client) through the tap: DeleteObjects is mirrored key by key, bucket-level writes are refused
+    /// on both sides, object tags reach the primary, dot segments are refused by the tap itself, and reflected
+    /// text is escaped in error XML.
+    @Test func batchDeletesAndHeadersReachBothSidesAndEverythingElseIsRefused() throws {
+        let weed = try SeaweedFS()
+        _ = try mediaBucket(weed)
+        _ = try mediaBucket(weed, name: "media-r2")
+        let dir = TempDir("s3tap-hostile")
+        let port = freePorts(1)[0]
+        let env = [
+            "MEDIA_ACCESS_KEY_ID": weed.accessKey, "MEDIA_SECRET_ACCESS_KEY": weed.secretKey,
+            "TAP_ACCESS_KEY_ID": "mastodon-app", "TAP_SECRET_ACCESS_KEY": "tap-secret-never-logged",
+        ]
+        let plan = try writePlan(dir.path, """
+            version: 1
+            name: media
+            source:      { kind: s3, endpoint: "\(weed.endpoint)", region: us-east-1, bucket: media, credentials: "env:MEDIA_" }
+            destination: { kind: s3, endpoint: "\(weed.endpoint)", region: us-east-1, bucket: media-r2, credentials: "env:MEDIA_" }
+            tap:         { kind: s3, listen: "127.0.0.1:\(port)", credentials: "env:TAP_", control: "\(dir.sub("c.sock"))" }
+            """)
+        let tapProcess = try startTap(plan, env, dir)
+        defer {
+            kill(tapProcess.processIdentifier, SIGKILL)
+            tapProcess.waitUntilExit()
+        }
+        let out = String(decoding: try pythonOutput("""
+            import boto3, json, urllib.request, urllib.error
+            import xml.etree.ElementTree as ET
+            from botocore.config import Config
+            from botocore.exceptions import ClientError
+            cfg = Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1})
+            tap = boto3.client("s3", endpoint_url="http://127.0.0.1:\(port)", region_name="auto",
+                aws_access_key_id="mastodon-app", aws_secret_access_key="tap-secret-never-logged", config=cfg)
+            direct = boto3.client("s3", endpoint_url="\(weed.endpoint)", region_name="us-east-1",
+                aws_access_key_id="\(weed.accessKey)", aws_secret_access_key="\(weed.secretKey)", config=cfg)
+            result = {}
+            for k in ["del/one.png", "del/two.png", "keep/three.png"]:
+                tap.put_object(Bucket="media", Key=k, Body=k.encode())
+            tap.put_object(Bucket="media", Key="tagged.png", Body=b"t", Tagging="owner=alice&class=private")
+            r = tap.delete_objects(Bucket="media", Delete={"Objects": [{"Key": "del/one.png"}, {"Key": "del/two.png"}]})
+            result["deleted"] = sorted(d["Key"] for d in r.get("Deleted", []))
+            try:
+                tap.put_bucket_tagging(Bucket="media", Tagging={"TagSet": [{"Key": "k", "Value": "v"}]})
+                result["bucket_tagging"] = "accepted"
+            except ClientError as e:
+                result["bucket_tagging"] = e.response["Error"]["Code"]
+            try:
+                tap.get_object(Bucket="media", Key="../media-r2/keep/three.png")
+                result["dots"] = "served"
+            except ClientError as e:
+                result["dots"] = str(e.response["ResponseMetadata"]["HTTPStatusCode"])
+            result["tags_primary"] = sorted(t["Key"] + "=" + t["Value"] for t in direct.get_object_tagging(Bucket="media", Key="tagged.png")["TagSet"])
+            tags = []
+            for b in ["media", "media-r2"]:
+                try:
+                    tags.append(len(direct.get_bucket_tagging(Bucket=b)["TagSet"]))
+                except ClientError:
+                    tags.append(0)
+            result["bucket_tags"] = tags
+            req = urllib.request.Request("http://127.0.0.1:\(port)/media/x", headers={
+                "Authorization": "AWS4-HMAC-SHA256 Credential=<x>&'\\"stranger/20260101/auto/s3/aws4_request, SignedHeaders=host, Signature=00",
+                "x-amz-date": "20260101T000000Z", "x-amz-content-sha256": "UNSIGNED-PAYLOAD"})
+            try:
+                urllib.request.urlopen(req)
+            except urllib.error.HTTPError as e:
+                ET.fromstring(e.read())
+                result["escaped"] = e.code
+            sys.stdout.write(json.dumps(result))
+            """), as: UTF8.self)
+        let r = try #require(try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any])
+        #expect(r["deleted"] as? [String] == ["del/one.png", "del/two.png"], "\(r)")
+        #expect(r["bucket_tagging"] as? String == "NotImplemented", "\(r)")
+        #expect(r["dots"] as? String == "400", "\(r)")
+        #expect(r["tags_primary"] as? [String] == ["class=private", "owner=alice"], "\(r)")
+        #expect(r["bucket_tags"] as? [Int] == [0, 0], "a refused bucket-level write reached neither side: \(r)")
+        #expect(r["escaped"] as? Int == 403, "the error XML parses: \(r)")
+        // Once the queue has drained, the deleted keys are gone from the new side too.
+        let control = TapClient(socketPath: dir.sub("c.sock"))
+        let drained = try waitUntil(timeout: 60) {
+            guard let s = try control.status() else { return false }
+            return s.upstreams.allSatisfy { $0.role != "mirror" || $0.cursor == s.head }
+        }
+        #expect(drained)
+        let new = S3Client(
+            endpoint: weed.endpoint, region: "us-east-1", bucket: "media-r2",
+            credentials: S3Credentials(accessKeyID: weed.accessKey, secretAccessKey: weed.secretKey))
+        var keys: [String] = []
+        try new.list { keys.append($0.key) }
+        #expect(Set(keys) == ["keep/three.png", "tagged.png"], "\(keys)")
+    }
+
     /// Starts `ferry tap PLAN` with its log in `dir/tap.log` and waits for its control socket (`dir/c.sock`).
     func startTap(_ plan: String, _ env: [String: String], _ dir: TempDir) throws -> Process {
         let control = TapClient(socketPath: dir.sub("c.sock"))
