@@ -80,7 +80,11 @@ extension Job {
 
     /// Sends a marker datapoint through the tap and waits until the upstream `side` has it and `store` shows
     /// it: everything the tap accepted before the marker has then been delivered to that side.
-    func fence(_ tap: any TapControl, side: String, store: (any Store)?, ledger: Ledger) throws {
+    /// Returns the gate line saying how the landing was proven. A store that cannot be read for the marker
+    /// (fs, ceres) cannot tell whether it landed: the fence then passes on the tap's cursor alone (the upstream
+    /// took the marker and everything before it), and the line says so.
+    @discardableResult
+    func fence(_ tap: any TapControl, side: String, store: (any Store)?, ledger: Ledger) throws -> Gate {
         let timeout = Double(plan.tap?.options["fence_timeout"].flatMap { Units.parseDuration($0) } ?? 60)
         let metric = "ferry.fence." + plan.name.replacingOccurrences(of: ".", with: "_")
         let now = Int(Date().timeIntervalSince1970)
@@ -98,8 +102,11 @@ extension Job {
             }
             if delivered && !landed { landed = (try? checker?.hasPoint(metric: metric, timestamp: now, value: value)) == true }
             if delivered && landed {
-                try ledger.recordEvent("fence", "marker seen at \(side)")
-                return
+                let detail = checker == nil
+                    ? "cannot tell: \(store.map { "\($0.displayName)" } ?? side) cannot be read for the marker; passed on the tap's cursor (\(side) took it and everything before it)"
+                    : "marker delivered to \(side) and read back from \(store.map { "\($0.displayName)" } ?? side)"
+                try ledger.recordEvent("fence", detail)
+                return Gate(name: "fence-\(side)", ok: true, detail: detail)
             }
             Thread.sleep(forTimeInterval: 0.1)
         }
@@ -113,17 +120,24 @@ extension Job {
         defer { withExtendedLifetime(lock) {} }
         let ledger = try openLedger(create: false)
         guard let job = try ledger.job() else { throw FerryError(.stateConflict, "no job yet: run `ferry run` first") }
-        if job.phase == .switched, let at = job.cutoverAt { return .alreadyDone(at: at) }
+        if job.phase == .switched, let at = job.cutoverAt {
+            // Recorded, but a crash may have come before the tap was switched: finish the step.
+            if let tap, let s = try? tap.status(), s.mode != .reverse && s.mode != .single { try tap.setMode(.reverse) }
+            return .alreadyDone(at: at)
+        }
         let gates = try gates(ledger)
         let failed = gates.filter { !$0.ok }
         if !failed.isEmpty && !force { return .refused(gates: gates) }
         if !failed.isEmpty {
             try ledger.recordEvent("cutover", "forced past: " + failed.map { "\($0.name) (\($0.detail))" }.joined(separator: "; "))
         }
+        var shown = gates
         if let tap {
+            // Record first, then act: the ledger says what the tap is being switched to before it is.
+            try ledger.recordEvent("cutover", "tap to cutover mode; fencing towards new")
             try tap.setMode(.cutover)
             do {
-                try fence(tap, side: "new", store: destination, ledger: ledger)
+                shown.append(try fence(tap, side: "new", store: destination, ledger: ledger))
             } catch {
                 _ = try? tap.setMode(.mirror)
                 try ledger.recordEvent("cutover", "aborted, back to ready: \(error)")
@@ -134,9 +148,9 @@ extension Job {
         try runHooks(plan.cutover.hooks, what: "cutover", forced: force && !failed.isEmpty, ledger: ledger) {
             if let tap { _ = try? tap.setMode(.mirror) }
         }
-        if let tap { try tap.setMode(.reverse) }
         try ledger.recordCutover(forced: force && !failed.isEmpty)
-        return .done(gates: gates, forced: force && !failed.isEmpty)
+        if let tap { try tap.setMode(.reverse) }
+        return .done(gates: shown, forced: force && !failed.isEmpty)
     }
 
     func runHooks(_ hooks: [String], what: String, forced: Bool, ledger: Ledger, onFailure: () -> Void) throws {
@@ -182,8 +196,8 @@ extension Job {
         }
         try ledger.recordEvent("rollback", "fence landed; running \(plan.cutover.rollbackHooks.count) rollback hooks")
         try runHooks(plan.cutover.rollbackHooks, what: "rollback", forced: false, ledger: ledger) {}
-        if let tap { try tap.setMode(.mirror) }
         try ledger.recordRollback()
+        if let tap { try tap.setMode(.mirror) }
     }
 
     /// Ends the job after a cutover: the tap stops mirroring to the old side.
@@ -192,11 +206,10 @@ extension Job {
         defer { withExtendedLifetime(lock) {} }
         let ledger = try openLedger(create: false)
         guard let job = try ledger.job() else { throw FerryError(.stateConflict, "no job yet: nothing to complete") }
-        if job.phase == .complete { return }
-        guard job.phase == .switched else {
+        guard job.phase == .switched || job.phase == .complete else {
             throw FerryError(.stateConflict, "the job is \(job.phase.rawValue): `ferry complete` follows `ferry cutover`")
         }
-        if let tap { try tap.setMode(.single) }
-        try ledger.recordComplete()
+        if job.phase != .complete { try ledger.recordComplete() }
+        if let tap, (try? tap.status())?.mode != .single { try tap.setMode(.single) }
     }
 }

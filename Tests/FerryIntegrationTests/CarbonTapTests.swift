@@ -608,6 +608,7 @@ final class LiveLoad: @unchecked Sendable {
         let cut = try Ferry.run(["cutover", h.plan])
         #expect(cut.status == 0, "\(cut.all)")
         #expect(cut.stdout.contains("tap-lag-new"), "\(cut.stdout)")
+        #expect(cut.stdout.contains("[ok] fence-new") && cut.stdout.contains("read back from"), "the fence is a gate line: \(cut.stdout)")
         #expect(try h.status().mode == .reverse)
         let sentBeforeCutover = load.sent
         #expect(load.waitNextSecond())
