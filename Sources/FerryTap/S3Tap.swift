@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 public import FerryCore
 import FerryDigest
 public import FerryS3
@@ -19,6 +20,10 @@ public struct S3TapConfig: Sendable {
     public var directory: String
     public var controlSocket: String
     public var maxBody: Int = 64 * 1_048_576
+    /// How long a client may take to send a request head, and how long an idle connection is kept.
+    public var headerTimeout: Double = 30
+    /// Connections served at once; more are closed at accept.
+    public var maxConnections: Int = 512
     public var fsync: FsyncPolicy = .interval(1)
 
     public struct S3Side: Sendable {
@@ -30,7 +35,10 @@ public struct S3TapConfig: Sendable {
         public var addressing: S3Addressing
     }
 
-    public static let keys: Set<String> = ["listen", "credentials", "bucket", "spool_dir", "control", "max_body", "fsync", "fence_timeout"]
+    public static let keys: Set<String> = [
+        "listen", "credentials", "bucket", "spool_dir", "control", "max_body", "fsync", "fence_timeout", "header_timeout",
+        "max_connections",
+    ]
     public static let required: Set<String> = ["listen", "credentials"]
 
     public init(plan: Plan) throws {
@@ -70,6 +78,14 @@ public struct S3TapConfig: Sendable {
             guard let p = FsyncPolicy.parse(v) else { throw FerryError(.invalidPlan, "tap.fsync: expected always, never or an interval, got '\(v)'") }
             fsync = p
         }
+        if let v = o["header_timeout"] {
+            guard let d = Units.parseDuration(v), d > 0 else { throw FerryError(.invalidPlan, "tap.header_timeout: expected a duration such as 30s, got '\(v)'") }
+            headerTimeout = d
+        }
+        if let v = o["max_connections"] {
+            guard let n = Int(v), n >= 1 else { throw FerryError(.invalidPlan, "tap.max_connections: expected a whole number of at least 1, got '\(v)'") }
+            maxConnections = n
+        }
     }
 }
 
@@ -91,6 +107,10 @@ public final class S3Tap: TapServer, @unchecked Sendable {
     let newStore: S3Store
     private let lock = NSLock()
     private var mode: TapMode = .mirror
+    /// While the primary changes sides, writes are answered 503 SlowDown (clients retry) until every write made
+    /// on the old primary has been mirrored: a record is always applied from the side it was written on.
+    private var switching = false
+    private var writesInFlight = 0
     private var channels: [any Channel] = []
     private var running = true
     private var received: UInt64 = 0
@@ -102,6 +122,7 @@ public final class S3Tap: TapServer, @unchecked Sendable {
     private let cursorPath: String
     private let modePath: String
     private let workers = DispatchQueue(label: "ferry-s3-tap", attributes: .concurrent)
+    let connections = Mutex<Int>(0)
 
     public init(config: S3TapConfig, logger: Logger) throws {
         self.config = config
@@ -162,6 +183,19 @@ public final class S3Tap: TapServer, @unchecked Sendable {
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
+                    // Over the connection limit: closed at once, before anything is read or buffered.
+                    guard self.connections.withLock({ n in
+                        guard n < self.config.maxConnections else { return false }
+                        n += 1
+                        return true
+                    }) else {
+                        // Closed as soon as it is active (an unregistered channel cannot be closed yet).
+                        try channel.pipeline.syncOperations.addHandler(CloseOnActive())
+                        return
+                    }
+                    channel.closeFuture.whenComplete { _ in self.connections.withLock { $0 -= 1 } }
+                    let timeout = TimeAmount.milliseconds(Int64(self.config.headerTimeout * 1000))
+                    try channel.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: timeout))
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
                     try channel.pipeline.syncOperations.addHandler(S3ProxyHandler(tap: self, maxBody: maxBody))
                 }
@@ -255,15 +289,7 @@ public final class S3Tap: TapServer, @unchecked Sendable {
         do {
             _ = try verifier.verify(method: r.method, rawPath: rawPath, rawQuery: rawQuery, headers: r.headers, bodySHA256: bodyHash)
         } catch {
-            lock.lock()
-            refused += 1
-            let n = refused
-            lock.unlock()
-            // At most the first 20, then every 10,000th: a refused flood must not fill the disk of the queue.
-            if n <= 20 || n % 10_000 == 0 {
-                logger.warning("refused \(r.method) \(String(rawPath.prefix(200))): \(error)", metadata: ["refused_total": "\(n)"])
-            }
-            return .error(error.code == "NotImplemented" ? 501 : 403, error.code, "\(error)")
+            return refusal(error, r.method, rawPath)
         }
         lock.lock()
         received += 1
@@ -309,9 +335,23 @@ public final class S3Tap: TapServer, @unchecked Sendable {
             let isPartUpload = names.contains("partNumber") || names.contains("uploads")
             let isAbort = r.method == "DELETE" && names.contains("uploadId")
             let isWrite = key != nil && !isRead && !isPartUpload && !isAbort
+            if isWrite {
+                lock.lock()
+                let held = switching
+                if !held { writesInFlight += 1 }
+                lock.unlock()
+                if held { return .error(503, "SlowDown", "the tap is switching sides; retry") }
+            }
+            defer {
+                if isWrite {
+                    lock.lock()
+                    writesInFlight -= 1
+                    lock.unlock()
+                }
+            }
             if isWrite, let key {
-                // The intent is journaled before the primary acts: a crash after the primary's answer cannot leave
-                // a write on one side only (the mirror re-reads the key from the primary, whatever happened).
+                // The intent is journaled before the primary acts: after a crash between the primary's answer and
+                // the record below, the restart syncs the key again from the primary (`reconcileIntents`).
                 try record(op: "intent", key: key)
             }
             var target = primary
@@ -325,7 +365,7 @@ public final class S3Tap: TapServer, @unchecked Sendable {
                 res = try forward(target, r.method, key, query, headers, r.body, bodyHash)
             }
             if (200..<300).contains(res.status), let key, isWrite {
-                // Once the primary has it: the mirror syncs the key again (an intent applied early saw the old state).
+                // Once the primary has it, the mirror syncs the key from the primary.
                 try record(op: r.method == "DELETE" ? "delete" : "put", key: key)
             }
             var out = res.headers.filter { Self.returnedHeaders.contains($0.key) || $0.key.hasPrefix("x-amz-meta-") }.map { ($0.key, $0.value) }
@@ -334,6 +374,32 @@ public final class S3Tap: TapServer, @unchecked Sendable {
         } catch {
             logger.error("\(r.method) \(rawPath) to \(primary) failed: \(error)")
             return .error(503, "ServiceUnavailable", "the primary side did not answer")
+        }
+    }
+
+    /// Counts and logs a refused request (at most the first 20, then every 10,000th: a flood of refusals must not
+    /// fill the disk the queue lives on) and answers it.
+    func refusal(_ error: SigV4Verifier.Failure, _ method: String, _ rawPath: String) -> Response {
+        lock.lock()
+        refused += 1
+        let n = refused
+        lock.unlock()
+        if n <= 20 || n % 10_000 == 0 {
+            logger.warning("refused \(method) \(String(rawPath.prefix(200))): \(error)", metadata: ["refused_total": "\(n)"])
+        }
+        return .error(error.code == "NotImplemented" ? 501 : 403, error.code, "\(error)")
+    }
+
+    /// What can be checked from a request's head alone, before any body byte is read: the signature over the
+    /// declared payload hash (the body is checked against that hash once it has arrived).
+    func checkHead(method: String, uri: String, headers: [(String, String)]) -> Response? {
+        let (rawPath, rawQuery) = uri.firstIndex(of: "?").map { (String(uri[..<$0]), String(uri[uri.index(after: $0)...])) } ?? (uri, nil)
+        let declared = headers.first { $0.0.lowercased() == "x-amz-content-sha256" }?.1.lowercased() ?? ""
+        do {
+            _ = try verifier.verify(method: method, rawPath: rawPath, rawQuery: rawQuery, headers: headers, bodySHA256: declared)
+            return nil
+        } catch {
+            return refusal(error, method, rawPath)
         }
     }
 
@@ -461,6 +527,9 @@ public final class S3Tap: TapServer, @unchecked Sendable {
     private func apply(_ payload: [UInt8], to target: String) throws {
         guard let obj = try JSONSerialization.jsonObject(with: Data(payload)) as? [String: String], let op = obj["op"], let key = obj["key"]
         else { return }
+        // An intent is applied only through a restart's reconciliation: a write that succeeded is followed by its
+        // own record, one that failed changed nothing, and a crash in between is what `reconcileIntents` covers.
+        if op == "intent" { return }
         // R2 takes one write per key per second.
         lock.lock()
         let last = lastWrite[key]
@@ -479,7 +548,7 @@ public final class S3Tap: TapServer, @unchecked Sendable {
     }
 
     /// Makes `dkey` on `dst` what `skey` on `src` is now (or removes it).
-    /// `intent` and `put` sync the key from the primary; `delete` removes it.
+    /// `put` syncs the key from the primary; `delete` removes it. (`intent` records are skipped by `apply`.)
     private func mirror(op: String, key: String, from src: S3Client, _ skey: String, to dst: S3Client, _ dkey: String) throws {
         guard op != "delete", let head = try src.headObject(skey) else {
             // Deleted, or gone from the primary since: the secondary follows.
@@ -537,11 +606,42 @@ public final class S3Tap: TapServer, @unchecked Sendable {
     }
 
     public func setMode(_ m: TapMode) throws -> TapStatus {
-        try Data(m.rawValue.utf8).write(to: URL(fileURLWithPath: modePath), options: .atomic)
         lock.lock()
         let before = mode
-        mode = m
         lock.unlock()
+        let primaryOf: (TapMode) -> String = { $0 == .mirror ? "old" : "new" }
+        if primaryOf(before) != primaryOf(m) && before != .single {
+            // Hold writes and let the mirror drain what the current primary took, so no record written on one
+            // side is ever applied in the other direction.
+            lock.lock()
+            switching = true
+            lock.unlock()
+            defer {
+                lock.lock()
+                switching = false
+                lock.unlock()
+            }
+            let deadline = Date().addingTimeInterval(60)
+            while true {
+                lock.lock()
+                let drained = writesInFlight == 0 && cursor >= journal.head
+                lock.unlock()
+                if drained { break }
+                guard Date() < deadline else {
+                    throw FerryError(.gateNotMet, "the mirror did not drain within 60s; the primary was not switched")
+                }
+                _ = journal.wait(beyond: journal.head, timeout: 0.05)
+            }
+            try Data(m.rawValue.utf8).write(to: URL(fileURLWithPath: modePath), options: .atomic)
+            lock.lock()
+            mode = m
+            lock.unlock()
+        } else {
+            try Data(m.rawValue.utf8).write(to: URL(fileURLWithPath: modePath), options: .atomic)
+            lock.lock()
+            mode = m
+            lock.unlock()
+        }
         if before != m { logger.notice("mode \(before.rawValue) -> \(m.rawValue)") }
         return status()
     }
@@ -568,6 +668,13 @@ final class S3ProxyHandler: ChannelInboundHandler {
     var head: HTTPRequestHead?
     var body: [UInt8] = []
     var tooLarge = false
+    /// The head was refused: the answer is sent and the connection closes; no body byte is kept.
+    var rejected = false
+    /// A request is being served (set and cleared on the event loop): the idle timeout waits for its answer.
+    final class Busy: @unchecked Sendable {
+        var value = false
+    }
+    let busy = Busy()
 
     init(tap: S3Tap, maxBody: Int) {
         self.tap = tap
@@ -580,20 +687,31 @@ final class S3ProxyHandler: ChannelInboundHandler {
             head = h
             body = []
             tooLarge = false
+            rejected = false
+            // Refused from the head, before any body byte is read: a declared size over max_body (413), a
+            // missing or wrong signature (403).
+            if let n = h.headers.first(name: "content-length").flatMap(Int.init), n > maxBody {
+                reject(context, .error(413, "EntityTooLarge", "bodies over \(maxBody) bytes: use a multipart upload"))
+            } else if let refusal = tap.checkHead(method: h.method.rawValue, uri: h.uri, headers: h.headers.map { ($0.name, $0.value) }) {
+                reject(context, refusal)
+            }
         case .body(var b):
+            if rejected { return }
             if body.count + b.readableBytes > maxBody {
                 tooLarge = true
             } else {
                 body += b.readBytes(length: b.readableBytes) ?? []
             }
         case .end:
-            guard let h = head else { return }
+            guard let h = head, !rejected else { return }
             let request = S3Tap.Request(method: h.method.rawValue, uri: h.uri, headers: h.headers.map { ($0.name, $0.value) }, body: body)
             let keepAlive = h.isKeepAlive
             let channel = context.channel
             let tap = self.tap
             let large = tooLarge
             let maxBody = self.maxBody
+            let busy = self.busy
+            busy.value = true
             tap.dispatch {
                 let r = large ? S3Tap.Response.error(400, "EntityTooLarge", "bodies over \(maxBody) bytes: use a multipart upload") : tap.serve(request)
                 channel.eventLoop.execute {
@@ -605,11 +723,40 @@ final class S3ProxyHandler: ChannelInboundHandler {
                     channel.write(HTTPServerResponsePart.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers)), promise: nil)
                     if !isHead && !r.body.isEmpty { channel.write(HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(bytes: r.body))), promise: nil) }
                     channel.writeAndFlush(HTTPServerResponsePart.end(nil)).whenComplete { _ in
+                        busy.value = false
                         if !keepAlive { channel.close(promise: nil) }
                     }
                 }
             }
         }
+    }
+}
+
+/// A connection over `max_connections`: closed as soon as it is accepted, nothing read.
+final class CloseOnActive: ChannelInboundHandler {
+    typealias InboundIn = NIOAny
+    func channelActive(context: ChannelHandlerContext) { context.close(promise: nil) }
+}
+
+extension S3ProxyHandler {
+    func reject(_ context: ChannelHandlerContext, _ r: S3Tap.Response) {
+        rejected = true
+        var headers = HTTPHeaders(r.headers)
+        headers.replaceOrAdd(name: "content-length", value: String(r.body.count))
+        headers.replaceOrAdd(name: "connection", value: "close")
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: HTTPResponseStatus(statusCode: r.status), headers: headers))), promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: r.body)))), promise: nil)
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
+    }
+
+    /// A client that sends nothing for `header_timeout` (half a head, or an idle keep-alive) is closed.
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let e = event as? IdleStateHandler.IdleStateEvent, e == .read {
+            if !busy.value { context.close(promise: nil) }
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 }
 
