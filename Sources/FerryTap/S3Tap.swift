@@ -314,6 +314,9 @@ public final class S3Tap: TapServer, @unchecked Sendable {
         }
         let names = Set(query.map(\.0))
         let isRead = r.method == "GET" || r.method == "HEAD"
+        if key == nil && isRead && r.method == "GET" && !names.contains("uploads") && !names.contains("location") {
+            return list(query)
+        }
         if key == nil && !isRead {
             if r.method == "POST" && names.contains("delete") { return deleteObjects(r, query, headers, bodyHash) }
             // Tagging, ACL, policy, lifecycle, CORS, ...: not mirrored, so refused rather than applied to one side.
@@ -400,6 +403,38 @@ public final class S3Tap: TapServer, @unchecked Sendable {
             return nil
         } catch {
             return refusal(error, method, rawPath)
+        }
+    }
+
+    /// A listing through the tap shows the application its own bucket: with a side prefix, the prefix is added to
+    /// `prefix` and `start-after` on the way in and stripped from every key and prefix on the way out, so no key
+    /// outside it is ever shown, and every key shown can be read back through the tap.
+    func list(_ query: [(String, String)]) -> Response {
+        let p = primary
+        let sidePrefix = side(p).prefix
+        var q = query.filter { $0.0 != "prefix" && $0.0 != "start-after" && $0.0 != "marker" }
+        let asked = query.first { $0.0 == "prefix" }?.1 ?? ""
+        q.append(("prefix", sidePrefix + asked))
+        if let after = query.first(where: { $0.0 == "start-after" })?.1 { q.append(("start-after", sidePrefix + after)) }
+        if let marker = query.first(where: { $0.0 == "marker" })?.1 { q.append(("marker", sidePrefix + marker)) }
+        let urlEncoded = query.contains { $0.0 == "encoding-type" && $0.1 == "url" }
+        do {
+            let res = try forward(p, "GET", nil, q, [], [], SigV4.emptyPayloadHash)
+            var body = String(decoding: res.body, as: UTF8.self)
+            if (200..<300).contains(res.status) {
+                if !sidePrefix.isEmpty {
+                    let shown = urlEncoded ? (sidePrefix.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed) ?? sidePrefix) : Self.escapeXML(sidePrefix)
+                    for tag in ["Key", "Prefix", "StartAfter", "Marker", "NextMarker"] {
+                        body = body.replacingOccurrences(of: "<\(tag)>\(shown)", with: "<\(tag)>")
+                    }
+                }
+                body = body.replacingOccurrences(of: "<Name>\(Self.escapeXML(side(p).bucket))</Name>", with: "<Name>\(Self.escapeXML(config.bucket))</Name>")
+            }
+            let out = res.headers.filter { Self.returnedHeaders.contains($0.key) }.map { ($0.key, $0.value) }
+            return Response(status: res.status, headers: out, body: Array(body.utf8))
+        } catch {
+            logger.error("listing \(p) failed: \(error)")
+            return .error(503, "ServiceUnavailable", "the primary side did not answer")
         }
     }
 

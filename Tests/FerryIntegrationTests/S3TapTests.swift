@@ -279,6 +279,49 @@ import Glibc
         #expect(r["served"] as? String == "fine")
     }
 
+    /// With a side prefix, the application sees its own keys only, and every key it lists can be read (boto3).
+    @Test func aSidePrefixIsAddedOnTheWayInAndStrippedOnTheWayOut() throws {
+        let weed = try SeaweedFS()
+        let pfx = try mediaBucket(weed, name: "pfx")
+        _ = try mediaBucket(weed, name: "pfx-new")
+        _ = try pfx.putObject("app/a.png", Array("a".utf8))
+        _ = try pfx.putObject("app/sub/b.png", Array("b".utf8))
+        _ = try pfx.putObject("other/secret.txt", Array("secret".utf8))
+        let dir = TempDir("s3tap-prefix")
+        let port = freePorts(1)[0]
+        let env = [
+            "MEDIA_ACCESS_KEY_ID": weed.accessKey, "MEDIA_SECRET_ACCESS_KEY": weed.secretKey,
+            "TAP_ACCESS_KEY_ID": "mastodon-app", "TAP_SECRET_ACCESS_KEY": "tap-secret-never-logged",
+        ]
+        let plan = try writePlan(dir.path, """
+            version: 1
+            name: media
+            source:      { kind: s3, endpoint: "\(weed.endpoint)", region: us-east-1, bucket: pfx, prefix: app/, credentials: "env:MEDIA_" }
+            destination: { kind: s3, endpoint: "\(weed.endpoint)", region: us-east-1, bucket: pfx-new, prefix: app/, credentials: "env:MEDIA_" }
+            tap:         { kind: s3, listen: "127.0.0.1:\(port)", credentials: "env:TAP_", bucket: media, control: "\(dir.sub("c.sock"))" }
+            """)
+        let tapProcess = try startTap(plan, env, dir)
+        defer {
+            kill(tapProcess.processIdentifier, SIGKILL)
+            tapProcess.waitUntilExit()
+        }
+        let out = String(decoding: try pythonOutput("""
+            import boto3, json
+            from botocore.config import Config
+            tap = boto3.client("s3", endpoint_url="http://127.0.0.1:\(port)", region_name="auto",
+                aws_access_key_id="mastodon-app", aws_secret_access_key="tap-secret-never-logged",
+                config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3}))
+            keys = sorted(o["Key"] for o in tap.list_objects_v2(Bucket="media").get("Contents", []))
+            sub = sorted(o["Key"] for o in tap.list_objects_v2(Bucket="media", Prefix="sub/").get("Contents", []))
+            read = [tap.get_object(Bucket="media", Key=k)["Body"].read().decode() for k in keys]
+            sys.stdout.write(json.dumps({"keys": keys, "sub": sub, "read": read}))
+            """), as: UTF8.self)
+        let r = try #require(try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: [String]])
+        #expect(r["keys"] == ["a.png", "sub/b.png"], "never a key outside the prefix: \(r)")
+        #expect(r["sub"] == ["sub/b.png"])
+        #expect(r["read"] == ["a", "b"], "every listed key reads back through the tap")
+    }
+
     /// Starts `ferry tap PLAN` with its log in `dir/tap.log` and waits for its control socket (`dir/c.sock`).
     func startTap(_ plan: String, _ env: [String: String], _ dir: TempDir) throws -> Process {
         let control = TapClient(socketPath: dir.sub("c.sock"))
