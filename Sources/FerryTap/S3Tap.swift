@@ -123,6 +123,21 @@ public final class S3Tap: TapServer, @unchecked Sendable {
     private let modePath: String
     private let workers = DispatchQueue(label: "ferry-s3-tap", attributes: .concurrent)
     let connections = Mutex<Int>(0)
+    /// Request body bytes held in memory across all connections; past `maxInFlight` a request gets 503 SlowDown
+    /// (clients retry) instead of more memory.
+    let bodyBytes = Mutex<Int>(0)
+    var maxInFlight: Int { max(4 * config.maxBody, 256 * 1_048_576) }
+
+    /// Reserves `n` more body bytes; false when the bound would be passed.
+    func reserveBody(_ n: Int) -> Bool {
+        bodyBytes.withLock { held in
+            guard held + n <= maxInFlight else { return false }
+            held += n
+            return true
+        }
+    }
+
+    func releaseBody(_ n: Int) { bodyBytes.withLock { $0 -= n } }
 
     public init(config: S3TapConfig, logger: Logger) throws {
         self.config = config
@@ -703,6 +718,10 @@ final class S3ProxyHandler: ChannelInboundHandler {
     var head: HTTPRequestHead?
     var body: [UInt8] = []
     var tooLarge = false
+    /// The tap's bound on body bytes in memory was reached for this request.
+    var overloaded = false
+    /// Body bytes this handler holds in the tap's account.
+    var reserved = 0
     /// The head was refused: the answer is sent and the connection closes; no body byte is kept.
     var rejected = false
     /// A request is being served (set and cleared on the event loop): the idle timeout waits for its answer.
@@ -731,10 +750,14 @@ final class S3ProxyHandler: ChannelInboundHandler {
                 reject(context, refusal)
             }
         case .body(var b):
-            if rejected { return }
+            if rejected || overloaded || tooLarge { return }
             if body.count + b.readableBytes > maxBody {
                 tooLarge = true
+            } else if !tap.reserveBody(b.readableBytes) {
+                overloaded = true
+                body = []
             } else {
+                reserved += b.readableBytes
                 body += b.readBytes(length: b.readableBytes) ?? []
             }
         case .end:
@@ -744,11 +767,20 @@ final class S3ProxyHandler: ChannelInboundHandler {
             let channel = context.channel
             let tap = self.tap
             let large = tooLarge
+            let busyTap = overloaded
             let maxBody = self.maxBody
             let busy = self.busy
+            let held = reserved
+            reserved = 0
+            overloaded = false
+            body = []
             busy.value = true
             tap.dispatch {
-                let r = large ? S3Tap.Response.error(400, "EntityTooLarge", "bodies over \(maxBody) bytes: use a multipart upload") : tap.serve(request)
+                defer { tap.releaseBody(held) }
+                let r =
+                    large
+                    ? S3Tap.Response.error(400, "EntityTooLarge", "bodies over \(maxBody) bytes: use a multipart upload")
+                    : busyTap ? S3Tap.Response.error(503, "SlowDown", "the tap holds too many request bodies; retry") : tap.serve(request)
                 channel.eventLoop.execute {
                     var headers = HTTPHeaders(r.headers.filter { $0.0.lowercased() != "content-length" })
                     let isHead = request.method == "HEAD"
@@ -764,6 +796,17 @@ final class S3ProxyHandler: ChannelInboundHandler {
                 }
             }
         }
+    }
+}
+
+extension S3ProxyHandler {
+    /// A connection that closes inside a body gives its bytes back to the tap's account.
+    func channelInactive(context: ChannelHandlerContext) {
+        if reserved > 0 {
+            tap.releaseBody(reserved)
+            reserved = 0
+        }
+        context.fireChannelInactive()
     }
 }
 

@@ -256,10 +256,19 @@ import Glibc
             s = socket.create_connection(("127.0.0.1", port)); s.settimeout(20)
             s.sendall(b"GET /media/x HTTP/1.1\\r\\nHost: h\\r\\nX-Slow: ")
             t = time.time(); closed = s.recv(100) == b""; r["half"] = [closed, time.time() - t]; s.close()
-            held = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]
-            extra = socket.create_connection(("127.0.0.1", port)); extra.settimeout(20)
-            t = time.time(); r["over_limit"] = [extra.recv(100) == b"", time.time() - t]
-            for h in held: h.close()
+            # 25 connections at once, 20 allowed: which ones are refused depends on accept order across event
+            # loops, so the count is checked: 5 are closed well before header_timeout (3 s), 20 are still open.
+            conns = [socket.create_connection(("127.0.0.1", port)) for _ in range(25)]
+            closed, still_open = 0, 0
+            t = time.time()
+            for c in conns:
+                c.settimeout(max(0.05, 1.5 - (time.time() - t)))
+                try:
+                    closed += c.recv(100) == b""
+                except socket.timeout:
+                    still_open += 1
+            r["over_limit"] = [closed, still_open]
+            for c in conns: c.close()
             time.sleep(0.2)  # the closes reach the tap (its count drops); not synchronisation of the assertions
             cfg = Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3})
             tap = boto3.client("s3", endpoint_url="http://127.0.0.1:%d" % port, region_name="auto",
@@ -274,8 +283,8 @@ import Glibc
         #expect((unsigned[0] as? String)?.contains("403") == true && (unsigned[1] as? Double ?? 99) < 5, "\(r)")
         let half = try #require(r["half"] as? [Any])
         #expect(half[0] as? Bool == true && (half[1] as? Double ?? 99) < 15, "half a head is closed after header_timeout: \(r)")
-        let over = try #require(r["over_limit"] as? [Any])
-        #expect(over[0] as? Bool == true && (over[1] as? Double ?? 99) < 2.5, "the 21st connection is closed at accept, before header_timeout: \(r)")
+        let over = try #require(r["over_limit"] as? [Int])
+        #expect(over == [5, 20], "5 of 25 connections are closed at accept, 20 served (closed, open): \(r)")
         #expect(r["served"] as? String == "fine")
     }
 
