@@ -605,6 +605,20 @@ public final class S3Tap: TapServer, @unchecked Sendable {
             return try dst.deleteObject(dkey)
         }
         var headers = S3Store.carried(head.headers).sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
+        // Object tags travel too (a GET does not return them): read from the primary, sent with the write.
+        if let count = head.headers["x-amz-tagging-count"].flatMap(Int.init), count > 0,
+            let tags = try? src.forward(method: "GET", key: skey, query: [("tagging", "")], headers: [], body: []),
+            (200..<300).contains(tags.status)
+        {
+            let keys = Self.xmlValues(tags.body, "Key"), values = Self.xmlValues(tags.body, "Value")
+            var allowed = CharacterSet.alphanumerics
+            allowed.insert(charactersIn: "-_.~")
+            let pairs = zip(keys, values).map {
+                ($0.addingPercentEncoding(withAllowedCharacters: allowed) ?? $0) + "="
+                    + ($1.addingPercentEncoding(withAllowedCharacters: allowed) ?? $1)
+            }
+            if !pairs.isEmpty { headers.append(("x-amz-tagging", pairs.joined(separator: "&"))) }
+        }
         if head.size <= Self.mirrorPartSize {
             guard let body = try src.getObject(skey) else { return try dst.deleteObject(dkey) }
             let digest = SHA256Hasher.digest(body).hex
