@@ -52,6 +52,9 @@ public final class HTTPClient {
         ferry_setopt_str(handle, CURLOPT_URL, url)
         ferry_setopt_slist(handle, CURLOPT_HTTPHEADER, list)
         ferry_setopt_long(handle, CURLOPT_NOSIGNAL, 1)
+        // The path goes as it was signed: libcurl must not remove `.`/`..` segments (keys are confined by their
+        // callers, and a rewritten path would no longer match its signature).
+        ferry_setopt_long(handle, CURLOPT_PATH_AS_IS, 1)
         ferry_setopt_long(handle, CURLOPT_CONNECTTIMEOUT, connectTimeout)
         ferry_setopt_long(handle, CURLOPT_LOW_SPEED_LIMIT, 1024)
         ferry_setopt_long(handle, CURLOPT_LOW_SPEED_TIME, lowSpeedTime)
