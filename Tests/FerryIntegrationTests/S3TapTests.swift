@@ -129,27 +129,9 @@ import Glibc
     /// on both sides, object tags reach the primary, dot segments are refused by the tap itself, and reflected
     /// text is escaped in error XML.
     @Test func batchDeletesAndHeadersReachBothSidesAndEverythingElseIsRefused() throws {
-        let weed = try SeaweedFS()
-        _ = try mediaBucket(weed)
-        _ = try mediaBucket(weed, name: "media-r2")
-        let dir = TempDir("s3tap-hostile")
-        let port = freePorts(1)[0]
-        let env = [
-            "MEDIA_ACCESS_KEY_ID": weed.accessKey, "MEDIA_SECRET_ACCESS_KEY": weed.secretKey,
-            "TAP_ACCESS_KEY_ID": "mastodon-app", "TAP_SECRET_ACCESS_KEY": "tap-secret-never-logged",
-        ]
-        let plan = try writePlan(dir.path, """
-            version: 1
-            name: media
-            source:      { kind: s3, endpoint: "\(weed.endpoint)", region: us-east-1, bucket: media, credentials: "env:MEDIA_" }
-            destination: { kind: s3, endpoint: "\(weed.endpoint)", region: us-east-1, bucket: media-r2, credentials: "env:MEDIA_" }
-            tap:         { kind: s3, listen: "127.0.0.1:\(port)", credentials: "env:TAP_", control: "\(dir.sub("c.sock"))" }
-            """)
-        let tapProcess = try startTap(plan, env, dir)
-        defer {
-            kill(tapProcess.processIdentifier, SIGKILL)
-            tapProcess.waitUntilExit()
-        }
+        let rig = try TapRig(self)
+        defer { withExtendedLifetime(rig) {} }  // the tap runs until the test ends
+        let (weed, dir, port) = (rig.weed, rig.dir, rig.port)
         let out = String(decoding: try pythonOutput("""
             import boto3, json, time, urllib.request, urllib.error
             import xml.etree.ElementTree as ET
@@ -227,27 +209,9 @@ import Glibc
     /// 403, both before any body byte is sent; half a head is closed after header_timeout; connections past
     /// max_connections are closed at accept. Signed requests are served all along. Python's socket and boto3.
     @Test func unauthenticatedClientsAreRefusedFromTheHeadTimedOutAndLimited() throws {
-        let weed = try SeaweedFS()
-        _ = try mediaBucket(weed)
-        _ = try mediaBucket(weed, name: "media-r2")
-        let dir = TempDir("s3tap-limits")
-        let port = freePorts(1)[0]
-        let env = [
-            "MEDIA_ACCESS_KEY_ID": weed.accessKey, "MEDIA_SECRET_ACCESS_KEY": weed.secretKey,
-            "TAP_ACCESS_KEY_ID": "mastodon-app", "TAP_SECRET_ACCESS_KEY": "tap-secret-never-logged",
-        ]
-        let plan = try writePlan(dir.path, """
-            version: 1
-            name: media
-            source:      { kind: s3, endpoint: "\(weed.endpoint)", region: us-east-1, bucket: media, credentials: "env:MEDIA_" }
-            destination: { kind: s3, endpoint: "\(weed.endpoint)", region: us-east-1, bucket: media-r2, credentials: "env:MEDIA_" }
-            tap:         { kind: s3, listen: "127.0.0.1:\(port)", credentials: "env:TAP_", control: "\(dir.sub("c.sock"))", max_body: 8MiB, header_timeout: 3s, max_connections: 20 }
-            """)
-        let tapProcess = try startTap(plan, env, dir)
-        defer {
-            kill(tapProcess.processIdentifier, SIGKILL)
-            tapProcess.waitUntilExit()
-        }
+        let rig = try TapRig(self, tap: ", max_body: 8MiB, header_timeout: 3s, max_connections: 20")
+        defer { withExtendedLifetime(rig) {} }  // the tap runs until the test ends
+        let port = rig.port
         let out = String(decoding: try pythonOutput("""
             import socket, time, json, boto3
             from botocore.config import Config
@@ -297,30 +261,15 @@ import Glibc
 
     /// With a side prefix, the application sees its own keys only, and every key it lists can be read (boto3).
     @Test func aSidePrefixIsAddedOnTheWayInAndStrippedOnTheWayOut() throws {
-        let weed = try SeaweedFS()
-        let pfx = try mediaBucket(weed, name: "pfx")
-        _ = try mediaBucket(weed, name: "pfx-new")
+        let rig = try TapRig(self, old: "pfx", new: "pfx-new", prefix: "app/")
+        defer { withExtendedLifetime(rig) {} }  // the tap runs until the test ends
+        let port = rig.port
+        let pfx = S3Client(
+            endpoint: rig.weed.endpoint, region: "us-east-1", bucket: "pfx",
+            credentials: S3Credentials(accessKeyID: rig.weed.accessKey, secretAccessKey: rig.weed.secretKey))
         _ = try pfx.putObject("app/a.png", Array("a".utf8))
         _ = try pfx.putObject("app/sub/b.png", Array("b".utf8))
         _ = try pfx.putObject("other/secret.txt", Array("secret".utf8))
-        let dir = TempDir("s3tap-prefix")
-        let port = freePorts(1)[0]
-        let env = [
-            "MEDIA_ACCESS_KEY_ID": weed.accessKey, "MEDIA_SECRET_ACCESS_KEY": weed.secretKey,
-            "TAP_ACCESS_KEY_ID": "mastodon-app", "TAP_SECRET_ACCESS_KEY": "tap-secret-never-logged",
-        ]
-        let plan = try writePlan(dir.path, """
-            version: 1
-            name: media
-            source:      { kind: s3, endpoint: "\(weed.endpoint)", region: us-east-1, bucket: pfx, prefix: app/, credentials: "env:MEDIA_" }
-            destination: { kind: s3, endpoint: "\(weed.endpoint)", region: us-east-1, bucket: pfx-new, prefix: app/, credentials: "env:MEDIA_" }
-            tap:         { kind: s3, listen: "127.0.0.1:\(port)", credentials: "env:TAP_", bucket: media, control: "\(dir.sub("c.sock"))" }
-            """)
-        let tapProcess = try startTap(plan, env, dir)
-        defer {
-            kill(tapProcess.processIdentifier, SIGKILL)
-            tapProcess.waitUntilExit()
-        }
         let out = String(decoding: try pythonOutput("""
             import boto3, json
             from botocore.config import Config
@@ -336,6 +285,40 @@ import Glibc
         #expect(r["keys"] == ["a.png", "sub/b.png"], "never a key outside the prefix: \(r)")
         #expect(r["sub"] == ["sub/b.png"])
         #expect(r["read"] == ["a", "b"], "every listed key reads back through the tap")
+    }
+
+    /// A running S3 tap in front of two buckets on a fresh SeaweedFS, for the tests that drive it with boto3.
+    final class TapRig {
+        let weed: SeaweedFS
+        let dir: TempDir
+        let port: Int
+        let process: Process
+
+        init(_ test: S3TapTests, old: String = "media", new: String = "media-r2", prefix: String = "", tap extra: String = "") throws {
+            weed = try SeaweedFS()
+            _ = try mediaBucket(weed, name: old)
+            _ = try mediaBucket(weed, name: new)
+            dir = TempDir("s3tap-rig")
+            port = freePorts(1)[0]
+            let env = [
+                "MEDIA_ACCESS_KEY_ID": weed.accessKey, "MEDIA_SECRET_ACCESS_KEY": weed.secretKey,
+                "TAP_ACCESS_KEY_ID": "mastodon-app", "TAP_SECRET_ACCESS_KEY": "tap-secret-never-logged",
+            ]
+            let p = prefix.isEmpty ? "" : ", prefix: \(prefix)"
+            let plan = try writePlan(dir.path, """
+                version: 1
+                name: media
+                source:      { kind: s3, endpoint: "\(weed.endpoint)", region: us-east-1, bucket: \(old)\(p), credentials: "env:MEDIA_" }
+                destination: { kind: s3, endpoint: "\(weed.endpoint)", region: us-east-1, bucket: \(new)\(p), credentials: "env:MEDIA_" }
+                tap:         { kind: s3, listen: "127.0.0.1:\(port)", credentials: "env:TAP_", bucket: media, control: "\(dir.sub("c.sock"))"\(extra) }
+                """)
+            process = try test.startTap(plan, env, dir)
+        }
+
+        deinit {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
     }
 
     /// Starts `ferry tap PLAN` with its log in `dir/tap.log` and waits for its control socket (`dir/c.sock`).
