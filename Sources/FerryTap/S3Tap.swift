@@ -762,6 +762,10 @@ final class S3ProxyHandler: ChannelInboundHandler {
                 reject(context, .error(413, "EntityTooLarge", "bodies over \(maxBody) bytes: use a multipart upload"))
             } else if let refusal = tap.checkHead(method: h.method.rawValue, uri: h.uri, headers: h.headers.map { ($0.name, $0.value) }) {
                 reject(context, refusal)
+            } else if h.headers.first(name: "expect")?.lowercased() == "100-continue" {
+                // The head is acceptable: the client may send its body now (boto3 and the AWS SDKs wait up to a
+                // second for this before every PUT otherwise).
+                context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: h.version, status: .continue))), promise: nil)
             }
         case .body(var b):
             if rejected || overloaded || tooLarge { return }
