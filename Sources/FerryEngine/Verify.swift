@@ -393,8 +393,11 @@ final class VerifyPhase: @unchecked Sendable {
             // Metric files: the destination keeps live points, so parity is proven value by value.
             guard content else { return nil }
             do {
+                // With a tap, the last seconds before the snapshot are still on their way to the new side through
+                // it (its lag gates cover them): points are compared up to the snapshot less max_tap_lag.
+                let margin = plan.tap != nil ? Int(plan.cutover.maxTapLag ?? 30) : 0
                 return try points.comparePoints(
-                    e.path, source: source, until: snapshotTime, window: plan.verify.window.map { Int($0) },
+                    e.path, source: source, until: snapshotTime - margin, window: plan.verify.window.map { Int($0) },
                     now: Int(Date().timeIntervalSince1970))
             } catch {
                 return "cannot compare points: \(error.operatorText)"

@@ -384,7 +384,8 @@ public final class S3Tap: TapServer, @unchecked Sendable {
             }
             if (200..<300).contains(res.status), let key, isWrite {
                 // Once the primary has it, the mirror syncs the key from the primary.
-                try record(op: r.method == "DELETE" ? "delete" : "put", key: key)
+                let acl = r.headers.first { $0.0.lowercased() == "x-amz-acl" }?.1
+                try record(op: r.method == "DELETE" ? "delete" : "put", key: key, acl: acl)
             }
             var out = res.headers.filter { Self.returnedHeaders.contains($0.key) || $0.key.hasPrefix("x-amz-meta-") }.map { ($0.key, $0.value) }
             if r.method == "HEAD", let len = res.headers["content-length"] { out.append(("content-length", len)) }
@@ -501,8 +502,12 @@ public final class S3Tap: TapServer, @unchecked Sendable {
     }
 
     /// Records a write for the secondary, durably, before the application hears it succeeded.
-    func record(op: String, key: String) throws {
-        let line = try JSONSerialization.data(withJSONObject: ["op": op, "key": key])
+    /// `acl`: the canned ACL the application set with the write (`x-amz-acl`), which a GET of the object does not
+    /// return: the mirror applies it to the secondary too.
+    func record(op: String, key: String, acl: String? = nil) throws {
+        var fields = ["op": op, "key": key]
+        if let acl { fields["acl"] = acl }
+        let line = try JSONSerialization.data(withJSONObject: fields)
         try journal.append([UInt8](line))
     }
 
@@ -589,7 +594,7 @@ public final class S3Tap: TapServer, @unchecked Sendable {
         let dkey = side(target).prefix + key
         let skey = side(source).prefix + key
         try withClient(source) { src in
-            try withClient(target) { dst in try mirror(op: op, key: key, from: src, skey, to: dst, dkey) }
+            try withClient(target) { dst in try mirror(op: op, key: key, acl: obj["acl"], from: src, skey, to: dst, dkey) }
         }
         lock.lock()
         lastWrite[key] = Date()
@@ -599,12 +604,15 @@ public final class S3Tap: TapServer, @unchecked Sendable {
 
     /// Makes `dkey` on `dst` what `skey` on `src` is now (or removes it).
     /// `put` syncs the key from the primary; `delete` removes it. (`intent` records are skipped by `apply`.)
-    private func mirror(op: String, key: String, from src: S3Client, _ skey: String, to dst: S3Client, _ dkey: String) throws {
+    private func mirror(
+        op: String, key: String, acl: String? = nil, from src: S3Client, _ skey: String, to dst: S3Client, _ dkey: String
+    ) throws {
         guard op != "delete", let head = try src.headObject(skey) else {
             // Deleted, or gone from the primary since: the secondary follows.
             return try dst.deleteObject(dkey)
         }
         var headers = S3Store.carried(head.headers).sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
+        if let acl { headers.append(("x-amz-acl", acl)) }
         // Object tags travel too (a GET does not return them): read from the primary, sent with the write.
         if let count = head.headers["x-amz-tagging-count"].flatMap(Int.init), count > 0,
             let tags = try? src.forward(method: "GET", key: skey, query: [("tagging", "")], headers: [], body: []),
