@@ -105,8 +105,13 @@ public enum DryRun {
                 if e.size < 1 << 20 && smallSample.count < 200 { smallSample.append(e.path) }
             }
         }, skipped: { s in
-            inv.refusedCount += 1
-            if inv.refused.count < 100 { inv.refused.append("\(RawName.display(s.path)): \(s.reason)") }
+            if s.category == .policy {
+                inv.skippedByPolicyCount += 1
+                if inv.skippedByPolicy.count < 100 { inv.skippedByPolicy.append("\(RawName.display(s.path)): \(s.reason)") }
+            } else {
+                inv.refusedCount += 1
+                if inv.refused.count < 100 { inv.refused.append("\(RawName.display(s.path)): \(s.reason)") }
+            }
         })
         inv.largest = largest
         inv.topLevel = top.map { .init(name: $0.key, files: $0.value.0, bytes: $0.value.1) }.sorted { $0.bytes > $1.bytes }

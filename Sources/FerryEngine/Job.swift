@@ -189,8 +189,12 @@ public final class Job {
                 try ledger.recordSkipped(SkippedEntry(path: e.path, reason: why, category: .policy))
             }
         }, skipped: { s in
-            refused += 1
-            logger.warning("cannot read source entry", metadata: ["path": "\(RawName.display(s.path))", "reason": "\(s.reason)"])
+            if s.category == .policy {
+                skippedByPolicy += 1
+            } else {
+                refused += 1
+                logger.warning("cannot read source entry", metadata: ["path": "\(RawName.display(s.path))", "reason": "\(s.reason)"])
+            }
             try? ledger.recordSkipped(s)
         })
         if refused > 0 || skippedByPolicy > 0 {

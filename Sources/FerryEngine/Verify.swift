@@ -229,7 +229,7 @@ final class VerifyPhase: @unchecked Sendable {
         if let root = try destination.stat("") { try dst.add(root, verdict: "copy", reason: nil) }
         var unlisted: [SkippedEntry] = []
         try destination.walk({ e in try dst.add(e, verdict: "copy", reason: nil) }, skipped: { s in
-            if unlisted.count < 100 { unlisted.append(s) }
+            if s.category == .refused && unlisted.count < 100 { unlisted.append(s) }
         })
         try dst.flush()
         // What the destination walk could not read is not proven.
@@ -246,7 +246,9 @@ final class VerifyPhase: @unchecked Sendable {
             case .skip(let why): try src.add(e, verdict: "policy", reason: why)
             }
         }, skipped: { s in
-            try? src.add(Entry(path: s.path, kind: .file, size: 0, mtimeNs: 0, mode: 0, inode: 0), verdict: "refused", reason: s.reason)
+            try? src.add(
+                Entry(path: s.path, kind: .file, size: 0, mtimeNs: 0, mode: 0, inode: 0),
+                verdict: s.category == .policy ? "policy" : "refused", reason: s.reason)
         })
         try src.flush()
         return (src.count, dst.count)

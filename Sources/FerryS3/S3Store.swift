@@ -170,7 +170,11 @@ public final class S3Store: Store, ChecksumProviding, FenceChecking, ChunkSizing
             try c.list(prefix: prefix) { o in
                 let rel = String(o.key.dropFirst(prefix.count))
                 if rel.isEmpty { return }  // the prefix's own folder marker
-                if rel.hasPrefix(".ferry-fence/") { return }  // the taps' cutover fence objects are ferry's, not data
+                if rel.hasPrefix(".ferry-fence/") {
+                    // The taps' cutover fence objects are ferry's, not data: listed as skipped, never copied.
+                    skipped(SkippedEntry(path: rel, reason: "a cutover fence object of ferry's S3 tap", category: .policy))
+                    return
+                }
                 if rel.hasSuffix("/") {
                     // A folder marker (the console's "Create folder", s3fs, rclone): a directory, as rclone reads it.
                     let dir = String(rel.dropLast())

@@ -288,21 +288,21 @@ public final class CarbonTap: TapServer, @unchecked Sendable {
         lock.lock()
         invalid += 1
         invalidLogged += 1
-        let n = invalidLogged, total = invalid
+        let n = UInt64(invalidLogged), total = invalid
         lock.unlock()
-        if n <= 20 || n % 10_000 == 0 {
+        if LogLimit.allows(n) {
             logger.warning("invalid line from \(peer) refused (\(problem)): \(sample)", metadata: ["invalid_total": "\(total)"])
         }
     }
 
-    /// Refused pickle messages are logged as invalid lines are: the first 20, then every 10,000th (a flood of
-    /// tiny hostile frames must not fill the disk the spool lives on).
+    /// Refused pickle messages are logged as invalid lines are (`LogLimit`): a flood of tiny hostile frames must
+    /// not fill the disk the spool lives on.
     func reportRefused(peer: String, reason: String) {
         lock.lock()
         refused += 1
         let n = refused
         lock.unlock()
-        if n <= 20 || n % 10_000 == 0 {
+        if LogLimit.allows(n) {
             logger.warning("pickle message from \(peer) refused: \(reason)", metadata: ["refused_total": "\(n)"])
         }
     }

@@ -193,3 +193,9 @@ public func spawnDetached(executable: String, arguments: [String], log: String) 
     guard rc == 0 else { throw SystemCallError("posix_spawn", errno: rc, path: executable) }
     return pid
 }
+
+/// How often the taps log one kind of refused input: the first 20, then every 10,000th, so unauthenticated floods
+/// cannot fill the disk the spool and the log share, while the counters in the status stay exact.
+enum LogLimit {
+    static func allows(_ n: UInt64) -> Bool { n <= 20 || n % 10_000 == 0 }
+}

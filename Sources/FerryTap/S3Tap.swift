@@ -353,20 +353,8 @@ public final class S3Tap: TapServer, @unchecked Sendable {
             let isPartUpload = names.contains("partNumber") || names.contains("uploads")
             let isAbort = r.method == "DELETE" && names.contains("uploadId")
             let isWrite = key != nil && !isRead && !isPartUpload && !isAbort
-            if isWrite {
-                lock.lock()
-                let held = switching
-                if !held { writesInFlight += 1 }
-                lock.unlock()
-                if held { return .error(503, "SlowDown", "the tap is switching sides; retry") }
-            }
-            defer {
-                if isWrite {
-                    lock.lock()
-                    writesInFlight -= 1
-                    lock.unlock()
-                }
-            }
+            if isWrite && !beginWrite() { return Self.switchingSides }
+            defer { if isWrite { endWrite() } }
             if isWrite, let key {
                 // The intent is journaled before the primary acts: after a crash between the primary's answer and
                 // the record below, the restart syncs the key again from the primary (`reconcileIntents`).
@@ -403,7 +391,7 @@ public final class S3Tap: TapServer, @unchecked Sendable {
         refused += 1
         let n = refused
         lock.unlock()
-        if n <= 20 || n % 10_000 == 0 {
+        if LogLimit.allows(n) {
             logger.warning("refused \(method) \(String(rawPath.prefix(200))): \(error)", metadata: ["refused_total": "\(n)"])
         }
         return .error(error.code == "NotImplemented" ? 501 : 403, error.code, "\(error)")
@@ -462,6 +450,8 @@ public final class S3Tap: TapServer, @unchecked Sendable {
             return .error(501, "NotImplemented", "DeleteObjects through a tap with a side prefix: delete the keys one by one")
         }
         let requested = Self.xmlValues(r.body, "Key")
+        guard beginWrite() else { return Self.switchingSides }
+        defer { endWrite() }
         do {
             for key in requested { try record(op: "intent", key: key) }
             let res = try forward(primary, r.method, nil, query, headers, r.body, bodyHash)
@@ -474,6 +464,25 @@ public final class S3Tap: TapServer, @unchecked Sendable {
             logger.error("DeleteObjects to \(primary) failed: \(error)")
             return .error(503, "ServiceUnavailable", "the primary side did not answer")
         }
+    }
+
+    /// The answer to a write while the primary changes sides: S3 clients retry a SlowDown.
+    static let switchingSides = Response.error(503, "SlowDown", "the tap is switching sides; retry")
+
+    /// Admits a write (false while the primary changes sides) and counts it in flight until `endWrite`, so a
+    /// switch waits for every write the old primary took: keyed writes and DeleteObjects alike.
+    func beginWrite() -> Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        guard !switching else { return false }
+        writesInFlight += 1
+        return true
+    }
+
+    func endWrite() {
+        lock.lock()
+        writesInFlight -= 1
+        lock.unlock()
     }
 
     /// The text of every `<name>` element (XML entities decoded), in order.
