@@ -8,6 +8,22 @@ public struct HTTPResponse: Sendable {
     public var body: [UInt8]
 }
 
+/// What a request sends: bytes in memory, or the first `size` bytes of a file read as they go (a large request
+/// body a proxy has spooled to disk is never loaded whole).
+public enum HTTPBody: Sendable {
+    case bytes([UInt8])
+    case file(path: String, size: Int)
+
+    public static let empty = HTTPBody.bytes([])
+
+    public var count: Int {
+        switch self {
+        case .bytes(let b): return b.count
+        case .file(_, let size): return size
+        }
+    }
+}
+
 /// A transport-level failure (no HTTP status): connection refused, timeout, reset.
 public struct HTTPTransportError: Error, CustomStringConvertible, Sendable {
     public var code: Int
@@ -36,14 +52,47 @@ public final class HTTPClient {
     final class Exchange {
         var body: [UInt8] = []
         var headers: [String: String] = [:]
-        var upload: [UInt8]
+        var upload: [UInt8] = []
+        /// A file-backed upload: read with pread at `sent`.
+        var fd: Int32 = -1
+        var size = 0
         var sent = 0
-        init(upload: [UInt8]) { self.upload = upload }
+        init(upload: HTTPBody) throws {
+            switch upload {
+            case .bytes(let b):
+                self.upload = b
+                size = b.count
+            case .file(let path, let n):
+                fd = open(path, O_RDONLY | O_CLOEXEC)
+                guard fd >= 0 else { throw HTTPTransportError(code: -1, message: "cannot open the request body \(path): \(String(cString: strerror(errno)))") }
+                size = n
+            }
+        }
+        deinit { if fd >= 0 { close(fd) } }
+
+        /// Fills `dst` with up to `capacity` next bytes of the upload; CURL_READFUNC_ABORT on a read error.
+        func read(into dst: UnsafeMutableRawPointer, capacity: Int) -> Int {
+            let count = min(capacity, size - sent)
+            guard count > 0 else { return 0 }
+            if fd >= 0 {
+                let n = pread(fd, dst, count, off_t(sent))
+                guard n > 0 else { return Int(CURL_READFUNC_ABORT) }
+                sent += n
+                return n
+            }
+            upload.withUnsafeBytes { src in dst.copyMemory(from: src.baseAddress! + sent, byteCount: count) }
+            sent += count
+            return count
+        }
     }
 
     public func perform(method: String, url: String, headers: [(String, String)], body: [UInt8] = []) throws -> HTTPResponse {
+        try perform(method: method, url: url, headers: headers, upload: .bytes(body))
+    }
+
+    public func perform(method: String, url: String, headers: [(String, String)], upload body: HTTPBody) throws -> HTTPResponse {
         curl_easy_reset(handle)
-        let ex = Exchange(upload: body)
+        let ex = try Exchange(upload: body)
         let box = Unmanaged.passRetained(ex)
         defer { box.release() }
         var list: UnsafeMutablePointer<curl_slist>? = nil
@@ -89,13 +138,7 @@ public final class HTTPClient {
             ferry_setopt_off(handle, CURLOPT_INFILESIZE_LARGE, curl_off_t(body.count))
             ferry_setopt_ptr(handle, CURLOPT_READDATA, box.toOpaque())
             ferry_setopt_cb(handle, CURLOPT_READFUNCTION) { ptr, size, n, user in
-                let ex = Unmanaged<Exchange>.fromOpaque(user!).takeUnretainedValue()
-                let count = min(size * n, ex.upload.count - ex.sent)
-                ex.upload.withUnsafeBytes { src in
-                    UnsafeMutableRawPointer(ptr!).copyMemory(from: src.baseAddress! + ex.sent, byteCount: count)
-                }
-                ex.sent += count
-                return count
+                Unmanaged<Exchange>.fromOpaque(user!).takeUnretainedValue().read(into: UnsafeMutableRawPointer(ptr!), capacity: size * n)
             }
             if method == "POST" { ferry_setopt_str(handle, CURLOPT_CUSTOMREQUEST, "POST") }
         default:

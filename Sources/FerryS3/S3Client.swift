@@ -93,9 +93,22 @@ public final class S3Client: @unchecked Sendable {
         _ method: String, key: String?, query: [(String, String)] = [], headers extra: [(String, String)] = [],
         body: [UInt8] = [], payloadHash known: String? = nil, operation: String
     ) throws -> HTTPResponse {
+        try send(method, key: key, query: query, headers: extra, upload: .bytes(body), payloadHash: known, operation: operation)
+    }
+
+    /// `send` with a body that may be a file (`payloadHash` is then required: the file is not read twice).
+    func send(
+        _ method: String, key: String?, query: [(String, String)] = [], headers extra: [(String, String)] = [],
+        upload body: HTTPBody, payloadHash known: String? = nil, operation: String
+    ) throws -> HTTPResponse {
         var path = bucketPath + (key.map { "/" + $0 } ?? "")
         if path.isEmpty { path = "/" }
-        let payloadHash = known ?? (body.isEmpty ? SigV4.emptyPayloadHash : SHA256Hasher.digest(body).hex)
+        let payloadHash: String
+        switch (known, body) {
+        case (let k?, _): payloadHash = k
+        case (nil, .bytes(let b)): payloadHash = b.isEmpty ? SigV4.emptyPayloadHash : SHA256Hasher.digest(b).hex
+        case (nil, .file): throw FerryError(.other, "\(operation): a file-backed body needs its SHA-256 from the caller")
+        }
         var lastError: (any Error)?
         for attempt in 0..<maxAttempts {
             if attempt > 0 {
@@ -110,7 +123,7 @@ public final class S3Client: @unchecked Sendable {
             let qs = SigV4.canonicalQuery(query)
             let url = base + SigV4.encode(path, encodeSlash: false) + (qs.isEmpty ? "" : "?" + qs)
             do {
-                let r = try http.perform(method: method, url: url, headers: headers.filter { $0.0 != "host" }, body: body)
+                let r = try http.perform(method: method, url: url, headers: headers.filter { $0.0 != "host" }, upload: body)
                 if r.status == 429 || r.status == 500 || r.status == 502 || r.status == 503 || r.status == 504 {
                     lastError = Self.error(r, operation: operation)
                     continue
@@ -285,6 +298,13 @@ extension S3Client {
         method: String, key: String?, query: [(String, String)], headers: [(String, String)], body: [UInt8], payloadHash: String? = nil
     ) throws -> HTTPResponse {
         try send(method, key: key, query: query, headers: headers, body: body, payloadHash: payloadHash, operation: "\(method) \(key ?? "/")")
+    }
+
+    /// `forward` with a body that may be spooled to a file; `payloadHash` is its SHA-256.
+    public func forward(
+        method: String, key: String?, query: [(String, String)], headers: [(String, String)], upload: HTTPBody, payloadHash: String
+    ) throws -> HTTPResponse {
+        try send(method, key: key, query: query, headers: headers, upload: upload, payloadHash: payloadHash, operation: "\(method) \(key ?? "/")")
     }
 
     /// Server-side copy within this bucket (`x-amz-copy-source`); with `headers`, the metadata is replaced by

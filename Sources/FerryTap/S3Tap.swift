@@ -119,30 +119,47 @@ public final class S3Tap: TapServer, @unchecked Sendable {
     private var cursor: UInt64
     private var mirrorError: String?
     private var lastWrite: [String: Date] = [:]
+    /// Keys the primary took whose journal record failed, with their canned ACL (`recordOutcome`).
+    private var unsettled: [String: String?] = [:]
     private let cursorPath: String
     private let modePath: String
     private let workers = DispatchQueue(label: "ferry-s3-tap", attributes: .concurrent)
     let connections = Mutex<Int>(0)
-    /// Request body bytes held in memory across all connections; past `maxInFlight` a request gets 503 SlowDown
-    /// (clients retry) instead of more memory.
+    /// Request body bytes held in memory across all connections. A body larger than `memoryBody`, or any body
+    /// once `maxInMemory` is reached, goes to a file in `bodies/` instead: memory stays bounded whatever the
+    /// number of uploads and their sizes.
     let bodyBytes = Mutex<Int>(0)
-    var maxInFlight: Int { max(4 * config.maxBody, 256 * 1_048_576) }
+    static let memoryBody = 2 * 1_048_576
+    static let maxInMemory = 128 * 1_048_576
+    /// Request body bytes spooled to disk across all connections; past `maxOnDisk` a request gets 503 SlowDown
+    /// (clients retry) rather than filling the disk the journal lives on.
+    let diskBytes = Mutex<Int>(0)
+    let spoolFailures = Mutex<Int>(0)
+    var maxOnDisk: Int { max(16 * config.maxBody, 1 << 30) }
+    var bodyDirectory: String { config.directory + "/bodies" }
 
-    /// Reserves `n` more body bytes; false when the bound would be passed.
-    func reserveBody(_ n: Int) -> Bool {
-        bodyBytes.withLock { held in
-            guard held + n <= maxInFlight else { return false }
+    /// Reserves `n` more body bytes in memory (or on disk); false when the bound would be passed.
+    func reserveBody(_ n: Int, onDisk: Bool = false) -> Bool {
+        let bound = onDisk ? maxOnDisk : Self.maxInMemory
+        func take(_ held: inout Int) -> Bool {
+            guard held + n <= bound else { return false }
             held += n
             return true
         }
+        return onDisk ? diskBytes.withLock { take(&$0) } : bodyBytes.withLock { take(&$0) }
     }
 
-    func releaseBody(_ n: Int) { bodyBytes.withLock { $0 -= n } }
+    func releaseBody(_ n: Int, onDisk: Bool = false) {
+        if onDisk { diskBytes.withLock { $0 -= n } } else { bodyBytes.withLock { $0 -= n } }
+    }
 
     public init(config: S3TapConfig, logger: Logger) throws {
         self.config = config
         self.logger = logger
         try FileManager.default.createDirectory(atPath: config.directory, withIntermediateDirectories: true)
+        // Bodies of requests a previous run was receiving: never answered, so no client counts on them.
+        try? FileManager.default.removeItem(atPath: config.directory + "/bodies")
+        try FileManager.default.createDirectory(atPath: config.directory + "/bodies", withIntermediateDirectories: true)
         journal = try Journal(directory: config.directory + "/queue", fsync: config.fsync)
         verifier = SigV4Verifier(credentials: [config.credentials])
         cursorPath = config.directory + "/cursor.mirror"
@@ -253,7 +270,7 @@ public final class S3Tap: TapServer, @unchecked Sendable {
         var method: String
         var uri: String
         var headers: [(String, String)]
-        var body: [UInt8]
+        var body: HTTPBody
     }
 
     struct Response {
@@ -300,7 +317,13 @@ public final class S3Tap: TapServer, @unchecked Sendable {
     /// Runs on a worker thread: authenticate, forward, record the write.
     func serve(_ r: Request) -> Response {
         let (rawPath, rawQuery) = r.uri.firstIndex(of: "?").map { (String(r.uri[..<$0]), String(r.uri[r.uri.index(after: $0)...])) } ?? (r.uri, nil)
-        let bodyHash = SHA256Hasher.digest(r.body).hex
+        let bodyHash: String
+        do {
+            bodyHash = try Self.sha256(of: r.body)
+        } catch {
+            logger.error("reading a spooled request body failed: \(error)")
+            return .error(500, "InternalError", "the tap could not read the request body back")
+        }
         do {
             _ = try verifier.verify(method: r.method, rawPath: rawPath, rawQuery: rawQuery, headers: r.headers, bodySHA256: bodyHash)
         } catch {
@@ -373,7 +396,7 @@ public final class S3Tap: TapServer, @unchecked Sendable {
             if (200..<300).contains(res.status), let key, isWrite {
                 // Once the primary has it, the mirror syncs the key from the primary.
                 let acl = r.headers.first { $0.0.lowercased() == "x-amz-acl" }?.1
-                try record(op: r.method == "DELETE" ? "delete" : "put", key: key, acl: acl)
+                recordOutcome(op: r.method == "DELETE" ? "delete" : "put", key: key, acl: acl)
             }
             var out = res.headers.filter { Self.returnedHeaders.contains($0.key) || $0.key.hasPrefix("x-amz-meta-") }.map { ($0.key, $0.value) }
             if r.method == "HEAD", let len = res.headers["content-length"] { out.append(("content-length", len)) }
@@ -381,6 +404,26 @@ public final class S3Tap: TapServer, @unchecked Sendable {
         } catch {
             logger.error("\(r.method) \(rawPath) to \(primary) failed: \(error)")
             return .error(503, "ServiceUnavailable", "the primary side did not answer")
+        }
+    }
+
+    /// The SHA-256 of a request body, a file read a MiB at a time.
+    static func sha256(of body: HTTPBody) throws -> String {
+        switch body {
+        case .bytes(let b): return SHA256Hasher.digest(b).hex
+        case .file(let path, let size):
+            guard let fh = FileHandle(forReadingAtPath: path) else { throw FerryError(.other, "cannot open \(path)") }
+            defer { try? fh.close() }
+            let h = SHA256Hasher()
+            var left = size
+            while left > 0 {
+                guard let chunk = try fh.read(upToCount: min(left, 1 << 20)), !chunk.isEmpty else {
+                    throw FerryError(.other, "\(path) is shorter than the \(size) bytes received")
+                }
+                chunk.withUnsafeBytes { h.update($0) }
+                left -= chunk.count
+            }
+            return h.finish().hex
         }
     }
 
@@ -423,7 +466,7 @@ public final class S3Tap: TapServer, @unchecked Sendable {
         if let marker = query.first(where: { $0.0 == "marker" })?.1 { q.append(("marker", sidePrefix + marker)) }
         let urlEncoded = query.contains { $0.0 == "encoding-type" && $0.1 == "url" }
         do {
-            let res = try forward(p, "GET", nil, q, [], [], SigV4.emptyPayloadHash)
+            let res = try forward(p, "GET", nil, q, [], .empty, SigV4.emptyPayloadHash)
             var body = String(decoding: res.body, as: UTF8.self)
             if (200..<300).contains(res.status) {
                 if !sidePrefix.isEmpty {
@@ -443,25 +486,46 @@ public final class S3Tap: TapServer, @unchecked Sendable {
     }
 
     /// DeleteObjects (`POST /bucket?delete`, how Mastodon removes media in batches): forwarded to the primary,
-    /// and every key its answer reports deleted is journaled for the secondary. With a side prefix the request's
-    /// keys would need rewriting, so it is refused there rather than applied to the wrong keys.
+    /// and every key its answer reports deleted is journaled for the secondary. With a side prefix, the prefix is
+    /// added to every key of the request (its Content-MD5 computed again, the client's checksums dropped with the
+    /// bytes they covered) and stripped from every key of the answer.
     func deleteObjects(_ r: Request, _ query: [(String, String)], _ headers: [(String, String)], _ bodyHash: String) -> Response {
-        guard side("old").prefix.isEmpty && side("new").prefix.isEmpty else {
-            return .error(501, "NotImplemented", "DeleteObjects through a tap with a side prefix: delete the keys one by one")
+        guard case .bytes(let xml) = r.body else {
+            return .error(400, "MalformedXML", "a DeleteObjects body is at most 1000 keys")
         }
-        let requested = Self.xmlValues(r.body, "Key")
+        let requested = Self.xmlValues(xml, "Key")
         guard beginWrite() else { return Self.switchingSides }
         defer { endWrite() }
+        let p = primary
+        let sidePrefix = side(p).prefix
+        var body = xml, hash = bodyHash, headers = headers
+        if !sidePrefix.isEmpty {
+            body = Array(String(decoding: xml, as: UTF8.self).replacingOccurrences(of: "<Key>", with: "<Key>" + Self.escapeXML(sidePrefix)).utf8)
+            hash = SHA256Hasher.digest(body).hex
+            headers.removeAll { h in
+                let n = h.0.lowercased()
+                return n == "content-md5" || n.hasPrefix("x-amz-checksum-") || n == "x-amz-sdk-checksum-algorithm"
+            }
+            headers.append(("Content-MD5", Data(MD5.digest(body)).base64EncodedString()))
+        }
         do {
             for key in requested { try record(op: "intent", key: key) }
-            let res = try forward(primary, r.method, nil, query, headers, r.body, bodyHash)
+            let res = try forward(p, r.method, nil, query, headers, .bytes(body), hash)
+            var answer = res.body
+            if !sidePrefix.isEmpty {
+                answer = Array(
+                    String(decoding: res.body, as: UTF8.self).replacingOccurrences(of: "<Key>" + Self.escapeXML(sidePrefix), with: "<Key>").utf8)
+            }
             if (200..<300).contains(res.status) {
-                for key in Self.xmlValues(res.body, "Key") where requested.contains(key) { try record(op: "delete", key: key) }
+                let asked = Set(requested)
+                // Only the keys under <Deleted>: a key under <Error> is still on the primary, and stays on both.
+                let deleted = Self.xmlValues(answer, "Deleted", decode: false).flatMap { Self.xmlValues(Array($0.utf8), "Key") }
+                for key in deleted where asked.contains(key) { recordOutcome(op: "delete", key: key) }
             }
             let out = res.headers.filter { Self.returnedHeaders.contains($0.key) }.map { ($0.key, $0.value) }
-            return Response(status: res.status, headers: out, body: res.body)
+            return Response(status: res.status, headers: out, body: answer)
         } catch {
-            logger.error("DeleteObjects to \(primary) failed: \(error)")
+            logger.error("DeleteObjects to \(p) failed: \(error)")
             return .error(503, "ServiceUnavailable", "the primary side did not answer")
         }
     }
@@ -485,15 +549,15 @@ public final class S3Tap: TapServer, @unchecked Sendable {
         lock.unlock()
     }
 
-    /// The text of every `<name>` element (XML entities decoded), in order.
-    static func xmlValues(_ body: [UInt8], _ name: String) -> [String] {
+    /// The text of every `<name>` element (XML entities decoded, unless `decode` is false), in order.
+    static func xmlValues(_ body: [UInt8], _ name: String, decode: Bool = true) -> [String] {
         let text = String(decoding: body, as: UTF8.self)
         var out: [String] = []
         var rest = text[...]
         while let open = rest.range(of: "<\(name)>"), let close = rest[open.upperBound...].range(of: "</\(name)>") {
             let raw = String(rest[open.upperBound..<close.lowerBound])
             out.append(
-                raw.replacingOccurrences(of: "&lt;", with: "<").replacingOccurrences(of: "&gt;", with: ">")
+                !decode ? raw : raw.replacingOccurrences(of: "&lt;", with: "<").replacingOccurrences(of: "&gt;", with: ">")
                     .replacingOccurrences(of: "&quot;", with: "\"").replacingOccurrences(of: "&apos;", with: "'")
                     .replacingOccurrences(of: "&amp;", with: "&"))
             rest = rest[close.upperBound...]
@@ -503,11 +567,11 @@ public final class S3Tap: TapServer, @unchecked Sendable {
 
     /// Sends the request to a side; `bodyHash` is the one computed when the signature was checked.
     func forward(
-        _ name: String, _ method: String, _ key: String?, _ query: [(String, String)], _ headers: [(String, String)], _ body: [UInt8],
+        _ name: String, _ method: String, _ key: String?, _ query: [(String, String)], _ headers: [(String, String)], _ body: HTTPBody,
         _ bodyHash: String
     ) throws -> HTTPResponse {
         let k = key.map { side(name).prefix + $0 }
-        return try withClient(name) { try $0.forward(method: method, key: k, query: query, headers: headers, body: body, payloadHash: bodyHash) }
+        return try withClient(name) { try $0.forward(method: method, key: k, query: query, headers: headers, upload: body, payloadHash: bodyHash) }
     }
 
     /// Records a write for the secondary, durably, before the application hears it succeeded.
@@ -518,6 +582,37 @@ public final class S3Tap: TapServer, @unchecked Sendable {
         if let acl { fields["acl"] = acl }
         let line = try JSONSerialization.data(withJSONObject: fields)
         try journal.append([UInt8](line))
+    }
+
+    /// Records a write the primary has taken. If the journal fails now (its intent is already in it), the key is
+    /// kept in memory and the mirror thread records it again until it succeeds: the application hears the
+    /// primary's answer, and the write reaches the secondary once the journal takes records again (or, after a
+    /// crash, through the intent `reconcileIntents` finds).
+    func recordOutcome(op: String, key: String, acl: String? = nil) {
+        do {
+            try record(op: op, key: key, acl: acl)
+        } catch {
+            lock.lock()
+            unsettled[key] = acl
+            let n = unsettled.count
+            lock.unlock()
+            logger.error("journaling \(op) \(key) failed (\(error)); kept in memory and retried (\(n) keys waiting)")
+        }
+    }
+
+    /// Records again the writes whose outcome the journal refused (`recordOutcome`), as `put`: a sync from the
+    /// primary, which also covers a delete.
+    func settleUnrecorded() {
+        lock.lock()
+        let waiting = unsettled
+        lock.unlock()
+        for (key, acl) in waiting.sorted(by: { $0.key < $1.key }) {
+            guard (try? record(op: "put", key: key, acl: acl)) != nil else { return }
+            lock.lock()
+            unsettled[key] = nil
+            lock.unlock()
+        }
+        logger.notice("\(waiting.count) writes the journal had refused are recorded")
     }
 
     /// After a restart (a crash may have come between a primary's answer and the journal's record of it), the
@@ -549,6 +644,10 @@ public final class S3Tap: TapServer, @unchecked Sendable {
     private func mirrorLoop() {
         var backoff = 0.2
         while isRunning {
+            lock.lock()
+            let unsettledKeys = !unsettled.isEmpty
+            lock.unlock()
+            if unsettledKeys { settleUnrecorded() }
             let target = secondary
             lock.lock()
             let from = cursor
@@ -739,8 +838,45 @@ public final class S3Tap: TapServer, @unchecked Sendable {
     }
 }
 
-/// Collects one HTTP request (head and body, up to `maxBody`), serves it on a worker thread and writes the
-/// answer back on the channel's event loop.
+/// A request body past what is kept in memory: written to a file under the tap's `bodies/` as it arrives
+/// (one `write` per received chunk, on the event loop: a page-cache write, like the journal's appends), read back
+/// by the forwarding request, removed once the request is answered or its connection is gone.
+final class SpooledBody {
+    let path: String
+    private var fd: Int32
+    private(set) var size = 0
+
+    init(directory: String) throws {
+        path = directory + "/" + UUID().uuidString
+        fd = open(path, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw FerryError(.destinationIO, "cannot create \(path): \(String(cString: strerror(errno)))") }
+    }
+
+    func write(_ bytes: UnsafeRawBufferPointer) throws {
+        var done = 0
+        while done < bytes.count {
+            let n = Glibc.write(fd, bytes.baseAddress! + done, bytes.count - done)
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { throw FerryError(.destinationIO, "writing a request body to \(path): \(String(cString: strerror(errno)))") }
+            done += n
+        }
+        size += bytes.count
+    }
+
+    /// Closes the file; the body is then `.file(path, size)` until `remove`.
+    func seal() {
+        if fd >= 0 { close(fd) }
+        fd = -1
+    }
+
+    func remove() {
+        seal()
+        unlink(path)
+    }
+}
+
+/// Collects one HTTP request (head and body, up to `maxBody`: the first 2 MiB in memory, the rest spooled to a
+/// file), serves it on a worker thread and writes the answer back on the channel's event loop.
 final class S3ProxyHandler: ChannelInboundHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
@@ -748,11 +884,14 @@ final class S3ProxyHandler: ChannelInboundHandler {
     let maxBody: Int
     var head: HTTPRequestHead?
     var body: [UInt8] = []
+    var spooled: SpooledBody?
+    var received = 0
     var tooLarge = false
-    /// The tap's bound on body bytes in memory was reached for this request.
+    /// The tap's bound on body bytes on disk was reached (or the disk failed) for this request.
     var overloaded = false
-    /// Body bytes this handler holds in the tap's account.
+    /// Body bytes this handler holds in the tap's account, in memory and on disk.
     var reserved = 0
+    var reservedOnDisk = 0
     /// The head was refused: the answer is sent and the connection closes; no body byte is kept.
     var rejected = false
     /// A request is being served (set and cleared on the event loop): the idle timeout waits for its answer.
@@ -770,8 +909,9 @@ final class S3ProxyHandler: ChannelInboundHandler {
         switch unwrapInboundIn(data) {
         case .head(let h):
             head = h
-            body = []
+            dropBody()
             tooLarge = false
+            overloaded = false
             rejected = false
             // Refused from the head, before any body byte is read: a declared size over max_body (413), a
             // missing or wrong signature (403).
@@ -784,20 +924,49 @@ final class S3ProxyHandler: ChannelInboundHandler {
                 // second for this before every PUT otherwise).
                 context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: h.version, status: .continue))), promise: nil)
             }
-        case .body(var b):
+        case .body(let b):
             if rejected || overloaded || tooLarge { return }
-            if body.count + b.readableBytes > maxBody {
+            let n = b.readableBytes
+            if received + n > maxBody {
                 tooLarge = true
-            } else if !tap.reserveBody(b.readableBytes) {
+                dropBody()
+                return
+            }
+            received += n
+            if spooled == nil && body.count + n <= S3Tap.memoryBody && tap.reserveBody(n) {
+                reserved += n
+                body += b.readableBytesView
+                return
+            }
+            // Past what one request keeps in memory (or the tap's memory bound): to disk, what was held first.
+            do {
+                guard tap.reserveBody(n + (spooled == nil ? body.count : 0), onDisk: true) else {
+                    throw FerryError(.destinationIO, "the tap holds too many request bodies")
+                }
+                reservedOnDisk += n + (spooled == nil ? body.count : 0)
+                if spooled == nil {
+                    let file = try SpooledBody(directory: tap.bodyDirectory)
+                    spooled = file
+                    try body.withUnsafeBytes { try file.write($0) }
+                    body = []
+                    tap.releaseBody(reserved)
+                    reserved = 0
+                }
+                try b.withUnsafeReadableBytes { try spooled!.write($0) }
+            } catch {
                 overloaded = true
-                body = []
-            } else {
-                reserved += b.readableBytes
-                body += b.readBytes(length: b.readableBytes) ?? []
+                tap.logBodySpoolFailure(error)
+                dropBody()
             }
         case .end:
             guard let h = head, !rejected else { return }
-            let request = S3Tap.Request(method: h.method.rawValue, uri: h.uri, headers: h.headers.map { ($0.name, $0.value) }, body: body)
+            let file = spooled.map { f in
+                f.seal()
+                return UnsafeTransfer(f)
+            }
+            let request = S3Tap.Request(
+                method: h.method.rawValue, uri: h.uri, headers: h.headers.map { ($0.name, $0.value) },
+                body: spooled.map { .file(path: $0.path, size: $0.size) } ?? .bytes(body))
             let keepAlive = h.isKeepAlive
             let channel = context.channel
             let tap = self.tap
@@ -805,13 +974,21 @@ final class S3ProxyHandler: ChannelInboundHandler {
             let busyTap = overloaded
             let maxBody = self.maxBody
             let busy = self.busy
-            let held = reserved
+            let held = reserved, heldOnDisk = reservedOnDisk
+            // The request owns the body from here: the worker releases it once answered.
             reserved = 0
-            overloaded = false
+            reservedOnDisk = 0
+            spooled = nil
             body = []
+            received = 0
+            overloaded = false
             busy.value = true
             tap.dispatch {
-                defer { tap.releaseBody(held) }
+                defer {
+                    file?.wrappedValue.remove()
+                    tap.releaseBody(held)
+                    tap.releaseBody(heldOnDisk, onDisk: true)
+                }
                 let r =
                     large
                     ? S3Tap.Response.error(400, "EntityTooLarge", "bodies over \(maxBody) bytes: use a multipart upload")
@@ -837,11 +1014,20 @@ final class S3ProxyHandler: ChannelInboundHandler {
 extension S3ProxyHandler {
     /// A connection that closes inside a body gives its bytes back to the tap's account.
     func channelInactive(context: ChannelHandlerContext) {
-        if reserved > 0 {
-            tap.releaseBody(reserved)
-            reserved = 0
-        }
+        dropBody()
         context.fireChannelInactive()
+    }
+
+    /// Forgets the body being received, in memory and on disk.
+    func dropBody() {
+        body = []
+        spooled?.remove()
+        spooled = nil
+        received = 0
+        if reserved > 0 { tap.releaseBody(reserved) }
+        if reservedOnDisk > 0 { tap.releaseBody(reservedOnDisk, onDisk: true) }
+        reserved = 0
+        reservedOnDisk = 0
     }
 }
 
@@ -873,6 +1059,22 @@ extension S3ProxyHandler {
     }
 }
 
+/// Hands a value confined to one thread at a time (a request's spooled body) to the worker that takes it over.
+struct UnsafeTransfer<T>: @unchecked Sendable {
+    let wrappedValue: T
+    init(_ v: T) { wrappedValue = v }
+}
+
 extension S3Tap {
+    /// A body that could not be spooled (the disk bound, a full disk): the request gets 503 SlowDown; logged at
+    /// the LogLimit rate.
+    func logBodySpoolFailure(_ error: any Error) {
+        let n = spoolFailures.withLock { n in
+            n += 1
+            return n
+        }
+        if LogLimit.allows(UInt64(n)) { logger.warning("a request body was refused (503 SlowDown): \(error)", metadata: ["spool_refusals_total": "\(n)"]) }
+    }
+
     func dispatch(_ work: @escaping @Sendable () -> Void) { workers.async(execute: work) }
 }
