@@ -309,6 +309,11 @@ public final class S3Tap: TapServer, @unchecked Sendable {
         "x-amz-grant-read", "x-amz-grant-read-acp", "x-amz-grant-write-acp", "x-amz-grant-full-control",
     ]
     static let forwardedPrefixes = ["x-amz-meta-", "x-amz-server-side-encryption", "x-amz-checksum-"]
+    /// What a HEAD of the primary's object returns that the application set, beyond the headers a bucket copy
+    /// carries: the mirror writes them to the secondary too.
+    static let mirroredObjectHeaders = [
+        "x-amz-storage-class", "x-amz-website-redirect-location", "x-amz-server-side-encryption", "x-amz-server-side-encryption-aws-kms-key-id",
+    ]
     static let returnedHeaders: Set<String> = [
         "etag", "content-type", "last-modified", "content-range", "accept-ranges", "cache-control", "content-disposition",
         "content-encoding", "content-language", "expires",
@@ -352,6 +357,11 @@ public final class S3Tap: TapServer, @unchecked Sendable {
         }
         let names = Set(query.map(\.0))
         let isRead = r.method == "GET" || r.method == "HEAD"
+        if !isRead, headers.contains(where: { $0.0.lowercased().hasPrefix("x-amz-server-side-encryption-customer-") }) {
+            // The mirror reads each object back from the primary, which takes the customer's key: refused on
+            // both sides rather than written to one.
+            return .error(501, "NotImplemented", "SSE-C writes are not mirrored by the tap (it does not hold the customer key)")
+        }
         if key == nil && isRead && r.method == "GET" && !names.contains("uploads") && !names.contains("location") {
             return list(query)
         }
@@ -719,7 +729,9 @@ public final class S3Tap: TapServer, @unchecked Sendable {
             // Deleted, or gone from the primary since: the secondary follows.
             return try dst.deleteObject(dkey)
         }
-        var headers = S3Store.carried(head.headers).sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
+        var carried = S3Store.carried(head.headers)
+        for name in Self.mirroredObjectHeaders { if let v = head.headers[name] { carried[name] = v } }
+        var headers = carried.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
         if let acl { headers.append(("x-amz-acl", acl)) }
         // Object tags travel too (a GET does not return them): read from the primary, sent with the write.
         if let count = head.headers["x-amz-tagging-count"].flatMap(Int.init), count > 0,
