@@ -59,9 +59,9 @@ func printError(_ text: String) {
 func loadPlan(_ path: String) throws -> Plan {
     let diagnostics: [PlanDiagnostic]
     do {
-        let plan = try Registry.loader.load(file: path)
+        let plan = try Backends.loader.load(file: path)
         // The stores' and the tap's own checks, every problem at once, located like the loader's.
-        diagnostics = Registry.problems(plan).map { PlanLoader.diagnostic($0, plan: plan, displayPath: path) }
+        diagnostics = Backends.problems(plan).map { PlanLoader.diagnostic($0, plan: plan, displayPath: path) }
         if diagnostics.isEmpty { return plan }
     } catch {
         diagnostics = error.diagnostics
@@ -72,13 +72,13 @@ func loadPlan(_ path: String) throws -> Plan {
 }
 
 func makeJob(_ plan: Plan, _ options: GlobalOptions) throws -> Job {
-    let source = try Registry.source(plan)
-    let destination = try Registry.store(plan.destination, plan: plan)
+    let source = try Backends.source(plan)
+    let destination = try Backends.destination(plan)
     let job = Job(
         plan: plan, source: source, destination: destination, logger: options.logger(),
         progress: ProgressTracker(output: options.progressOutput()))
-    job.tap = try Registry.tap(plan, launch: true)
-    if job.tap != nil { job.liveSource = try Registry.store(plan.source, plan: plan) }
+    job.tap = try Backends.tap(plan, launch: true)
+    if job.tap != nil { job.liveSource = try Backends.liveSource(plan) }
     return job
 }
 
@@ -165,10 +165,10 @@ struct RunCommand: ParsableCommand {
     }
 
     func runDry(_ p: Plan) throws {
-        let source = try Registry.source(p)
+        let source = try Backends.source(p)
         out("dry run: \(source.displayName) → \(p.destination.displayName) (nothing is written)")
         if p.snapshot.hook != nil { out("note: the snapshot hook is not run in a dry run; the live tree is inventoried") }
-        let destination = try Registry.store(p.destination, plan: p)
+        let destination = try Backends.destination(p)
         let inv = try DryRun.inventory(source: source, destination: destination, plan: p)
         out("files        \(inv.files)  (\(Units.formatBytes(inv.bytes)))")
         out("directories  \(inv.directories)")
@@ -291,7 +291,7 @@ struct StatusCommand: ParsableCommand {
         let p = try loadPlan(plan)
         try guarded {
             let job = try makeJob(p, global)
-            let tapStatus = try Registry.tap(p, launch: false)?.status()
+            let tapStatus = try Backends.tap(p, launch: false)?.status()
             guard let s = try job.status() else {
                 if json {
                     struct NotStarted: Encodable {

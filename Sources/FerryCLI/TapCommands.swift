@@ -30,7 +30,7 @@ struct TapRun: ParsableCommand {
     func run() throws {
         let p = try loadPlan(plan)
         try guarded {
-            guard let spec = p.tap else { throw FerryError(.invalidPlan, "the plan has no tap section") }
+            guard let kind = try Backends.tapKind(p) else { throw FerryError(.invalidPlan, "the plan has no tap section") }
             let logger = global.logger()
             // Signals are blocked before any thread starts and taken synchronously here (sigwait), so none can
             // arrive half way through a write.
@@ -39,19 +39,9 @@ struct TapRun: ParsableCommand {
             sigaddset(&set, SIGTERM)
             sigaddset(&set, SIGINT)
             pthread_sigmask(SIG_BLOCK, &set, nil)
-            let stop: () -> Void
-            switch spec.kind {
-            case "carbon":
-                let tap = try CarbonTap(config: try CarbonTapConfig(plan: p), logger: logger)
-                try tap.start()
-                stop = tap.stop
-            case "s3":
-                let tap = try S3Tap(config: try S3TapConfig(plan: p), logger: logger)
-                try tap.start()
-                stop = tap.stop
-            default:
-                throw FerryError(.invalidPlan, "tap kind '\(spec.kind)' cannot run in this build")
-            }
+            let tap = try kind.make(p, logger)
+            try tap.start()
+            let stop = tap.stop
             var sig: Int32 = 0
             sigwait(&set, &sig)
             logger.notice("signal \(sig): stopping the tap")
@@ -73,7 +63,7 @@ struct TapCtl: ParsableCommand {
     func run() throws {
         let p = try loadPlan(plan)
         try guarded {
-            guard let client = try Registry.tap(p, launch: false) else { throw FerryError(.invalidPlan, "the plan has no tap section") }
+            guard let client = try Backends.tap(p, launch: false) else { throw FerryError(.invalidPlan, "the plan has no tap section") }
             switch command {
             case "status":
                 guard let s = try client.status() else {

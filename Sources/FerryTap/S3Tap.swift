@@ -26,14 +26,8 @@ public struct S3TapConfig: Sendable {
     public var maxConnections: Int = 512
     public var fsync: FsyncPolicy = .interval(1)
 
-    public struct S3Side: Sendable {
-        public var endpoint: String
-        public var region: String
-        public var bucket: String
-        public var prefix: String
-        public var credentials: S3Credentials
-        public var addressing: S3Addressing
-    }
+    /// A side is the plan's source or destination bucket, parsed as the S3 store parses it.
+    public typealias S3Side = S3Settings
 
     public static let keys: Set<String> = [
         "listen", "credentials", "bucket", "spool_dir", "control", "max_body", "fsync", "fence_timeout", "header_timeout",
@@ -51,22 +45,10 @@ public struct S3TapConfig: Sendable {
         guard plan.source.kind == "s3", plan.destination.kind == "s3" else {
             throw FerryError(.invalidPlan, "tap.kind s3 needs an s3 source and an s3 destination (the application writes to a bucket)")
         }
-        func side(_ spec: StoreSpec) throws -> S3Side {
-            let s = spec.options
-            guard let endpoint = s["endpoint"], let bucket = s["bucket"], let creds = s["credentials"] else {
-                throw FerryError(.invalidPlan, "s3 store needs endpoint, bucket and credentials")
-            }
-            let prefix = s["prefix"] ?? ""
-            return S3Side(
-                endpoint: endpoint, region: s["region"] ?? "auto", bucket: bucket,
-                prefix: prefix.isEmpty || prefix.hasSuffix("/") ? prefix : prefix + "/",
-                credentials: try CredentialSource.resolve(creds, baseDirectory: base),
-                addressing: S3Addressing(rawValue: s["addressing"] ?? "path") ?? .path)
-        }
         self.listen = listen
         credentials = try CredentialSource.resolve(o["credentials"] ?? "", baseDirectory: base)
-        old = try side(plan.source)
-        new = try side(plan.destination)
+        old = try S3Settings(plan.source.options, section: "source", baseDirectory: base)
+        new = try S3Settings(plan.destination.options, section: "destination", baseDirectory: base)
         bucket = o["bucket"] ?? old.bucket
         directory = o["spool_dir"].map { PathUtil.absolute(PathUtil.expandTilde($0), relativeTo: base) } ?? plan.stateDirectory + "/tap"
         controlSocket = o["control"].map { PathUtil.absolute(PathUtil.expandTilde($0), relativeTo: base) } ?? directory + "/control.sock"
@@ -170,13 +152,8 @@ public final class S3Tap: TapServer, @unchecked Sendable {
             mode = m
         }
         group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, min(4, System.coreCount)))
-        func store(_ s: S3TapConfig.S3Side) -> S3Store {
-            S3Store(
-                endpoint: s.endpoint, region: s.region, bucket: s.bucket, prefix: s.prefix, credentials: s.credentials,
-                partSize: Self.mirrorPartSize, addressing: s.addressing)
-        }
-        oldStore = store(config.old)
-        newStore = store(config.new)
+        oldStore = S3Store(config.old, partSize: Self.mirrorPartSize)
+        newStore = S3Store(config.new, partSize: Self.mirrorPartSize)
         try reconcileIntents()
     }
 

@@ -1,0 +1,76 @@
+import Foundation
+import FerryCore
+import FerryLocal
+import FerryGraphite
+import FerryS3
+import FerryTap
+
+/// The composition root: the one list of the store and tap kinds this build has. Everything else (the plan
+/// loader's schemas and allowed pairs, building stores and taps from a plan) derives from it.
+enum Backends {
+    static let stores = StoreKinds([LocalStore.kind, WhisperTreeStore.kind, CeresTreeStore.kind, S3Store.kind])
+    static let taps: [TapKind] = [CarbonTap.kind, S3Tap.kind]
+
+    /// Kinds a plan may name that this build does not implement yet, with the reason shown.
+    static let planned: [String: String] = [
+        "remote": "is planned (ferry serve) but not implemented in this version of ferry; supported: fs",
+        "tap:fs-journal": "is planned (filesystem change journal) but not implemented in this version of ferry",
+    ]
+
+    static var loader: PlanLoader {
+        PlanLoader(storeKinds: stores.schemas, tapKinds: taps.map(\.schema), plannedKinds: planned, pairs: stores.pairs)
+    }
+
+    /// The copy's source (at the snapshot path when the plan has one).
+    static func source(_ plan: Plan) throws -> any Store { try stores.make(plan, .source) }
+
+    static func destination(_ plan: Plan) throws -> any Store { try stores.make(plan, .destination) }
+
+    /// The source at its live path, where a rollback's fence must land.
+    static func liveSource(_ plan: Plan) throws -> any Store { try stores.make(plan, .liveSource) }
+
+    static func tapKind(_ plan: Plan) throws -> TapKind? {
+        guard let spec = plan.tap else { return nil }
+        guard let kind = taps.first(where: { $0.name == spec.kind }) else {
+            throw FerryError(.invalidPlan, "tap.kind: tap kind '\(spec.kind)' is not available in this build")
+        }
+        return kind
+    }
+
+    /// The handle on the plan's tap (nil without one). With `launch`, arming starts `ferry tap PLAN` detached
+    /// when it is not running, logging to the tap's directory.
+    static func tap(_ plan: Plan, launch: Bool) throws -> TapClient? {
+        guard let kind = try tapKind(plan) else { return nil }
+        let where_ = try kind.locate(plan)
+        let (dir, socket) = (where_.directory, where_.controlSocket)
+        let planFile = plan.file
+        let log = dir + "/tap.log"
+        let launcher: (@Sendable () throws -> Void)? =
+            launch
+            ? { @Sendable in
+                try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+                let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+                _ = try spawnDetached(executable: exe, arguments: ["tap", "run", planFile], log: log)
+            } : nil
+        return TapClient(socketPath: socket, launcher: launcher)
+    }
+
+    /// Every problem the stores and the tap find in a plan the loader accepted, each message starting with the
+    /// field it is about, so that it can be located.
+    static func problems(_ plan: Plan) -> [String] {
+        var out: [String] = []
+        func attempt(_ body: () throws -> Void) {
+            do {
+                try body()
+            } catch let e as FerryError {
+                for m in e.message.components(separatedBy: "; ") where !out.contains(m) { out.append(m) }
+            } catch {
+                out.append("\(error)")
+            }
+        }
+        attempt { _ = try source(plan) }
+        attempt { _ = try destination(plan) }
+        attempt { _ = try tap(plan, launch: false) }
+        return out
+    }
+}

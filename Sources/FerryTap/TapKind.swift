@@ -1,0 +1,60 @@
+public import FerryCore
+public import Logging
+
+/// A running tap, as its host starts and stops it.
+public protocol TapService: AnyObject, Sendable {
+    func start() throws
+    func stop()
+}
+
+/// Where a tap keeps its queue and answers its control socket.
+public struct TapLocation: Sendable {
+    public var directory: String
+    public var controlSocket: String
+
+    public init(directory: String, controlSocket: String) {
+        self.directory = directory
+        self.controlSocket = controlSocket
+    }
+}
+
+/// The seam every tap kind plugs into, like `StoreKind` for stores: its plan schema, where it lives (from a
+/// checked plan), and how it is built.
+public struct TapKind: Sendable {
+    public var schema: TapKindSchema
+    public var locate: @Sendable (Plan) throws -> TapLocation
+    public var make: @Sendable (Plan, Logger) throws -> any TapService
+
+    public var name: String { schema.kind }
+
+    public init(
+        schema: TapKindSchema, locate: @escaping @Sendable (Plan) throws -> TapLocation,
+        make: @escaping @Sendable (Plan, Logger) throws -> any TapService
+    ) {
+        self.schema = schema
+        self.locate = locate
+        self.make = make
+    }
+}
+
+extension CarbonTap: TapService {
+    /// `tap: {kind: carbon}`: the Carbon dual-write relay.
+    public static let kind = TapKind(
+        schema: TapKindSchema(kind: "carbon", keys: CarbonTapConfig.keys, required: CarbonTapConfig.required),
+        locate: { plan in
+            let c = try CarbonTapConfig(plan: plan)
+            return TapLocation(directory: c.directory, controlSocket: c.controlSocket)
+        },
+        make: { plan, logger in try CarbonTap(config: try CarbonTapConfig(plan: plan), logger: logger) })
+}
+
+extension S3Tap: TapService {
+    /// `tap: {kind: s3}`: the S3 dual-write proxy.
+    public static let kind = TapKind(
+        schema: TapKindSchema(kind: "s3", keys: S3TapConfig.keys, required: S3TapConfig.required),
+        locate: { plan in
+            let c = try S3TapConfig(plan: plan)
+            return TapLocation(directory: c.directory, controlSocket: c.controlSocket)
+        },
+        make: { plan, logger in try S3Tap(config: try S3TapConfig(plan: plan), logger: logger) })
+}
