@@ -49,9 +49,26 @@ let package = Package(
             swiftSettings: strict
         ),
         .target(name: "FerryDigest", dependencies: ["CCrypto"], swiftSettings: strict),
-        .target(name: "FerryS3", dependencies: ["FerryCore", "FerryDigest", "CCurl"], swiftSettings: strict),
+        .target(
+            name: "FerryS3",
+            dependencies: [
+                "FerryCore", "FerryDigest", "FerryTap", "CCurl",
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: strict),
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
-        .target(name: "FerryGraphite", dependencies: ["FerryCore", "FerryLocal"], swiftSettings: strict),
+        .target(
+            name: "FerryGraphite",
+            dependencies: [
+                "FerryCore", "FerryLocal", "FerryTap",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: strict),
         .target(name: "FerryLocal", dependencies: ["FerryCore", "CFerrySys"], swiftSettings: strict),
         .target(name: "CFerrySys"),
         .target(name: "FerryTesting", dependencies: ["FerryCore", "FerryDigest"], swiftSettings: strict),
@@ -78,8 +95,7 @@ let package = Package(
         .target(
             name: "FerryTap",
             dependencies: [
-                "FerryCore", "CFerrySys", "FerryS3", "FerryDigest",
-                .product(name: "NIOHTTP1", package: "swift-nio"),
+                "FerryCore", "CFerrySys",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -38,7 +38,7 @@ public struct ControlResponse: Codable, Sendable {
 }
 
 /// What every tap process answers on its control socket.
-protocol TapServer: AnyObject {
+public protocol TapServer: AnyObject {
     func status() -> TapStatus
     func setMode(_ m: TapMode) throws -> TapStatus
     func fence(path: String, value: Double, timestamp: Int) throws -> UInt64
@@ -46,7 +46,7 @@ protocol TapServer: AnyObject {
 
 extension TapServer {
     /// One control request: status, mode or fence.
-    func handle(_ request: ControlRequest) -> ControlResponse {
+    public func handle(_ request: ControlRequest) -> ControlResponse {
         do {
             switch request.op {
             case "status", "mark":
@@ -196,6 +196,6 @@ public func spawnDetached(executable: String, arguments: [String], log: String) 
 
 /// How often the taps log one kind of refused input: the first 20, then every 10,000th, so unauthenticated floods
 /// cannot fill the disk the spool and the log share, while the counters in the status stay exact.
-enum LogLimit {
-    static func allows(_ n: UInt64) -> Bool { n <= 20 || n % 10_000 == 0 }
+public enum LogLimit {
+    public static func allows(_ n: UInt64) -> Bool { n <= 20 || n % 10_000 == 0 }
 }

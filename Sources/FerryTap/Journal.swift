@@ -330,3 +330,24 @@ public final class Journal: @unchecked Sendable {
         lock.unlock()
     }
 }
+
+/// A tap's cursor file: an offset into the journal and its CRC-32C, 12 bytes written in place.
+public enum CursorFile {
+    public static func load(_ path: String) throws -> UInt64? {
+        guard let data = FileManager.default.contents(atPath: path), data.count >= 12 else { return nil }
+        let b = [UInt8](data)
+        var v: UInt64 = 0
+        for i in 0..<8 { v |= UInt64(b[i]) << (8 * UInt64(i)) }
+        guard CRC32C.checksum(Array(b[0..<8])) == Journal.u32(b, 8) else {
+            throw FerryError(.other, "tap cursor \(path) is corrupt; remove it to restart delivery from the oldest spooled record")
+        }
+        return v
+    }
+
+    public static func encode(_ v: UInt64) -> [UInt8] {
+        var b = [UInt8]()
+        for i in 0..<8 { b.append(UInt8((v >> (8 * UInt64(i))) & 0xFF)) }
+        Journal.put32(CRC32C.checksum(b), into: &b)
+        return b
+    }
+}

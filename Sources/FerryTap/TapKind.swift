@@ -36,25 +36,3 @@ public struct TapKind: Sendable {
         self.make = make
     }
 }
-
-extension CarbonTap: TapService {
-    /// `tap: {kind: carbon}`: the Carbon dual-write relay.
-    public static let kind = TapKind(
-        schema: TapKindSchema(kind: "carbon", keys: CarbonTapConfig.keys, required: CarbonTapConfig.required),
-        locate: { plan in
-            let c = try CarbonTapConfig(plan: plan)
-            return TapLocation(directory: c.directory, controlSocket: c.controlSocket)
-        },
-        make: { plan, logger in try CarbonTap(config: try CarbonTapConfig(plan: plan), logger: logger) })
-}
-
-extension S3Tap: TapService {
-    /// `tap: {kind: s3}`: the S3 dual-write proxy.
-    public static let kind = TapKind(
-        schema: TapKindSchema(kind: "s3", keys: S3TapConfig.keys, required: S3TapConfig.required),
-        locate: { plan in
-            let c = try S3TapConfig(plan: plan)
-            return TapLocation(directory: c.directory, controlSocket: c.controlSocket)
-        },
-        make: { plan, logger in try S3Tap(config: try S3TapConfig(plan: plan), logger: logger) })
-}

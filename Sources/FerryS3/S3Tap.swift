@@ -2,7 +2,7 @@ import Foundation
 import Synchronization
 public import FerryCore
 import FerryDigest
-public import FerryS3
+public import FerryTap
 public import Logging
 import NIOCore
 import NIOHTTP1
@@ -1066,4 +1066,15 @@ extension S3Tap {
     }
 
     func dispatch(_ work: @escaping @Sendable () -> Void) { workers.async(execute: work) }
+}
+
+extension S3Tap: TapService {
+    /// `tap: {kind: s3}`: the S3 dual-write proxy.
+    public static let kind = TapKind(
+        schema: TapKindSchema(kind: "s3", keys: S3TapConfig.keys, required: S3TapConfig.required),
+        locate: { plan in
+            let c = try S3TapConfig(plan: plan)
+            return TapLocation(directory: c.directory, controlSocket: c.controlSocket)
+        },
+        make: { plan, logger in try S3Tap(config: try S3TapConfig(plan: plan), logger: logger) })
 }

@@ -1,5 +1,6 @@
 import Foundation
 public import FerryCore
+public import FerryTap
 
 /// The settings of `tap: {kind: carbon, ...}`, validated.
 public struct CarbonTapConfig: Sendable {

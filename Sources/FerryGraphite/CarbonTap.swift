@@ -3,6 +3,7 @@ public import FerryCore
 public import Logging
 import NIOCore
 import NIOPosix
+public import FerryTap
 
 #if canImport(Glibc)
 import Glibc
@@ -631,40 +632,13 @@ final class PickleHandler: ChannelInboundHandler {
     }
 }
 
-/// The control socket: one JSON request per line, one JSON response per line.
-final class ControlHandler: ChannelInboundHandler {
-    typealias InboundIn = ByteBuffer
-    typealias OutboundOut = ByteBuffer
-    let handle: (ControlRequest) -> ControlResponse
-    var pending: [UInt8] = []
-
-    init(handle: @escaping (ControlRequest) -> ControlResponse) {
-        self.handle = handle
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        var buf = unwrapInboundIn(data)
-        pending.append(contentsOf: buf.readBytes(length: buf.readableBytes) ?? [])
-        guard pending.count <= 65536 else {
-            context.close(promise: nil)
-            return
-        }
-        while let nl = pending.firstIndex(of: 0x0A) {
-            let line = Array(pending[..<nl])
-            pending.removeSubrange(...nl)
-            let response: ControlResponse
-            if let req = try? JSONDecoder().decode(ControlRequest.self, from: Data(line)) {
-                response = handle(req)
-            } else {
-                response = ControlResponse(ok: false, error: "expected one JSON request per line")
-            }
-            var data = (try? JSONEncoder().encode(response)) ?? Data("{\"ok\":false}".utf8)
-            data.append(0x0A)
-            context.writeAndFlush(wrapOutboundOut(ByteBuffer(bytes: data)), promise: nil)
-        }
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        context.close(promise: nil)
-    }
+extension CarbonTap: TapService {
+    /// `tap: {kind: carbon}`: the Carbon dual-write relay.
+    public static let kind = TapKind(
+        schema: TapKindSchema(kind: "carbon", keys: CarbonTapConfig.keys, required: CarbonTapConfig.required),
+        locate: { plan in
+            let c = try CarbonTapConfig(plan: plan)
+            return TapLocation(directory: c.directory, controlSocket: c.controlSocket)
+        },
+        make: { plan, logger in try CarbonTap(config: try CarbonTapConfig(plan: plan), logger: logger) })
 }

@@ -1,7 +1,7 @@
 import Foundation
 import Testing
 import FerryTesting
-@testable import FerryTap
+@testable import FerryGraphite
 
 @Suite struct CarbonLineTests {
     func check(_ line: String) -> (String?, CarbonLine.Problem?) {

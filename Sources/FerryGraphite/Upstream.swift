@@ -1,33 +1,11 @@
 import Foundation
 import FerryCore
 import Logging
+import FerryTap
 
 #if canImport(Glibc)
 import Glibc
 #endif
-
-/// A `host:port` pair.
-public struct HostPort: Sendable, Equatable, CustomStringConvertible {
-    public var host: String
-    public var port: Int
-
-    public init(host: String, port: Int) {
-        self.host = host
-        self.port = port
-    }
-
-    public static func parse(_ text: String) -> HostPort? {
-        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), port > 0, port < 65536 else {
-            return nil
-        }
-        var host = String(text[..<colon])
-        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-        guard !host.isEmpty else { return nil }
-        return HostPort(host: host, port: port)
-    }
-
-    public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
-}
 
 /// One destination of the tap (a carbon line receiver). A thread of its own reads the journal from this
 /// upstream's cursor and writes to it, so a down or slow upstream only grows its own backlog.
@@ -90,22 +68,10 @@ final class Upstream: @unchecked Sendable {
     }
 
     /// A cursor file holds the offset and its CRC, 12 bytes written in place.
-    static func loadCursor(_ path: String) throws -> UInt64? {
-        guard let data = FileManager.default.contents(atPath: path), data.count >= 12 else { return nil }
-        let b = [UInt8](data)
-        var v: UInt64 = 0
-        for i in 0..<8 { v |= UInt64(b[i]) << (8 * UInt64(i)) }
-        let crc = Journal.u32(b, 8)
-        guard CRC32C.checksum(Array(b[0..<8])) == crc else {
-            throw FerryError(.other, "tap cursor \(path) is corrupt; remove it to restart delivery from the oldest spooled record")
-        }
-        return v
-    }
+    static func loadCursor(_ path: String) throws -> UInt64? { try CursorFile.load(path) }
 
     private func writeCursor(_ v: UInt64) {
-        var b = [UInt8]()
-        for i in 0..<8 { b.append(UInt8((v >> (8 * UInt64(i))) & 0xFF)) }
-        Journal.put32(CRC32C.checksum(b), into: &b)
+        let b = CursorFile.encode(v)
         _ = b.withUnsafeBytes { pwrite(cursorFD, $0.baseAddress, 12, 0) }
         if fsync != .never { _ = fdatasync(cursorFD) }
     }

@@ -1,0 +1,63 @@
+import Foundation
+public import NIOCore
+
+/// A `host:port` pair.
+public struct HostPort: Sendable, Equatable, CustomStringConvertible {
+    public var host: String
+    public var port: Int
+
+    public init(host: String, port: Int) {
+        self.host = host
+        self.port = port
+    }
+
+    public static func parse(_ text: String) -> HostPort? {
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), port > 0, port < 65536 else {
+            return nil
+        }
+        var host = String(text[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        guard !host.isEmpty else { return nil }
+        return HostPort(host: host, port: port)
+    }
+
+    public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+}
+
+/// The control socket: one JSON request per line, one JSON response per line.
+public final class ControlHandler: ChannelInboundHandler {
+    public typealias InboundIn = ByteBuffer
+    public typealias OutboundOut = ByteBuffer
+    let handle: (ControlRequest) -> ControlResponse
+    var pending: [UInt8] = []
+
+    public init(handle: @escaping (ControlRequest) -> ControlResponse) {
+        self.handle = handle
+    }
+
+    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var buf = unwrapInboundIn(data)
+        pending.append(contentsOf: buf.readBytes(length: buf.readableBytes) ?? [])
+        guard pending.count <= 65536 else {
+            context.close(promise: nil)
+            return
+        }
+        while let nl = pending.firstIndex(of: 0x0A) {
+            let line = Array(pending[..<nl])
+            pending.removeSubrange(...nl)
+            let response: ControlResponse
+            if let req = try? JSONDecoder().decode(ControlRequest.self, from: Data(line)) {
+                response = handle(req)
+            } else {
+                response = ControlResponse(ok: false, error: "expected one JSON request per line")
+            }
+            var data = (try? JSONEncoder().encode(response)) ?? Data("{\"ok\":false}".utf8)
+            data.append(0x0A)
+            context.writeAndFlush(wrapOutboundOut(ByteBuffer(bytes: data)), promise: nil)
+        }
+    }
+
+    public func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
+    }
+}
