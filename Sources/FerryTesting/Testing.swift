@@ -432,6 +432,12 @@ public struct SeededRandom: RandomNumberGenerator {
         print("random seed for \(label): \(seed) (replay with FERRY_TEST_SEED=\(seed))")
     }
 
+    /// A generator derived from a seed already printed (a sub-stream of a seeded run).
+    public init(seed: UInt64) {
+        self.seed = seed
+        state = seed
+    }
+
     public mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15
         var z = state
