@@ -9,7 +9,8 @@ let strict: [SwiftSetting] = [
 
 let package = Package(
     name: "ferry",
-    platforms: [.macOS(.v15)],
+    // Linux only: the code uses Glibc, renameat2, syncfs, openat beneath a root and Linux xattrs; SwiftPM's
+    // `platforms` lists Apple platforms only, so none is declared (it claimed macOS 15, which never built).
     products: [
         .executable(name: "ferry", targets: ["ferry"])
     ],

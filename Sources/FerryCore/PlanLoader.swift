@@ -234,8 +234,14 @@ public struct PlanLoader: Sendable {
                 }
             }
             if let v = f["compression"], let s = ctx.string(v, "copy.compression") {
-                if s == "off" || s == "zstd" {
+                if s == "off" {
                     copy.compression = s
+                } else if s == "zstd" {
+                    // Accepted and read by nothing would be a silent no-op: refused until a transfer uses it.
+                    ctx.fail(
+                        v, "copy.compression",
+                        "zstd compresses transfers between hosts (ferry serve), which this version of ferry does not have; every "
+                            + "store pair it has reads and writes directly, so nothing would be compressed: remove the key or set off")
                 } else {
                     ctx.fail(v, "copy.compression", "expected off or zstd, got \"\(s)\"")
                 }

@@ -48,6 +48,16 @@ import FerryTesting
         #expect(plan.stateDirectory == PathUtil.normalize(dir.path + "/.ferry/t"))
     }
 
+    /// A key nothing implements is refused, at its line: `compression: zstd` was accepted and read by nothing.
+    @Test func aKeyNothingImplementsIsRefusedWhereItIs() throws {
+        let dir = TempDir()
+        let d = diagnostics(try base(dir) + "copy:\n  compression: zstd\n", in: dir)
+        #expect(d.count == 1, "\(d)")
+        #expect(d.first?.field == "copy.compression" && d.first?.line == 6, "\(d)")
+        #expect(d.first?.message.contains("does not have") == true, "\(d)")
+        #expect(try parse(try base(dir) + "copy: { compression: off }\n", in: dir).get().copy.compression == "off")
+    }
+
     @Test func malformedYAMLNamesLine() throws {
         let dir = TempDir()
         let d = diagnostics("version: 1\nname: t\nsource: { kind: fs, path: [unclosed\n", in: dir)
