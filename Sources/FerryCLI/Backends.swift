@@ -1,9 +1,9 @@
-import Foundation
 import FerryCore
-import FerryLocal
 import FerryGraphite
+import FerryLocal
 import FerryS3
 import FerryTap
+import Foundation
 
 /// The composition root: the one list of the store and tap kinds this build has. Everything else (the plan
 /// loader's schemas and allowed pairs, building stores and taps from a plan) derives from it.

@@ -1,7 +1,7 @@
 public import ArgumentParser
-import Foundation
 import FerryCore
 import FerryEngine
+import Foundation
 import Logging
 
 public let ferryVersion = "0.1.0"
@@ -231,8 +231,10 @@ func printReport(_ r: VerifyReport, stateDirectory: String, plan: String = "PLAN
     } else {
         let c = r.counts
         var parts: [String] = []
-        for (n, word) in [(c.missing, "missing"), (c.extra, "extra"), (c.differs, "differing"), (c.refused, "refused"),
-                          (c.notCopied, "not copied"), (c.unverifiable, "unverifiable")] where n > 0 {
+        for (n, word) in [
+            (c.missing, "missing"), (c.extra, "extra"), (c.differs, "differing"), (c.refused, "refused"),
+            (c.notCopied, "not copied"), (c.unverifiable, "unverifiable"),
+        ] where n > 0 {
             parts.append("\(n) \(word)")
         }
         out("result: MISMATCH, \(r.mismatches) problem(s): \(parts.joined(separator: ", "))")
@@ -243,8 +245,9 @@ func printReport(_ r: VerifyReport, stateDirectory: String, plan: String = "PLAN
         if r.problems.count > 50 || r.problemsTruncated { out("  ... see the JSON report for all of them") }
         out("what fixes them:")
         if c.refused > 0 {
-            out("  refused: fix or remove each entry at the source, or cover it with a plan policy (copy.symlinks, "
-                + "copy.specials, exclude), then `ferry run \(plan) --catch-up`")
+            out(
+                "  refused: fix or remove each entry at the source, or cover it with a plan policy (copy.symlinks, "
+                    + "copy.specials, exclude), then `ferry run \(plan) --catch-up`")
         }
         if c.missing + c.differs + c.notCopied > 0 { out("  missing, differing, not copied: `ferry run \(plan) --repair` copies them again") }
         if c.extra > 0 { out("  extra: the destination holds entries the source does not; remove them there (ferry deletes only what it copied)") }

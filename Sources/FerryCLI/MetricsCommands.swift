@@ -1,7 +1,7 @@
 import ArgumentParser
-import Foundation
 import FerryCore
 import FerryGraphite
+import Foundation
 
 /// Operator helpers for single Whisper files (like whisper-info, whisper-diff, whisper-fill, whisper-create and
 /// whisper-update), built on the same code the metric migration uses.
@@ -43,8 +43,10 @@ struct MetricsInfo: ParsableCommand {
                     aggregationMethod: db.aggregation.description, maxRetention: db.maxRetention,
                     xFilesFactor: db.xFilesFactor, fileSize: db.bytes.count,
                     archives: db.archives.map {
-                        ["offset": $0.offset, "seconds_per_point": $0.secondsPerPoint, "points": $0.points,
-                         "retention": $0.retention, "size": $0.size]
+                        [
+                            "offset": $0.offset, "seconds_per_point": $0.secondsPerPoint, "points": $0.points,
+                            "retention": $0.retention, "size": $0.size,
+                        ]
                     }))
             return
         }

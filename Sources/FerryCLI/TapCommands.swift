@@ -1,7 +1,7 @@
 import ArgumentParser
-import Foundation
 import FerryCore
 import FerryTap
+import Foundation
 
 #if canImport(Glibc)
 import Glibc
@@ -95,7 +95,8 @@ func printTap(_ s: TapStatus, indent: String = "") {
             + (s.spoolError.map { "  WRITE FAILING (\($0)): senders held back" } ?? ""))
     for u in s.upstreams {
         var l = "\(indent)  \(pad(u.name, 4))       \(u.address) \(u.role), \(u.connected ? "connected" : "DOWN"), "
-        l += "forwarded \(u.forwardedLines) lines, spooled \(Units.formatBytes(Int64(u.spoolBytes))), lag \(Units.formatDecimal(u.lagSeconds, places: 1)) s"
+        l +=
+            "forwarded \(u.forwardedLines) lines, spooled \(Units.formatBytes(Int64(u.spoolBytes))), lag \(Units.formatDecimal(u.lagSeconds, places: 1)) s"
         if u.reconnects > 0 { l += ", \(u.reconnects) reconnects" }
         if let e = u.lastError, !u.connected { l += " (\(e))" }
         out(l)

@@ -1,8 +1,8 @@
-import Foundation
-import Synchronization
 import FerryCore
 import FerryDigest
+import Foundation
 import Logging
+import Synchronization
 
 /// What a copy pass did.
 public struct CopySummary: Sendable {

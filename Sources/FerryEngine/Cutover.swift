@@ -1,5 +1,5 @@
-import Foundation
 import FerryCore
+import Foundation
 
 /// One cutover gate and whether it holds.
 public struct Gate: Sendable, Codable {
@@ -32,12 +32,12 @@ extension Job {
                     name: "verify-fresh", ok: age <= plan.cutover.maxVerifyAge,
                     detail: "last verify \(Units.formatDuration(age)) ago (max_verify_age \(Units.formatDuration(plan.cutover.maxVerifyAge)))"))
             if tap == nil {
-              gates.append(
-                Gate(
-                    name: "no-drift", ok: v.drift == 0,
-                    detail: v.drift == 0
-                        ? "source unchanged since the snapshot at the last verify"
-                        : "\(v.drift) source changes since the snapshot; run `ferry run --catch-up`"))
+                gates.append(
+                    Gate(
+                        name: "no-drift", ok: v.drift == 0,
+                        detail: v.drift == 0
+                            ? "source unchanged since the snapshot at the last verify"
+                            : "\(v.drift) source changes since the snapshot; run `ferry run --catch-up`"))
             }
         } else {
             gates.append(Gate(name: "verify-clean", ok: false, detail: "never verified"))
@@ -102,7 +102,8 @@ extension Job {
             }
             if delivered && !landed { landed = (try? checker?.hasPoint(metric: metric, timestamp: now, value: value)) == true }
             if delivered && landed {
-                let detail = checker == nil
+                let detail =
+                    checker == nil
                     ? "cannot tell: \(store.map { "\($0.displayName)" } ?? side) cannot be read for the marker; passed on the tap's cursor (\(side) took it and everything before it)"
                     : "marker delivered to \(side) and read back from \(store.map { "\($0.displayName)" } ?? side)"
                 try ledger.recordEvent("fence", detail)

@@ -1,5 +1,5 @@
-import Foundation
 public import FerryCore
+import Foundation
 
 /// What `ferry run --dry-run` found: an inventory and an estimate. Computed without writing anything.
 public struct Inventory: Codable, Sendable {
@@ -66,53 +66,55 @@ public enum DryRun {
         var top: [String: (Int64, Int64)] = [:]
         var largest: [Inventory.Largest] = []
         var smallSample: [String] = []
-        try source.walk({ found in
-            let e: Entry
-            switch filter.classify(found) {
-            case .copy(let c): e = c
-            case .refuse(let why):
-                inv.refusedCount += 1
-                if inv.refused.count < 100 { inv.refused.append("\(RawName.display(found.path)): \(why)") }
-                return
-            case .skip(let why):
-                inv.skippedByPolicyCount += 1
-                if inv.skippedByPolicy.count < 100 { inv.skippedByPolicy.append("\(RawName.display(found.path)): \(why)") }
-                return
-            }
-            if !destination.keepsPOSIXMetadata {
-                if !e.xattrs.isEmpty { inv.xattrsNotKept += 1 }
-                if e.kind == .file && e.links > 1 { inv.linksAsCopies += 1 }
-            }
-            switch e.kind {
-            case .directory: inv.directories += 1
-            case .symlink: inv.symlinks += 1
-            case .hardlink: inv.hardLinks += 1
-            case .fifo, .socket, .charDevice, .blockDevice: inv.specials += 1
-            case .file:
-                inv.files += 1
-                inv.bytes += e.size
-                let c = classes.firstIndex { e.size < $0.0 } ?? classes.count - 1
-                inv.histogram[c].files += 1
-                inv.histogram[c].bytes += e.size
-                let first = e.path.split(separator: "/", maxSplits: 1).count > 1 ? String(e.path.split(separator: "/")[0]) + "/" : "."
-                top[first, default: (0, 0)].0 += 1
-                top[first, default: (0, 0)].1 += e.size
-                if largest.count < 10 || e.size > largest.last!.size {
-                    largest.append(.init(path: e.path, size: e.size))
-                    largest.sort { $0.size > $1.size }
-                    if largest.count > 10 { largest.removeLast() }
+        try source.walk(
+            { found in
+                let e: Entry
+                switch filter.classify(found) {
+                case .copy(let c): e = c
+                case .refuse(let why):
+                    inv.refusedCount += 1
+                    if inv.refused.count < 100 { inv.refused.append("\(RawName.display(found.path)): \(why)") }
+                    return
+                case .skip(let why):
+                    inv.skippedByPolicyCount += 1
+                    if inv.skippedByPolicy.count < 100 { inv.skippedByPolicy.append("\(RawName.display(found.path)): \(why)") }
+                    return
                 }
-                if e.size < 1 << 20 && smallSample.count < 200 { smallSample.append(e.path) }
-            }
-        }, skipped: { s in
-            if s.category == .policy {
-                inv.skippedByPolicyCount += 1
-                if inv.skippedByPolicy.count < 100 { inv.skippedByPolicy.append("\(RawName.display(s.path)): \(s.reason)") }
-            } else {
-                inv.refusedCount += 1
-                if inv.refused.count < 100 { inv.refused.append("\(RawName.display(s.path)): \(s.reason)") }
-            }
-        })
+                if !destination.keepsPOSIXMetadata {
+                    if !e.xattrs.isEmpty { inv.xattrsNotKept += 1 }
+                    if e.kind == .file && e.links > 1 { inv.linksAsCopies += 1 }
+                }
+                switch e.kind {
+                case .directory: inv.directories += 1
+                case .symlink: inv.symlinks += 1
+                case .hardlink: inv.hardLinks += 1
+                case .fifo, .socket, .charDevice, .blockDevice: inv.specials += 1
+                case .file:
+                    inv.files += 1
+                    inv.bytes += e.size
+                    let c = classes.firstIndex { e.size < $0.0 } ?? classes.count - 1
+                    inv.histogram[c].files += 1
+                    inv.histogram[c].bytes += e.size
+                    let first = e.path.split(separator: "/", maxSplits: 1).count > 1 ? String(e.path.split(separator: "/")[0]) + "/" : "."
+                    top[first, default: (0, 0)].0 += 1
+                    top[first, default: (0, 0)].1 += e.size
+                    if largest.count < 10 || e.size > largest.last!.size {
+                        largest.append(.init(path: e.path, size: e.size))
+                        largest.sort { $0.size > $1.size }
+                        if largest.count > 10 { largest.removeLast() }
+                    }
+                    if e.size < 1 << 20 && smallSample.count < 200 { smallSample.append(e.path) }
+                }
+            },
+            skipped: { s in
+                if s.category == .policy {
+                    inv.skippedByPolicyCount += 1
+                    if inv.skippedByPolicy.count < 100 { inv.skippedByPolicy.append("\(RawName.display(s.path)): \(s.reason)") }
+                } else {
+                    inv.refusedCount += 1
+                    if inv.refused.count < 100 { inv.refused.append("\(RawName.display(s.path)): \(s.reason)") }
+                }
+            })
         inv.largest = largest
         inv.topLevel = top.map { .init(name: $0.key, files: $0.value.0, bytes: $0.value.1) }.sorted { $0.bytes > $1.bytes }
         let probe = measure(source: source, large: largest.map(\.path), small: smallSample, seconds: probeSeconds)

@@ -1,5 +1,5 @@
-import Foundation
 public import FerryCore
+import Foundation
 public import Logging
 
 /// How `ferry run` ended.
@@ -50,7 +50,9 @@ public final class Job {
         let ledger = try Ledger(stateDirectory: plan.stateDirectory, create: create)
         if let job = try ledger.job(), job.planIdentity != plan.identity {
             let old = Set(job.planIdentity.split(separator: "\n"))
-            let changed = plan.identity.split(separator: "\n").filter { !old.contains($0) }.map { $0.split(separator: "=").first.map(String.init) ?? "" }
+            let changed = plan.identity.split(separator: "\n").filter { !old.contains($0) }.map {
+                $0.split(separator: "=").first.map(String.init) ?? ""
+            }
             throw FerryError(
                 .stateConflict,
                 "the plan changed since this job's snapshot (\(changed.joined(separator: ", "))); its manifest and chunks "
@@ -172,31 +174,33 @@ public final class Job {
         var filter = EntryFilter(plan: plan, destination: destination)
         var refused = 0
         var skippedByPolicy = 0
-        try source.walk({ e in
-            switch filter.classify(e) {
-            case .copy(let e):
-                try writer.add(e)
-                if e.kind == .file {
-                    files += 1
-                    bytes += e.size
+        try source.walk(
+            { e in
+                switch filter.classify(e) {
+                case .copy(let e):
+                    try writer.add(e)
+                    if e.kind == .file {
+                        files += 1
+                        bytes += e.size
+                    }
+                case .refuse(let why):
+                    refused += 1
+                    logger.warning("refused", metadata: ["path": "\(RawName.display(e.path))", "reason": "\(why)"])
+                    try ledger.recordSkipped(SkippedEntry(path: e.path, reason: why, category: .refused))
+                case .skip(let why):
+                    skippedByPolicy += 1
+                    try ledger.recordSkipped(SkippedEntry(path: e.path, reason: why, category: .policy))
                 }
-            case .refuse(let why):
-                refused += 1
-                logger.warning("refused", metadata: ["path": "\(RawName.display(e.path))", "reason": "\(why)"])
-                try ledger.recordSkipped(SkippedEntry(path: e.path, reason: why, category: .refused))
-            case .skip(let why):
-                skippedByPolicy += 1
-                try ledger.recordSkipped(SkippedEntry(path: e.path, reason: why, category: .policy))
-            }
-        }, skipped: { s in
-            if s.category == .policy {
-                skippedByPolicy += 1
-            } else {
-                refused += 1
-                logger.warning("cannot read source entry", metadata: ["path": "\(RawName.display(s.path))", "reason": "\(s.reason)"])
-            }
-            try? ledger.recordSkipped(s)
-        })
+            },
+            skipped: { s in
+                if s.category == .policy {
+                    skippedByPolicy += 1
+                } else {
+                    refused += 1
+                    logger.warning("cannot read source entry", metadata: ["path": "\(RawName.display(s.path))", "reason": "\(s.reason)"])
+                }
+                try? ledger.recordSkipped(s)
+            })
         if refused > 0 || skippedByPolicy > 0 {
             logger.info("snapshot: entries not copied", metadata: ["refused": "\(refused)", "skipped_by_policy": "\(skippedByPolicy)"])
         }
@@ -249,10 +253,12 @@ public final class Job {
             }
         }
         if let root = try source.stat("") { try visit(root) }
-        try source.walk(visit, skipped: { s in
-            try? ledger.recordSkipped(s)
-            if let item = try? ledger.item(path: s.path) { seen.append(item.id) }
-        })
+        try source.walk(
+            visit,
+            skipped: { s in
+                try? ledger.recordSkipped(s)
+                if let item = try? ledger.item(path: s.path) { seen.append(item.id) }
+            })
         try writer.flush()
         try ledger.markSeen(seen, scan: scan)
         let gone = try ledger.markUnseenVanished(scan: scan)

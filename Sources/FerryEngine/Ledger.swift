@@ -1,5 +1,5 @@
-import Foundation
 public import FerryCore
+import Foundation
 internal import GRDB
 
 /// Phases a job walks (see docs/architecture.md). Stored as text in the ledger.

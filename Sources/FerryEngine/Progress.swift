@@ -1,6 +1,6 @@
+import FerryCore
 import Foundation
 import Synchronization
-import FerryCore
 
 /// Counters that workers bump and a reporter reads. On a terminal: a live bar redrawn in place; otherwise one
 /// log line every few seconds. The run's counters also go to the ledger so `ferry status` sees them.
@@ -75,7 +75,8 @@ public final class ProgressTracker: Sendable {
                 c.lastSample = (now, c.bytesThisRun)
             }
             let elapsed = Double(now - c.started) / 1e9
-            let fraction = c.bytesTotal > 0 ? Double(c.bytesDone) / Double(c.bytesTotal) : (c.filesTotal > 0 ? Double(c.filesDone) / Double(c.filesTotal) : 1)
+            let fraction =
+                c.bytesTotal > 0 ? Double(c.bytesDone) / Double(c.bytesTotal) : (c.filesTotal > 0 ? Double(c.filesDone) / Double(c.filesTotal) : 1)
             let pct = Int((min(max(fraction, 0), 1) * 100).rounded(.down))
             let rate = final && elapsed > 0 ? Double(c.bytesThisRun) / elapsed : c.rate
             var eta = "--"

@@ -1,5 +1,5 @@
-import Foundation
 public import FerryCore
+import Foundation
 
 /// What `ferry status` shows, read from the ledger only (safe while a run works in another process).
 public struct StatusReport: Codable, Sendable {

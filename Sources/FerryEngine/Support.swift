@@ -1,6 +1,6 @@
+import FerryCore
 import Foundation
 import Synchronization
-import FerryCore
 
 /// Runs `count` OS threads and waits for all. Copy and verify workers do blocking file I/O, which belongs on
 /// threads of its own rather than in Swift's cooperative pool (two threads on this kind of machine).

@@ -1,8 +1,8 @@
-import Foundation
-import Synchronization
 import FerryCore
 import FerryDigest
+import Foundation
 import Logging
+import Synchronization
 
 /// A verify report, printed as a table and written as JSON.
 public struct VerifyReport: Codable, Sendable {
@@ -228,9 +228,11 @@ final class VerifyPhase: @unchecked Sendable {
         let dst = scratch.writer(table: "dst")
         if let root = try destination.stat("") { try dst.add(root, verdict: "copy", reason: nil) }
         var unlisted: [SkippedEntry] = []
-        try destination.walk({ e in try dst.add(e, verdict: "copy", reason: nil) }, skipped: { s in
-            if s.category == .refused && unlisted.count < 100 { unlisted.append(s) }
-        })
+        try destination.walk(
+            { e in try dst.add(e, verdict: "copy", reason: nil) },
+            skipped: { s in
+                if s.category == .refused && unlisted.count < 100 { unlisted.append(s) }
+            })
         try dst.flush()
         // What the destination walk could not read is not proven.
         acc.withLock { a in
@@ -239,17 +241,19 @@ final class VerifyPhase: @unchecked Sendable {
         var filter = EntryFilter(plan: plan, destination: destination)
         let src = scratch.writer(table: "src")
         if let root = try source.stat("") { try src.add(root, verdict: "copy", reason: nil) }
-        try source.walk({ e in
-            switch filter.classify(e) {
-            case .copy: try src.add(e, verdict: "copy", reason: nil)  // as walked: a second name is still a file
-            case .refuse(let why): try src.add(e, verdict: "refused", reason: why)
-            case .skip(let why): try src.add(e, verdict: "policy", reason: why)
-            }
-        }, skipped: { s in
-            try? src.add(
-                Entry(path: s.path, kind: .file, size: 0, mtimeNs: 0, mode: 0, inode: 0),
-                verdict: s.category == .policy ? "policy" : "refused", reason: s.reason)
-        })
+        try source.walk(
+            { e in
+                switch filter.classify(e) {
+                case .copy: try src.add(e, verdict: "copy", reason: nil)  // as walked: a second name is still a file
+                case .refuse(let why): try src.add(e, verdict: "refused", reason: why)
+                case .skip(let why): try src.add(e, verdict: "policy", reason: why)
+                }
+            },
+            skipped: { s in
+                try? src.add(
+                    Entry(path: s.path, kind: .file, size: 0, mtimeNs: 0, mode: 0, inode: 0),
+                    verdict: s.category == .policy ? "policy" : "refused", reason: s.reason)
+            })
         try src.flush()
         return (src.count, dst.count)
     }

@@ -1,5 +1,5 @@
-import Foundation
 import FerryCore
+import Foundation
 import GRDB
 
 /// Verify's scratch space: the fresh listings of both sides, joined by path with the ledger's manifest in SQLite
@@ -99,12 +99,16 @@ final class WalkScratch: @unchecked Sendable {
     }
 
     static func columns(_ alias: String) -> String {
-        ["path", "kind", "size", "mtime_ns", "mode", "inode", "uid", "gid", "link_target", "rdev", "links", "allocated", "xattrs",
-         "verdict", "reason"].map { "\(alias).\($0) AS \(alias)_\($0)" }.joined(separator: ", ")
+        [
+            "path", "kind", "size", "mtime_ns", "mode", "inode", "uid", "gid", "link_target", "rdev", "links", "allocated", "xattrs",
+            "verdict", "reason",
+        ].map { "\(alias).\($0) AS \(alias)_\($0)" }.joined(separator: ", ")
     }
 
-    static let itemColumns = ["id", "path", "kind", "size", "mtime_ns", "mode", "inode", "uid", "gid", "link_target", "rdev", "xattrs",
-                              "state", "error", "attempts"].map { "i.\($0) AS i_\($0)" }.joined(separator: ", ")
+    static let itemColumns = [
+        "id", "path", "kind", "size", "mtime_ns", "mode", "inode", "uid", "gid", "link_target", "rdev", "xattrs",
+        "state", "error", "attempts",
+    ].map { "i.\($0) AS i_\($0)" }.joined(separator: ", ")
 
     static func entry(_ r: GRDB.Row, _ p: String) -> Entry? {
         guard let path: String = r["\(p)_path"] else { return nil }
@@ -196,7 +200,8 @@ final class WalkScratch: @unchecked Sendable {
                         GROUP BY s.inode HAVING count(DISTINCT d.inode) > 1 LIMIT 1000
                         """)
                 {
-                    out.append((r["p"], "hard link split: \(r["names"] as Int64) names of one source file are \(r["n"] as Int64) files at the destination"))
+                    out.append(
+                        (r["p"], "hard link split: \(r["names"] as Int64) names of one source file are \(r["n"] as Int64) files at the destination"))
                 }
                 for r in try GRDB.Row.fetchAll(
                     db,

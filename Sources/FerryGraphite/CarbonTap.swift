@@ -1,9 +1,9 @@
-import Foundation
 public import FerryCore
+public import FerryTap
+import Foundation
 public import Logging
 import NIOCore
 import NIOPosix
-public import FerryTap
 
 #if canImport(Glibc)
 import Glibc
@@ -196,7 +196,8 @@ public final class CarbonTap: TapServer, @unchecked Sendable {
             if now && !was {
                 let behind = fed.filter { $0.settled == low }.map(\.name).joined(separator: ", ")
                 logger.error(
-                    "SPOOL FULL: \(Units.formatBytes(Int64(used))) spooled for \(behind) (spool_limit \(Units.formatBytes(Int64(config.spoolLimit)))); senders are held back until it drains, UDP datagrams are dropped and counted")
+                    "SPOOL FULL: \(Units.formatBytes(Int64(used))) spooled for \(behind) (spool_limit \(Units.formatBytes(Int64(config.spoolLimit)))); senders are held back until it drains, UDP datagrams are dropped and counted"
+                )
             } else if was && !now {
                 logger.notice("spool below its limit again; accepting from senders")
             }

@@ -1,6 +1,6 @@
-import Foundation
 public import FerryCore
 public import FerryTap
+import Foundation
 
 /// The settings of `tap: {kind: carbon, ...}`, validated.
 public struct CarbonTapConfig: Sendable {
@@ -54,7 +54,8 @@ public struct CarbonTapConfig: Sendable {
         }
         let listen = hostPort("listen"), old = hostPort("old"), new = hostPort("new")
         for k in Self.required where o[k] == nil { problems.append("tap.\(k): missing") }
-        let dir = o["spool_dir"].map { PathUtil.absolute(PathUtil.expandTilde($0), relativeTo: PathUtil.directory(of: plan.file)) }
+        let dir =
+            o["spool_dir"].map { PathUtil.absolute(PathUtil.expandTilde($0), relativeTo: PathUtil.directory(of: plan.file)) }
             ?? plan.stateDirectory + "/tap"
         var c = CarbonTapConfig(
             listen: listen ?? HostPort(host: "127.0.0.1", port: 2003), old: old ?? HostPort(host: "-", port: 1),
@@ -89,11 +90,17 @@ public struct CarbonTapConfig: Sendable {
         if let v = size("max_line_length", min: 64) { c.maxLineLength = Int(v) }
         if let v = size("max_pickle_message", min: 1024) { c.maxPickleMessage = Int(v) }
         if let v = o["fsync"] {
-            if let p = FsyncPolicy.parse(v) { c.fsync = p } else { problems.append("tap.fsync: expected always, never or an interval (e.g. 1s), got '\(v)'") }
+            if let p = FsyncPolicy.parse(v) {
+                c.fsync = p
+            } else {
+                problems.append("tap.fsync: expected always, never or an interval (e.g. 1s), got '\(v)'")
+            }
         }
         if let v = o["replay_rate"] {
             let digits = v.hasSuffix("/s") ? String(v.dropLast(2)) : v
-            if let r = Double(digits), r >= 0 { c.replayRate = r } else {
+            if let r = Double(digits), r >= 0 {
+                c.replayRate = r
+            } else {
                 problems.append("tap.replay_rate: expected lines per second (e.g. 50000/s, 0 for unlimited), got '\(v)'")
             }
         }

@@ -1,5 +1,5 @@
-import Foundation
 import FerryCore
+import Foundation
 
 /// A Ceres node that cannot be used, naming the file and (for slices) the byte offset.
 public struct CeresError: Error, CustomStringConvertible, Sendable {

@@ -1,6 +1,6 @@
-import Foundation
 public import FerryCore
 import FerryLocal
+import Foundation
 
 /// A Ceres tree as the destination of a Whisper tree: the file `a/b/c.wsp` lands as the node `a/b/c`. A new
 /// node gets the Whisper file's metadata and every archive's points, each at the finest resolution that holds

@@ -1,5 +1,5 @@
-import Foundation
 public import FerryCore
+import Foundation
 
 /// A Ceres tree seen as the Whisper tree it becomes: node `a/b/c` appears as the file `a/b/c.wsp`, whose bytes
 /// are the node converted (`Whisper.convert`) into the destination's schema. The engine then copies, merges and
@@ -39,8 +39,9 @@ public final class CeresTreeStore: Store, @unchecked Sendable {
                 var st = Foundation.stat()
                 if lstat(root + "/" + d, &st) == 0 {
                     try visit(
-                        Entry(path: d, kind: .directory, size: 0, mtimeNs: 0, mode: UInt32(st.st_mode & 0o7777),
-                              inode: UInt64(st.st_ino), uid: st.st_uid, gid: st.st_gid))
+                        Entry(
+                            path: d, kind: .directory, size: 0, mtimeNs: 0, mode: UInt32(st.st_mode & 0o7777),
+                            inode: UInt64(st.st_ino), uid: st.st_uid, gid: st.st_gid))
                 }
             }
             do {
@@ -61,7 +62,8 @@ public final class CeresTreeStore: Store, @unchecked Sendable {
             throw FerryError(.invalidPlan, "no schema rule matches \(Self.metric(rel))")
         }
         let archives = schema.archives
-        let size = Whisper.headerSize + archives.count * Whisper.archiveInfoSize
+        let size =
+            Whisper.headerSize + archives.count * Whisper.archiveInfoSize
             + archives.reduce(0) { $0 + $1.points * Whisper.pointSize }
         var mtime: Int64 = 0
         var inode: UInt64 = 0

@@ -1,5 +1,5 @@
-import Foundation
 import FerryCore
+import Foundation
 
 extension CeresNode {
     /// The reference's MAX_SLICE_GAP: a gap longer than this many points starts a new slice.

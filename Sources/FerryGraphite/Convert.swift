@@ -1,5 +1,5 @@
-import Foundation
 import FerryCore
+import Foundation
 
 /// The shape of a Whisper file: archives, xFilesFactor, aggregation method.
 public struct WhisperSchema: Sendable, Equatable {
@@ -87,10 +87,11 @@ public struct CarbonSchemas: Sendable {
         let ret = Self.first(schemas, matching: metric)?.values["retentions"] ?? Self.defaultRetentions
         let agg = Self.first(aggregations, matching: metric)
         let xff = agg?.values["xFilesFactor"].flatMap(Float.init) ?? 0.5
-        let method = try agg?.values["aggregationMethod"].map { name -> Aggregation in
-            guard let m = Aggregation(name: name) else { throw FerryError(.invalidPlan, "unknown aggregationMethod \(name)") }
-            return m
-        } ?? .average
+        let method =
+            try agg?.values["aggregationMethod"].map { name -> Aggregation in
+                guard let m = Aggregation(name: name) else { throw FerryError(.invalidPlan, "unknown aggregationMethod \(name)") }
+                return m
+            } ?? .average
         return WhisperSchema(retentions: try Retentions.parse(ret), xFilesFactor: xff, aggregation: method)
     }
 }

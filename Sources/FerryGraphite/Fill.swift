@@ -1,5 +1,5 @@
-import Foundation
 import FerryCore
+import Foundation
 
 /// What a fill did to one destination file.
 public struct FillReport: Sendable, Equatable {

@@ -92,7 +92,8 @@ public enum PickleDecoder {
         while true {
             let op = try r.byte()
             if let name = refusedNames[op] {
-                throw Refused(reason: "refused pickle opcode \(name) (0x\(String(op, radix: 16))): the tap decodes data only, it never imports or calls")
+                throw Refused(
+                    reason: "refused pickle opcode \(name) (0x\(String(op, radix: 16))): the tap decodes data only, it never imports or calls")
             }
             switch op {
             case 0x80:  // PROTO
@@ -128,7 +129,11 @@ public enum PickleDecoder {
             case 0x89: try push(.bool(false))
             case UInt8(ascii: "I"):  // INT (text); "I01"/"I00" are True/False
                 let s = try r.line()
-                if s == "01" { try push(.bool(true)) } else if s == "00" { try push(.bool(false)) } else {
+                if s == "01" {
+                    try push(.bool(true))
+                } else if s == "00" {
+                    try push(.bool(false))
+                } else {
                     guard let v = Int64(s) else { throw Refused(reason: "bad INT '\(s.prefix(40))'") }
                     try push(.int(v))
                 }

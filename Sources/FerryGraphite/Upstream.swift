@@ -1,7 +1,7 @@
-import Foundation
 import FerryCore
-import Logging
 import FerryTap
+import Foundation
+import Logging
 
 #if canImport(Glibc)
 import Glibc

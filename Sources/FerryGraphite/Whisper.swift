@@ -1,5 +1,5 @@
-import Foundation
 import FerryCore
+import Foundation
 
 /// Whisper's aggregation methods, numbered as in the file header.
 public enum Aggregation: UInt32, Sendable, CaseIterable, CustomStringConvertible {

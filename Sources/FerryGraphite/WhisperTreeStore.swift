@@ -1,6 +1,6 @@
-import Foundation
 public import FerryCore
 public import FerryLocal
+import Foundation
 
 /// A tree of Whisper files (carbon's storage/whisper). Lists, reads and writes like a directory tree, merges
 /// into existing files (fill, never clobber, under carbon's flock) and proves parity point by point.
@@ -28,9 +28,10 @@ public final class WhisperTreeStore: Store, Merging, PointComparing, @unchecked 
 
     /// Lists directories, links and `.wsp` files (carbon's tree holds nothing else worth moving).
     public func walk(_ visit: (Entry) throws -> Void, skipped: (SkippedEntry) -> Void) throws {
-        try tree.walk({ e in
-            if e.kind != .file || e.path.hasSuffix(".wsp") { try visit(e) }
-        }, skipped: skipped)
+        try tree.walk(
+            { e in
+                if e.kind != .file || e.path.hasSuffix(".wsp") { try visit(e) }
+            }, skipped: skipped)
     }
 
     public func stat(_ path: String) throws -> Entry? { try tree.stat(path) }
@@ -96,8 +97,9 @@ public final class WhisperTreeStore: Store, Merging, PointComparing, @unchecked 
         // Every destination archive, at its resolution, against the source archive of the same step (or the
         // finest finer one, aggregated by the destination's rules, as the merge filled it).
         for a in dst.archives {
-            guard let from = src.archives.first(where: { $0.secondsPerPoint == a.secondsPerPoint })
-                ?? src.archives.last(where: { $0.secondsPerPoint < a.secondsPerPoint && a.secondsPerPoint % $0.secondsPerPoint == 0 })
+            guard
+                let from = src.archives.first(where: { $0.secondsPerPoint == a.secondsPerPoint })
+                    ?? src.archives.last(where: { $0.secondsPerPoint < a.secondsPerPoint && a.secondsPerPoint % $0.secondsPerPoint == 0 })
             else { continue }
             let step = a.secondsPerPoint
             var oldest = now - min(a.retention, from.retention)
@@ -105,11 +107,13 @@ public final class WhisperTreeStore: Store, Merging, PointComparing, @unchecked 
             var t = oldest - Whisper.mod(oldest, step) + step
             let last = min(until, now) - Whisper.mod(min(until, now), step)
             while t <= last {
-                let want = from.secondsPerPoint == step
+                let want =
+                    from.secondsPerPoint == step
                     ? src.value(from, at: t)
                     : src.aggregate(from, into: t, step: step, method: dst.aggregation, xff: dst.xFilesFactor)
                 // A slot already holding a newer lap has rolled past t at the destination: nothing to compare.
-                let lapped = dst.baseInterval(a) != 0
+                let lapped =
+                    dst.baseInterval(a) != 0
                     && dst.point(at: dst.slotOffset(a, base: dst.baseInterval(a), interval: t)).0 > t
                 if let want, !lapped { tally.compare("\(step)s@\(t)", want: want, got: dst.value(a, at: t)) }
                 t += step
@@ -154,7 +158,8 @@ extension WhisperTreeStore {
                     let known = group.compactMap { $0 }
                     if !known.isEmpty, factor == 1 || Double(known.count) / Double(factor) >= Double(dst.xFilesFactor) {
                         let want = factor == 1 ? known[0] : dst.aggregation.aggregate(known: known, neighbors: group)
-                        let lapped = dst.baseInterval(a) != 0
+                        let lapped =
+                            dst.baseInterval(a) != 0
                             && dst.point(at: dst.slotOffset(a, base: dst.baseInterval(a), interval: t)).0 > t
                         if !lapped { tally.compare("\(step)s@\(t)", want: want, got: dst.value(a, at: t)) }
                     }

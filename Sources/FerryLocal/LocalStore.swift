@@ -1,5 +1,5 @@
-public import FerryCore
 internal import CFerrySys
+public import FerryCore
 import Synchronization
 
 #if canImport(Glibc)
@@ -231,10 +231,11 @@ public final class LocalStore: Store, HardLinking, SpecialMaking, @unchecked Sen
                 let target = readLink(dfd, name.c) ?? "?"
                 var followed = Glibc.stat()
                 if fstatat(dfd, name.c, &followed, 0) != 0 {
-                    skipped(SkippedEntry(
-                        path: rel,
-                        reason: "symlink to \(RawName.display(target)) cannot be followed (copy.symlinks: follow): "
-                            + String(cString: strerror(errno))))
+                    skipped(
+                        SkippedEntry(
+                            path: rel,
+                            reason: "symlink to \(RawName.display(target)) cannot be followed (copy.symlinks: follow): "
+                                + String(cString: strerror(errno))))
                     continue
                 }
                 st = followed
@@ -262,7 +263,9 @@ public final class LocalStore: Store, HardLinking, SpecialMaking, @unchecked Sen
                 let sub = retryEINTR { openat(dfd, name.c, O_RDONLY | O_DIRECTORY | follow | O_CLOEXEC) }
                 if sub < 0 {
                     if errno == ENOENT { continue }
-                    skipped(SkippedEntry(path: rel, reason: SystemCallError("open directory", errno: errno).description + " (its contents are not listed)"))
+                    skipped(
+                        SkippedEntry(
+                            path: rel, reason: SystemCallError("open directory", errno: errno).description + " (its contents are not listed)"))
                     continue
                 }
                 try walkDirectory(fd: sub, prefix: rel, ancestors: ancestors + [id], visit: visit, skipped: skipped)
@@ -303,7 +306,9 @@ public final class LocalStore: Store, HardLinking, SpecialMaking, @unchecked Sen
             var value = [UInt8](repeating: 0, count: max(size, 1))
             let read = ferry_lgetxattrat(dfd, name, attr, &value, UInt(value.count))
             guard read >= 0 else { continue }
-            out.append(ExtendedAttribute(name: String(decoding: attr.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self), value: Array(value[0..<read])))
+            out.append(
+                ExtendedAttribute(name: String(decoding: attr.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self), value: Array(value[0..<read]))
+            )
         }
         return out.sorted { $0.name < $1.name }
     }

@@ -1,5 +1,5 @@
-import Foundation
 internal import CCurl
+import Foundation
 
 /// One HTTP exchange's result.
 public struct HTTPResponse: Sendable {
@@ -64,7 +64,9 @@ public final class HTTPClient {
                 size = b.count
             case .file(let path, let n):
                 fd = open(path, O_RDONLY | O_CLOEXEC)
-                guard fd >= 0 else { throw HTTPTransportError(code: -1, message: "cannot open the request body \(path): \(String(cString: strerror(errno)))") }
+                guard fd >= 0 else {
+                    throw HTTPTransportError(code: -1, message: "cannot open the request body \(path): \(String(cString: strerror(errno)))")
+                }
                 size = n
             }
         }

@@ -1,9 +1,10 @@
+import FerryCore
+import FerryDigest
 import Foundation
+
 #if canImport(FoundationXML)
 import FoundationXML
 #endif
-import FerryCore
-import FerryDigest
 
 /// An S3 error response, or a failure after every retry; never contains a secret.
 public struct S3Error: Error, CustomStringConvertible, Sendable {
@@ -115,9 +116,10 @@ public final class S3Client: @unchecked Sendable {
                 let delay = baseDelay * pow(2, Double(attempt - 1)) * Double.random(in: 0.5...1.5)
                 Thread.sleep(forTimeInterval: delay)  // backoff before a retry, not synchronisation
             }
-            var headers = extra + [
-                ("host", host), ("x-amz-date", SigV4.amzDate(Date())), ("x-amz-content-sha256", payloadHash),
-            ]
+            var headers =
+                extra + [
+                    ("host", host), ("x-amz-date", SigV4.amzDate(Date())), ("x-amz-content-sha256", payloadHash),
+                ]
             let signed = signer.sign(method: method, path: path, query: query, headers: headers, payloadHash: payloadHash)
             headers.append(("Authorization", signed.authorization))
             let qs = SigV4.canonicalQuery(query)
@@ -250,7 +252,8 @@ final class XMLFields: NSObject, XMLParserDelegate {
         return d.out
     }
 
-    func parser(_ parser: XMLParser, didStartElement name: String, namespaceURI: String?, qualifiedName: String?, attributes: [String: String] = [:]) {
+    func parser(_ parser: XMLParser, didStartElement name: String, namespaceURI: String?, qualifiedName: String?, attributes: [String: String] = [:])
+    {
         if wanted.contains(name) {
             current = name
             text = ""

@@ -1,7 +1,7 @@
-import Foundation
-import Synchronization
 public import FerryCore
 import FerryDigest
+import Foundation
+import Synchronization
 
 /// Where credentials come from: `env:PREFIX_` (PREFIX_ACCESS_KEY_ID, PREFIX_SECRET_ACCESS_KEY) or
 /// `file:PATH#profile` (the AWS credentials file format). Errors name the source, never a value.
@@ -91,7 +91,8 @@ public final class S3Store: Store, ChecksumProviding, FenceChecking, ChunkSizing
 
     /// Runs `body` with a client from the store's pool (one keep-alive connection each, reused).
     public func withClient<T>(_ body: (S3Client) throws -> T) throws -> T {
-        let client = pool.withLock { $0.popLast() }
+        let client =
+            pool.withLock { $0.popLast() }
             ?? S3Client(endpoint: endpoint, region: region, bucket: bucket, credentials: credentials, addressing: addressing)
         defer { pool.withLock { $0.append(client) } }
         return try body(client)
@@ -179,11 +180,12 @@ public final class S3Store: Store, ChecksumProviding, FenceChecking, ChunkSizing
                     // A folder marker (the console's "Create folder", s3fs, rclone): a directory, as rclone reads it.
                     let dir = String(rel.dropLast())
                     guard o.size == 0, PathUtil.isSafeRelative(dir) else {
-                        skipped(SkippedEntry(
-                            path: rel,
-                            reason: o.size == 0
-                                ? "key \"\(RawName.display(o.key))\" cannot be a path (empty, `.` or `..` segments)"
-                                : "key \"\(RawName.display(o.key))\" ends with / but holds \(o.size) bytes; it cannot be a file name"))
+                        skipped(
+                            SkippedEntry(
+                                path: rel,
+                                reason: o.size == 0
+                                    ? "key \"\(RawName.display(o.key))\" cannot be a path (empty, `.` or `..` segments)"
+                                    : "key \"\(RawName.display(o.key))\" ends with / but holds \(o.size) bytes; it cannot be a file name"))
                         return
                     }
                     try visit(Entry(path: dir, kind: .directory, size: 0, mtimeNs: 0, mode: 0o755, inode: Self.changeToken(o.etag)))

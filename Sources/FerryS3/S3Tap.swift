@@ -1,12 +1,12 @@
-import Foundation
-import Synchronization
 public import FerryCore
 import FerryDigest
 public import FerryTap
+import Foundation
 public import Logging
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import Synchronization
 
 /// The settings of `tap: {kind: s3, ...}`: the application talks S3 to `listen` with the tap's own credentials
 /// and bucket name; `old` and `new` are the plan's source and destination buckets.
@@ -53,7 +53,9 @@ public struct S3TapConfig: Sendable {
         directory = o["spool_dir"].map { PathUtil.absolute(PathUtil.expandTilde($0), relativeTo: base) } ?? plan.stateDirectory + "/tap"
         controlSocket = o["control"].map { PathUtil.absolute(PathUtil.expandTilde($0), relativeTo: base) } ?? directory + "/control.sock"
         if let v = o["max_body"] {
-            guard let n = Units.parseSize(v), n >= 1_048_576 else { throw FerryError(.invalidPlan, "tap.max_body: expected a size of at least 1MiB, got '\(v)'") }
+            guard let n = Units.parseSize(v), n >= 1_048_576 else {
+                throw FerryError(.invalidPlan, "tap.max_body: expected a size of at least 1MiB, got '\(v)'")
+            }
             maxBody = Int(n)
         }
         if let v = o["fsync"] {
@@ -61,11 +63,15 @@ public struct S3TapConfig: Sendable {
             fsync = p
         }
         if let v = o["header_timeout"] {
-            guard let d = Units.parseDuration(v), d > 0 else { throw FerryError(.invalidPlan, "tap.header_timeout: expected a duration such as 30s, got '\(v)'") }
+            guard let d = Units.parseDuration(v), d > 0 else {
+                throw FerryError(.invalidPlan, "tap.header_timeout: expected a duration such as 30s, got '\(v)'")
+            }
             headerTimeout = d
         }
         if let v = o["max_connections"] {
-            guard let n = Int(v), n >= 1 else { throw FerryError(.invalidPlan, "tap.max_connections: expected a whole number of at least 1, got '\(v)'") }
+            guard let n = Int(v), n >= 1 else {
+                throw FerryError(.invalidPlan, "tap.max_connections: expected a whole number of at least 1, got '\(v)'")
+            }
             maxConnections = n
         }
     }
@@ -146,9 +152,13 @@ public final class S3Tap: TapServer, @unchecked Sendable {
         verifier = SigV4Verifier(credentials: [config.credentials])
         cursorPath = config.directory + "/cursor.mirror"
         modePath = config.directory + "/mode"
-        cursor = (try? String(contentsOfFile: cursorPath, encoding: .utf8)).flatMap { UInt64($0.trimmingCharacters(in: .whitespacesAndNewlines)) } ?? journal.head
+        cursor =
+            (try? String(contentsOfFile: cursorPath, encoding: .utf8)).flatMap { UInt64($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+            ?? journal.head
         cursor = min(max(cursor, journal.tail), journal.head)
-        if let m = (try? String(contentsOfFile: modePath, encoding: .utf8)).flatMap({ TapMode(rawValue: $0.trimmingCharacters(in: .whitespacesAndNewlines)) }) {
+        if let m = (try? String(contentsOfFile: modePath, encoding: .utf8)).flatMap({
+            TapMode(rawValue: $0.trimmingCharacters(in: .whitespacesAndNewlines))
+        }) {
             mode = m
         }
         group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, min(4, System.coreCount)))
@@ -193,11 +203,13 @@ public final class S3Tap: TapServer, @unchecked Sendable {
             .childChannelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
                     // Over the connection limit: closed at once, before anything is read or buffered.
-                    guard self.connections.withLock({ n in
-                        guard n < self.config.maxConnections else { return false }
-                        n += 1
-                        return true
-                    }) else {
+                    guard
+                        self.connections.withLock({ n in
+                            guard n < self.config.maxConnections else { return false }
+                            n += 1
+                            return true
+                        })
+                    else {
                         // Closed as soon as it is active (an unregistered channel cannot be closed yet).
                         try channel.pipeline.syncOperations.addHandler(CloseOnActive())
                         return
@@ -256,7 +268,8 @@ public final class S3Tap: TapServer, @unchecked Sendable {
         var body: [UInt8]
 
         static func error(_ status: Int, _ code: String, _ message: String) -> Response {
-            let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>\(escapeXML(code))</Code><Message>\(escapeXML(message))</Message></Error>"
+            let xml =
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>\(escapeXML(code))</Code><Message>\(escapeXML(message))</Message></Error>"
             return Response(status: status, headers: [("Content-Type", "application/xml")], body: Array(xml.utf8))
         }
     }
@@ -326,7 +339,9 @@ public final class S3Tap: TapServer, @unchecked Sendable {
         }
         let query: [(String, String)] = (rawQuery ?? "").split(separator: "&").map { p in
             let kv = p.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
-            return (String(kv[0]).removingPercentEncoding ?? String(kv[0]), kv.count > 1 ? (String(kv[1]).removingPercentEncoding ?? String(kv[1])) : "")
+            return (
+                String(kv[0]).removingPercentEncoding ?? String(kv[0]), kv.count > 1 ? (String(kv[1]).removingPercentEncoding ?? String(kv[1])) : ""
+            )
         }
         var headers = r.headers.filter { h in
             let n = h.0.lowercased()
@@ -457,12 +472,15 @@ public final class S3Tap: TapServer, @unchecked Sendable {
             var body = String(decoding: res.body, as: UTF8.self)
             if (200..<300).contains(res.status) {
                 if !sidePrefix.isEmpty {
-                    let shown = urlEncoded ? (sidePrefix.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed) ?? sidePrefix) : Self.escapeXML(sidePrefix)
+                    let shown =
+                        urlEncoded
+                        ? (sidePrefix.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed) ?? sidePrefix) : Self.escapeXML(sidePrefix)
                     for tag in ["Key", "Prefix", "StartAfter", "Marker", "NextMarker"] {
                         body = body.replacingOccurrences(of: "<\(tag)>\(shown)", with: "<\(tag)>")
                     }
                 }
-                body = body.replacingOccurrences(of: "<Name>\(Self.escapeXML(side(p).bucket))</Name>", with: "<Name>\(Self.escapeXML(config.bucket))</Name>")
+                body = body.replacingOccurrences(
+                    of: "<Name>\(Self.escapeXML(side(p).bucket))</Name>", with: "<Name>\(Self.escapeXML(config.bucket))</Name>")
             }
             let out = res.headers.filter { Self.returnedHeaders.contains($0.key) }.map { ($0.key, $0.value) }
             return Response(status: res.status, headers: out, body: Array(body.utf8))
@@ -544,9 +562,11 @@ public final class S3Tap: TapServer, @unchecked Sendable {
         while let open = rest.range(of: "<\(name)>"), let close = rest[open.upperBound...].range(of: "</\(name)>") {
             let raw = String(rest[open.upperBound..<close.lowerBound])
             out.append(
-                !decode ? raw : raw.replacingOccurrences(of: "&lt;", with: "<").replacingOccurrences(of: "&gt;", with: ">")
-                    .replacingOccurrences(of: "&quot;", with: "\"").replacingOccurrences(of: "&apos;", with: "'")
-                    .replacingOccurrences(of: "&amp;", with: "&"))
+                !decode
+                    ? raw
+                    : raw.replacingOccurrences(of: "&lt;", with: "<").replacingOccurrences(of: "&gt;", with: ">")
+                        .replacingOccurrences(of: "&quot;", with: "\"").replacingOccurrences(of: "&apos;", with: "'")
+                        .replacingOccurrences(of: "&amp;", with: "&"))
             rest = rest[close.upperBound...]
         }
         return out
@@ -985,7 +1005,8 @@ final class S3ProxyHandler: ChannelInboundHandler {
                 channel.eventLoop.execute {
                     var headers = HTTPHeaders(r.headers.filter { $0.0.lowercased() != "content-length" })
                     let isHead = request.method == "HEAD"
-                    headers.replaceOrAdd(name: "content-length", value: isHead ? (r.headers.first { $0.0 == "content-length" }?.1 ?? "0") : String(r.body.count))
+                    headers.replaceOrAdd(
+                        name: "content-length", value: isHead ? (r.headers.first { $0.0 == "content-length" }?.1 ?? "0") : String(r.body.count))
                     if !keepAlive { headers.replaceOrAdd(name: "connection", value: "close") }
                     let status = HTTPResponseStatus(statusCode: r.status)
                     channel.write(HTTPServerResponsePart.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers)), promise: nil)
@@ -1032,7 +1053,9 @@ extension S3ProxyHandler {
         var headers = HTTPHeaders(r.headers)
         headers.replaceOrAdd(name: "content-length", value: String(r.body.count))
         headers.replaceOrAdd(name: "connection", value: "close")
-        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: HTTPResponseStatus(statusCode: r.status), headers: headers))), promise: nil)
+        context.write(
+            wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: HTTPResponseStatus(statusCode: r.status), headers: headers))),
+            promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: r.body)))), promise: nil)
         let channel = context.channel
         context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
@@ -1062,7 +1085,9 @@ extension S3Tap {
             n += 1
             return n
         }
-        if LogLimit.allows(UInt64(n)) { logger.warning("a request body was refused (503 SlowDown): \(error)", metadata: ["spool_refusals_total": "\(n)"]) }
+        if LogLimit.allows(UInt64(n)) {
+            logger.warning("a request body was refused (503 SlowDown): \(error)", metadata: ["spool_refusals_total": "\(n)"])
+        }
     }
 
     func dispatch(_ work: @escaping @Sendable () -> Void) { workers.async(execute: work) }

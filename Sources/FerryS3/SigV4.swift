@@ -1,5 +1,5 @@
-public import Foundation
 import FerryDigest
+public import Foundation
 
 /// Credentials for signing; `description` never shows the secret.
 public struct S3Credentials: Sendable, CustomStringConvertible {
@@ -69,7 +69,9 @@ public struct SigV4: Sendable {
 
     /// Signs a request. `path` is the raw (decoded) object path such as `/bucket/my key+1.jpg`; `headers` must
     /// include `host` and `x-amz-date` (`yyyyMMdd'T'HHmmss'Z'`) and `x-amz-content-sha256`.
-    public func sign(method: String, path: String, query: [(String, String)], headers: [(String, String)], payloadHash: String)
+    public func sign(
+        method: String, path: String, query: [(String, String)], headers: [(String, String)], payloadHash: String
+    )
         -> Signed
     {
         sign(
@@ -79,7 +81,9 @@ public struct SigV4: Sendable {
 
     /// Signs with the canonical URI and query given as they are (a server checking a request uses the path as
     /// it arrived, already encoded once by the client).
-    public func sign(method: String, canonicalURI: String, canonicalQuery: String, headers: [(String, String)], payloadHash: String)
+    public func sign(
+        method: String, canonicalURI: String, canonicalQuery: String, headers: [(String, String)], payloadHash: String
+    )
         -> Signed
     {
         // Repeated headers are one canonical header, their values joined by commas.

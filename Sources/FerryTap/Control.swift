@@ -1,6 +1,6 @@
-import Foundation
-public import FerryCore
 import CFerrySys
+public import FerryCore
+import Foundation
 
 #if canImport(Glibc)
 import Glibc

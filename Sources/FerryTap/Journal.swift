@@ -1,5 +1,5 @@
-import Foundation
 import FerryCore
+import Foundation
 
 #if canImport(Glibc)
 import Glibc

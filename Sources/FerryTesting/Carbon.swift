@@ -157,7 +157,8 @@ public final class CarbonCache: @unchecked Sendable {
         let port = linePort
         let p = try launchDaemon(
             python, [script, "--config=\(dir.sub("conf/carbon.conf"))", "--nodaemon", "start"], environment: env,
-            log: dir.sub("carbon.log"), timeout: 30, what: "carbon-cache") { tcpListening(port) }
+            log: dir.sub("carbon.log"), timeout: 30, what: "carbon-cache"
+        ) { tcpListening(port) }
         state.withLock { $0 = p }
     }
 

@@ -1,6 +1,6 @@
+public import FerryCore
 import Foundation
 import Synchronization
-public import FerryCore
 
 /// An in-memory store, registered exactly like the real kinds (`MemoryStore.kind`, `kind: memory` with a `name`):
 /// for engine tests that need no filesystem, and as the reference implementation the store conformance suite
@@ -144,7 +144,11 @@ public final class MemoryStore: Store, HardLinking, @unchecked Sendable {
                     throw FerryError(.destinationIO, "\(path): \(data.count) bytes written, \(entry.size) expected")
                 }
                 var e = entry
-                e.inode = store.nodes[path]?.entry.inode ?? { store.nextInode += 1; return store.nextInode }()
+                e.inode =
+                    store.nodes[path]?.entry.inode
+                    ?? {
+                        store.nextInode += 1; return store.nextInode
+                    }()
                 e.links = 1
                 store.nodes[path] = Node(entry: e, data: data)
             }

@@ -1,5 +1,5 @@
-import Foundation
 public import FerryCore
+import Foundation
 
 /// The behaviour every store kind must have, run as one body against each (after rclone's `fstests.Run`):
 /// an empty store lists nothing and answers nil for what is not there; an object is invisible until published,
@@ -110,7 +110,9 @@ public enum StoreConformance {
             }
             let e = try store.stat(path)
             try expect(e?.kind == .file && e?.size == Int64(data.count), "stat after publish: \(String(describing: e))")
-            if options.keepsMtime { try expect(e.map { $0.mtimeNs / 1_000_000_000 } == mtime / 1_000_000_000, "mtime not kept: \(String(describing: e))") }
+            if options.keepsMtime {
+                try expect(e.map { $0.mtimeNs / 1_000_000_000 } == mtime / 1_000_000_000, "mtime not kept: \(String(describing: e))")
+            }
             let all = try listed()
             try expect(all.contains { $0.path == path && $0.size == Int64(data.count) }, "walk does not list \(path): \(all.map(\.path))")
             if options.holdsDirectories {
@@ -125,7 +127,9 @@ public enum StoreConformance {
         check("resume or restart after an abandoned writer") {
             let p = options.name("resumed")
             let d = try options.content(2, 200_000)
-            guard let w = try store.openWriter(for: fileEntry(p, d.count), token: "conf2", resume: false) else { throw Failure("openWriter gave nil") }
+            guard let w = try store.openWriter(for: fileEntry(p, d.count), token: "conf2", resume: false) else {
+                throw Failure("openWriter gave nil")
+            }
             let half = d.count / 2
             try d[0..<half].withUnsafeBytes { try w.write($0, at: 0) }
             try w.makeDurable()
@@ -142,11 +146,15 @@ public enum StoreConformance {
         check("discarded and abandoned partials are never entries") {
             let p = options.name("discarded")
             let d = try options.content(3, 70_000)
-            guard let w = try store.openWriter(for: fileEntry(p, d.count), token: "conf3", resume: false) else { throw Failure("openWriter gave nil") }
+            guard let w = try store.openWriter(for: fileEntry(p, d.count), token: "conf3", resume: false) else {
+                throw Failure("openWriter gave nil")
+            }
             try d.withUnsafeBytes { try w.write($0, at: 0) }
             w.discard()
             let q = options.name("abandoned")
-            guard let w2 = try store.openWriter(for: fileEntry(q, d.count), token: "conf4", resume: false) else { throw Failure("openWriter gave nil") }
+            guard let w2 = try store.openWriter(for: fileEntry(q, d.count), token: "conf4", resume: false) else {
+                throw Failure("openWriter gave nil")
+            }
             try d.withUnsafeBytes { try w2.write($0, at: 0) }
             try w2.makeDurable()
             try store.discardPartial(for: q, token: "conf4")
@@ -165,7 +173,8 @@ public enum StoreConformance {
                 try expect(size == Int64(d.count), "the size after a replace")
                 try expect(try readAll(path) == d, "the bytes after a replace")
             } else {
-                try expect(size.map { Int($0) } == (try readAll(path)).count, "the object after a merge reads as a whole: stat \(String(describing: size))")
+                try expect(
+                    size.map { Int($0) } == (try readAll(path)).count, "the object after a merge reads as a whole: stat \(String(describing: size))")
             }
         }
         if options.holdsSymlinks {

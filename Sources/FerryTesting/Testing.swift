@@ -1,6 +1,6 @@
-public import Foundation
 import FerryCore
 import FerryDigest
+public import Foundation
 
 /// A temporary directory removed on deinit.
 public final class TempDir: @unchecked Sendable {

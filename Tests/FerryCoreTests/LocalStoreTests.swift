@@ -1,7 +1,8 @@
+import FerryLocal
+import FerryTesting
 import Foundation
 import Testing
-import FerryTesting
-import FerryLocal
+
 @testable import FerryCore
 
 /// The store contract, run against the local store.

@@ -1,6 +1,7 @@
+import FerryTesting
 import Foundation
 import Testing
-import FerryTesting
+
 @testable import FerryCore
 
 @Suite struct PlanLoaderTests {

@@ -1,4 +1,5 @@
 import Testing
+
 @testable import FerryCore
 
 @Suite struct UnitsTests {

@@ -1,7 +1,8 @@
+import FerryCore
+import FerryTesting
 import Foundation
 import Testing
-import FerryTesting
-import FerryCore
+
 @testable import FerryEngine
 
 @Suite struct ChunkingTests {

@@ -1,8 +1,9 @@
+import FerryLocal
+import FerryTesting
 import Foundation
 import Logging
 import Testing
-import FerryTesting
-import FerryLocal
+
 @testable import FerryCore
 @testable import FerryEngine
 

@@ -1,10 +1,10 @@
+import FerryCore
+import FerryEngine
+import FerryLocal
+import FerryTesting
 import Foundation
 import Logging
 import Testing
-import FerryTesting
-import FerryLocal
-import FerryCore
-import FerryEngine
 
 /// The in-memory store is registered exactly like the real kinds: one line in a backend list. The engine runs a
 /// whole job on it in-process (snapshot, copy, verify), no built binary and no filesystem tree.

@@ -1,6 +1,7 @@
+import FerryTesting
 import Foundation
 import Testing
-import FerryTesting
+
 @testable import FerryGraphite
 
 @Suite struct CarbonLineTests {
@@ -39,11 +40,16 @@ import FerryTesting
 
     /// A value is valid exactly when it parses to a finite double: the oracle is Python's own float().
     @Test func valuesAreFiniteDoublesAsPythonReadsThemAndTimestampsFitWhisper() throws {
-        let values = ["1e-300", "1e300", "1.7976931348623157e308", "1" + String(repeating: "0", count: 400), "99999999999999999999e299",
-                      "1e-400", "-0.0", "4e308", "0.000001", "12345678901234567890"]
-        let python = String(decoding: try pythonOutput(
-            "import math\nfor v in [\(values.map { "'\($0)'" }.joined(separator: ", "))]:\n    print('finite' if math.isfinite(float(v)) else 'inf')"), as: UTF8.self)
-            .split(separator: "\n").map(String.init)
+        let values = [
+            "1e-300", "1e300", "1.7976931348623157e308", "1" + String(repeating: "0", count: 400), "99999999999999999999e299",
+            "1e-400", "-0.0", "4e308", "0.000001", "12345678901234567890",
+        ]
+        let python = String(
+            decoding: try pythonOutput(
+                "import math\nfor v in [\(values.map { "'\($0)'" }.joined(separator: ", "))]:\n    print('finite' if math.isfinite(float(v)) else 'inf')"
+            ), as: UTF8.self
+        )
+        .split(separator: "\n").map(String.init)
         #expect(python.count == values.count)
         for (v, verdict) in zip(values, python) {
             let problem = check("a.b \(v) 1700000000").1
@@ -98,7 +104,8 @@ import FerryTesting
     /// The review's reproducer: 100,000 levels of nesting crashed the tap (a recursive teardown overflowed the
     /// event loop's stack). Refused with the depth limit, freed without recursion.
     @Test func aDeeplyNestedPickleIsRefusedNotACrash() throws {
-        let nested: [UInt8] = [0x80, 0x02] + [UInt8](repeating: UInt8(ascii: "("), count: 100_000)
+        let nested: [UInt8] =
+            [0x80, 0x02] + [UInt8](repeating: UInt8(ascii: "("), count: 100_000)
             + [UInt8](repeating: UInt8(ascii: "l"), count: 100_000) + [UInt8(ascii: ".")]
         do {
             _ = try PickleDecoder.decode(nested)
@@ -136,7 +143,8 @@ import FerryTesting
 
     @Test func pythonTwoStylePicklesDecode() throws {
         // What a Python 2 carbon client sends: protocol 2 with SHORT_BINSTRING paths and BININT timestamps.
-        let bytes: [UInt8] = [0x80, 0x02, 0x5D, 0x71, 0x00, 0x28, 0x55, 0x03] + Array("a.b".utf8)
+        let bytes: [UInt8] =
+            [0x80, 0x02, 0x5D, 0x71, 0x00, 0x28, 0x55, 0x03] + Array("a.b".utf8)
             + [0x71, 0x01, 0x4A, 0x00, 0xF1, 0x53, 0x65, 0x47, 0x3F, 0xF8, 0, 0, 0, 0, 0, 0, 0x86, 0x71, 0x02, 0x86, 0x71, 0x03, 0x65, 0x2E]
         #expect(try PickleDecoder.decode(bytes) == [.init(path: "a.b", timestamp: 1_700_000_000, value: 1.5)])
     }

@@ -1,6 +1,7 @@
+import FerryTesting
 import Foundation
 import Testing
-import FerryTesting
+
 @testable import FerryGraphite
 
 /// Reads of the fixtures written by the reference Ceres implementation must equal the reference's own reads.

@@ -1,6 +1,7 @@
+import FerryTesting
 import Foundation
 import Testing
-import FerryTesting
+
 @testable import FerryGraphite
 
 func oracle(_ args: [String]) throws -> String { try WhisperOracle.run(args) }

@@ -1,7 +1,7 @@
+import FerryS3
+import FerryTesting
 import Foundation
 import Testing
-import FerryTesting
-import FerryS3
 
 /// Buckets under the CLEAN rule, against a real SeaweedFS, with objects written and read by boto3 (an independent
 /// client): what a bucket cannot hold is refused or skipped by a visible policy, hostile keys are refused alone,
@@ -30,7 +30,9 @@ import FerryS3
         try TreeGen.write(src + "/a/one.png", size: 3000, seed: 1)
         symlink("a/one.png", src + "/link.png")
         _ = try pythonOutput("open(os.fsencode(\(String(reflecting: src))) + b'/caf\\xe9.png', 'wb').write(b'latin-1 name')")
-        let plan = try writePlan(dir.path, """
+        let plan = try writePlan(
+            dir.path,
+            """
             version: 1
             name: up
             source:      { kind: fs, path: src }
@@ -44,8 +46,9 @@ import FerryS3
         #expect(r.status == 1, "\(r.all)")
         #expect(r.stdout.contains("caf\\xe9.png") && r.stdout.contains("not valid UTF-8"), "\(r.stdout)")
         #expect(r.stdout.contains("skipped by policy: 1") && r.stdout.contains("link.png"))
-        #expect(try boto(weed, bucket: "media", "print(sorted(o['Key'] for o in s3.list_objects_v2(Bucket=B)['Contents']))")
-            == "['a/one.png']\n")
+        #expect(
+            try boto(weed, bucket: "media", "print(sorted(o['Key'] for o in s3.list_objects_v2(Bucket=B)['Contents']))")
+                == "['a/one.png']\n")
         // Once the operator renames the file, a catch-up forgets the refusal and copies it.
         _ = try pythonOutput("os.unlink(os.fsencode(\(String(reflecting: src))) + b'/caf\\xe9.png')")
         try "renamed".write(toFile: src + "/café.png", atomically: false, encoding: .utf8)
@@ -57,13 +60,17 @@ import FerryS3
     @Test func hostileKeysAreRefusedAloneAndFolderMarkersBecomeDirectories() throws {
         let weed = try SeaweedFS()
         _ = try mediaBucket(weed, name: "hostile")
-        _ = try boto(weed, bucket: "hostile", """
+        _ = try boto(
+            weed, bucket: "hostile",
+            """
             for k in ["conflict", "conflict/child", "ok/file.txt", "ok/deeper/x.bin"]:
                 s3.put_object(Bucket=B, Key=k, Body=k.encode(), Metadata={"mtime": "1600000000.250000000"})
             s3.put_object(Bucket=B, Key="folder/", Body=b"")
             """)
         let dir = TempDir("ferry-s3-hostile")
-        let plan = try writePlan(dir.path, """
+        let plan = try writePlan(
+            dir.path,
+            """
             version: 1
             name: down
             source:      { kind: s3, endpoint: "\(weed.endpoint)", region: us-east-1, bucket: hostile, credentials: "env:H_" }
@@ -80,8 +87,9 @@ import FerryS3
         #expect(try String(contentsOfFile: dir.sub("dst/conflict"), encoding: .utf8) == "conflict")
         #expect(PathUtilCheck.isDirectory(dir.sub("dst/folder")), "a folder marker becomes a directory")
         var st = stat()
-        #expect(stat(dir.sub("dst/ok/file.txt"), &st) == 0 && st.st_mtim.tv_sec == 1_600_000_000 && st.st_mtim.tv_nsec == 250_000_000,
-                "the mtime carried in x-amz-meta-mtime is restored")
+        #expect(
+            stat(dir.sub("dst/ok/file.txt"), &st) == 0 && st.st_mtim.tv_sec == 1_600_000_000 && st.st_mtim.tv_nsec == 250_000_000,
+            "the mtime carried in x-amz-meta-mtime is restored")
         // The operator removes the conflicting key; the catch-up forgets the refusal.
         _ = try boto(weed, bucket: "hostile", "s3.delete_object(Bucket=B, Key='conflict/child')")
         let fixed = try Ferry.run(["run", plan, "--catch-up"], environment: env)

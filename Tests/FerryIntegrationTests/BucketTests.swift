@@ -1,12 +1,12 @@
-import Foundation
-import Testing
-import FerryTesting
-import FerryEngine
-import FerryS3
-import FerryDigest
-import FerryLocal
 import FerryCore
+import FerryDigest
+import FerryEngine
+import FerryLocal
+import FerryS3
+import FerryTesting
+import Foundation
 import Logging
+import Testing
 
 /// A bucket (default `media`) on a fresh SeaweedFS, and a client for it (patient while the server finishes
 /// starting).
@@ -33,7 +33,9 @@ func mediaBucket(_ weed: SeaweedFS, name: String = "media") throws -> S3Client {
         }
         try TreeGen.write(src + "/media_attachments/files/110/a b+c%d.png", size: 777, seed: 1)
         let env = ["MEDIA_ACCESS_KEY_ID": weed.accessKey, "MEDIA_SECRET_ACCESS_KEY": weed.secretKey]
-        let up = try writePlan(dir.path, """
+        let up = try writePlan(
+            dir.path,
+            """
             version: 1
             name: up
             source:      { kind: fs, path: system }
@@ -51,7 +53,9 @@ func mediaBucket(_ weed: SeaweedFS, name: String = "media") throws -> S3Client {
         #expect(head.headers["content-type"] == "image/png")
         #expect(head.headers["x-amz-meta-ferry-sha256"] == TreeCompare.fileDigest(src + "/media_attachments/files/110/a b+c%d.png"))
 
-        let down = try writePlan(dir.path, """
+        let down = try writePlan(
+            dir.path,
+            """
             version: 1
             name: down
             source:      { kind: s3, endpoint: "\(weed.endpoint)", region: us-east-1, bucket: media, prefix: system, credentials: "env:MEDIA_" }
@@ -100,7 +104,9 @@ func mediaBucket(_ weed: SeaweedFS, name: String = "media") throws -> S3Client {
         for (name, dest, creds) in [("same", "media-r2", "MEDIA_"), ("streamed", "media-other", "OTHER_")] {
             let endpoint = name == "same" ? weed.endpoint : "http://localhost:\(weed.s3Port)"
             let target = try mediaBucket(weed, name: dest)
-            let plan = try writePlan(dir.path, """
+            let plan = try writePlan(
+                dir.path,
+                """
                 version: 1
                 name: \(name)
                 source:      { kind: s3, endpoint: "\(weed.endpoint)", region: us-east-1, bucket: media, credentials: "env:MEDIA_" }
@@ -132,13 +138,15 @@ func mediaBucket(_ weed: SeaweedFS, name: String = "media") throws -> S3Client {
                     // Python from the documented definition (SHA-256 over the parts' raw 32-byte digests, in order).
                     let file = dir.sub("body.bin")
                     try Data(body).write(to: URL(fileURLWithPath: file))
-                    let list = String(decoding: try pythonOutput("""
-                        import hashlib
-                        data = open(\(String(reflecting: file)), "rb").read()
-                        size = 5 << 20
-                        parts = b"".join(hashlib.sha256(data[i:i + size]).digest() for i in range(0, len(data), size))
-                        sys.stdout.write("%d:%s" % (size, hashlib.sha256(parts).hexdigest()))
-                        """), as: UTF8.self)
+                    let list = String(
+                        decoding: try pythonOutput(
+                            """
+                            import hashlib
+                            data = open(\(String(reflecting: file)), "rb").read()
+                            size = 5 << 20
+                            parts = b"".join(hashlib.sha256(data[i:i + size]).digest() for i in range(0, len(data), size))
+                            sys.stdout.write("%d:%s" % (size, hashlib.sha256(parts).hexdigest()))
+                            """), as: UTF8.self)
                     #expect(h.headers["x-amz-meta-ferry-sha256-chunks"] == list, "\(key)")
                 }
             }
@@ -158,7 +166,9 @@ func mediaBucket(_ weed: SeaweedFS, name: String = "media") throws -> S3Client {
         let c = try mediaBucket(weed)
         let dir = TempDir("ferry-s3-parts")
         try TreeGen.write(dir.sub("src/video/long.mp4"), size: 40 << 20, seed: 5)
-        let plan = try writePlan(dir.path, """
+        let plan = try writePlan(
+            dir.path,
+            """
             version: 1
             name: parts
             source:      { kind: fs, path: src }
@@ -195,7 +205,9 @@ func mediaBucket(_ weed: SeaweedFS, name: String = "media") throws -> S3Client {
     @Test func missingCredentialsAreAPlanError() throws {
         let dir = TempDir()
         try FileManager.default.createDirectory(atPath: dir.sub("system"), withIntermediateDirectories: true)
-        let plan = try writePlan(dir.path, """
+        let plan = try writePlan(
+            dir.path,
+            """
             version: 1
             name: c
             source:      { kind: fs, path: system }
@@ -209,7 +221,9 @@ func mediaBucket(_ weed: SeaweedFS, name: String = "media") throws -> S3Client {
 
 @Suite(.serialized) struct BucketFaultTests {
     func plan(_ dir: TempDir, _ weed: SeaweedFS, bandwidth: String) throws -> String {
-        try writePlan(dir.path, """
+        try writePlan(
+            dir.path,
+            """
             version: 1
             name: up
             source:      { kind: fs, path: src }
@@ -218,15 +232,15 @@ func mediaBucket(_ weed: SeaweedFS, name: String = "media") throws -> S3Client {
             """)
     }
 
-
     @Test func killNineDuringAMultipartUploadResumesFromItsParts() throws {
         let weed = try SeaweedFS()
         let client = try mediaBucket(weed)
         let dir = TempDir("ferry-s3-kill")
         try TreeGen.write(dir.sub("src/videos/long.mp4"), size: 40 << 20, seed: 11)
         let p = try plan(dir, weed, bandwidth: "25MiB/s")
-        let env = ["MEDIA_ACCESS_KEY_ID": weed.accessKey, "MEDIA_SECRET_ACCESS_KEY": weed.secretKey,
-                   ].merging(try WriteCounter.environment(log: dir.sub("writes.log"))) { $1 }
+        let env = [
+            "MEDIA_ACCESS_KEY_ID": weed.accessKey, "MEDIA_SECRET_ACCESS_KEY": weed.secretKey,
+        ].merging(try WriteCounter.environment(log: dir.sub("writes.log"))) { $1 }
         func written() -> Int64 { WriteCounter.netBytes(dir.sub("writes.log")) }
         let (run, _, _) = try Ferry.start(["run", p], environment: env)
         #expect(waitUntil { written() >= 20 << 20 || !run.isRunning })
@@ -238,7 +252,9 @@ func mediaBucket(_ weed: SeaweedFS, name: String = "media") throws -> S3Client {
         let again = try Ferry.run(["run", p], environment: env)
         #expect(again.status == 0, "\(again.all)")
         let resent = written() - before
-        #expect(resent <= (40 << 20) - before + 2 * 2 * (5 << 20) + (1 << 20), "the resumed run sent \(resent) bytes; \(before) were sent before the kill")
+        #expect(
+            resent <= (40 << 20) - before + 2 * 2 * (5 << 20) + (1 << 20), "the resumed run sent \(resent) bytes; \(before) were sent before the kill"
+        )
         #expect(resent < 40 << 20, "the parts S3 had were not sent again")
         let object = try #require(try client.getObject("videos/long.mp4"))
         #expect(object.count == 40 << 20)
@@ -255,8 +271,9 @@ func mediaBucket(_ weed: SeaweedFS, name: String = "media") throws -> S3Client {
             try FileManager.default.removeItem(atPath: dir.sub("src/" + link))
         }
         let p = try plan(dir, weed, bandwidth: "8MiB/s")
-        let env = ["MEDIA_ACCESS_KEY_ID": weed.accessKey, "MEDIA_SECRET_ACCESS_KEY": weed.secretKey,
-                   ].merging(try WriteCounter.environment(log: dir.sub("writes.log"))) { $1 }
+        let env = [
+            "MEDIA_ACCESS_KEY_ID": weed.accessKey, "MEDIA_SECRET_ACCESS_KEY": weed.secretKey,
+        ].merging(try WriteCounter.environment(log: dir.sub("writes.log"))) { $1 }
         let (run, _, errPipe) = try Ferry.start(["run", p], environment: env)
         #expect(waitUntil { WriteCounter.netBytes(dir.sub("writes.log")) > 1 << 20 || !run.isRunning })
         weed.stop()
@@ -285,7 +302,9 @@ func mediaBucket(_ weed: SeaweedFS, name: String = "media") throws -> S3Client {
         try TreeGen.write(dir.sub("src/names/cafe\u{301}.png"), size: 20, seed: 3)  // NFD: the same name to R2
         let long = (0..<5).map { String(repeating: Character(String($0)), count: 220) }.joined(separator: "/")
         try TreeGen.write(dir.sub("src/" + long + ".bin"), size: 5, seed: 4)
-        let plan = try writePlan(dir.path, """
+        let plan = try writePlan(
+            dir.path,
+            """
             version: 1
             name: keys
             source:      { kind: fs, path: src }
@@ -306,7 +325,6 @@ func mediaBucket(_ weed: SeaweedFS, name: String = "media") throws -> S3Client {
     }
 }
 
-
 @Suite(.serialized) struct BucketVerifyTests {
     @Test func sampledVerifyProvesTheRestByStoredHashAndCatchesAWrongOne() throws {
         let weed = try SeaweedFS()
@@ -315,7 +333,9 @@ func mediaBucket(_ weed: SeaweedFS, name: String = "media") throws -> S3Client {
         for i in 0..<60 { try TreeGen.write(dir.sub("src/img/\(i).png"), size: 1000 + i, seed: UInt64(i)) }
         // Two multipart objects (3 parts of 5 MiB): proven by the stored hash of their parts' digests.
         for i in 0..<2 { try TreeGen.write(dir.sub("src/video/\(i).mp4"), size: 12 << 20, seed: UInt64(100 + i)) }
-        let plan = try writePlan(dir.path, """
+        let plan = try writePlan(
+            dir.path,
+            """
             version: 1
             name: v
             source:      { kind: fs, path: src }
@@ -326,7 +346,8 @@ func mediaBucket(_ weed: SeaweedFS, name: String = "media") throws -> S3Client {
         let env = ["MEDIA_ACCESS_KEY_ID": weed.accessKey, "MEDIA_SECRET_ACCESS_KEY": weed.secretKey]
         let r = try Ferry.run(["run", plan], environment: env)
         #expect(r.status == 0, "\(r.all)")
-        let first = try #require(try JSONSerialization.jsonObject(with: Data(try Ferry.run(["verify", plan, "--json"], environment: env).stdout.utf8)) as? [String: Any])
+        let first = try #require(
+            try JSONSerialization.jsonObject(with: Data(try Ferry.run(["verify", plan, "--json"], environment: env).stdout.utf8)) as? [String: Any])
         let hashed = first["files_content_checked"] as? Int ?? -1
         let byHash = first["files_checked_by_stored_hash"] as? Int ?? -1
         #expect(hashed + byHash == 62, "every object proven one way or the other: \(first)")

@@ -1,8 +1,8 @@
-import Foundation
-import Testing
 import FerryCore
 import FerryTap
 import FerryTesting
+import Foundation
+import Testing
 
 #if canImport(Glibc)
 import Glibc
@@ -75,7 +75,8 @@ final class TapHarness: @unchecked Sendable {
         let log = (try? String(contentsOfFile: dir.sub("tap.log"), encoding: .utf8)) ?? ""
         try #require(
             ok,
-            "not delivered: received \(s.receivedLines)/\(lines), \(s.upstreams.map { "\($0.name) \($0.cursor)/\(s.head)" }); tap log ends: \(log.split(separator: "\n").suffix(30).joined(separator: "\n"))")
+            "not delivered: received \(s.receivedLines)/\(lines), \(s.upstreams.map { "\($0.name) \($0.cursor)/\(s.head)" }); tap log ends: \(log.split(separator: "\n").suffix(30).joined(separator: "\n"))"
+        )
     }
 
     /// Waits until carbon has written every expected point, then returns what the reference reader sees.
@@ -386,8 +387,14 @@ func missing(_ want: [String: [Int: Double]], in got: [String: [Int: Double]]) -
         func forwarded() throws -> UInt64 { try h.status().upstreams.first { $0.name == "new" }!.forwardedLines }
         var f1: UInt64 = 0, f2: UInt64 = 0
         var t1 = Date(), t2 = Date()
-        #expect(try waitUntil(timeout: 30) { f1 = try forwarded(); t1 = Date(); return f1 >= 1200 })
-        #expect(try waitUntil(timeout: 30) { f2 = try forwarded(); t2 = Date(); return f2 >= 2700 })
+        #expect(
+            try waitUntil(timeout: 30) {
+                f1 = try forwarded(); t1 = Date(); return f1 >= 1200
+            })
+        #expect(
+            try waitUntil(timeout: 30) {
+                f2 = try forwarded(); t2 = Date(); return f2 >= 2700
+            })
         try h.waitDelivered(received: sent.lines)
         let rate = Double(f2 - f1) / t2.timeIntervalSince(t1)
         print("replay test: measured \(rate) lines/s against replay_rate 1000/s")

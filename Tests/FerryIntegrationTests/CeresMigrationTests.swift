@@ -1,6 +1,7 @@
+import FerryTesting
 import Foundation
 import Testing
-import FerryTesting
+
 @testable import FerryGraphite
 
 /// Ceres → Whisper through `ferry run`, with carbon's own schema rules, checked with the reference `whisper`.
@@ -43,31 +44,33 @@ import FerryTesting
         let conf = dir.sub("carbon")
         try FileManager.default.createDirectory(atPath: conf, withIntermediateDirectories: true)
         try """
-            # as in /etc/carbon/storage-schemas.conf
-            [carbon]
-            pattern = ^carbon\\.
-            retentions = 60:90d
+        # as in /etc/carbon/storage-schemas.conf
+        [carbon]
+        pattern = ^carbon\\.
+        retentions = 60:90d
 
-            [servers]
-            pattern = ^servers\\.
-            retentions = 60s:2d,600s:30d
+        [servers]
+        pattern = ^servers\\.
+        retentions = 60s:2d,600s:30d
 
-            [default]
-            pattern = .*
-            retentions = 60s:1d,3600s:30d
-            """.write(toFile: conf + "/storage-schemas.conf", atomically: true, encoding: .utf8)
+        [default]
+        pattern = .*
+        retentions = 60s:1d,3600s:30d
+        """.write(toFile: conf + "/storage-schemas.conf", atomically: true, encoding: .utf8)
         try """
-            [max]
-            pattern = \\.max$
-            xFilesFactor = 0.1
-            aggregationMethod = max
+        [max]
+        pattern = \\.max$
+        xFilesFactor = 0.1
+        aggregationMethod = max
 
-            [default_average]
-            pattern = .*
-            xFilesFactor = 0.5
-            aggregationMethod = average
-            """.write(toFile: conf + "/storage-aggregation.conf", atomically: true, encoding: .utf8)
-        let plan = try writePlan(dir.path, """
+        [default_average]
+        pattern = .*
+        xFilesFactor = 0.5
+        aggregationMethod = average
+        """.write(toFile: conf + "/storage-aggregation.conf", atomically: true, encoding: .utf8)
+        let plan = try writePlan(
+            dir.path,
+            """
             version: 1
             name: ceres
             source:      { kind: ceres, path: ceres }
@@ -125,7 +128,9 @@ import FerryTesting
             let w = want[String(step)] ?? [:]
             var t = oldest - oldest % step
             while t <= newest {
-                #expect(g[String(t)] == w[String(t)], "\(wsp) \(step)s at \(t): got \(String(describing: g[String(t)])), want \(String(describing: w[String(t)]))")
+                #expect(
+                    g[String(t)] == w[String(t)],
+                    "\(wsp) \(step)s at \(t): got \(String(describing: g[String(t)])), want \(String(describing: w[String(t)]))")
                 if w[String(t)] != nil { compared[step, default: 0] += 1 }
                 t += step
             }
@@ -155,7 +160,9 @@ import FerryTesting
         let old = try node(root, "roll.old", meta: meta)
         try slice(old, start: h - 25 * 86400, step: 600, (0..<(20 * 144)).map { Double($0 % 31) })
         let retentions = "60s:1d,600s:30d"
-        let plan = try writePlan(dir.path, """
+        let plan = try writePlan(
+            dir.path,
+            """
             version: 1
             name: rollup
             source:      { kind: ceres, path: ceres }
@@ -183,7 +190,9 @@ import FerryTesting
     @Test func ceresSourceWithoutASchemaIsAPlanError() throws {
         let dir = TempDir()
         try FileManager.default.createDirectory(atPath: dir.sub("ceres/.ceres-tree"), withIntermediateDirectories: true)
-        let plan = try writePlan(dir.path, """
+        let plan = try writePlan(
+            dir.path,
+            """
             version: 1
             name: c
             source:      { kind: ceres, path: ceres }
@@ -223,7 +232,9 @@ import FerryTesting
         try node.write(stride(from: future, to: future + 600, by: 60).map { ($0, -7.0) })
         try FileManager.default.createDirectory(atPath: dir.sub("ceres/.ceres-tree"), withIntermediateDirectories: true)
 
-        let plan = try writePlan(dir.path, """
+        let plan = try writePlan(
+            dir.path,
+            """
             version: 1
             name: w2c
             source:      { kind: whisper, path: whisper }
@@ -270,7 +281,10 @@ import FerryTesting
                 #expect(v == want, "600 s value at \(t)")
             }
         }
-        #expect(oldCompared > 500, "read \(old.start)...\(old.end) step \(old.step): \(old.values.count) values, \(old.values.compactMap { $0 }.count) known; slices \(cpu.slices.map { "\($0.startTime)@\($0.timeStep) \($0.size)" })")
+        #expect(
+            oldCompared > 500,
+            "read \(old.start)...\(old.end) step \(old.step): \(old.values.count) values, \(old.values.compactMap { $0 }.count) known; slices \(cpu.slices.map { "\($0.startTime)@\($0.timeStep) \($0.size)" })"
+        )
         let v = try Ferry.run(["verify", plan])
         #expect(v.status == 0, "\(v.all)")
     }

@@ -1,6 +1,6 @@
+import FerryTesting
 import Foundation
 import Testing
-import FerryTesting
 
 /// Crashes, faults and hostile input, each against the real binary.
 @Suite(.serialized) struct FaultTests {
@@ -212,11 +212,12 @@ import FerryTesting
         let s = try Scenario()
         let log = s.dir.sub("hooks.log")
         try TreeGen.make(at: s.source, files: 10)
-        try s.writePlan(extra: """
-            cutover:
-              max_verify_age: 1h
-              hooks: [ "echo one $FERRY_HOOK_INDEX $FERRY_JOB >> \(log)", "exit 7", "echo three >> \(log)" ]
-            """)
+        try s.writePlan(
+            extra: """
+                cutover:
+                  max_verify_age: 1h
+                  hooks: [ "echo one $FERRY_HOOK_INDEX $FERRY_JOB >> \(log)", "exit 7", "echo three >> \(log)" ]
+                """)
         #expect(try s.ferry("run", "PLAN").status == 0)
         let bad = try s.ferry("cutover", "PLAN")
         #expect(bad.status == 3)

@@ -1,6 +1,6 @@
+import FerryTesting
 import Foundation
 import Testing
-import FerryTesting
 
 /// The metric-store story end to end through `ferry run`: history merged into live files, checked with the
 /// reference `whisper` package.
@@ -43,7 +43,9 @@ import FerryTesting
         }
         let before = dir.sub("before.wsp")
         try FileManager.default.copyItem(atPath: live, toPath: before)
-        let plan = try writePlan(dir.path, """
+        let plan = try writePlan(
+            dir.path,
+            """
             version: 1
             name: metrics
             source:      { kind: whisper, path: old/whisper }
@@ -63,9 +65,10 @@ import FerryTesting
             let rel = "servers/host\(i % 12)/metric\(i).wsp"
             let verdict = try #require(
                 try JSONSerialization.jsonObject(
-                    with: Data(try WhisperOracle.run([
-                        "check-fill", src + "/" + rel, before, dst + "/" + rel, String(snapshot), String(now),
-                    ]).utf8)) as? [String: Any])
+                    with: Data(
+                        try WhisperOracle.run([
+                            "check-fill", src + "/" + rel, before, dst + "/" + rel, String(snapshot), String(now),
+                        ]).utf8)) as? [String: Any])
             #expect(verdict["clobbered"] as? Int == 0, "\(rel): \(verdict)")
             #expect(verdict["missed"] as? Int == 0, "\(rel): \(verdict)")
             #expect(verdict["invented"] as? Int == 0, "\(rel): \(verdict)")
@@ -97,7 +100,9 @@ import FerryTesting
     @Test func mixingKindsIsAPlanError() throws {
         let dir = TempDir()
         try FileManager.default.createDirectory(atPath: dir.sub("a"), withIntermediateDirectories: true)
-        let plan = try writePlan(dir.path, """
+        let plan = try writePlan(
+            dir.path,
+            """
             version: 1
             name: mixed
             source:      { kind: whisper, path: a }
@@ -128,7 +133,9 @@ func PathUtil_dir(_ p: String) -> String { (p as NSString).deletingLastPathCompo
         // The destination's copy of bad.wsp is truncated mid-archive.
         let full = try Data(contentsOf: URL(fileURLWithPath: dir.sub("old/a/bad.wsp")))
         try full.prefix(1000).write(to: URL(fileURLWithPath: dir.sub("new/a/bad.wsp")))
-        let plan = try writePlan(dir.path, """
+        let plan = try writePlan(
+            dir.path,
+            """
             version: 1
             name: m
             source:      { kind: whisper, path: old }

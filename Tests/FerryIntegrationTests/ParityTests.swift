@@ -1,6 +1,6 @@
+import FerryTesting
 import Foundation
 import Testing
-import FerryTesting
 
 /// The CLEAN rule on hostile trees: every entry is copied byte for byte, or refused by name (exit 1), or skipped by
 /// an explicit policy and listed. Trees are built by Python (names as bytes) and checked by an independent oracle,

@@ -1,6 +1,6 @@
+import FerryTesting
 import Foundation
 import Testing
-import FerryTesting
 
 /// End-to-end tests of the built `ferry` binary over generated trees.
 @Suite(.serialized) struct RunTests {
@@ -56,7 +56,10 @@ import FerryTesting
 
     @Test func planErrorsExitTwoWithLocation() throws {
         let s = try Scenario()
-        let bad = try writePlan(s.dir.path, "version: 1\nname: x\nsource: { kind: fs, path: source }\ndestination: { kind: fs, path: source/inner }\ncopy: { chunk_size: 8 megs }\n", name: "bad.yml")
+        let bad = try writePlan(
+            s.dir.path,
+            "version: 1\nname: x\nsource: { kind: fs, path: source }\ndestination: { kind: fs, path: source/inner }\ncopy: { chunk_size: 8 megs }\n",
+            name: "bad.yml")
         let r = try Ferry.run(["plan", "check", bad])
         #expect(r.status == 2)
         #expect(r.stderr.contains("bad.yml:5:"))
@@ -69,7 +72,9 @@ import FerryTesting
 
     @Test func storeAndTapErrorsComeAllAtOnceWithLocations() throws {
         let s = try Scenario()
-        let bad = try writePlan(s.dir.path, """
+        let bad = try writePlan(
+            s.dir.path,
+            """
             version: 1
             name: t
             source: { kind: fs, path: source }
@@ -82,7 +87,9 @@ import FerryTesting
         #expect(r.stderr.contains("s3small.yml:4:") && r.stderr.contains("destination.addressing:"))
         #expect(r.stderr.contains("destination.credentials:") && r.stderr.contains("NOPE_ACCESS_KEY_ID"))
         #expect(r.stderr.contains("(3 problem(s))"))
-        let tap = try writePlan(s.dir.path, """
+        let tap = try writePlan(
+            s.dir.path,
+            """
             version: 1
             name: t
             source: { kind: whisper, path: source }
@@ -97,7 +104,9 @@ import FerryTesting
         let t = try Ferry.run(["plan", "check", tap])
         #expect(t.status == 2)
         #expect(t.stderr.contains("tapbad.yml:7:11: tap.listen:") && t.stderr.contains("tapbad.yml:10:16: tap.replay_rate:"), "\(t.stderr)")
-        let ret = try writePlan(s.dir.path, """
+        let ret = try writePlan(
+            s.dir.path,
+            """
             version: 1
             name: t
             source: { kind: ceres, path: source }
@@ -148,11 +157,12 @@ import FerryTesting
         let snap = s.dir.sub("snap")
         let hookLog = s.dir.sub("hook.env")
         // The hook freezes the tree (as `btrfs subvolume snapshot -r` would) and records its environment.
-        try s.writePlan(extra: """
-            snapshot:
-              hook: "rm -rf \(snap) && cp -a \(s.source) \(snap) && echo \\"$FERRY_JOB $FERRY_SNAPSHOT_PATH\\" > \(hookLog)"
-              path: snap
-            """)
+        try s.writePlan(
+            extra: """
+                snapshot:
+                  hook: "rm -rf \(snap) && cp -a \(s.source) \(snap) && echo \\"$FERRY_JOB $FERRY_SNAPSHOT_PATH\\" > \(hookLog)"
+                  path: snap
+                """)
         #expect(try Ferry.run(["plan", "check", s.plan]).status == 0, "snapshot.path may not exist before the hook")
         let r = try s.ferry("run", "PLAN")
         #expect(r.status == 0, "\(r.all)")
@@ -190,8 +200,14 @@ import FerryTesting
         }
         var t1 = Date(), t2 = Date()
         var b1: Int64 = 0, b2: Int64 = 0
-        #expect(waitUntil(timeout: 30) { b1 = written(); t1 = Date(); return b1 >= 8 << 20 })
-        #expect(waitUntil(timeout: 30) { b2 = written(); t2 = Date(); return b2 >= 24 << 20 })
+        #expect(
+            waitUntil(timeout: 30) {
+                b1 = written(); t1 = Date(); return b1 >= 8 << 20
+            })
+        #expect(
+            waitUntil(timeout: 30) {
+                b2 = written(); t2 = Date(); return b2 >= 24 << 20
+            })
         p.waitUntilExit()
         #expect(p.terminationStatus == 0)
         let rate = Double(b2 - b1) / t2.timeIntervalSince(t1) / 1_048_576

@@ -1,10 +1,10 @@
-import Foundation
-import Testing
 import FerryCore
 import FerryDigest
 import FerryS3
 import FerryTap
 import FerryTesting
+import Foundation
+import Testing
 
 #if canImport(Glibc)
 import Glibc
@@ -27,7 +27,9 @@ import Glibc
             "MEDIA_ACCESS_KEY_ID": weed.accessKey, "MEDIA_SECRET_ACCESS_KEY": weed.secretKey,
             "TAP_ACCESS_KEY_ID": app.accessKeyID, "TAP_SECRET_ACCESS_KEY": app.secretAccessKey,
         ]
-        let plan = try writePlan(dir.path, """
+        let plan = try writePlan(
+            dir.path,
+            """
             version: 1
             name: media
             source:      { kind: s3, endpoint: "\(weed.endpoint)", region: us-east-1, bucket: media, credentials: "env:MEDIA_" }
@@ -132,78 +134,80 @@ import Glibc
         let rig = try TapRig(self)
         defer { withExtendedLifetime(rig) {} }  // the tap runs until the test ends
         let (weed, dir, port) = (rig.weed, rig.dir, rig.port)
-        let out = String(decoding: try pythonOutput("""
-            import boto3, json, time, urllib.request, urllib.error
-            import xml.etree.ElementTree as ET
-            from botocore.config import Config
-            from botocore.exceptions import ClientError
-            cfg = Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1})
-            tap = boto3.client("s3", endpoint_url="http://127.0.0.1:\(port)", region_name="auto",
-                aws_access_key_id="mastodon-app", aws_secret_access_key="tap-secret-never-logged", config=cfg)
-            direct = boto3.client("s3", endpoint_url="\(weed.endpoint)", region_name="us-east-1",
-                aws_access_key_id="\(weed.accessKey)", aws_secret_access_key="\(weed.secretKey)", config=cfg)
-            result = {}
-            for k in ["del/one.png", "del/two.png", "keep/three.png"]:
-                tap.put_object(Bucket="media", Key=k, Body=k.encode())
-            tap.put_object(Bucket="media", Key="tagged.png", Body=b"t", Tagging="owner=alice&class=private")
-            # The object headers an application sets: what SeaweedFS keeps of them when sent to it directly is
-            # the oracle for what the tap must deliver to the primary and the mirror to the secondary.
-            extra = dict(StorageClass="STANDARD_IA", WebsiteRedirectLocation="/elsewhere.png",
-                CacheControl="max-age=60", ContentDisposition="inline", Metadata={"app": "mastodon"}, ACL="public-read")
-            direct.put_object(Bucket="media", Key="direct-headers.png", Body=b"h", **extra)
-            tap.put_object(Bucket="media", Key="headers.png", Body=b"h", **extra)
-            fields = ["StorageClass", "WebsiteRedirectLocation", "CacheControl", "ContentDisposition", "Metadata"]
-            def shown(b, k):
-                for _ in range(600):  # the mirror's copy (awaited on its arrival, bounded)
+        let out = String(
+            decoding: try pythonOutput(
+                """
+                import boto3, json, time, urllib.request, urllib.error
+                import xml.etree.ElementTree as ET
+                from botocore.config import Config
+                from botocore.exceptions import ClientError
+                cfg = Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1})
+                tap = boto3.client("s3", endpoint_url="http://127.0.0.1:\(port)", region_name="auto",
+                    aws_access_key_id="mastodon-app", aws_secret_access_key="tap-secret-never-logged", config=cfg)
+                direct = boto3.client("s3", endpoint_url="\(weed.endpoint)", region_name="us-east-1",
+                    aws_access_key_id="\(weed.accessKey)", aws_secret_access_key="\(weed.secretKey)", config=cfg)
+                result = {}
+                for k in ["del/one.png", "del/two.png", "keep/three.png"]:
+                    tap.put_object(Bucket="media", Key=k, Body=k.encode())
+                tap.put_object(Bucket="media", Key="tagged.png", Body=b"t", Tagging="owner=alice&class=private")
+                # The object headers an application sets: what SeaweedFS keeps of them when sent to it directly is
+                # the oracle for what the tap must deliver to the primary and the mirror to the secondary.
+                extra = dict(StorageClass="STANDARD_IA", WebsiteRedirectLocation="/elsewhere.png",
+                    CacheControl="max-age=60", ContentDisposition="inline", Metadata={"app": "mastodon"}, ACL="public-read")
+                direct.put_object(Bucket="media", Key="direct-headers.png", Body=b"h", **extra)
+                tap.put_object(Bucket="media", Key="headers.png", Body=b"h", **extra)
+                fields = ["StorageClass", "WebsiteRedirectLocation", "CacheControl", "ContentDisposition", "Metadata"]
+                def shown(b, k):
+                    for _ in range(600):  # the mirror's copy (awaited on its arrival, bounded)
+                        try:
+                            h = direct.head_object(Bucket=b, Key=k); break
+                        except ClientError:
+                            time.sleep(0.05)
+                    grants = sorted(g["Permission"] + ":" + g["Grantee"].get("URI", g["Grantee"].get("ID", "")) for g in direct.get_object_acl(Bucket=b, Key=k)["Grants"])
+                    h["Metadata"].pop("ferry-sha256", None)  # the mirror's own content hash, for verify
+                    return {f: h.get(f) for f in fields} | {"grants": grants}
+                try:
+                    tap.put_object(Bucket="media", Key="sse-c.png", Body=b"s", SSECustomerAlgorithm="AES256", SSECustomerKey="k" * 32)
+                    result["sse_c"] = "accepted"
+                except ClientError as e:
+                    result["sse_c"] = e.response["Error"]["Code"]
+                result["headers"] = [shown("media", "direct-headers.png"), shown("media", "headers.png"), shown("media-r2", "headers.png")]
+                r = tap.delete_objects(Bucket="media", Delete={"Objects": [{"Key": "del/one.png"}, {"Key": "del/two.png"}]})
+                result["deleted"] = sorted(d["Key"] for d in r.get("Deleted", []))
+                try:
+                    tap.put_bucket_tagging(Bucket="media", Tagging={"TagSet": [{"Key": "k", "Value": "v"}]})
+                    result["bucket_tagging"] = "accepted"
+                except ClientError as e:
+                    result["bucket_tagging"] = e.response["Error"]["Code"]
+                try:
+                    tap.get_object(Bucket="media", Key="../media-r2/keep/three.png")
+                    result["dots"] = "served"
+                except ClientError as e:
+                    result["dots"] = str(e.response["ResponseMetadata"]["HTTPStatusCode"])
+                result["tags_primary"] = sorted(t["Key"] + "=" + t["Value"] for t in direct.get_object_tagging(Bucket="media", Key="tagged.png")["TagSet"])
+                for _ in range(600):  # the mirror's copy of the tagged object (awaited on its arrival, bounded)
                     try:
-                        h = direct.head_object(Bucket=b, Key=k); break
+                        direct.head_object(Bucket="media-r2", Key="tagged.png"); break
                     except ClientError:
                         time.sleep(0.05)
-                grants = sorted(g["Permission"] + ":" + g["Grantee"].get("URI", g["Grantee"].get("ID", "")) for g in direct.get_object_acl(Bucket=b, Key=k)["Grants"])
-                h["Metadata"].pop("ferry-sha256", None)  # the mirror's own content hash, for verify
-                return {f: h.get(f) for f in fields} | {"grants": grants}
-            try:
-                tap.put_object(Bucket="media", Key="sse-c.png", Body=b"s", SSECustomerAlgorithm="AES256", SSECustomerKey="k" * 32)
-                result["sse_c"] = "accepted"
-            except ClientError as e:
-                result["sse_c"] = e.response["Error"]["Code"]
-            result["headers"] = [shown("media", "direct-headers.png"), shown("media", "headers.png"), shown("media-r2", "headers.png")]
-            r = tap.delete_objects(Bucket="media", Delete={"Objects": [{"Key": "del/one.png"}, {"Key": "del/two.png"}]})
-            result["deleted"] = sorted(d["Key"] for d in r.get("Deleted", []))
-            try:
-                tap.put_bucket_tagging(Bucket="media", Tagging={"TagSet": [{"Key": "k", "Value": "v"}]})
-                result["bucket_tagging"] = "accepted"
-            except ClientError as e:
-                result["bucket_tagging"] = e.response["Error"]["Code"]
-            try:
-                tap.get_object(Bucket="media", Key="../media-r2/keep/three.png")
-                result["dots"] = "served"
-            except ClientError as e:
-                result["dots"] = str(e.response["ResponseMetadata"]["HTTPStatusCode"])
-            result["tags_primary"] = sorted(t["Key"] + "=" + t["Value"] for t in direct.get_object_tagging(Bucket="media", Key="tagged.png")["TagSet"])
-            for _ in range(600):  # the mirror's copy of the tagged object (awaited on its arrival, bounded)
+                result["tags_secondary"] = sorted(t["Key"] + "=" + t["Value"] for t in direct.get_object_tagging(Bucket="media-r2", Key="tagged.png")["TagSet"])
+                tags = []
+                for b in ["media", "media-r2"]:
+                    try:
+                        tags.append(len(direct.get_bucket_tagging(Bucket=b)["TagSet"]))
+                    except ClientError:
+                        tags.append(0)
+                result["bucket_tags"] = tags
+                req = urllib.request.Request("http://127.0.0.1:\(port)/media/x", headers={
+                    "Authorization": "AWS4-HMAC-SHA256 Credential=<x>&'\\"stranger/20260101/auto/s3/aws4_request, SignedHeaders=host, Signature=00",
+                    "x-amz-date": "20260101T000000Z", "x-amz-content-sha256": "UNSIGNED-PAYLOAD"})
                 try:
-                    direct.head_object(Bucket="media-r2", Key="tagged.png"); break
-                except ClientError:
-                    time.sleep(0.05)
-            result["tags_secondary"] = sorted(t["Key"] + "=" + t["Value"] for t in direct.get_object_tagging(Bucket="media-r2", Key="tagged.png")["TagSet"])
-            tags = []
-            for b in ["media", "media-r2"]:
-                try:
-                    tags.append(len(direct.get_bucket_tagging(Bucket=b)["TagSet"]))
-                except ClientError:
-                    tags.append(0)
-            result["bucket_tags"] = tags
-            req = urllib.request.Request("http://127.0.0.1:\(port)/media/x", headers={
-                "Authorization": "AWS4-HMAC-SHA256 Credential=<x>&'\\"stranger/20260101/auto/s3/aws4_request, SignedHeaders=host, Signature=00",
-                "x-amz-date": "20260101T000000Z", "x-amz-content-sha256": "UNSIGNED-PAYLOAD"})
-            try:
-                urllib.request.urlopen(req)
-            except urllib.error.HTTPError as e:
-                ET.fromstring(e.read())
-                result["escaped"] = e.code
-            sys.stdout.write(json.dumps(result))
-            """), as: UTF8.self)
+                    urllib.request.urlopen(req)
+                except urllib.error.HTTPError as e:
+                    ET.fromstring(e.read())
+                    result["escaped"] = e.code
+                sys.stdout.write(json.dumps(result))
+                """), as: UTF8.self)
         let r = try #require(try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any])
         #expect(r["deleted"] as? [String] == ["del/one.png", "del/two.png"], "\(r)")
         #expect(r["bucket_tagging"] as? String == "NotImplemented", "\(r)")
@@ -240,42 +244,44 @@ import Glibc
         let rig = try TapRig(self, tap: ", max_body: 8MiB, header_timeout: 3s, max_connections: 20")
         defer { withExtendedLifetime(rig) {} }  // the tap runs until the test ends
         let port = rig.port
-        let out = String(decoding: try pythonOutput("""
-            import socket, time, json, boto3
-            from botocore.config import Config
-            port = \(port)
-            def status_of(head, timeout=10):
-                s = socket.create_connection(("127.0.0.1", port)); s.settimeout(timeout)
-                s.sendall(head.encode())
-                t = time.time(); data = s.recv(200); s.close()
-                return data.split(b"\\r\\n")[0].decode(), time.time() - t
-            r = {}
-            r["huge"] = status_of("PUT /media/x HTTP/1.1\\r\\nHost: h\\r\\nContent-Length: 1099511627776\\r\\n\\r\\n")
-            r["unsigned"] = status_of("PUT /media/x HTTP/1.1\\r\\nHost: h\\r\\nContent-Length: 4194304\\r\\n\\r\\n")
-            s = socket.create_connection(("127.0.0.1", port)); s.settimeout(20)
-            s.sendall(b"GET /media/x HTTP/1.1\\r\\nHost: h\\r\\nX-Slow: ")
-            t = time.time(); closed = s.recv(100) == b""; r["half"] = [closed, time.time() - t]; s.close()
-            # 25 connections at once, 20 allowed: which ones are refused depends on accept order across event
-            # loops, so the count is checked: 5 are closed well before header_timeout (3 s), 20 are still open.
-            conns = [socket.create_connection(("127.0.0.1", port)) for _ in range(25)]
-            closed, still_open = 0, 0
-            t = time.time()
-            for c in conns:
-                c.settimeout(max(0.05, 1.5 - (time.time() - t)))
-                try:
-                    closed += c.recv(100) == b""
-                except socket.timeout:
-                    still_open += 1
-            r["over_limit"] = [closed, still_open]
-            for c in conns: c.close()
-            time.sleep(0.2)  # the closes reach the tap (its count drops); not synchronisation of the assertions
-            cfg = Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3})
-            tap = boto3.client("s3", endpoint_url="http://127.0.0.1:%d" % port, region_name="auto",
-                aws_access_key_id="mastodon-app", aws_secret_access_key="tap-secret-never-logged", config=cfg)
-            tap.put_object(Bucket="media", Key="ok.png", Body=b"fine")
-            r["served"] = tap.get_object(Bucket="media", Key="ok.png")["Body"].read().decode()
-            sys.stdout.write(json.dumps(r))
-            """), as: UTF8.self)
+        let out = String(
+            decoding: try pythonOutput(
+                """
+                import socket, time, json, boto3
+                from botocore.config import Config
+                port = \(port)
+                def status_of(head, timeout=10):
+                    s = socket.create_connection(("127.0.0.1", port)); s.settimeout(timeout)
+                    s.sendall(head.encode())
+                    t = time.time(); data = s.recv(200); s.close()
+                    return data.split(b"\\r\\n")[0].decode(), time.time() - t
+                r = {}
+                r["huge"] = status_of("PUT /media/x HTTP/1.1\\r\\nHost: h\\r\\nContent-Length: 1099511627776\\r\\n\\r\\n")
+                r["unsigned"] = status_of("PUT /media/x HTTP/1.1\\r\\nHost: h\\r\\nContent-Length: 4194304\\r\\n\\r\\n")
+                s = socket.create_connection(("127.0.0.1", port)); s.settimeout(20)
+                s.sendall(b"GET /media/x HTTP/1.1\\r\\nHost: h\\r\\nX-Slow: ")
+                t = time.time(); closed = s.recv(100) == b""; r["half"] = [closed, time.time() - t]; s.close()
+                # 25 connections at once, 20 allowed: which ones are refused depends on accept order across event
+                # loops, so the count is checked: 5 are closed well before header_timeout (3 s), 20 are still open.
+                conns = [socket.create_connection(("127.0.0.1", port)) for _ in range(25)]
+                closed, still_open = 0, 0
+                t = time.time()
+                for c in conns:
+                    c.settimeout(max(0.05, 1.5 - (time.time() - t)))
+                    try:
+                        closed += c.recv(100) == b""
+                    except socket.timeout:
+                        still_open += 1
+                r["over_limit"] = [closed, still_open]
+                for c in conns: c.close()
+                time.sleep(0.2)  # the closes reach the tap (its count drops); not synchronisation of the assertions
+                cfg = Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3})
+                tap = boto3.client("s3", endpoint_url="http://127.0.0.1:%d" % port, region_name="auto",
+                    aws_access_key_id="mastodon-app", aws_secret_access_key="tap-secret-never-logged", config=cfg)
+                tap.put_object(Bucket="media", Key="ok.png", Body=b"fine")
+                r["served"] = tap.get_object(Bucket="media", Key="ok.png")["Body"].read().decode()
+                sys.stdout.write(json.dumps(r))
+                """), as: UTF8.self)
         let r = try #require(try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any])
         let huge = try #require(r["huge"] as? [Any]), unsigned = try #require(r["unsigned"] as? [Any])
         #expect((huge[0] as? String)?.contains("413") == true && (huge[1] as? Double ?? 99) < 5, "\(r)")
@@ -298,21 +304,23 @@ import Glibc
         _ = try pfx.putObject("app/a.png", Array("a".utf8))
         _ = try pfx.putObject("app/sub/b.png", Array("b".utf8))
         _ = try pfx.putObject("other/secret.txt", Array("secret".utf8))
-        let out = String(decoding: try pythonOutput("""
-            import boto3, json
-            from botocore.config import Config
-            tap = boto3.client("s3", endpoint_url="http://127.0.0.1:\(port)", region_name="auto",
-                aws_access_key_id="mastodon-app", aws_secret_access_key="tap-secret-never-logged",
-                config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3}))
-            keys = sorted(o["Key"] for o in tap.list_objects_v2(Bucket="media").get("Contents", []))
-            sub = sorted(o["Key"] for o in tap.list_objects_v2(Bucket="media", Prefix="sub/").get("Contents", []))
-            read = [tap.get_object(Bucket="media", Key=k)["Body"].read().decode() for k in keys]
-            # A batch delete under the prefix: the keys are the application's, the primary's are prefixed.
-            tap.put_object(Bucket="media", Key="c.png", Body=b"c")
-            d = tap.delete_objects(Bucket="media", Delete={"Objects": [{"Key": "a.png"}, {"Key": "c.png"}]})
-            deleted = sorted(x["Key"] for x in d.get("Deleted", []))
-            sys.stdout.write(json.dumps({"keys": keys, "sub": sub, "read": read, "deleted": deleted}))
-            """), as: UTF8.self)
+        let out = String(
+            decoding: try pythonOutput(
+                """
+                import boto3, json
+                from botocore.config import Config
+                tap = boto3.client("s3", endpoint_url="http://127.0.0.1:\(port)", region_name="auto",
+                    aws_access_key_id="mastodon-app", aws_secret_access_key="tap-secret-never-logged",
+                    config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3}))
+                keys = sorted(o["Key"] for o in tap.list_objects_v2(Bucket="media").get("Contents", []))
+                sub = sorted(o["Key"] for o in tap.list_objects_v2(Bucket="media", Prefix="sub/").get("Contents", []))
+                read = [tap.get_object(Bucket="media", Key=k)["Body"].read().decode() for k in keys]
+                # A batch delete under the prefix: the keys are the application's, the primary's are prefixed.
+                tap.put_object(Bucket="media", Key="c.png", Body=b"c")
+                d = tap.delete_objects(Bucket="media", Delete={"Objects": [{"Key": "a.png"}, {"Key": "c.png"}]})
+                deleted = sorted(x["Key"] for x in d.get("Deleted", []))
+                sys.stdout.write(json.dumps({"keys": keys, "sub": sub, "read": read, "deleted": deleted}))
+                """), as: UTF8.self)
         let r = try #require(try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: [String]])
         #expect(r["keys"] == ["a.png", "sub/b.png"], "never a key outside the prefix: \(r)")
         #expect(r["sub"] == ["sub/b.png"])
@@ -345,39 +353,41 @@ import Glibc
         let (weed, port) = (rig.weed, rig.port)
         let seed = UInt64.random(in: 1...UInt64(UInt32.max))
         print("largeUploads seed \(seed)")
-        let out = String(decoding: try pythonOutput("""
-            import boto3, hashlib, json, random, threading, time
-            from botocore.config import Config
-            from botocore.exceptions import ClientError
-            cfg = Config(s3={"addressing_style": "path"}, retries={"max_attempts": 5, "mode": "standard"})
-            def client(url, key, secret, region):
-                return boto3.client("s3", endpoint_url=url, region_name=region, aws_access_key_id=key,
-                    aws_secret_access_key=secret, config=cfg)
-            rng = random.Random(\(seed))
-            bodies = {"big/%d.bin" % i: rng.randbytes(24 << 20) for i in range(8)}
-            errors = []
-            def put(k):
-                try:
-                    client("http://127.0.0.1:\(port)", "mastodon-app", "tap-secret-never-logged", "auto").put_object(
-                        Bucket="media", Key=k, Body=bodies[k])
-                except Exception as e:
-                    errors.append(repr(e))
-            threads = [threading.Thread(target=put, args=(k,)) for k in bodies]
-            for t in threads: t.start()
-            for t in threads: t.join()
-            direct = client("\(weed.endpoint)", "\(weed.accessKey)", "\(weed.secretKey)", "us-east-1")
-            want = {k: hashlib.sha256(v).hexdigest() for k, v in bodies.items()}
-            got = {}
-            for b in ["media", "media-r2"]:
-                got[b] = {}
-                for k in bodies:
-                    for _ in range(1200):  # the mirror's copy, awaited on its arrival (bounded)
-                        try:
-                            got[b][k] = hashlib.sha256(direct.get_object(Bucket=b, Key=k)["Body"].read()).hexdigest(); break
-                        except ClientError:
-                            time.sleep(0.05)
-            sys.stdout.write(json.dumps({"errors": errors, "match": [got[b] == want for b in got]}))
-            """), as: UTF8.self)
+        let out = String(
+            decoding: try pythonOutput(
+                """
+                import boto3, hashlib, json, random, threading, time
+                from botocore.config import Config
+                from botocore.exceptions import ClientError
+                cfg = Config(s3={"addressing_style": "path"}, retries={"max_attempts": 5, "mode": "standard"})
+                def client(url, key, secret, region):
+                    return boto3.client("s3", endpoint_url=url, region_name=region, aws_access_key_id=key,
+                        aws_secret_access_key=secret, config=cfg)
+                rng = random.Random(\(seed))
+                bodies = {"big/%d.bin" % i: rng.randbytes(24 << 20) for i in range(8)}
+                errors = []
+                def put(k):
+                    try:
+                        client("http://127.0.0.1:\(port)", "mastodon-app", "tap-secret-never-logged", "auto").put_object(
+                            Bucket="media", Key=k, Body=bodies[k])
+                    except Exception as e:
+                        errors.append(repr(e))
+                threads = [threading.Thread(target=put, args=(k,)) for k in bodies]
+                for t in threads: t.start()
+                for t in threads: t.join()
+                direct = client("\(weed.endpoint)", "\(weed.accessKey)", "\(weed.secretKey)", "us-east-1")
+                want = {k: hashlib.sha256(v).hexdigest() for k, v in bodies.items()}
+                got = {}
+                for b in ["media", "media-r2"]:
+                    got[b] = {}
+                    for k in bodies:
+                        for _ in range(1200):  # the mirror's copy, awaited on its arrival (bounded)
+                            try:
+                                got[b][k] = hashlib.sha256(direct.get_object(Bucket=b, Key=k)["Body"].read()).hexdigest(); break
+                            except ClientError:
+                                time.sleep(0.05)
+                sys.stdout.write(json.dumps({"errors": errors, "match": [got[b] == want for b in got]}))
+                """), as: UTF8.self)
         let r = try #require(try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any])
         #expect((r["errors"] as? [String])?.isEmpty == true, "\(r)")
         #expect(r["match"] as? [Bool] == [true, true], "every object byte-exact on both sides: \(r)")
@@ -409,7 +419,9 @@ import Glibc
                 "TAP_ACCESS_KEY_ID": "mastodon-app", "TAP_SECRET_ACCESS_KEY": "tap-secret-never-logged",
             ]
             let p = prefix.isEmpty ? "" : ", prefix: \(prefix)"
-            let plan = try writePlan(dir.path, """
+            let plan = try writePlan(
+                dir.path,
+                """
                 version: 1
                 name: media
                 source:      { kind: s3, endpoint: "\(weed.endpoint)", region: us-east-1, bucket: \(old)\(p), credentials: "env:MEDIA_" }
@@ -458,7 +470,9 @@ import Glibc
         let later = try mediaBucket(weed2, name: "later")
         weed2.stop()
         let env2 = ["LATER_ACCESS_KEY_ID": weed2.accessKey, "LATER_SECRET_ACCESS_KEY": weed2.secretKey]
-        let plan = try writePlan(dir.path, """
+        let plan = try writePlan(
+            dir.path,
+            """
             version: 1
             name: down
             source:      { kind: s3, endpoint: "\(weed.endpoint)", region: us-east-1, bucket: media, credentials: "env:MEDIA_" }
@@ -489,7 +503,8 @@ import Glibc
         let id = try user.createMultipartUpload("video/clip.mp4", headers: [("Content-Type", "video/mp4")])
         var parts: [(number: Int, etag: String)] = []
         for (i, off) in stride(from: 0, to: big.count, by: 5 << 20).enumerated() {
-            parts.append((i + 1, try user.uploadPart("video/clip.mp4", uploadID: id, number: i + 1, Array(big[off..<min(big.count, off + (5 << 20))]))))
+            parts.append(
+                (i + 1, try user.uploadPart("video/clip.mp4", uploadID: id, number: i + 1, Array(big[off..<min(big.count, off + (5 << 20))]))))
         }
         try user.completeMultipartUpload("video/clip.mp4", uploadID: id, parts: parts)
         want["video/clip.mp4"] = big

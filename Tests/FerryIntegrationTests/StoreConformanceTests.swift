@@ -1,10 +1,10 @@
-import Foundation
-import Testing
 import FerryCore
 import FerryGraphite
 import FerryLocal
 import FerryS3
 import FerryTesting
+import Foundation
+import Testing
 
 /// One body, every store kind: `StoreConformance.run` against each (the in-memory store first, as the
 /// reference).
@@ -39,7 +39,8 @@ import FerryTesting
         let dir = TempDir("conf-whisper")
         var options = StoreConformance.Options { seed, _ in
             let file = dir.sub("fixture-\(seed).wsp")
-            _ = try pythonOutput("""
+            _ = try pythonOutput(
+                """
                 import whisper, random
                 random.seed(\(seed))
                 whisper.create("\(file)", [(60, 1440), (600, 1000)])

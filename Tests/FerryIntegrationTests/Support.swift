@@ -1,6 +1,6 @@
+import FerryTesting
 import Foundation
 import Testing
-import FerryTesting
 
 /// A job in a temporary directory: a source tree, a destination path, a plan file and helpers to run ferry.
 final class Scenario: @unchecked Sendable {

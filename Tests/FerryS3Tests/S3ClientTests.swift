@@ -1,8 +1,9 @@
-import Foundation
-import Testing
 import FerryCore
 import FerryDigest
 import FerryTesting
+import Foundation
+import Testing
+
 @testable import FerryS3
 
 /// The S3 client against a real SeaweedFS on loopback (one server for the suite).

@@ -1,7 +1,8 @@
+import FerryCore
+import FerryDigest
 import Foundation
 import Testing
-import FerryDigest
-import FerryCore
+
 @testable import FerryS3
 
 /// The signing examples published in Amazon S3's documentation ("Signature Calculations for the Authorization
@@ -52,8 +53,9 @@ import FerryCore
         #expect(SigV4.encode("a b+c%d", encodeSlash: false) == "a%20b%2Bc%25d")
         #expect(SigV4.encode("dir/é?#*~", encodeSlash: false) == "dir/%C3%A9%3F%23%2A~")
         #expect(SigV4.encode("a/b") == "a%2Fb")
-        #expect(SigV4.canonicalQuery([("prefix", "a b"), ("list-type", "2"), ("encoding-type", "url")])
-            == "encoding-type=url&list-type=2&prefix=a%20b")
+        #expect(
+            SigV4.canonicalQuery([("prefix", "a b"), ("list-type", "2"), ("encoding-type", "url")])
+                == "encoding-type=url&list-type=2&prefix=a%20b")
     }
 
     @Test func amzDatesFormatAndParseWithoutAFormatter() {

@@ -1,6 +1,7 @@
+import FerryDigest
 import Foundation
 import Testing
-import FerryDigest
+
 @testable import FerryS3
 
 /// The server side of SigV4: the AWS documentation's signed requests verify, our own signer's requests for
@@ -13,7 +14,10 @@ import FerryDigest
     let date = ("x-amz-date", "20130524T000000Z")
 
     func auth(_ signed: String, _ signature: String) -> (String, String) {
-        ("Authorization", "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request,SignedHeaders=\(signed),Signature=\(signature)")
+        (
+            "Authorization",
+            "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request,SignedHeaders=\(signed),Signature=\(signature)"
+        )
     }
 
     @Test func theDocumentedRequestsVerify() throws {
@@ -35,11 +39,14 @@ import FerryDigest
             host, ("x-amz-content-sha256", SigV4.emptyPayloadHash), date,
             auth("host;x-amz-content-sha256;x-amz-date", "34b48302e7b5fa45bde8084f4b7868a86f0a534bc59db6670ed5711ef69dc6f7"),
         ]
-        _ = try verifier.verify(method: "GET", rawPath: "/", rawQuery: "max-keys=2&prefix=J", headers: list, bodySHA256: SigV4.emptyPayloadHash, now: vectorTime)
+        _ = try verifier.verify(
+            method: "GET", rawPath: "/", rawQuery: "max-keys=2&prefix=J", headers: list, bodySHA256: SigV4.emptyPayloadHash, now: vectorTime)
     }
 
     /// A request as S3Client sends it: the path encoded once, the query in canonical form.
-    func request(key: String, query: [(String, String)] = [], body: [UInt8] = [], secret: String = aws.secretAccessKey, at: Date = Date())
+    func request(
+        key: String, query: [(String, String)] = [], body: [UInt8] = [], secret: String = aws.secretAccessKey, at: Date = Date()
+    )
         -> (path: String, query: String, headers: [(String, String)], body: String)
     {
         let hash = SHA256Hasher.digest(body).hex
