@@ -1,0 +1,28 @@
+import ArgumentParser
+import FerryCore
+import FerryTap
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The tap's health as `ferry tap ctl status` and `ferry status` print it.
+func printTap(_ s: TapStatus, indent: String = "") {
+    out("\(indent)tap          \(s.kind), pid \(s.pid), mode \(s.mode.rawValue) (primary \(s.primary)), sequence \(s.head)")
+    var line = "\(indent)  received   \(s.receivedLines) lines, \(s.invalidLines) invalid, \(s.refusedMessages) refused messages"
+    if s.droppedLines > 0 { line += ", \(s.droppedLines) UDP lines DROPPED (spool full)" }
+    out(line)
+    out(
+        "\(indent)  spool      \(Units.formatBytes(Int64(s.spoolBytes))) of \(Units.formatBytes(Int64(s.spoolLimit)))"
+            + (s.backPressure ? "  FULL: senders held back" : "")
+            + (s.spoolError.map { "  WRITE FAILING (\($0)): senders held back" } ?? ""))
+    for u in s.upstreams {
+        var l = "\(indent)  \(pad(u.name, 4))       \(u.address) \(u.role), \(u.connected ? "connected" : "DOWN"), "
+        l +=
+            "forwarded \(u.forwardedLines) lines, spooled \(Units.formatBytes(Int64(u.spoolBytes))), lag \(Units.formatDecimal(u.lagSeconds, places: 1)) s"
+        if u.reconnects > 0 { l += ", \(u.reconnects) reconnects" }
+        if let e = u.lastError, !u.connected { l += " (\(e))" }
+        out(l)
+    }
+}
