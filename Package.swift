@@ -72,7 +72,7 @@ let package = Package(
             swiftSettings: strict),
         .target(name: "FerryLocal", dependencies: ["FerryCore", "CFerrySys"], swiftSettings: strict),
         .target(name: "CFerrySys"),
-        .target(name: "FerryTesting", dependencies: ["FerryCore", "FerryDigest"], swiftSettings: strict),
+        .target(name: "FerryTesting", dependencies: ["FerryCore", "FerryDigest", "FerryEngine"], swiftSettings: strict),
         .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
         .testTarget(
             name: "FerryCoreTests",

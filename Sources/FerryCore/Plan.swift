@@ -101,6 +101,9 @@ public struct CopySpec: Sendable {
     /// Bytes per second, or nil for unlimited.
     public var bandwidth: Int64? = nil
     public var compression: String = "off"
+    /// How long a worker's lease on a page of files holds without renewal (a worker killed with kill -9 has its
+    /// files taken over by the others after this).
+    public var leaseTTL: Double = 30
     public init() {}
 }
 

@@ -192,7 +192,7 @@ public struct PlanLoader: Sendable {
         var copy = CopySpec()
         if let node = fields["copy"], let map = ctx.mapping(node, "copy") {
             let f = ctx.fields(
-                map, at: "copy", allowed: ["chunk_size", "concurrency", "bandwidth", "compression", "symlinks", "specials"],
+                map, at: "copy", allowed: ["chunk_size", "concurrency", "bandwidth", "compression", "symlinks", "specials", "lease_ttl"],
                 required: [])
             if let v = f["symlinks"], let s = ctx.string(v, "copy.symlinks") {
                 if let policy = CopySpec.SymlinkPolicy(rawValue: s) {
@@ -231,6 +231,13 @@ public struct PlanLoader: Sendable {
                 case .success(let rate): copy.bandwidth = rate
                 case .failure:
                     ctx.fail(v, "copy.bandwidth", "expected a rate such as 50MiB/s, or off, got \"\(s)\"")
+                }
+            }
+            if let v = f["lease_ttl"], let s = ctx.string(v, "copy.lease_ttl") {
+                if let d = Units.parseDuration(s), d >= 1 {
+                    copy.leaseTTL = d
+                } else {
+                    ctx.fail(v, "copy.lease_ttl", "expected a duration of at least 1s, such as 30s, got \"\(s)\"")
                 }
             }
             if let v = f["compression"], let s = ctx.string(v, "copy.compression") {

@@ -42,7 +42,10 @@ final class CopyPhase: @unchecked Sendable {
     /// Small files per group commit, at most; a group also closes when it holds `chunkSize` bytes.
     static let groupFiles = 5000
 
-    private let cursor = Mutex<Int64>(0)
+    /// This process's name in the ledger's leases (`host:pid:random`).
+    var worker = "local"
+    /// How long a lease holds without renewal; renewed every third of it while this process works.
+    var leaseTTL: Double = 30
     private let fatal = Mutex<(any Error)?>(nil)
     private let summary = Mutex(CopySummary())
 
@@ -66,31 +69,58 @@ final class CopyPhase: @unchecked Sendable {
         fatal.withLock { if $0 == nil { $0 = error } }
     }
 
+    /// The whole copy in one process: the files, then what comes after them.
     func run() throws -> CopySummary {
+        _ = try copyFiles()
+        try finish()
+        return summary.withLock { $0 }
+    }
+
+    /// Copies pending files until none is left to lease (other workers may still hold some). The leases are
+    /// renewed by a thread of their own while the copy threads work, and given back if this run stops early.
+    func copyFiles() throws -> CopySummary {
         try destinationCall("create the destination root") { try destination.prepareRoot() }
         let counts = try ledger.counts()
         progress.begin(
             phase: "copy", filesTotal: counts.totalFiles, bytesTotal: counts.totalBytes,
             filesDone: counts.files[ItemState.done.rawValue] ?? 0, bytesDone: counts.doneBytes)
-        runThreads(concurrency, name: "ferry-copy") { [self] _ in worker() }
-        if let error = fatal.withLock({ $0 }) { throw error }
+        let finished = DispatchSemaphore(value: 0)
+        let renewer = Thread { [self] in
+            while finished.wait(timeout: .now() + leaseTTL / 3) == .timedOut {
+                do {
+                    try ledger.renew(worker: worker, ttl: leaseTTL, now: Date().timeIntervalSince1970)
+                } catch {
+                    logger.warning("renewing this worker's leases failed: \(error)")
+                }
+            }
+        }
+        renewer.name = "ferry-lease-renew"
+        renewer.start()
+        runThreads(concurrency, name: "ferry-copy") { [self] _ in copyWorker() }
+        finished.signal()
+        if let error = fatal.withLock({ $0 }) {
+            try? ledger.release(worker: worker)
+            throw error
+        }
         if Interruption.requested {
+            try? ledger.release(worker: worker)
             throw FerryError(.other, "interrupted; what was committed is kept: run `ferry run` again to resume")
         }
-        try copySymlinks()
-        try copyLinksAndSpecials()
-        try finishDirectories()
         return summary.withLock { $0 }
     }
 
-    /// Claims the next page of pending files. The cursor only moves forward, so each file is claimed once. Pages
-    /// are large enough that workers mostly create files in different directories (less directory-lock contention).
+    /// What comes once every file is copied (by any worker): links, specials, directories' metadata. A singleton
+    /// step: the job runs it under its coordinator.
+    func finish() throws {
+        try copySymlinks()
+        try copyLinksAndSpecials()
+        try finishDirectories()
+    }
+
+    /// Leases the next page of pending files. Pages are large enough that workers mostly create files in
+    /// different directories (less directory-lock contention).
     private func claim() throws -> [ItemRecord] {
-        try cursor.withLock { after in
-            let page = try ledger.items(states: [.pending], kind: .file, after: after, limit: 128)
-            if let last = page.last { after = last.id }
-            return page
-        }
+        try ledger.lease(limit: 128, worker: worker, ttl: leaseTTL, now: Date().timeIntervalSince1970)
     }
 
     // MARK: - worker
@@ -100,7 +130,7 @@ final class CopyPhase: @unchecked Sendable {
         var bytes: Int64 = 0
     }
 
-    private func worker() {
+    private func copyWorker() {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(chunkSize), alignment: 4096)
         defer { buffer.deallocate() }
         let hasher = SHA256Hasher()
@@ -129,8 +159,12 @@ final class CopyPhase: @unchecked Sendable {
     private func commit(_ group: inout Group) throws {
         guard !group.done.isEmpty else { return }
         try destinationCall("sync") { try destination.syncAll() }
-        try ledger.commitDone(group.done)
-        summary.withLock { $0.filesCopied += Int64(group.done.count) }
+        let lost = try ledger.commit(group.done, worker: worker)
+        if !lost.isEmpty {
+            // This worker's lease expired and another took the files over: its commit counts, not this one.
+            logger.warning("\(lost.count) files were taken over by another worker after this one's lease expired; its copies count")
+        }
+        summary.withLock { $0.filesCopied += Int64(group.done.count - lost.count) }
         group = Group()
     }
 

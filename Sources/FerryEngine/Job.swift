@@ -61,10 +61,54 @@ public final class Job {
         return ledger
     }
 
+    /// One run: the steps before the copy under the coordinator lock (waiting for it when another run holds
+    /// it), then the copy from leased files, shared with any other run on the job, then, once no file is left
+    /// pending or leased elsewhere, the finishing steps and verify, under the coordinator again. A second
+    /// `ferry run` on the same job joins the first: they share the files, and the one that finishes last verifies.
     public func run(_ options: RunOptions) throws -> RunResult {
-        let lock = try JobLock(stateDirectory: plan.stateDirectory)
-        defer { withExtendedLifetime(lock) {} }
+        let membership = try WorkerMembership(stateDirectory: plan.stateDirectory)
+        defer { withExtendedLifetime(membership) {} }
         let ledger = try openLedger(create: true)
+        if let early = try JobLock.coordinate(plan.stateDirectory, step: "start", logger: logger, { try prepare(ledger, options) }) {
+            return early
+        }
+        try ledger.registerWorker(worker, pid: Int(getpid()), now: Date().timeIntervalSince1970)
+        do {
+            while true {
+                let summary = try copyFiles(ledger)
+                logger.info(
+                    "copy finished",
+                    metadata: [
+                        "files": "\(summary.filesCopied)", "bytes": "\(summary.bytesCopied)", "failed": "\(summary.failed)",
+                        "vanished": "\(summary.vanished)", "merged": "\(summary.merged)",
+                        "values_merged": "\(summary.valuesMerged)",
+                    ])
+                let outcome: RunResult? = try JobLock.coordinate(plan.stateDirectory, step: "verify", logger: logger) {
+                    guard let phase = try ledger.job()?.phase, phase == .copy else {
+                        return .alreadyDone("another ferry run on this job finished the copy and verified it; see `ferry status`")
+                    }
+                    let now = Date().timeIntervalSince1970
+                    guard try ledger.pendingFiles() == 0, try ledger.liveLeases(excluding: worker, now: now) == 0 else { return nil }
+                    try finishCopy(ledger)
+                    let report = try verify(ledger, removeLeftovers: true)
+                    try ledger.setLastError(nil)
+                    return report.ok ? .ready(report) : .mismatches(report)
+                }
+                if let outcome { return outcome }
+                try awaitOtherWorkers(ledger)
+            }
+        } catch {
+            try? ledger.setLastError(error.operatorText)
+            throw error
+        }
+    }
+
+    /// This process's name in the ledger's leases and workers table.
+    public let worker = "\(ProcessInfo.processInfo.hostName):\(getpid()):\(UInt32.random(in: 0...UInt32.max))"
+
+    /// The steps before the copy (a singleton): the job record, the tap, the snapshot, repair and catch-up.
+    /// Returns the run's result when there is nothing to copy.
+    func prepare(_ ledger: Ledger, _ options: RunOptions) throws -> RunResult? {
         if try ledger.job() == nil {
             try ledger.createJob(name: plan.name, planIdentity: plan.identity, chunkSize: plan.copy.chunkSize)
         }
@@ -104,20 +148,27 @@ public final class Job {
                 try ledger.forEachItem(states: [.failed]) { try ledger.requeue($0.id) }
             }
             try ledger.setPhase(.copy)
-            let summary = try copy(ledger)
-            logger.info(
-                "copy finished",
-                metadata: [
-                    "files": "\(summary.filesCopied)", "bytes": "\(summary.bytesCopied)", "failed": "\(summary.failed)",
-                    "vanished": "\(summary.vanished)", "merged": "\(summary.merged)",
-                    "values_merged": "\(summary.valuesMerged)",
-                ])
-            let report = try verify(ledger, removeLeftovers: true)
-            try ledger.setLastError(nil)
-            return report.ok ? .ready(report) : .mismatches(report)
+            return nil
         } catch {
             try? ledger.setLastError(error.operatorText)
             throw error
+        }
+    }
+
+    /// Waits while other workers hold live leases on pending files: until they have committed them (the copy
+    /// is done), or a lease expires (its worker died: this run takes the files over).
+    func awaitOtherWorkers(_ ledger: Ledger) throws {
+        logger.info("waiting for the other workers on this job to commit their files (or for their leases to expire)")
+        var pause = 0.05
+        while true {
+            let now = Date().timeIntervalSince1970
+            let others = try ledger.liveLeases(excluding: worker, now: now)
+            let pending = try ledger.pendingFiles()
+            // Done (the verify step decides), or a pending file no live lease holds: back to copying.
+            if others == 0 || pending > others { return }
+            if Interruption.requested { throw FerryError(.other, "interrupted while other workers copy; run `ferry run` again to join them") }
+            Thread.sleep(forTimeInterval: pause)  // polling the shared ledger, not synchronisation of a test
+            pause = min(pause * 2, 1)
         }
     }
 
@@ -283,20 +334,31 @@ public final class Job {
 
     // MARK: - copy and verify
 
-    func copy(_ ledger: Ledger) throws -> CopySummary {
+    func withCopyPhase<T>(_ ledger: Ledger, _ body: (CopyPhase) throws -> T) throws -> T {
         let chunkSize = try ledger.job()?.chunkSize ?? plan.copy.chunkSize
         let phase = CopyPhase(
             source: source, destination: destination, ledger: ledger, chunkSize: chunkSize,
             concurrency: plan.copy.concurrency, bandwidth: plan.copy.bandwidth, progress: progress, logger: logger)
         if let at = try ledger.job()?.snapshotAt { phase.snapshotTime = Int(at) }
         phase.partialTag = try ledger.partialTag()
+        phase.worker = worker
+        phase.leaseTTL = plan.copy.leaseTTL
         let stop = progress.startReporting(heartbeat: heartbeat(ledger))
         defer {
             stop()
             try? ledger.heartbeat(pid: nil, bytesDone: 0, filesDone: 0)
         }
-        return try phase.run()
+        return try body(phase)
     }
+
+    /// The whole copy in this process (files, then links, specials and directories).
+    func copy(_ ledger: Ledger) throws -> CopySummary { try withCopyPhase(ledger) { try $0.run() } }
+
+    /// The files this run can lease.
+    func copyFiles(_ ledger: Ledger) throws -> CopySummary { try withCopyPhase(ledger) { try $0.copyFiles() } }
+
+    /// Links, specials and directories, once every file is copied.
+    func finishCopy(_ ledger: Ledger) throws { _ = try withCopyPhase(ledger) { try $0.finish() } }
 
     private func heartbeat(_ ledger: Ledger) -> @Sendable () -> Void {
         let pid = Int(getpid())

@@ -55,6 +55,14 @@ public struct ItemRecord: Sendable {
     public var state: ItemState
     public var attempts: Int
     public var error: String?
+
+    public init(id: Int64, entry: Entry, state: ItemState, attempts: Int, error: String?) {
+        self.id = id
+        self.entry = entry
+        self.state = state
+        self.attempts = attempts
+        self.error = error
+    }
 }
 
 public struct ChunkRecord: Sendable, Equatable {
@@ -243,6 +251,7 @@ public final class Ledger: Sendable {
                     ALTER TABLE items ADD COLUMN xattrs BLOB;
                     """)
         }
+        registerLeaseMigration(&m)
         return m
     }
 

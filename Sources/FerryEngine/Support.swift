@@ -1,6 +1,7 @@
 import FerryCore
 import Foundation
 import Synchronization
+public import Logging
 
 /// Runs `count` OS threads and waits for all. Copy and verify workers do blocking file I/O, which belongs on
 /// threads of its own rather than in Swift's cooperative pool (two threads on this kind of machine).
@@ -89,26 +90,88 @@ public enum ChunkLayout {
     }
 }
 
-/// An exclusive lock on the job's state directory, held for the life of a run; released by the kernel when the
-/// process dies, even by `kill -9`.
+/// The job's locks, two `flock`s in the state directory (released by the kernel when a process dies, even by
+/// `kill -9`):
+/// - `lock`, the coordinator: held exclusively for a singleton step (a run's snapshot, catch-up and finish, a
+///   verify, a cutover). Runs wait for it; `ferry verify`, `cutover`, `rollback` and `complete` refuse when it is
+///   taken.
+/// - `workers.lock`, held shared by every `ferry run` for its whole life: the commands that need the job to
+///   themselves take it exclusively, so they refuse while any run is at work, and runs join each other.
 public final class JobLock {
     private let fd: Int32
+    private let workersFD: Int32
 
+    /// The job to this process alone: no run at work and no step of another command (non-blocking).
     public init(stateDirectory: String) throws {
-        try FileManager.default.createDirectory(atPath: stateDirectory, withIntermediateDirectories: true)
-        let path = stateDirectory + "/lock"
-        fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw FerryError(.other, "cannot open \(path)", cause: String(cString: strerror(errno))) }
+        fd = try Self.open(stateDirectory + "/lock")
         if flock(fd, LOCK_EX | LOCK_NB) != 0 {
-            var buf = [UInt8](repeating: 0, count: 32)
-            let n = pread(fd, &buf, 31, 0)
-            let holder = n > 0 ? String(decoding: buf[0..<n], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) : "?"
+            let holder = Self.holder(fd)
             close(fd)
             throw FerryError(.stateConflict, "another ferry process (pid \(holder)) is working on this job")
         }
+        do {
+            workersFD = try Self.open(stateDirectory + "/workers.lock")
+        } catch {
+            close(fd)
+            throw error
+        }
+        if flock(workersFD, LOCK_EX | LOCK_NB) != 0 {
+            close(workersFD)
+            close(fd)
+            throw FerryError(.stateConflict, "a ferry run is working on this job (see `ferry status`); wait for it, or stop it")
+        }
+        Self.writePID(fd)
+    }
+
+    deinit {
+        if workersFD >= 0 { close(workersFD) }
+        close(fd)
+    }
+
+    static func open(_ path: String) throws -> Int32 {
+        try FileManager.default.createDirectory(atPath: PathUtil.directory(of: path), withIntermediateDirectories: true)
+        let fd = Glibc.open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw FerryError(.other, "cannot open \(path)", cause: String(cString: strerror(errno))) }
+        return fd
+    }
+
+    static func holder(_ fd: Int32) -> String {
+        var buf = [UInt8](repeating: 0, count: 32)
+        let n = pread(fd, &buf, 31, 0)
+        return n > 0 ? String(decoding: buf[0..<n], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) : "?"
+    }
+
+    static func writePID(_ fd: Int32) {
         let pid = Array("\(getpid())\n".utf8)
         _ = ftruncate(fd, 0)
         _ = pid.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) }
+    }
+
+    /// Runs a singleton step of a run under the coordinator lock, waiting for it while another run holds it.
+    public static func coordinate<T>(_ stateDirectory: String, step: String, logger: Logger, _ body: () throws -> T) throws -> T {
+        let fd = try open(stateDirectory + "/lock")
+        defer { close(fd) }
+        if flock(fd, LOCK_EX | LOCK_NB) != 0 {
+            logger.info("waiting for another ferry process (pid \(holder(fd))) to finish its step before this run's \(step)")
+            while flock(fd, LOCK_EX) != 0 {
+                guard errno == EINTR else { throw FerryError(.other, "cannot lock \(stateDirectory)/lock", cause: String(cString: strerror(errno))) }
+            }
+        }
+        writePID(fd)
+        return try body()
+    }
+}
+
+/// A run's membership of the job's workers: a shared lock on `workers.lock` for the run's life.
+public final class WorkerMembership {
+    private let fd: Int32
+
+    public init(stateDirectory: String) throws {
+        fd = try JobLock.open(stateDirectory + "/workers.lock")
+        if flock(fd, LOCK_SH | LOCK_NB) != 0 {
+            close(fd)
+            throw FerryError(.stateConflict, "another ferry command (verify, cutover, rollback, complete) has this job; run again when it is done")
+        }
     }
 
     deinit { close(fd) }
