@@ -118,9 +118,11 @@ final class CopyPhase: @unchecked Sendable {
     }
 
     /// Leases the next page of pending files. Pages are large enough that workers mostly create files in
-    /// different directories (less directory-lock contention).
+    /// different directories (less directory-lock contention), up to 128 files, and small enough near the end
+    /// (a quarter of the pending files per copy thread) that a worker joining the job still finds work.
     private func claim() throws -> [ItemRecord] {
-        try ledger.lease(limit: 128, worker: worker, ttl: leaseTTL, now: Date().timeIntervalSince1970)
+        let limit = max(1, min(128, try ledger.pendingFiles() / (4 * concurrency)))
+        return try ledger.lease(limit: limit, worker: worker, ttl: leaseTTL, now: Date().timeIntervalSince1970)
     }
 
     // MARK: - worker

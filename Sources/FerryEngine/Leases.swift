@@ -1,6 +1,6 @@
+public import FerryCore
 import Foundation
 internal import GRDB
-public import FerryCore
 
 /// Leased work: how several `ferry run` processes (on one host today, on several with a shared ledger) share one
 /// job's copy. A worker leases a page of pending files for `ttl` seconds and renews its leases while it works;

@@ -1,7 +1,7 @@
 import FerryCore
 import Foundation
-import Synchronization
 public import Logging
+import Synchronization
 
 /// Runs `count` OS threads and waits for all. Copy and verify workers do blocking file I/O, which belongs on
 /// threads of its own rather than in Swift's cooperative pool (two threads on this kind of machine).

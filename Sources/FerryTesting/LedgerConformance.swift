@@ -1,5 +1,5 @@
-import Foundation
 public import FerryEngine
+import Foundation
 
 /// The lease rules every ledger must keep, one body for each (the in-memory `MemoryLeases` and the SQLite
 /// ledger; a shared PostgreSQL ledger will run the same): two workers lease disjoint pages that together cover

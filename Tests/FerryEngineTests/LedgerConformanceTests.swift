@@ -1,8 +1,8 @@
-import Foundation
-import Testing
 import FerryCore
 import FerryEngine
 import FerryTesting
+import Foundation
+import Testing
 
 /// One body of lease rules, run against the in-memory reference and the SQLite ledger.
 @Suite struct LedgerConformanceTests {
