@@ -200,7 +200,7 @@ public final class Job {
         do {
             try p.run()
         } catch {
-            throw FerryError(.hookFailed, "\(what) could not start: \(command)", cause: "\(error)")
+            throw FerryError(.hookFailed, "\(what) could not start: \(command)", underlying: error)
         }
         p.waitUntilExit()
         if p.terminationReason != .exit || p.terminationStatus != 0 {

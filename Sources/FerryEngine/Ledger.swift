@@ -110,7 +110,7 @@ func databaseCall<T>(_ what: String, _ body: () throws -> T) throws -> T {
     } catch let e as FerryError {
         throw e
     } catch {
-        throw FerryError(.ledger, "\(what) failed", cause: "\(error)")
+        throw FerryError(.ledger, "\(what) failed", underlying: error)
     }
 }
 
@@ -150,7 +150,7 @@ public final class Ledger: Sendable {
         } catch let e as FerryError {
             throw e
         } catch {
-            throw FerryError(.ledger, "cannot open the ledger \(path)", cause: "\(error)")
+            throw FerryError(.ledger, "cannot open the ledger \(path)", underlying: error)
         }
     }
 

@@ -197,7 +197,7 @@ final class VerifyPhase: @unchecked Sendable {
             try data.write(to: URL(fileURLWithPath: reportPath), options: .atomic)
             try data.write(to: URL(fileURLWithPath: plan.stateDirectory + "/verify-latest.json"), options: .atomic)
         } catch {
-            throw FerryError(.other, "cannot write the verify report \(reportPath)", cause: "\(error)")
+            throw FerryError(.other, "cannot write the verify report \(reportPath)", underlying: error)
         }
         try ledger.finishVerify(
             id: runID, filesChecked: a.files, bytesChecked: a.bytes, failures: a.failures.map { ($0.0, $0.1, $0.2) },

@@ -34,7 +34,7 @@ final class WalkScratch: @unchecked Sendable {
                     sql: "CREATE TABLE checks (seq INTEGER PRIMARY KEY, item INTEGER NOT NULL, sampled INTEGER NOT NULL)")
             }
         } catch {
-            throw FerryError(.ledger, "cannot create verify's scratch database \(path)", cause: "\(error)")
+            throw FerryError(.ledger, "cannot create verify's scratch database \(path)", underlying: error)
         }
     }
 

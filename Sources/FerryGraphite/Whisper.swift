@@ -382,7 +382,7 @@ public struct Whisper: Sendable {
         do {
             try Data(bytes).write(to: URL(fileURLWithPath: path), options: .atomic)
         } catch {
-            throw FerryError(.destinationIO, "cannot write \(path)", cause: "\(error)")
+            throw FerryError(.destinationIO, "cannot write \(path)", underlying: error)
         }
     }
 }
