@@ -59,12 +59,9 @@ public final class CarbonTap: TapServer, @unchecked Sendable {
             name: "new", address: config.new, journal: journal, stateDirectory: config.directory, redeliver: config.redeliver,
             replayRate: config.replayRate, fsync: config.fsync, logger: logger)
         modePath = config.directory + "/mode"
-        if let text = try? String(contentsOfFile: modePath, encoding: .utf8) {
-            let parts = text.split(separator: " ").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
-            if parts.count == 2, let m = TapMode(rawValue: parts[0]), parts[1] == "old" || parts[1] == "new" {
-                mode = m
-                primary = parts[1]
-            }
+        if let saved = ModeFile.load(modePath) {
+            mode = saved.mode
+            primary = saved.primary ?? (saved.mode == .reverse ? "new" : "old")
         }
         group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, min(4, System.coreCount)))
         applyAttachment()
@@ -86,7 +83,7 @@ public final class CarbonTap: TapServer, @unchecked Sendable {
             try bind()
         } catch {
             stop()
-            throw FerryError(.other, "the tap cannot listen", cause: "\(error)")
+            throw FerryError(.other, "the tap cannot listen", underlying: error)
         }
     }
 
@@ -338,11 +335,9 @@ public final class CarbonTap: TapServer, @unchecked Sendable {
         case .single: break
         }
         mode = m
-        let text = "\(m.rawValue) \(primary)\n"
+        let p = primary
         lock.unlock()
-        let tmp = modePath + ".tmp"
-        try Data(text.utf8).write(to: URL(fileURLWithPath: tmp))
-        guard rename(tmp, modePath) == 0 else { throw SystemCallError("rename", errno: errno, path: modePath) }
+        try ModeFile.store(modePath, mode: m, primary: p)
         applyAttachment()
         if before != m { logger.notice("mode \(before.rawValue) -> \(m.rawValue) (primary \(primary))") }
         return status()

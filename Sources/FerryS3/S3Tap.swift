@@ -152,14 +152,14 @@ public final class S3Tap: TapServer, @unchecked Sendable {
         verifier = SigV4Verifier(credentials: [config.credentials])
         cursorPath = config.directory + "/cursor.mirror"
         modePath = config.directory + "/mode"
-        cursor =
-            (try? String(contentsOfFile: cursorPath, encoding: .utf8)).flatMap { UInt64($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
-            ?? journal.head
+        // The kit's cursor file (offset and CRC); a text cursor written by an earlier version still reads.
+        let savedCursor =
+            (try? CursorFile.load(cursorPath))
+            ?? (try? String(contentsOfFile: cursorPath, encoding: .utf8)).flatMap { UInt64($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+        cursor = savedCursor ?? journal.head
         cursor = min(max(cursor, journal.tail), journal.head)
-        if let m = (try? String(contentsOfFile: modePath, encoding: .utf8)).flatMap({
-            TapMode(rawValue: $0.trimmingCharacters(in: .whitespacesAndNewlines))
-        }) {
-            mode = m
+        if let saved = ModeFile.load(modePath) {
+            mode = saved.mode
         }
         group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, min(4, System.coreCount)))
         oldStore = S3Store(config.old, partSize: Self.mirrorPartSize)
@@ -678,7 +678,7 @@ public final class S3Tap: TapServer, @unchecked Sendable {
                 mirrored += 1
                 mirrorError = nil
                 lock.unlock()
-                try? String(rec.end).write(toFile: cursorPath, atomically: true, encoding: .utf8)
+                try? Data(CursorFile.encode(rec.end)).write(to: URL(fileURLWithPath: cursorPath), options: .atomic)
                 journal.release(below: rec.end)
                 backoff = 0.2
             } catch {
@@ -821,12 +821,12 @@ public final class S3Tap: TapServer, @unchecked Sendable {
                 }
                 _ = journal.wait(beyond: journal.head, timeout: 0.05)
             }
-            try Data(m.rawValue.utf8).write(to: URL(fileURLWithPath: modePath), options: .atomic)
+            try ModeFile.store(modePath, mode: m, primary: m == .mirror ? "old" : "new")
             lock.lock()
             mode = m
             lock.unlock()
         } else {
-            try Data(m.rawValue.utf8).write(to: URL(fileURLWithPath: modePath), options: .atomic)
+            try ModeFile.store(modePath, mode: m, primary: m == .mirror ? "old" : "new")
             lock.lock()
             mode = m
             lock.unlock()

@@ -23,20 +23,9 @@ struct TapRun: ParsableCommand {
         try guarded {
             guard let kind = try Backends.tapKind(p) else { throw FerryError(.invalidPlan, "the plan has no tap section") }
             let logger = global.logger()
-            // Signals are blocked before any thread starts and taken synchronously here (sigwait), so none can
-            // arrive half way through a write.
-            var set = sigset_t()
-            sigemptyset(&set)
-            sigaddset(&set, SIGTERM)
-            sigaddset(&set, SIGINT)
-            pthread_sigmask(SIG_BLOCK, &set, nil)
-            let tap = try kind.make(p, logger)
-            try tap.start()
-            let stop = tap.stop
-            var sig: Int32 = 0
-            sigwait(&set, &sig)
-            logger.notice("signal \(sig): stopping the tap")
-            stop()
+            // One lifecycle for every tap (FerryTap's TapHost): started, then stopped gracefully on SIGTERM or
+            // SIGINT by swift-service-lifecycle.
+            try TapHost.runUntilSignalled(try kind.make(p, logger), logger: logger)
         }
     }
 }
