@@ -166,10 +166,16 @@ public final class WhisperFile {
     private let fd: Int32
 
     /// Opens and locks the file. `wait: false` fails at once when another process holds the lock.
-    public init(path: String, wait: Bool = true) throws {
-        self.path = path
-        fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW)
+    public convenience init(path: String, wait: Bool = true) throws {
+        let fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW)
         guard fd >= 0 else { throw FerryError(.destinationIO, "cannot open \(path)", cause: String(cString: strerror(errno))) }
+        try self.init(fd: fd, path: path, wait: wait)
+    }
+
+    /// Takes over `fd` (opened read-write beneath its tree's root) and locks it.
+    public init(fd: Int32, path: String, wait: Bool = true) throws {
+        self.path = path
+        self.fd = fd
         if flock(fd, LOCK_EX | (wait ? 0 : LOCK_NB)) != 0 {
             let e = errno
             close(fd)

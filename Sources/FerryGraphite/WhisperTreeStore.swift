@@ -49,13 +49,10 @@ public final class WhisperTreeStore: Store, Merging, PointComparing, @unchecked 
     /// Reads a whole Whisper file from any store (under a shared flock when it is local, so a carbon write in
     /// progress is never seen half done).
     static func load(_ path: String, from store: any Store) throws -> Whisper? {
-        if let local = (store as? WhisperTreeStore)?.root ?? (store as? LocalStore)?.root {
-            let full = local + "/" + path
-            let fd = open(full, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
-            if fd < 0 {
-                if errno == ENOENT { return nil }
-                throw SystemCallError("open", errno: errno, path: full)
-            }
+        if let local = (store as? WhisperTreeStore)?.tree ?? (store as? LocalStore) {
+            // Opened beneath the tree's root: no symlinked directory leads the read outside it.
+            let full = local.root + "/" + path
+            guard let fd = try local.openDescriptor(path, O_RDONLY) else { return nil }
             defer { close(fd) }
             _ = flock(fd, LOCK_SH)
             var st = Foundation.stat()
@@ -75,11 +72,12 @@ public final class WhisperTreeStore: Store, Merging, PointComparing, @unchecked 
 
     public func merge(_ path: String, from source: any Store, until: Int, now: Int) throws -> Int? {
         let full = root + "/" + path
-        guard FileManager.default.fileExists(atPath: full) else { return nil }
+        // Opened beneath the root (a directory swapped for a symlink is refused, never merged through).
+        guard let fd = try tree.openDescriptor(path, O_RDWR) else { return nil }
+        let file = try WhisperFile(fd: fd, path: full)
         guard let src = try Self.load(path, from: source) else {
             throw FerryError(.sourceIO, "\(path) vanished from the source")
         }
-        let file = try WhisperFile(path: full)
         let original = try file.read()
         var db = original
         let report = db.fill(from: src, until: until, now: now)

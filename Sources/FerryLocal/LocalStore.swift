@@ -379,9 +379,18 @@ public final class LocalStore: Store, HardLinking, SpecialMaking, @unchecked Sen
     // MARK: - reading
 
     public func openReader(_ path: String) throws -> (any ObjectReader)? {
+        guard let fd = try openDescriptor(path, O_RDONLY) else { return nil }
+        return LocalReader(fd: fd, path: path)
+    }
+
+    /// Opens an existing file below the root with `flags` (O_RDONLY, O_RDWR, ...; O_NOFOLLOW and O_CLOEXEC are
+    /// added), refusing a symbolic link anywhere on the way (openat2 RESOLVE_BENEATH, else component by
+    /// component). nil when there is no such file. The metric stores open their files only through this: a
+    /// directory swapped for a symlink never leads a merge outside the tree.
+    public func openDescriptor(_ path: String, _ flags: Int32) throws -> Int32? {
         guard PathUtil.isSafeRelative(path) else { throw FerryError(.unsafePath, "refusing unsafe path \"\(RawName.display(path))\"") }
-        if let fd = try openBeneath(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC) {
-            if fd >= 0 { return LocalReader(fd: fd, path: path) }
+        if let fd = try openBeneath(path, flags | O_NOFOLLOW | O_CLOEXEC) {
+            if fd >= 0 { return fd }
             switch errno {
             case ENOENT, ENOTDIR: return nil
             case ELOOP, EXDEV: throw FerryError(.unsafePath, "\"\(RawName.display(path))\" is now a symlink or passes one; not followed")
@@ -391,13 +400,13 @@ public final class LocalStore: Store, HardLinking, SpecialMaking, @unchecked Sen
         guard let (dfd, name) = try openParent(of: path, create: false) else { return nil }
         defer { close(dfd) }
         let c = RawName.cString(name)
-        let fd = retryEINTR { openat(dfd, c, O_RDONLY | (followSymlinks ? 0 : O_NOFOLLOW) | O_CLOEXEC) }
+        let fd = retryEINTR { openat(dfd, c, flags | (followSymlinks ? 0 : O_NOFOLLOW) | O_CLOEXEC) }
         if fd < 0 {
             if errno == ENOENT { return nil }
             if errno == ELOOP { throw FerryError(.unsafePath, "\"\(RawName.display(path))\" is now a symlink; not followed") }
             throw SystemCallError("open", errno: errno, path: RawName.display(path))
         }
-        return LocalReader(fd: fd, path: path)
+        return fd
     }
 
     // MARK: - writing

@@ -301,3 +301,30 @@ func writePoints(_ dir: TempDir, _ points: [(Int, Double)], name: String = "poin
         #expect(points["60"]?[String(tA)] == 1.0 && points["60"]?[String(tB)] == 2.0, "\(points)")
     }
 }
+
+/// The Whisper store opens its files beneath its root only: a directory of the live tree swapped for a symlink
+/// to somewhere else is refused, and the file it points at is never merged into (Python's whisper made both).
+@Suite struct WhisperConfinementTests {
+    @Test func aMergeThroughASymlinkedDirectoryIsRefusedAndTouchesNothingOutside() throws {
+        let dir = TempDir("whisper-confine")
+        for d in ["src/servers", "outside", "dst"] { try FileManager.default.createDirectory(atPath: dir.sub(d), withIntermediateDirectories: true) }
+        _ = try pythonOutput(
+            """
+            import whisper, time
+            now = int(time.time())
+            # The source has points the outside file lacks: a merge that reached it would change its bytes.
+            for p, v, n in [("\(dir.sub("src/servers/a.wsp"))", 1.0, 100), ("\(dir.sub("outside/a.wsp"))", 2.0, 10)]:
+                whisper.create(p, [(60, 1440)])
+                whisper.update_many(p, [(now - 60 * i, v) for i in range(1, n)])
+            """)
+        try FileManager.default.createSymbolicLink(atPath: dir.sub("dst/servers"), withDestinationPath: dir.sub("outside"))
+        let before = try Data(contentsOf: URL(fileURLWithPath: dir.sub("outside/a.wsp")))
+        let dst = WhisperTreeStore(root: dir.sub("dst"))
+        let now = Int(Date().timeIntervalSince1970)
+        #expect(throws: (any Error).self) {
+            _ = try dst.merge("servers/a.wsp", from: WhisperTreeStore(root: dir.sub("src")), until: now, now: now)
+        }
+        let after = try Data(contentsOf: URL(fileURLWithPath: dir.sub("outside/a.wsp")))
+        #expect(after == before, "the file outside the tree was merged into")
+    }
+}
