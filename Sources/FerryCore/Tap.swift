@@ -97,11 +97,35 @@ public protocol TapControl: Sendable {
     /// The running tap's status, or nil when it is not running.
     func status() throws -> TapStatus?
     @discardableResult func setMode(_ mode: TapMode) throws -> TapStatus
-    /// Sends a marker datapoint through the tap to every fed upstream; returns its sequence number.
-    func fence(path: String, value: Double, timestamp: Int) throws -> UInt64
+    /// Sends the fence through the tap to every fed upstream, after everything it accepted before; returns its
+    /// sequence number.
+    func fence(_ token: FenceToken) throws -> UInt64
 }
 
-/// A store that can tell whether one datapoint has landed (the cutover fence).
+/// The cutover fence: a marker a tap writes through to every fed upstream after everything it accepted before.
+/// Neutral: each tap kind writes it in its own form (a Carbon datapoint `name serial issuedAt`, a bucket object
+/// `.ferry-fence/name` holding the serial), and each store kind that can read it back says whether it landed.
+public struct FenceToken: Sendable, Codable, Equatable {
+    /// A dotted name, the job's.
+    public var name: String
+    /// A value unique to this fence attempt.
+    public var serial: Int
+    /// When it was issued (unix seconds).
+    public var issuedAt: Int
+
+    public init(name: String, serial: Int, issuedAt: Int) {
+        self.name = name
+        self.serial = serial
+        self.issuedAt = issuedAt
+    }
+
+    /// A new fence for a job's cutover or rollback.
+    public static func forJob(_ job: String, now: Int) -> FenceToken {
+        FenceToken(name: "ferry.fence." + job.replacingOccurrences(of: ".", with: "_"), serial: Int.random(in: 1...999_999_999), issuedAt: now)
+    }
+}
+
+/// A store that can tell whether a fence has landed.
 public protocol FenceChecking {
-    func hasPoint(metric: String, timestamp: Int, value: Double) throws -> Bool
+    func hasFence(_ token: FenceToken) throws -> Bool
 }

@@ -86,11 +86,10 @@ extension Job {
     @discardableResult
     func fence(_ tap: any TapControl, side: String, store: (any Store)?, ledger: Ledger) throws -> Gate {
         let timeout = Double(plan.tap?.options["fence_timeout"].flatMap { Units.parseDuration($0) } ?? 60)
-        let metric = "ferry.fence." + plan.name.replacingOccurrences(of: ".", with: "_")
-        let now = Int(Date().timeIntervalSince1970)
-        let value = Double(Int.random(in: 1...999_999_999))
-        let seq = try tap.fence(path: metric, value: value, timestamp: now)
-        try ledger.recordEvent("fence", "marker \(metric)=\(Int(value)) at \(now) sent to \(side) (sequence \(seq))")
+        let token = FenceToken.forJob(plan.name, now: Int(Date().timeIntervalSince1970))
+        let metric = token.name
+        let seq = try tap.fence(token)
+        try ledger.recordEvent("fence", "marker \(metric)=\(token.serial) at \(token.issuedAt) sent to \(side) (sequence \(seq))")
         logger.info("fence sent; waiting for it at \(side)", metadata: ["metric": "\(metric)", "sequence": "\(seq)"])
         let checker = store as? any FenceChecking
         let deadline = Date().addingTimeInterval(timeout)
@@ -100,7 +99,7 @@ extension Job {
             if !delivered, let s = try tap.status(), let u = s.upstreams.first(where: { $0.name == side }), u.cursor >= seq {
                 delivered = true
             }
-            if delivered && !landed { landed = (try? checker?.hasPoint(metric: metric, timestamp: now, value: value)) == true }
+            if delivered && !landed { landed = (try? checker?.hasFence(token)) == true }
             if delivered && landed {
                 let detail =
                     checker == nil

@@ -351,10 +351,11 @@ public final class CarbonTap: TapServer, @unchecked Sendable {
         new.setAttached(m != .single || p == "new")
     }
 
-    /// Appends a marker datapoint (the fence) and returns its sequence number.
-    public func fence(path: String, value: Double, timestamp: Int) throws -> UInt64 {
+    /// Appends the fence as a datapoint (`name serial issuedAt`) and returns its sequence number.
+    public func fence(_ token: FenceToken) throws -> UInt64 {
         var out: [UInt8] = []
-        if let problem = CarbonLine.normalize(path: path, value: value, timestamp: Double(timestamp), into: &out) {
+        let path = token.name
+        if let problem = CarbonLine.normalize(path: path, value: Double(token.serial), timestamp: Double(token.issuedAt), into: &out) {
             throw FerryError(.other, "fence marker refused: \(problem)")
         }
         let seq = try journal.append(out)

@@ -196,11 +196,11 @@ struct PointTally {
 }
 
 extension WhisperTreeStore: FenceChecking {
-    /// Whether the metric's file holds `value` at `timestamp` in its finest archive (the cutover fence).
-    public func hasPoint(metric: String, timestamp: Int, value: Double) throws -> Bool {
-        let rel = metric.split(separator: ".").joined(separator: "/") + ".wsp"
+    /// Whether the fence's metric file holds its serial at its time in the finest archive.
+    public func hasFence(_ token: FenceToken) throws -> Bool {
+        let rel = token.name.split(separator: ".").joined(separator: "/") + ".wsp"
         guard let w = try Self.load(rel, from: self), let a = w.archives.first else { return false }
-        let interval = timestamp - timestamp % a.secondsPerPoint
-        return w.value(a, at: interval) == value
+        let interval = token.issuedAt - token.issuedAt % a.secondsPerPoint
+        return w.value(a, at: interval) == Double(token.serial)
     }
 }

@@ -222,9 +222,9 @@ public final class S3Store: Store, ChecksumProviding, FenceChecking, ChunkSizing
     /// Where a tap's cutover fence for `marker` lives in a bucket.
     public static func fenceKey(_ marker: String) -> String { ".ferry-fence/" + marker }
 
-    /// Whether the fence marker object with `value` has arrived.
-    public func hasPoint(metric: String, timestamp: Int, value: Double) throws -> Bool {
-        try withClient { try $0.headObject(key(Self.fenceKey(metric)))?.headers["x-amz-meta-ferry-fence"] } == String(Int(value))
+    /// Whether the fence's object holding its serial has arrived.
+    public func hasFence(_ token: FenceToken) throws -> Bool {
+        try withClient { try $0.headObject(key(Self.fenceKey(token.name)))?.headers["x-amz-meta-ferry-fence"] } == String(token.serial)
     }
 
     /// `PARTSIZE:SHA256` of a multipart object: the hash of its parts' SHA-256 digests.

@@ -836,12 +836,11 @@ public final class S3Tap: TapServer, @unchecked Sendable {
     }
 
     /// The fence: a marker object written to the primary and mirrored like any write.
-    public func fence(path: String, value: Double, timestamp: Int) throws -> UInt64 {
-        let key = S3Store.fenceKey(path)
+    public func fence(_ token: FenceToken) throws -> UInt64 {
+        let key = S3Store.fenceKey(token.name)
         let p = primary
-        _ = try withClient(p) {
-            try $0.putObject(side(p).prefix + key, Array(String(Int(value)).utf8), headers: [("x-amz-meta-ferry-fence", String(Int(value)))])
-        }
+        let serial = String(token.serial)
+        _ = try withClient(p) { try $0.putObject(side(p).prefix + key, Array(serial.utf8), headers: [("x-amz-meta-ferry-fence", serial)]) }
         try record(op: "put", key: key)
         return journal.head
     }

@@ -10,16 +10,12 @@ import Glibc
 public struct ControlRequest: Codable, Sendable {
     public var op: String
     public var mode: String?
-    public var path: String?
-    public var value: Double?
-    public var timestamp: Int?
+    public var fence: FenceToken?
 
-    public init(op: String, mode: String? = nil, path: String? = nil, value: Double? = nil, timestamp: Int? = nil) {
+    public init(op: String, mode: String? = nil, fence: FenceToken? = nil) {
         self.op = op
         self.mode = mode
-        self.path = path
-        self.value = value
-        self.timestamp = timestamp
+        self.fence = fence
     }
 }
 
@@ -41,7 +37,7 @@ public struct ControlResponse: Codable, Sendable {
 public protocol TapServer: AnyObject {
     func status() -> TapStatus
     func setMode(_ m: TapMode) throws -> TapStatus
-    func fence(path: String, value: Double, timestamp: Int) throws -> UInt64
+    func fence(_ token: FenceToken) throws -> UInt64
 }
 
 extension TapServer {
@@ -58,10 +54,8 @@ extension TapServer {
                 }
                 return ControlResponse(ok: true, status: try setMode(m))
             case "fence":
-                guard let path = request.path, let value = request.value, let ts = request.timestamp else {
-                    return ControlResponse(ok: false, error: "fence needs path, value and timestamp")
-                }
-                return ControlResponse(ok: true, seq: try fence(path: path, value: value, timestamp: ts))
+                guard let token = request.fence else { return ControlResponse(ok: false, error: "fence needs its token") }
+                return ControlResponse(ok: true, seq: try fence(token))
             default:
                 return ControlResponse(ok: false, error: "unknown op '\(request.op)' (status, mode, fence)")
             }
@@ -159,8 +153,8 @@ public struct TapClient: TapControl {
         return s
     }
 
-    public func fence(path: String, value: Double, timestamp: Int) throws -> UInt64 {
-        guard let seq = try must(ControlRequest(op: "fence", path: path, value: value, timestamp: timestamp)).seq else {
+    public func fence(_ token: FenceToken) throws -> UInt64 {
+        guard let seq = try must(ControlRequest(op: "fence", fence: token)).seq else {
             throw FerryError(.other, "tap answered the fence without a sequence number")
         }
         return seq

@@ -39,7 +39,7 @@ public enum TapConformance {
         }
         check("a fence is journaled") {
             let before = try control.status()?.head ?? 0
-            let seq = try control.fence(path: "ferry.conformance.fence", value: 1, timestamp: Int(Date().timeIntervalSince1970))
+            let seq = try control.fence(FenceToken(name: "ferry.conformance.fence", serial: 1, issuedAt: Int(Date().timeIntervalSince1970)))
             try expect(seq >= before, "fence sequence \(seq) before the head \(before)")
         }
         check("SIGTERM stops it gracefully and a restart keeps the mode") {
