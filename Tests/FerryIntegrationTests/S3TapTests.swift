@@ -406,20 +406,25 @@ import Glibc
         let weed: SeaweedFS
         let dir: TempDir
         let port: Int
-        let process: Process
+        let plan: String
+        let env: [String: String]
+        var process: Process!
 
-        init(_ test: S3TapTests, old: String = "media", new: String = "media-r2", prefix: String = "", tap extra: String = "") throws {
+        /// With `start: false` the tap is not started (`launch` starts it, as often as a test needs).
+        init(
+            _ test: S3TapTests, old: String = "media", new: String = "media-r2", prefix: String = "", tap extra: String = "", start: Bool = true
+        ) throws {
             weed = try SeaweedFS()
             _ = try mediaBucket(weed, name: old)
             _ = try mediaBucket(weed, name: new)
             dir = TempDir("s3tap-rig")
             port = freePorts(1)[0]
-            let env = [
+            env = [
                 "MEDIA_ACCESS_KEY_ID": weed.accessKey, "MEDIA_SECRET_ACCESS_KEY": weed.secretKey,
                 "TAP_ACCESS_KEY_ID": "mastodon-app", "TAP_SECRET_ACCESS_KEY": "tap-secret-never-logged",
             ]
             let p = prefix.isEmpty ? "" : ", prefix: \(prefix)"
-            let plan = try writePlan(
+            plan = try writePlan(
                 dir.path,
                 """
                 version: 1
@@ -428,12 +433,22 @@ import Glibc
                 destination: { kind: s3, endpoint: "\(weed.endpoint)", region: us-east-1, bucket: \(new)\(p), credentials: "env:MEDIA_" }
                 tap:         { kind: s3, listen: "127.0.0.1:\(port)", credentials: "env:TAP_", bucket: media, control: "\(dir.sub("c.sock"))"\(extra) }
                 """)
-            process = try test.startTap(plan, env, dir)
+            if start { process = try test.startTap(plan, env, dir) }
         }
 
+        /// Starts the tap (again) and returns its process.
+        func launch() throws -> Process {
+            process = try S3TapTests().startTap(plan, env, dir)
+            return process
+        }
+
+        var control: TapClient { TapClient(socketPath: dir.sub("c.sock")) }
+
         deinit {
-            kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
+            if let process, process.isRunning {
+                kill(process.processIdentifier, SIGKILL)
+                process.waitUntilExit()
+            }
         }
     }
 
