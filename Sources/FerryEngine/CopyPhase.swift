@@ -121,9 +121,19 @@ final class CopyPhase: @unchecked Sendable {
     /// different directories (less directory-lock contention), up to 128 files, and small enough near the end
     /// (a quarter of the pending files per copy thread) that a worker joining the job still finds work.
     private func claim() throws -> [ItemRecord] {
-        let limit = max(1, min(128, try ledger.pendingFiles() / (4 * concurrency)))
-        return try ledger.lease(limit: limit, worker: worker, ttl: leaseTTL, now: Date().timeIntervalSince1970)
+        // The pending count is taken once per copy and then estimated (it only shapes page sizes): counting
+        // before every page cost a scan of the state index per 128 files.
+        let limit = try remaining.withLock { left in
+            if left < 0 { left = try ledger.pendingFiles() }
+            return max(1, min(128, left / (4 * concurrency)))
+        }
+        let page = try ledger.lease(limit: limit, worker: worker, ttl: leaseTTL, now: Date().timeIntervalSince1970)
+        remaining.withLock { $0 = page.isEmpty ? -1 : max(0, $0 - page.count) }
+        return page
     }
+
+    /// Pending files not yet leased by this run, estimated; -1 until counted.
+    private let remaining = Mutex<Int>(-1)
 
     // MARK: - worker
 

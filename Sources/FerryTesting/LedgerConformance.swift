@@ -8,13 +8,8 @@ import Foundation
 /// count and returns a ledger holding that many pending files, with their ids. Time is driven by the suite.
 public enum LedgerConformance {
     public static func run(_ make: (Int) throws -> (any WorkLeasing, [Int64])) -> [String] {
-        var failures: [String] = []
-        func check(_ name: String, _ body: () throws -> Void) {
-            do { try body() } catch { failures.append("\(name): \(error)") }
-        }
-        func expect(_ ok: Bool, _ what: @autoclosure () -> String) throws {
-            if !ok { throw Failure(what()) }
-        }
+        let checks = ConformanceChecks()
+        let check = checks.check
         let t0 = 1_800_000_000.0
         check("two workers lease disjoint pages covering the job") {
             let (l, ids) = try make(10)
@@ -55,11 +50,7 @@ public enum LedgerConformance {
             try expect(try l.liveLeases(excluding: "b", now: t0) == 0, "released leases still live")
             try expect(Set(try l.lease(limit: 5, worker: "b", ttl: 30, now: t0).map(\.id)) == Set(ids), "b cannot lease released files")
         }
-        return failures
+        return checks.failures
     }
 
-    struct Failure: Error, CustomStringConvertible {
-        var description: String
-        init(_ d: String) { description = d }
-    }
 }

@@ -37,20 +37,15 @@ public enum StoreConformance {
     }
 
     public static func run(_ store: any Store, _ options: Options) -> [String] {
-        var failures: [String] = []
-        func check(_ name: String, _ body: () throws -> Void) {
-            do { try body() } catch { failures.append("\(name): \(error)") }
-        }
-        func expect(_ ok: Bool, _ what: @autoclosure () -> String) throws {
-            if !ok { throw Failure(what()) }
-        }
+        let checks = ConformanceChecks()
+        let check = checks.check
         func listed() throws -> [Entry] {
             var out: [Entry] = []
             try store.walk({ e in if !store.isOwnTemporary(e.path) { out.append(e) } }, skipped: { _ in })
             return out
         }
         func write(_ entry: Entry, _ data: [UInt8], token: String, chunk: Int = 64 << 10) throws {
-            guard let w = try store.openWriter(for: entry, token: token, resume: false) else { throw Failure("openWriter gave nil") }
+            guard let w = try store.openWriter(for: entry, token: token, resume: false) else { throw ConformanceFailure("openWriter gave nil") }
             var off = 0
             while off < data.count {
                 let n = min(chunk, data.count - off)
@@ -61,7 +56,7 @@ public enum StoreConformance {
             try w.publish(entry)
         }
         func readAll(_ path: String, at offset: Int64 = 0, count: Int? = nil) throws -> [UInt8] {
-            guard let r = try store.openReader(path) else { throw Failure("openReader(\(path)) gave nil") }
+            guard let r = try store.openReader(path) else { throw ConformanceFailure("openReader(\(path)) gave nil") }
             defer { r.close() }
             var out: [UInt8] = []
             var buf = [UInt8](repeating: 0, count: 37_000)
@@ -96,7 +91,7 @@ public enum StoreConformance {
                 try store.makeDirectory(Entry(path: dir, kind: .directory, size: 0, mtimeNs: mtime, mode: 0o750, inode: 0))
             }
             guard let w = try store.openWriter(for: fileEntry(path, data.count), token: "conf1", resume: false) else {
-                throw Failure("openWriter gave nil")
+                throw ConformanceFailure("openWriter gave nil")
             }
             let half = data.count / 2
             try data[0..<half].withUnsafeBytes { try w.write($0, at: 0) }
@@ -128,7 +123,7 @@ public enum StoreConformance {
             let p = options.name("resumed")
             let d = try options.content(2, 200_000)
             guard let w = try store.openWriter(for: fileEntry(p, d.count), token: "conf2", resume: false) else {
-                throw Failure("openWriter gave nil")
+                throw ConformanceFailure("openWriter gave nil")
             }
             let half = d.count / 2
             try d[0..<half].withUnsafeBytes { try w.write($0, at: 0) }
@@ -147,13 +142,13 @@ public enum StoreConformance {
             let p = options.name("discarded")
             let d = try options.content(3, 70_000)
             guard let w = try store.openWriter(for: fileEntry(p, d.count), token: "conf3", resume: false) else {
-                throw Failure("openWriter gave nil")
+                throw ConformanceFailure("openWriter gave nil")
             }
             try d.withUnsafeBytes { try w.write($0, at: 0) }
             w.discard()
             let q = options.name("abandoned")
             guard let w2 = try store.openWriter(for: fileEntry(q, d.count), token: "conf4", resume: false) else {
-                throw Failure("openWriter gave nil")
+                throw ConformanceFailure("openWriter gave nil")
             }
             try d.withUnsafeBytes { try w2.write($0, at: 0) }
             try w2.makeDurable()
@@ -199,11 +194,7 @@ public enum StoreConformance {
             let all = try listed()
             try expect(all.isEmpty, "entries left after removing all: \(all.map(\.path))")
         }
-        return failures
+        return checks.failures
     }
 
-    struct Failure: Error, CustomStringConvertible {
-        var description: String
-        init(_ d: String) { description = d }
-    }
 }

@@ -12,13 +12,8 @@ import Glibc
 /// answers; `log` is the file its output goes to. Returns the failures (empty when the tap conforms).
 public enum TapConformance {
     public static func run(control: any TapControl, log: String, start: () throws -> Process) -> [String] {
-        var failures: [String] = []
-        func check(_ name: String, _ body: () throws -> Void) {
-            do { try body() } catch { failures.append("\(name): \(error)") }
-        }
-        func expect(_ ok: Bool, _ what: @autoclosure () -> String) throws {
-            if !ok { throw Failure(what()) }
-        }
+        let checks = ConformanceChecks()
+        let check = checks.check
         var process: Process?
         check("starts in mirror") {
             process = try start()
@@ -44,7 +39,7 @@ public enum TapConformance {
         }
         check("SIGTERM stops it gracefully and a restart keeps the mode") {
             try control.setMode(.reverse)
-            guard let p = process else { throw Failure("no tap process") }
+            guard let p = process else { throw ConformanceFailure("no tap process") }
             kill(p.processIdentifier, SIGTERM)
             let deadline = Date().addingTimeInterval(20)
             while p.isRunning && Date() < deadline { usleep(20_000) }  // awaiting the exit, bounded
@@ -61,11 +56,7 @@ public enum TapConformance {
             kill(p.processIdentifier, SIGKILL)
             p.waitUntilExit()
         }
-        return failures
+        return checks.failures
     }
 
-    struct Failure: Error, CustomStringConvertible {
-        var description: String
-        init(_ d: String) { description = d }
-    }
 }
