@@ -19,6 +19,23 @@ public final class CeresDestinationStore: Store, Merging, PointComparing, @unche
 
     func nodePath(_ path: String) -> String { root + "/" + String(path.dropLast(4)) }
 
+    /// Runs `body` with the node directory of `path` (`servers/a.wsp` → `servers/a`) reached beneath the root:
+    /// its parent is opened through the local store (no symlink on the way, missing directories created) and the
+    /// node is named inside that descriptor (`/proc/self/fd/N/a`), so a directory of the live tree swapped for
+    /// a symlink never leads a merge or a new node outside the tree. A node that is itself a symlink is refused.
+    func withConfinedNode<T>(_ path: String, create: Bool, _ body: (String) throws -> T) throws -> T? {
+        guard PathUtil.isSafeRelative(path), path.hasSuffix(".wsp") else {
+            throw FerryError(.unsafePath, "refusing unsafe path \"\(path)\"")
+        }
+        guard let (fd, name) = try tree.openParent(of: String(path.dropLast(4)), create: create) else { return nil }
+        defer { close(fd) }
+        var st = Foundation.stat()
+        if fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && st.st_mode & S_IFMT == S_IFLNK {
+            throw FerryError(.unsafePath, "\"\(path)\": the node is a symlink; not followed")
+        }
+        return try body("/proc/self/fd/\(fd)/\(name)")
+    }
+
     public func prepareRoot() throws {
         try tree.prepareRoot()
         try FileManager.default.createDirectory(atPath: root + "/" + CeresTree.marker, withIntermediateDirectories: true)
@@ -63,7 +80,14 @@ public final class CeresDestinationStore: Store, Merging, PointComparing, @unche
 
     /// Writes a Whisper database into a node: new nodes get all archives, merges only what the node lacks.
     func land(_ db: Whisper, at path: String, until: Int, now: Int) throws -> Int {
-        let dir = nodePath(path)
+        guard let landed = try withConfinedNode(path, create: true, { try land(db, node: $0, until: until, now: now) }) else {
+            throw FerryError(.destinationIO, "\(path): its directory could not be created")
+        }
+        return landed
+    }
+
+    /// `land` into the node directory `dir` (already confined beneath the root).
+    private func land(_ db: Whisper, node dir: String, until: Int, now: Int) throws -> Int {
         let fine = db.archives[0]
         var node: CeresNode
         let existed = CeresNode.isNode(dir)
@@ -134,7 +158,7 @@ public final class CeresDestinationStore: Store, Merging, PointComparing, @unche
     }
 
     public func merge(_ path: String, from source: any Store, until: Int, now: Int) throws -> Int? {
-        guard CeresNode.isNode(nodePath(path)) else { return nil }
+        guard try withConfinedNode(path, create: false, { CeresNode.isNode($0) }) == true else { return nil }
         guard let db = try WhisperTreeStore.load(path, from: source) else {
             throw FerryError(.sourceIO, "\(path) vanished from the source")
         }

@@ -106,7 +106,7 @@ extension CeresNode {
             byteOffset -= gap
         }
         for (_, v) in run { Self.pack(v, into: &payload) }
-        let fd = open(slice.path, O_WRONLY | O_CLOEXEC)
+        let fd = open(slice.path, O_WRONLY | O_CLOEXEC | O_NOFOLLOW)  // a slice that is a symlink is never written through
         guard fd >= 0 else { throw CeresError(path: slice.path, offset: nil, reason: "cannot open slice for writing") }
         defer { close(fd) }
         _ = flock(fd, LOCK_EX)

@@ -108,9 +108,10 @@ public final class LocalStore: Store, HardLinking, SpecialMaking, @unchecked Sen
         return fd
     }
 
-    /// Opens the directory holding `path` (relative), optionally creating missing directories (mode 0700 until
-    /// `finishDirectory` applies the real mode). Returns the descriptor and the last component.
-    private func openParent(of path: String, create: Bool) throws -> (fd: Int32, name: String)? {
+    /// Opens the directory holding `path` (relative) beneath the root, never through a symlink, optionally
+    /// creating missing directories (mode 0700 until `finishDirectory` applies the real mode). Returns the
+    /// descriptor (the caller closes it) and the last component; nil when a directory is missing.
+    public func openParent(of path: String, create: Bool) throws -> (fd: Int32, name: String)? {
         guard PathUtil.isSafeRelative(path) else {
             throw FerryError(.unsafePath, "refusing unsafe path \"\(path)\"")
         }

@@ -289,3 +289,36 @@ import Testing
         #expect(v.status == 0, "\(v.all)")
     }
 }
+
+/// The Ceres destination reaches its nodes beneath its root only: a directory of the live tree swapped for a
+/// symlink is refused, and the node it points at is never merged into.
+@Suite struct CeresConfinementTests {
+    @Test func aMergeThroughASymlinkedDirectoryIsRefusedAndTouchesNothingOutside() throws {
+        let dir = TempDir("ceres-confine")
+        let now = Int(Date().timeIntervalSince1970)
+        try FileManager.default.createDirectory(atPath: dir.sub("src/servers"), withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: dir.sub("dst/.ceres-tree"), withIntermediateDirectories: true)
+        let f = dir.sub("src/servers/a.wsp")
+        try WhisperOracle.run(["create", f, "60:1440", "0.5", "average"])
+        let pts = stride(from: now - 6000, through: now - 120, by: 60).map { ($0, 5.0) }
+        try WhisperOracle.run(["update", f, String(now), try WhisperOracle.pointsFile(dir.sub("p.json"), pts)])
+        // The node outside the tree holds a few points only: a merge that reached it would add slices or bytes.
+        var outside = try CeresNode.create(
+            path: dir.sub("outside/a"), timeStep: 60, xFilesFactor: 0.5, aggregation: .average, retentions: [(60, 1440)])
+        try outside.write([(now - now % 60 - 600, 1.0)])
+        try FileManager.default.createSymbolicLink(atPath: dir.sub("dst/servers"), withDestinationPath: dir.sub("outside"))
+        func snapshot() throws -> [String: Data] {
+            var out: [String: Data] = [:]
+            for name in try FileManager.default.contentsOfDirectory(atPath: dir.sub("outside/a")) {
+                out[name] = try Data(contentsOf: URL(fileURLWithPath: dir.sub("outside/a/" + name)))
+            }
+            return out
+        }
+        let before = try snapshot()
+        #expect(throws: (any Error).self) {
+            _ = try CeresDestinationStore(root: dir.sub("dst")).merge(
+                "servers/a.wsp", from: WhisperTreeStore(root: dir.sub("src")), until: now, now: now)
+        }
+        #expect(try snapshot() == before, "the node outside the tree was written")
+    }
+}
