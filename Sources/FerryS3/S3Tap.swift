@@ -364,6 +364,13 @@ public final class S3Tap: TapServer, @unchecked Sendable {
                 501, "NotImplemented",
                 "bucket-level writes (\(names.sorted().joined(separator: ", "))) are not mirrored by the tap; set them on both buckets directly")
         }
+        // An object write with a subresource changes the object in place: the mirror can sync tags (read back
+        // from the primary) and a canned ACL (journaled with the write), nothing else, so everything else is
+        // refused on both sides. It is never mirrored as a delete: DELETE ?tagging removes tags, not the object.
+        let subresources = names.subtracting(["x-id", "uploadId", "partNumber", "uploads"])
+        if key != nil && !isRead, let refusal = Self.unmirrorable(subresources, r.headers) {
+            return .error(501, "NotImplemented", refusal)
+        }
         do {
             if let copySource = r.headers.first(where: { $0.0.lowercased() == "x-amz-copy-source" })?.1 {
                 // The source names the application's bucket: point it at the same side's bucket.
@@ -398,7 +405,7 @@ public final class S3Tap: TapServer, @unchecked Sendable {
             if (200..<300).contains(res.status), let key, isWrite {
                 // Once the primary has it, the mirror syncs the key from the primary.
                 let acl = r.headers.first { $0.0.lowercased() == "x-amz-acl" }?.1
-                recordOutcome(op: r.method == "DELETE" ? "delete" : "put", key: key, acl: acl)
+                recordOutcome(op: r.method == "DELETE" && subresources.isEmpty ? "delete" : "put", key: key, acl: acl)
             }
             var out = res.headers.filter { Self.returnedHeaders.contains($0.key) || $0.key.hasPrefix("x-amz-meta-") }.map { ($0.key, $0.value) }
             if r.method == "HEAD", let len = res.headers["content-length"] { out.append(("content-length", len)) }
@@ -427,6 +434,24 @@ public final class S3Tap: TapServer, @unchecked Sendable {
             }
             return h.finish().hex
         }
+    }
+
+    /// Why an object write cannot be mirrored (nil when it can): a subresource other than tagging or a canned
+    /// ACL, an ACL given as grants or an XML body, or a write of one version.
+    static func unmirrorable(_ subresources: Set<String>, _ headers: [(String, String)]) -> String? {
+        if headers.contains(where: { $0.0.lowercased().hasPrefix("x-amz-grant-") }) {
+            return "x-amz-grant-* headers are not mirrored by the tap; use a canned x-amz-acl"
+        }
+        let canned = headers.contains { $0.0.lowercased() == "x-amz-acl" }
+        for name in subresources.sorted() {
+            switch name {
+            case "tagging": continue
+            case "acl" where canned: continue
+            case "acl": return "an object ACL given as XML is not mirrored by the tap; use a canned x-amz-acl"
+            default: return "object writes with ?\(name) are not mirrored by the tap"
+            }
+        }
+        return nil
     }
 
     /// Counts and logs a refused request (at most the first 20, then every 10,000th: a flood of refusals must not
