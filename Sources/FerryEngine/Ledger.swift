@@ -697,25 +697,6 @@ public final class Ledger: Sendable {
         }
     }
 
-    /// Commits a group of finished items in one transaction: their remaining chunks and their `done` state.
-    public func commitDone(_ items: [(id: Int64, chunks: [ChunkRecord], entry: Entry?)]) throws {
-        guard !items.isEmpty else { return }
-        try wrap("commit files") {
-            try db.write { db in
-                let ins = try db.cachedStatement(
-                    sql: "INSERT OR REPLACE INTO chunks (item_id, idx, offset, length, sha256) VALUES (?, ?, ?, ?, ?)")
-                let upd = try db.cachedStatement(sql: "UPDATE items SET state = 'done', error = NULL WHERE id = ?")
-                for item in items {
-                    for c in item.chunks {
-                        try ins.execute(arguments: [item.id, c.index, c.offset, c.length, c.sha256])
-                    }
-                    if let e = item.entry { try Self.updateEntry(db, item.id, e) }
-                    try upd.execute(arguments: [item.id])
-                }
-            }
-        }
-    }
-
     // MARK: - counts
 
     public func counts() throws -> StateCounts {

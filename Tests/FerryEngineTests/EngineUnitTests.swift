@@ -54,7 +54,9 @@ import Testing
         try ledger.commitChunk(a.id, ChunkRecord(index: 0, offset: 0, length: 4, sha256: "x"))
         c = try ledger.counts()
         #expect(c.partialBytes == 4, "committed chunks of a pending file count as progress")
-        try ledger.commitDone([(a.id, [ChunkRecord(index: 1, offset: 4, length: 4, sha256: "y")], nil)])
+        // Committed through a lease, as every copy commits.
+        #expect(try ledger.lease(limit: 10, worker: "w", ttl: 30, now: 100).map(\.id).contains(a.id))
+        #expect(try ledger.commit([(a.id, [ChunkRecord(index: 1, offset: 4, length: 4, sha256: "y")], nil)], worker: "w").isEmpty)
         #expect(try ledger.item(id: a.id)?.state == .done)
         #expect(try ledger.chunks(of: a.id).map(\.index) == [0, 1])
 
