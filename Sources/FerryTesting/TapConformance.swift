@@ -36,6 +36,8 @@ public enum TapConformance {
             let before = try control.status()?.head ?? 0
             let seq = try control.fence(FenceToken(name: "ferry.conformance.fence", serial: 1, issuedAt: Int(Date().timeIntervalSince1970)))
             try expect(seq >= before, "fence sequence \(seq) before the head \(before)")
+            let after = try control.status()?.head ?? 0
+            try expect(after > before, "the fence added nothing to the journal (head \(before) -> \(after))")
         }
         check("SIGTERM stops it gracefully and a restart keeps the mode") {
             try control.setMode(.reverse)
