@@ -685,15 +685,7 @@ final class LocalWriter: ObjectWriter, MetadataAccepting {
 
     func write(_ bytes: UnsafeRawBufferPointer, at offset: Int64) throws {
         if offset >= zeroFrom && Self.isZero(bytes) { return }  // a hole; publish sets the size
-        var done = 0
-        while done < bytes.count {
-            let n = pwrite(fd, bytes.baseAddress! + done, bytes.count - done, off_t(offset) + off_t(done))
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw SystemCallError("write", errno: errno, path: RawName.display(path))
-            }
-            done += n
-        }
+        try SystemCalls.pwriteAll(fd, bytes, at: offset, what: RawName.display(path))
         zeroFrom = max(zeroFrom, offset + Int64(bytes.count))
     }
 

@@ -886,13 +886,7 @@ final class SpooledBody {
     }
 
     func write(_ bytes: UnsafeRawBufferPointer) throws {
-        var done = 0
-        while done < bytes.count {
-            let n = Glibc.write(fd, bytes.baseAddress! + done, bytes.count - done)
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { throw FerryError(.destinationIO, "writing a request body to \(path): \(String(cString: strerror(errno)))") }
-            done += n
-        }
+        try SystemCalls.pwriteAll(fd, bytes, at: Int64(size), what: path)
         size += bytes.count
     }
 

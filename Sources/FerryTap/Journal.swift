@@ -209,17 +209,12 @@ public final class Journal: @unchecked Sendable {
             try openTail(start: headOffset, create: true)
         }
         let pos = off_t(headOffset - tailStart)
-        var written = 0
-        while written < frame.count {
-            let n = frame.withUnsafeBytes { pwrite(tailFD, $0.baseAddress! + written, frame.count - written, pos + off_t(written)) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                let e = errno
-                // Leave no partial record behind: the next append must start on a record boundary.
-                _ = ftruncate(tailFD, pos)
-                throw SystemCallError("write", errno: e, path: path(tailStart))
-            }
-            written += n
+        do {
+            try frame.withUnsafeBytes { try SystemCalls.pwriteAll(tailFD, $0, at: Int64(pos), what: path(tailStart)) }
+        } catch {
+            // Leave no partial record behind: the next append must start on a record boundary.
+            _ = ftruncate(tailFD, pos)
+            throw error
         }
         headOffset += UInt64(frame.count)
         switch fsync {
