@@ -631,8 +631,8 @@ final class LiveLoad: @unchecked Sendable {
         // Every point sent, before and after the cutover, is on both servers; the history is on the new one.
         var expectNew = sent
         for (k, v) in history { expectNew[k, default: [:]].merge(v) { live, _ in live } }
-        let gotNew = try h.points(in: h.new, expect: expectNew)
-        let gotOld = try h.points(in: h.old, expect: expectNew)
+        var gotNew = try h.points(in: h.new, expect: expectNew)
+        var gotOld = try h.points(in: h.old, expect: expectNew)
         let gapsNew = missing(expectNew, in: gotNew)
         #expect(gapsNew.count == 0, "new misses \(gapsNew.count) points, e.g. \(gapsNew.prefix(5))")
         let gapsOld = missing(expectNew, in: gotOld)
@@ -641,7 +641,13 @@ final class LiveLoad: @unchecked Sendable {
         let afterCutover = sent.mapValues { pts in pts.filter { t, _ in !(sentBeforeCutover.values.contains { $0[t] != nil }) } }
         #expect(afterCutover.values.contains { !$0.isEmpty })
         #expect(missing(afterCutover, in: gotOld).count == 0)
-        // Every series in new equals old over the window, point for point (fence markers included).
+        // Every series in new equals old over the window, point for point (fence markers included). The markers'
+        // values are ferry's, not in `expectNew`: awaited until carbon has written them on both sides (bounded).
+        _ = try waitUntil(timeout: 30) {
+            gotNew = try WhisperOracle.treePoints(h.new.storage)
+            gotOld = try WhisperOracle.treePoints(h.old.storage)
+            return gotNew == gotOld
+        }
         let differing = gotOld.keys.filter { gotNew[$0] != gotOld[$0] }.sorted()
         #expect(differing.isEmpty, "series differing between old and new: \(differing)")
         #expect(Set(gotOld.keys) == Set(gotNew.keys))
