@@ -34,14 +34,22 @@ public struct CeresSlice: Sendable, Equatable {
         let byteOffset = pointOffset * 8
         if byteOffset >= size { return nil }
         let count = max(0, min((until - from) / timeStep, (size - byteOffset) / 8))
-        guard let fh = FileHandle(forReadingAtPath: path) else {
-            throw CeresError(path: path, offset: nil, reason: "cannot open slice")
+        // O_NOFOLLOW: a slice that is a symlink is never read through (it could name any file on the host).
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+        guard fd >= 0 else {
+            throw CeresError(path: path, offset: nil, reason: "cannot open slice: \(String(cString: strerror(errno)))")
         }
-        defer { try? fh.close() }
-        try fh.seek(toOffset: UInt64(byteOffset))
-        let data = try fh.read(upToCount: count * 8) ?? Data()
-        guard data.count == count * 8 else {
-            throw CeresError(path: path, offset: byteOffset + data.count, reason: "slice shorter than its size")
+        defer { close(fd) }
+        var data = [UInt8](repeating: 0, count: count * 8)
+        var got = 0
+        while got < data.count {
+            let n = data.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + got, $0.count - got, off_t(byteOffset + got)) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { break }
+            got += n
+        }
+        guard got == count * 8 else {
+            throw CeresError(path: path, offset: byteOffset + got, reason: "slice shorter than its size")
         }
         var values = [Double?](repeating: nil, count: count)
         data.withUnsafeBytes { raw in
@@ -72,11 +80,28 @@ public struct CeresNode: Sendable {
         FileManager.default.fileExists(atPath: directory + "/" + metadataFile)
     }
 
+    /// The whole of a small regular file, never through a symlink; nil when it cannot be read or exceeds `limit`.
+    static func readSmallFile(_ path: String, limit: Int) -> Data? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var out = Data()
+        var buf = [UInt8](repeating: 0, count: 64 * 1024)
+        while true {
+            let n = buf.withUnsafeMutableBytes { pread(fd, $0.baseAddress!, $0.count, off_t(out.count)) }
+            if n < 0 && errno == EINTR { continue }
+            if n < 0 { return nil }
+            if n == 0 { return out }
+            out.append(contentsOf: buf[0..<n])
+            if out.count > limit { return nil }
+        }
+    }
+
     public init(path: String) throws {
         self.path = path
         let metaPath = path + "/" + Self.metadataFile
-        guard let data = FileManager.default.contents(atPath: metaPath) else {
-            throw CeresError(path: metaPath, offset: nil, reason: "missing or unreadable node metadata")
+        guard let data = Self.readSmallFile(metaPath, limit: 1 << 20) else {
+            throw CeresError(path: metaPath, offset: nil, reason: "missing, unreadable, over 1 MiB or a symlink: node metadata")
         }
         guard let meta = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
             throw CeresError(path: metaPath, offset: nil, reason: "node metadata is not a JSON object")

@@ -19,21 +19,8 @@ public final class CeresDestinationStore: Store, Merging, PointComparing, @unche
 
     func nodePath(_ path: String) -> String { root + "/" + String(path.dropLast(4)) }
 
-    /// Runs `body` with the node directory of `path` (`servers/a.wsp` → `servers/a`) reached beneath the root:
-    /// its parent is opened through the local store (no symlink on the way, missing directories created) and the
-    /// node is named inside that descriptor (`/proc/self/fd/N/a`), so a directory of the live tree swapped for
-    /// a symlink never leads a merge or a new node outside the tree. A node that is itself a symlink is refused.
     func withConfinedNode<T>(_ path: String, create: Bool, _ body: (String) throws -> T) throws -> T? {
-        guard PathUtil.isSafeRelative(path), path.hasSuffix(".wsp") else {
-            throw FerryError(.unsafePath, "refusing unsafe path \"\(path)\"")
-        }
-        guard let (fd, name) = try tree.openParent(of: String(path.dropLast(4)), create: create) else { return nil }
-        defer { close(fd) }
-        var st = Foundation.stat()
-        if fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && st.st_mode & S_IFMT == S_IFLNK {
-            throw FerryError(.unsafePath, "\"\(path)\": the node is a symlink; not followed")
-        }
-        return try body("/proc/self/fd/\(fd)/\(name)")
+        try tree.withConfinedCeresNode(path, create: create, body)
     }
 
     public func prepareRoot() throws {

@@ -1,4 +1,5 @@
 public import FerryCore
+public import FerryLocal
 import Foundation
 
 /// A Ceres tree seen as the Whisper tree it becomes: node `a/b/c` appears as the file `a/b/c.wsp`, whose bytes
@@ -6,13 +7,14 @@ import Foundation
 /// verifies it like any Whisper file. Read-only: a Ceres tree is a source.
 public final class CeresTreeStore: Store, @unchecked Sendable {
     // @unchecked: immutable configuration only.
-    public let root: String
+    let tree: LocalStore
+    public var root: String { tree.root }
     /// The schema each metric is converted to (from the plan, or carbon's conf files).
     let schemaFor: @Sendable (String) throws -> WhisperSchema?
     public var displayName: String { "ceres:\(root)" }
 
     public init(root: String, schemaFor: @escaping @Sendable (String) throws -> WhisperSchema?) {
-        self.root = root
+        tree = LocalStore(root: root)
         self.schemaFor = schemaFor
     }
 
@@ -26,7 +28,7 @@ public final class CeresTreeStore: Store, @unchecked Sendable {
 
     public func walk(_ visit: (Entry) throws -> Void, skipped: (SkippedEntry) -> Void) throws {
         var dirs = Set<String>()
-        for (metric, path) in try CeresTree.nodes(root: root) {  // refuses a directory that is not a Ceres tree
+        for (metric, _) in try CeresTree.nodes(root: root) {  // refuses a directory that is not a Ceres tree
             let rel = metric.replacingOccurrences(of: ".", with: "/")
             var parent = PathUtil.directory(of: rel)
             var chain: [String] = []
@@ -36,16 +38,12 @@ public final class CeresTreeStore: Store, @unchecked Sendable {
             }
             for d in chain.reversed() {
                 dirs.insert(d)
-                var st = Foundation.stat()
-                if lstat(root + "/" + d, &st) == 0 {
-                    try visit(
-                        Entry(
-                            path: d, kind: .directory, size: 0, mtimeNs: 0, mode: UInt32(st.st_mode & 0o7777),
-                            inode: UInt64(st.st_ino), uid: st.st_uid, gid: st.st_gid))
-                }
+                if let dir = try directory(d) { try visit(dir) }
             }
             do {
-                try visit(try resolve(rel + ".wsp", nodePath: path).entry)
+                if let e = try tree.withConfinedCeresNode(rel + ".wsp", create: false, { try resolve(rel + ".wsp", nodePath: $0).entry }) {
+                    try visit(e)
+                }
             } catch let e as CeresError {
                 skipped(SkippedEntry(path: rel + ".wsp", reason: e.description))
             } catch let e as FerryError where e.code == .invalidPlan {
@@ -80,30 +78,36 @@ public final class CeresTreeStore: Store, @unchecked Sendable {
         return (Entry(path: rel, kind: .file, size: Int64(size), mtimeNs: mtime, mode: 0o644, inode: inode), node, schema)
     }
 
-    public func stat(_ path: String) throws -> Entry? {
-        if path.isEmpty {
-            var st = Foundation.stat()
-            guard lstat(root, &st) == 0 else { return nil }
-            return Entry(path: "", kind: .directory, size: 0, mtimeNs: 0, mode: UInt32(st.st_mode & 0o7777), inode: UInt64(st.st_ino))
-        }
-        guard PathUtil.isSafeRelative(path) else { throw FerryError(.unsafePath, "refusing unsafe path \"\(path)\"") }
-        if path.hasSuffix(".wsp") {
-            let node = root + "/" + String(path.dropLast(4))
-            guard CeresNode.isNode(node) else { return nil }
-            return try resolve(path, nodePath: node).entry
-        }
-        var st = Foundation.stat()
-        guard lstat(root + "/" + path, &st) == 0, st.st_mode & S_IFMT == S_IFDIR else { return nil }
-        return Entry(path: path, kind: .directory, size: 0, mtimeNs: 0, mode: UInt32(st.st_mode & 0o7777), inode: UInt64(st.st_ino))
+    /// A directory of the tree as an entry (mtime 0: the Whisper view's directories are virtual), reached beneath
+    /// the root; nil when `path` is not a directory.
+    func directory(_ path: String) throws -> Entry? {
+        guard var e = try tree.stat(path), e.kind == .directory else { return nil }
+        e.mtimeNs = 0
+        e.xattrs = []
+        e.allocated = nil
+        return e
     }
 
+    public func stat(_ path: String) throws -> Entry? {
+        if path.isEmpty { return try directory("") }
+        guard PathUtil.isSafeRelative(path) else { throw FerryError(.unsafePath, "refusing unsafe path \"\(path)\"") }
+        guard path.hasSuffix(".wsp") else { return try directory(path) }
+        return try tree.withConfinedCeresNode(path, create: false) { node -> Entry? in
+            guard CeresNode.isNode(node) else { return nil }
+            return try resolve(path, nodePath: node).entry
+        } ?? nil
+    }
+
+    /// Reads the node of `path` converted to Whisper; the node is reached beneath the root (no symlinked
+    /// directory on the way, the node and its slices not symlinks).
     public func openReader(_ path: String) throws -> (any ObjectReader)? {
         guard PathUtil.isSafeRelative(path), path.hasSuffix(".wsp") else { return nil }
-        let nodePath = root + "/" + String(path.dropLast(4))
-        guard CeresNode.isNode(nodePath) else { return nil }
-        let (e, node, schema) = try resolve(path, nodePath: nodePath)
-        let db = try Whisper.convert(node, schema: schema, now: Int(Date().timeIntervalSince1970))
-        return MemoryReader(bytes: db.bytes, entry: e)
+        return try tree.withConfinedCeresNode(path, create: false) { nodePath -> (any ObjectReader)? in
+            guard CeresNode.isNode(nodePath) else { return nil }
+            let (e, node, schema) = try resolve(path, nodePath: nodePath)
+            let db = try Whisper.convert(node, schema: schema, now: Int(Date().timeIntervalSince1970))
+            return MemoryReader(bytes: db.bytes, entry: e)
+        } ?? nil
     }
 
     public func openWriter(for entry: Entry, token: String, resume: Bool) throws -> (any ObjectWriter)? { throw readOnly() }
@@ -136,4 +140,23 @@ final class MemoryReader: ObjectReader {
 
     func currentEntry() throws -> Entry { entry }
     func close() {}
+}
+
+extension LocalStore {
+    /// Runs `body` with the node directory of `path` (`servers/a.wsp` → `servers/a`) reached beneath the root:
+    /// its parent is opened through the local store (no symlink on the way, missing directories created) and the
+    /// node is named inside that descriptor (`/proc/self/fd/N/a`), so a directory of the live tree swapped for
+    /// a symlink never leads a merge or a new node outside the tree. A node that is itself a symlink is refused.
+    public func withConfinedCeresNode<T>(_ path: String, create: Bool, _ body: (String) throws -> T) throws -> T? {
+        guard PathUtil.isSafeRelative(path), path.hasSuffix(".wsp") else {
+            throw FerryError(.unsafePath, "refusing unsafe path \"\(path)\"")
+        }
+        guard let (fd, name) = try openParent(of: String(path.dropLast(4)), create: create) else { return nil }
+        defer { close(fd) }
+        var st = Foundation.stat()
+        if fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && st.st_mode & S_IFMT == S_IFLNK {
+            throw FerryError(.unsafePath, "\"\(path)\": the node is a symlink; not followed")
+        }
+        return try body("/proc/self/fd/\(fd)/\(name)")
+    }
 }

@@ -321,4 +321,34 @@ import Testing
         }
         #expect(try snapshot() == before, "the node outside the tree was written")
     }
+
+    /// The Ceres source reads only beneath its root: a node directory reached through a symlinked directory,
+    /// and a slice that is a symlink, are refused rather than read (either could name any file on the host).
+    @Test func theCeresSourceReadsNothingThroughASymlink() throws {
+        let dir = TempDir("ceres-src-confine")
+        let now = Int(Date().timeIntervalSince1970)
+        let step = now - now % 60
+        try FileManager.default.createDirectory(atPath: dir.sub("src/.ceres-tree"), withIntermediateDirectories: true)
+        var outside = try CeresNode.create(
+            path: dir.sub("outside/a"), timeStep: 60, xFilesFactor: 0.5, aggregation: .average, retentions: [(60, 1440)])
+        try outside.write([(step - 600, 1.0)])
+        try FileManager.default.createSymbolicLink(atPath: dir.sub("src/servers"), withDestinationPath: dir.sub("outside"))
+        // A real node whose only slice is a symlink to a slice outside the tree.
+        _ = try CeresNode.create(
+            path: dir.sub("src/local/b"), timeStep: 60, xFilesFactor: 0.5, aggregation: .average, retentions: [(60, 1440)])
+        let outsideSlice = try FileManager.default.contentsOfDirectory(atPath: dir.sub("outside/a")).first { $0.hasSuffix(".slice") }
+        let sliceName = try #require(outsideSlice)
+        try FileManager.default.createSymbolicLink(
+            atPath: dir.sub("src/local/b/" + sliceName), withDestinationPath: dir.sub("outside/a/" + sliceName))
+        let schema = WhisperSchema(retentions: [(60, 1440)], xFilesFactor: 0.5, aggregation: .average)
+        let store = CeresTreeStore(root: dir.sub("src")) { _ in schema }
+        #expect(throws: (any Error).self) { _ = try store.stat("servers/a.wsp") }
+        #expect(throws: (any Error).self) { _ = try store.openReader("servers/a.wsp") }
+        var listed: [String] = []
+        try store.walk({ listed.append($0.path) }, skipped: { _ in })
+        #expect(!listed.contains("servers/a.wsp"), "the walk listed a node behind a symlinked directory: \(listed)")
+        #expect(listed.contains("local/b.wsp"))
+        let error = #expect(throws: CeresError.self) { _ = try store.openReader("local/b.wsp") }
+        #expect(error?.reason.hasPrefix("cannot open slice") == true, "\(String(describing: error))")
+    }
 }
