@@ -27,7 +27,7 @@ let package = Package(
         .target(
             name: "FerryCLI",
             dependencies: [
-                "FerryCore", "FerryEngine", "FerryLocal", "FerryGraphite", "FerryS3", "FerryTap",
+                "FerryCore", "FerryEngine", "FerryLocal", "FerryGraphite", "FerryS3", "FerryTap", "FerryRemote",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -54,13 +54,26 @@ let package = Package(
         .target(
             name: "FerryS3",
             dependencies: [
-                "FerryCore", "FerryDigest", "FerryTap", "CCurl",
+                "FerryCore", "FerryDigest", "FerryTap", "FerryHTTP",
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
             swiftSettings: strict),
+        .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
+        .target(name: "FerryZstd", dependencies: ["CZstd"], swiftSettings: strict),
+        .target(
+            name: "FerryRemote",
+            dependencies: [
+                "FerryCore", "FerryDigest", "FerryHTTP", "FerryZstd",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            swiftSettings: strict),
+        .target(name: "FerryHTTP", dependencies: ["CCurl"], swiftSettings: strict),
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
         .target(
             name: "FerryGraphite",

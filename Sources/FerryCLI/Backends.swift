@@ -1,6 +1,7 @@
 import FerryCore
 import FerryGraphite
 import FerryLocal
+import FerryRemote
 import FerryS3
 import FerryTap
 import Foundation
@@ -8,17 +9,28 @@ import Foundation
 /// The composition root: the one list of the store and tap kinds this build has. Everything else (the plan
 /// loader's schemas and allowed pairs, building stores and taps from a plan) derives from it.
 enum Backends {
-    static let stores = StoreKinds([LocalStore.kind, WhisperTreeStore.kind, CeresTreeStore.kind, S3Store.kind])
+    /// The kinds a far host's `ferry serve` offers: the directory kinds of this build.
+    static let served = [LocalStore.kind, WhisperTreeStore.kind, CeresTreeStore.kind]
+    static let stores = StoreKinds(served + [S3Store.kind, RemoteStore.kind(carrying: served)])
     static let taps: [TapKind] = [CarbonTap.kind, S3Tap.kind]
 
     /// Kinds a plan may name that this build does not implement yet, with the reason shown.
     static let planned: [String: String] = [
-        "remote": "is planned (ferry serve) but not implemented in this version of ferry; supported: fs",
         "tap:fs-journal": "is planned (filesystem change journal) but not implemented in this version of ferry",
     ]
 
     static var loader: PlanLoader {
         PlanLoader(storeKinds: stores.schemas, tapKinds: taps.map(\.schema), plannedKinds: planned, pairs: stores.pairs)
+    }
+
+    /// What `ferry serve` opens for a request: a served kind on a directory already confined beneath its root.
+    @Sendable static func serve(kind: String, directory: String, role: StoreRole) throws -> any Store {
+        guard let k = served.first(where: { $0.name == kind }) else {
+            throw FerryError(.invalidPlan, "ferry serve serves \(served.map(\.name).joined(separator: ", ")) stores, not \(kind)")
+        }
+        let spec = StoreSpec(kind: kind, path: directory)
+        let plan = Plan(name: "serve", file: directory + "/serve.yml", source: spec, destination: spec, stateDirectory: directory)
+        return try k.make(StoreContext(plan: plan, role: role))
     }
 
     /// The copy's source (at the snapshot path when the plan has one).

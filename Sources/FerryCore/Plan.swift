@@ -17,6 +17,24 @@ public struct Plan: Sendable {
     /// stores' and taps' own checks report file:line:column too.
     public var locations: [String: PlanLocation] = [:]
 
+    public init(
+        version: Int = 1, name: String, file: String, source: StoreSpec, destination: StoreSpec, snapshot: SnapshotSpec = SnapshotSpec(),
+        tap: TapSpec? = nil, copy: CopySpec = CopySpec(), verify: VerifySpec = VerifySpec(), cutover: CutoverSpec = CutoverSpec(),
+        stateDirectory: String
+    ) {
+        self.version = version
+        self.name = name
+        self.file = file
+        self.source = source
+        self.destination = destination
+        self.snapshot = snapshot
+        self.tap = tap
+        self.copy = copy
+        self.verify = verify
+        self.cutover = cutover
+        self.stateDirectory = stateDirectory
+    }
+
     /// The part of the plan that the snapshot and the committed chunks depend on. When it changes, a saved job
     /// cannot be resumed: the manifest describes another source or the chunks another layout.
     public var identity: String {
@@ -53,6 +71,7 @@ public struct StoreSpec: Sendable {
 
     public var displayName: String {
         if let path { return "\(kind):\(path)" }
+        if let url = options["url"] { return "\(kind):\(url) \(options["store.kind"] ?? "?"):\(options["store.path"] ?? "?")" }
         if let bucket = options["bucket"] { return "\(kind)://\(bucket)/\(options["prefix"] ?? "")" }
         return kind
     }
@@ -100,7 +119,10 @@ public struct CopySpec: Sendable {
     public var concurrency: Int = 4
     /// Bytes per second, or nil for unlimited.
     public var bandwidth: Int64? = nil
-    public var compression: String = "off"
+    /// How chunks travel between hosts (a remote store): `zstd` or `none`.
+    public var compression: String = "zstd"
+    /// The zstd level for `compression: zstd`.
+    public var compressionLevel: Int = 3
     /// How long a worker's lease on a page of files holds without renewal (a worker killed with kill -9 has its
     /// files taken over by the others after this).
     public var leaseTTL: Double = 30

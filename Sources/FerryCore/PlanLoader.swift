@@ -39,11 +39,19 @@ public struct StoreKindSchema: Sendable {
     public var holdsLinks: Bool
     /// Whether, as a destination, it can recreate FIFOs, sockets and device nodes.
     public var holdsSpecials: Bool
+    /// Keys whose value is a mapping, with the keys it must hold; each lands in the spec's options as
+    /// `key.subkey` (`store: {kind: whisper, path: /x}` → `store.kind`, `store.path`).
+    public var nested: [String: Set<String>]
+    /// A kind that carries another (a store on another host): the nested key naming the carried store. Which
+    /// sources may move into it, and what it can hold, are then those of the carried kind.
+    public var carries: String?
 
     public init(
         kind: String, keys: Set<String>, required: Set<String>, pathIsLocal: Bool, holdsLinks: Bool? = nil,
-        holdsSpecials: Bool = false
+        holdsSpecials: Bool = false, nested: [String: Set<String>] = [:], carries: String? = nil
     ) {
+        self.nested = nested
+        self.carries = carries
         self.kind = kind
         self.keys = keys
         self.required = required
@@ -192,7 +200,7 @@ public struct PlanLoader: Sendable {
         var copy = CopySpec()
         if let node = fields["copy"], let map = ctx.mapping(node, "copy") {
             let f = ctx.fields(
-                map, at: "copy", allowed: ["chunk_size", "concurrency", "bandwidth", "compression", "symlinks", "specials", "lease_ttl"],
+                map, at: "copy", allowed: ["chunk_size", "concurrency", "bandwidth", "compression", "compression_level", "symlinks", "specials", "lease_ttl"],
                 required: [])
             if let v = f["symlinks"], let s = ctx.string(v, "copy.symlinks") {
                 if let policy = CopySpec.SymlinkPolicy(rawValue: s) {
@@ -241,16 +249,19 @@ public struct PlanLoader: Sendable {
                 }
             }
             if let v = f["compression"], let s = ctx.string(v, "copy.compression") {
-                if s == "off" {
-                    copy.compression = s
-                } else if s == "zstd" {
-                    // Accepted and read by nothing would be a silent no-op: refused until a transfer uses it.
-                    ctx.fail(
-                        v, "copy.compression",
-                        "zstd compresses transfers between hosts (ferry serve), which this version of ferry does not have; every "
-                            + "store pair it has reads and writes directly, so nothing would be compressed: remove the key or set off")
+                // Applies where bytes cross a network (a remote store through ferry serve); a local pair reads
+                // and writes directly.
+                switch s {
+                case "zstd": copy.compression = "zstd"
+                case "none", "off": copy.compression = "none"
+                default: ctx.fail(v, "copy.compression", "expected zstd or none, got \"\(s)\"")
+                }
+            }
+            if let v = f["compression_level"], let s = ctx.string(v, "copy.compression_level") {
+                if let n = Int(s), (1...19).contains(n) {
+                    copy.compressionLevel = n
                 } else {
-                    ctx.fail(v, "copy.compression", "expected off or zstd, got \"\(s)\"")
+                    ctx.fail(v, "copy.compression_level", "expected a zstd level from 1 to 19, got \"\(s)\"")
                 }
             }
         }
@@ -326,10 +337,11 @@ public struct PlanLoader: Sendable {
         var stateDirectory = ctx.resolve(".ferry/\(name)")
         if let v = fields["state"], let s = ctx.nonEmptyString(v, "state") { stateDirectory = ctx.resolve(s) }
 
-        if let source, let destination, let pairs, !pairs.contains("\(source.kind)>\(destination.kind)") {
+        if let source, let destination, let pairs, !pairs.contains("\(carried(source))>\(carried(destination))") {
+            func name(_ spec: StoreSpec) -> String { spec.kind == carried(spec) ? spec.kind : "\(spec.kind) (\(carried(spec)))" }
             ctx.fail(
                 fields["destination"], "destination.kind",
-                "cannot move \(source.kind) to \(destination.kind); supported: "
+                "cannot move \(name(source)) to \(name(destination)); supported: "
                     + pairs.sorted().map { $0.replacingOccurrences(of: ">", with: " → ") }.joined(separator: ", "))
         }
         let localSource = source.flatMap { s in storeKinds[s.kind]?.pathIsLocal == true ? s.path : nil }.map(PathUtil.canonical)
@@ -360,7 +372,7 @@ public struct PlanLoader: Sendable {
                 ctx.fail(stateNode, "state", "the state directory \(state) must not be the \(side) \(root) or inside it")
             }
         }
-        if let destination, let schema = storeKinds[destination.kind] {
+        if let destination, let schema = storeKinds[carried(destination)] ?? storeKinds[destination.kind] {
             if copy.symlinks == .copy && !schema.holdsLinks {
                 ctx.fail(
                     fields["copy"], "copy.symlinks",
@@ -387,6 +399,12 @@ public struct PlanLoader: Sendable {
         return plan
     }
 
+    /// The kind a side really holds: the carried kind for a store on another host, else its own.
+    public func carried(_ spec: StoreSpec) -> String {
+        guard let key = storeKinds[spec.kind]?.carries, let inner = spec.options[key + ".kind"] else { return spec.kind }
+        return inner
+    }
+
     private func storeSpec(_ node: Node, field: String, ctx: inout Context, mustExist: Bool) -> StoreSpec? {
         guard let map = ctx.mapping(node, field) else { return nil }
         guard let kindNode = map["kind"] else {
@@ -408,6 +426,14 @@ public struct PlanLoader: Sendable {
         var path: String?
         var options: [String: String] = [:]
         for (key, value) in f where key != "kind" {
+            if let subkeys = schema.nested[key] {
+                guard let sub = ctx.mapping(value, "\(field).\(key)") else { continue }
+                let g = ctx.fields(sub, at: "\(field).\(key)", allowed: subkeys, required: subkeys)
+                for (k, v) in g {
+                    if let s = ctx.nonEmptyString(v, "\(field).\(key).\(k)") { options["\(key).\(k)"] = s }
+                }
+                continue
+            }
             guard let s = ctx.nonEmptyString(value, "\(field).\(key)") else { continue }
             if key == "path" {
                 path = schema.pathIsLocal ? ctx.resolve(s) : s

@@ -46,7 +46,7 @@ public struct ExtendedAttribute: Sendable, Equatable, Codable {
 
 /// One entry of a store, as a snapshot records it. `path` is relative to the store's root, '/'-separated,
 /// and never contains `.`/`..` components.
-public struct Entry: Sendable, Equatable {
+public struct Entry: Sendable, Equatable, Codable {
     public var path: String
     public var kind: EntryKind
     public var size: Int64
@@ -93,7 +93,7 @@ public struct Entry: Sendable, Equatable {
 
 /// An entry that is not copied, with the reason: `refused` (unreadable, unrepresentable at the destination; it
 /// fails the run) or skipped by an explicit plan `policy` (listed, does not fail).
-public struct SkippedEntry: Sendable {
+public struct SkippedEntry: Sendable, Codable {
     public enum Category: String, Sendable, Codable {
         case refused
         case policy
@@ -253,4 +253,32 @@ public protocol ChecksumProviding: Store {
     func storedSHA256(_ path: String) throws -> String?
     /// For an object sent in chunks: the chunk size and the hash of its chunks' digests stored beside it.
     func storedChunkListSHA256(_ path: String) throws -> (chunkSize: Int64, sha256: String)?
+}
+
+/// One range of an object's bytes.
+public struct ByteRange: Sendable, Codable, Equatable {
+    public var offset: Int64
+    public var length: Int64
+    public init(offset: Int64, length: Int64) {
+        self.offset = offset
+        self.length = length
+    }
+}
+
+/// What a store found in one range: how many bytes it holds there (fewer at the end of a shorter object) and
+/// their SHA-256.
+public struct RangeDigest: Sendable, Codable, Equatable {
+    public var length: Int64
+    public var sha256: String
+    public init(length: Int64, sha256: String) {
+        self.length = length
+        self.sha256 = sha256
+    }
+}
+
+/// A store that hashes ranges of its objects where they live (a store on another host), so a verify moves
+/// digests across the network instead of the bytes.
+public protocol RangeHashing: Store {
+    /// The digest of each range of `path`, in order; nil when there is no such object.
+    func digests(of path: String, ranges: [ByteRange]) throws -> [RangeDigest]?
 }

@@ -439,6 +439,24 @@ final class VerifyPhase: @unchecked Sendable {
         let itemChunk = (destination as? any ChunkSizing)?.chunkSize(forSize: e.size, planned: planned) ?? planned
         let layout = ChunkLayout.chunks(size: e.size, chunkSize: e.size <= planned ? planned : itemChunk)
         if chunks.count != layout.count { return "ledger holds \(chunks.count) of \(layout.count) chunk checksums" }
+        if let far = destination as? any RangeHashing {
+            // A store on another host hashes its own bytes: only the digests cross the network.
+            let digests: [RangeDigest]
+            do {
+                guard let d = try far.digests(of: e.path, ranges: chunks.map { ByteRange(offset: $0.offset, length: $0.length) }) else {
+                    return "missing at the destination"
+                }
+                digests = d
+            } catch {
+                return "cannot hash at the destination: \(error.operatorText)"
+            }
+            guard digests.count == chunks.count else { return "the destination hashed \(digests.count) of \(chunks.count) chunks" }
+            for (c, d) in zip(chunks, digests) {
+                if d.length != c.length { return "truncated at the destination in chunk \(c.index)" }
+                if d.sha256 != c.sha256 { return "content differs in chunk \(c.index) (bytes \(c.offset)-\(c.offset + c.length - 1))" }
+            }
+            return nil
+        }
         let chunkBuffer = ChunkBuffer(buffer, atLeast: itemChunk)
         defer { withExtendedLifetime(chunkBuffer) {} }  // the buffer lives as long as this function uses it
         let buffer = chunkBuffer.buffer

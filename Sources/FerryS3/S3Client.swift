@@ -1,5 +1,6 @@
 import FerryCore
 import FerryDigest
+public import FerryHTTP
 import Foundation
 
 #if canImport(FoundationXML)

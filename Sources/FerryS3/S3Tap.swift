@@ -1,5 +1,6 @@
 public import FerryCore
 import FerryDigest
+import FerryHTTP
 public import FerryTap
 import Foundation
 public import Logging

@@ -11,8 +11,11 @@ public struct HostPort: Sendable, Equatable, CustomStringConvertible {
         self.port = port
     }
 
-    public static func parse(_ text: String) -> HostPort? {
-        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), port > 0, port < 65536 else {
+    /// `HOST:PORT` (`[v6]:PORT`); with `allowAnyPort`, port 0 (the system picks a free one) is accepted.
+    public static func parse(_ text: String, allowAnyPort: Bool = false) -> HostPort? {
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), port > (allowAnyPort ? -1 : 0),
+            port < 65536
+        else {
             return nil
         }
         var host = String(text[..<colon])

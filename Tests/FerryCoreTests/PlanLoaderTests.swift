@@ -49,14 +49,18 @@ import Testing
         #expect(plan.stateDirectory == PathUtil.normalize(dir.path + "/.ferry/t"))
     }
 
-    /// A key nothing implements is refused, at its line: `compression: zstd` was accepted and read by nothing.
-    @Test func aKeyNothingImplementsIsRefusedWhereItIs() throws {
+    /// Compression is zstd (level 3) unless the plan says none; a bad value or level is refused at its line.
+    @Test func compressionIsZstdOrNoneAndABadValueIsRefusedWhereItIs() throws {
         let dir = TempDir()
-        let d = diagnostics(try base(dir) + "copy:\n  compression: zstd\n", in: dir)
+        let plain = try parse(try base(dir), in: dir).get()
+        #expect(plain.copy.compression == "zstd" && plain.copy.compressionLevel == 3)
+        let d = diagnostics(try base(dir) + "copy:\n  compression: gzip\n", in: dir)
         #expect(d.count == 1, "\(d)")
         #expect(d.first?.field == "copy.compression" && d.first?.line == 6, "\(d)")
-        #expect(d.first?.message.contains("does not have") == true, "\(d)")
-        #expect(try parse(try base(dir) + "copy: { compression: off }\n", in: dir).get().copy.compression == "off")
+        let l = diagnostics(try base(dir) + "copy:\n  compression_level: 40\n", in: dir)
+        #expect(l.first?.field == "copy.compression_level" && l.first?.line == 6, "\(l)")
+        #expect(try parse(try base(dir) + "copy: { compression: off }\n", in: dir).get().copy.compression == "none")
+        #expect(try parse(try base(dir) + "copy: { compression_level: 9 }\n", in: dir).get().copy.compressionLevel == 9)
     }
 
     @Test func malformedYAMLNamesLine() throws {

@@ -40,6 +40,10 @@ public final class HTTPClient {
     public var connectTimeout: Int = 10
     /// Abort a transfer slower than 1 KiB/s for this many seconds.
     public var lowSpeedTime: Int = 30
+    /// A PEM file of the certificate authorities to trust instead of the system's (a private CA).
+    public var caFile: String?
+    /// Connect through this unix socket instead of TCP (the URL still names the host for the request).
+    public var unixSocket: String?
 
     public init() {
         _ = curlGlobal
@@ -51,6 +55,9 @@ public final class HTTPClient {
 
     final class Exchange {
         var body: [UInt8] = []
+        /// Where a streamed response's body goes, piece by piece, instead of `body` (false stops the transfer).
+        var sink: ((UnsafeRawBufferPointer) -> Bool)?
+        var status = 0
         var headers: [String: String] = [:]
         var upload: [UInt8] = []
         /// A file-backed upload: read with pread at `sent`.
@@ -93,8 +100,18 @@ public final class HTTPClient {
     }
 
     public func perform(method: String, url: String, headers: [(String, String)], upload body: HTTPBody) throws -> HTTPResponse {
+        try perform(method: method, url: url, headers: headers, upload: body, sink: nil)
+    }
+
+    /// Performs a request whose response body is handed to `sink` as it arrives when the status is 2xx (the body
+    /// of any other status is collected in the response, for its error message). `sink` returning false aborts.
+    public func perform(
+        method: String, url: String, headers: [(String, String)], upload body: HTTPBody,
+        sink: ((UnsafeRawBufferPointer) -> Bool)?
+    ) throws -> HTTPResponse {
         curl_easy_reset(handle)
         let ex = try Exchange(upload: body)
+        ex.sink = sink
         let box = Unmanaged.passRetained(ex)
         defer { box.release() }
         var list: UnsafeMutablePointer<curl_slist>? = nil
@@ -109,10 +126,15 @@ public final class HTTPClient {
         ferry_setopt_long(handle, CURLOPT_CONNECTTIMEOUT, connectTimeout)
         ferry_setopt_long(handle, CURLOPT_LOW_SPEED_LIMIT, 1024)
         ferry_setopt_long(handle, CURLOPT_LOW_SPEED_TIME, lowSpeedTime)
+        if let caFile { ferry_setopt_str(handle, CURLOPT_CAINFO, caFile) }
+        if let unixSocket { ferry_setopt_str(handle, CURLOPT_UNIX_SOCKET_PATH, unixSocket) }
         ferry_setopt_ptr(handle, CURLOPT_WRITEDATA, box.toOpaque())
         ferry_setopt_cb(handle, CURLOPT_WRITEFUNCTION) { ptr, size, n, user in
             let ex = Unmanaged<Exchange>.fromOpaque(user!).takeUnretainedValue()
             let count = size * n
+            if let sink = ex.sink, (200..<300).contains(ex.status) {
+                return sink(UnsafeRawBufferPointer(start: ptr, count: count)) ? count : 0
+            }
             ptr!.withMemoryRebound(to: UInt8.self, capacity: count) { ex.body.append(contentsOf: UnsafeBufferPointer(start: $0, count: count)) }
             return count
         }
@@ -129,6 +151,8 @@ public final class HTTPClient {
                 ex.headers[name] = value
             } else if line.hasPrefix("HTTP/") {
                 ex.headers = [:]  // a new response (after a redirect or 100): forget the previous headers
+                let fields = line.split(separator: " ")
+                ex.status = fields.count > 1 ? Int(fields[1]) ?? 0 : 0
             }
             return count
         }

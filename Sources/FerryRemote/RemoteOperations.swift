@@ -1,0 +1,364 @@
+import FerryCore
+import FerryDigest
+import FerryZstd
+import Foundation
+import NIOCore
+import NIOHTTP1
+
+extension RemoteServer {
+    /// Runs one operation on a pool thread. Every failure becomes a status and a JSON reason.
+    func serve(_ request: ServerRequest, channel: any Channel) -> ServerReply {
+        do {
+            guard let header = request.headers[Wire.Header.store], let ref = Wire.StoreRef(header: header) else {
+                throw Refusal(400, "badRequest", "missing or malformed \(Wire.Header.store) header")
+            }
+            let store = try self.store(ref)
+            return try perform(request, store: store, channel: channel)
+        } catch let r as Refusal {
+            return .failure(r.status, r.code, r.message)
+        } catch let e as FerryError {
+            return .failure(e.code == .unsafePath ? 403 : 500, e.code.rawValue, e.description)
+        } catch let e as SystemCallError {
+            let code: FerryError.Code = e.errno == ENOSPC || e.errno == EDQUOT ? .destinationFull : .destinationIO
+            return .failure(500, code.rawValue, e.description)
+        } catch {
+            return .failure(500, FerryError.Code.other.rawValue, "\(error)")
+        }
+    }
+
+    private func args<T: Decodable>(_ type: T.Type, _ request: ServerRequest) throws -> T {
+        do {
+            return try JSONDecoder().decode(type, from: Data(request.body))
+        } catch {
+            throw Refusal(400, "badRequest", "\(request.operation): malformed arguments")
+        }
+    }
+
+    private func headerArgs<T: Decodable>(_ type: T.Type, _ request: ServerRequest) throws -> T {
+        guard let text = request.headers[Wire.Header.arguments], let t = try? JSONDecoder().decode(type, from: Data(text.utf8)) else {
+            throw Refusal(400, "badRequest", "\(request.operation): missing or malformed \(Wire.Header.arguments)")
+        }
+        return t
+    }
+
+    private static let done = ServerReply.json(Wire.Done(ok: true))
+
+    private func perform(_ request: ServerRequest, store: any Store, channel: any Channel) throws -> ServerReply {
+        switch request.operation {
+        case "hello":
+            var abilities: [String] = []
+            if store is any Merging { abilities.append("merge") }
+            if store is any PointComparing { abilities.append("points") }
+            if store is any FenceChecking { abilities.append("fence") }
+            if store is any HardLinking { abilities.append("hardlinks") }
+            if store is any SpecialMaking { abilities.append("specials") }
+            return .json(
+                Wire.Hello(
+                    version: Wire.version, abilities: abilities, keepsPOSIXMetadata: store.keepsPOSIXMetadata,
+                    namesAreText: store.namesAreText, maxChunk: config.maxChunk, maxStaged: config.maxStaged))
+        case "walk":
+            try walk(store, channel: channel)
+            return .streamed
+        case "stat":
+            let a = try args(Wire.PathArgs.self, request)
+            return .json(Wire.MaybeEntry(entry: try store.stat(try checked(a.path))))
+        case "read":
+            return try read(store, try args(Wire.ReadArgs.self, request))
+        case "hash":
+            let a = try args(Wire.HashArgs.self, request)
+            return .json(Wire.Digests(digests: try hash(store, path: try checked(a.path), ranges: a.ranges)))
+        case "op":
+            return try mutate(store, request)
+        case "writer/open":
+            let a = try args(Wire.OpenWriterArgs.self, request)
+            _ = try checked(a.entry.path)
+            guard let w = try store.openWriter(for: a.entry, token: a.token, resume: a.resume) else { return .json(Wire.WriterRef(id: nil)) }
+            return .json(Wire.WriterRef(id: try addWriter(w)))
+        case "writer/write":
+            try write(request)
+            return Self.done
+        case "writer/durable":
+            let a = try args(Wire.WriterRef.self, request)
+            try writer(a.id ?? "").use { try $0.makeDurable() }
+            return Self.done
+        case "writer/publish":
+            let a = try args(Wire.PublishArgs.self, request)
+            let slot = try writer(a.id)
+            try slot.use { try $0.publish(a.entry) }
+            writers.withLock { $0[a.id] = nil }
+            return Self.done
+        case "writer/discard":
+            let a = try args(Wire.WriterRef.self, request)
+            if let id = a.id, let slot = writers.withLock({ $0.removeValue(forKey: id) }) { slot.use { $0.discard() } }
+            return Self.done
+        case "merge":
+            guard let merger = store as? any Merging else { throw Refusal(400, "unsupported", "this store does not merge") }
+            let a = try headerArgs(Wire.MetricArgs.self, request)
+            let staged = try StagedObject(path: try checked(a.path), request: request, limit: config.maxStaged)
+            return .json(Wire.Merged(written: try merger.merge(a.path, from: staged, until: a.until, now: a.now)))
+        case "compare":
+            guard let points = store as? any PointComparing else { throw Refusal(400, "unsupported", "this store does not compare points") }
+            let a = try headerArgs(Wire.MetricArgs.self, request)
+            let staged = try StagedObject(path: try checked(a.path), request: request, limit: config.maxStaged)
+            return .json(Wire.Compared(verdict: try points.comparePoints(a.path, source: staged, until: a.until, window: a.window, now: a.now)))
+        case "fence":
+            guard let fences = store as? any FenceChecking else { throw Refusal(400, "unsupported", "this store cannot check a fence") }
+            return .json(Wire.Landed(landed: try fences.hasFence(try args(Wire.FenceArgs.self, request).token)))
+        default:
+            throw Refusal(404, "unknownOperation", "no operation \"\(request.operation)\"")
+        }
+    }
+
+    /// An entry path as the stores take it: relative, without `.`/`..` (the root itself is "").
+    func checked(_ path: String) throws -> String {
+        guard path.isEmpty || PathUtil.isSafeRelative(path) else {
+            throw FerryError(.unsafePath, "refusing unsafe path \"\(RawName.display(path))\"")
+        }
+        return path
+    }
+
+    /// Streams the listing as JSON lines, 256 KiB at a time, each write awaited: a slow client slows the walk,
+    /// it never makes the server buffer the tree.
+    private func walk(_ store: any Store, channel: any Channel) throws {
+        var headers = HTTPHeaders([("content-type", "application/x-ndjson"), ("transfer-encoding", "chunked")])
+        headers.replaceOrAdd(name: "cache-control", value: "no-store")
+        try channel.writeAndFlush(HTTPServerResponsePart.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers))).wait()
+        var buffer: [UInt8] = []
+        func flush() throws {
+            guard !buffer.isEmpty else { return }
+            let piece = ByteBuffer(bytes: buffer)
+            buffer.removeAll(keepingCapacity: true)
+            try channel.writeAndFlush(HTTPServerResponsePart.body(.byteBuffer(piece))).wait()
+        }
+        func emit(_ line: Wire.WalkLine) throws {
+            buffer += Wire.encode(line)
+            buffer.append(0x0A)
+            if buffer.count >= 256 << 10 { try flush() }
+        }
+        do {
+            try store.walk(
+                { e in try emit(Wire.WalkLine(e: e, t: store.isOwnTemporary(e.path) ? true : nil)) },
+                skipped: { s in try? emit(Wire.WalkLine(s: s)) })
+            try emit(Wire.WalkLine(end: true))
+        } catch {
+            // The client sees an error line instead of the terminator, so a partial listing is never complete.
+            let code = (error as? FerryError)?.code.rawValue ?? FerryError.Code.sourceIO.rawValue
+            try? emit(Wire.WalkLine(error: Wire.Failure(code: code, message: "\(error)")))
+        }
+        try flush()
+        try channel.writeAndFlush(HTTPServerResponsePart.end(nil)).wait()
+    }
+
+    private func read(_ store: any Store, _ a: Wire.ReadArgs) throws -> ServerReply {
+        guard a.length >= 0, a.length <= config.maxChunk, a.offset >= 0 else {
+            throw Refusal(400, "badRequest", "a read of \(a.length) bytes: at most \(config.maxChunk) at a time")
+        }
+        guard let reader = try store.openReader(try checked(a.path)) else {
+            return .failure(404, "notFound", "no object \(RawName.display(a.path))")
+        }
+        defer { reader.close() }
+        var bytes = [UInt8](repeating: 0, count: a.length)
+        var got = 0
+        while got < a.length {
+            let n = try bytes.withUnsafeMutableBytes { b in
+                try reader.read(into: UnsafeMutableRawBufferPointer(rebasing: b[got...]), at: a.offset + Int64(got))
+            }
+            if n == 0 { break }
+            got += n
+        }
+        bytes.removeSubrange(got...)
+        return Codec.reply(bytes, zstd: a.zstd, level: 3)
+    }
+
+    private func hash(_ store: any Store, path: String, ranges: [ByteRange]) throws -> [RangeDigest]? {
+        guard let reader = try store.openReader(path) else { return nil }
+        defer { reader.close() }
+        let hasher = SHA256Hasher()
+        var buffer = [UInt8](repeating: 0, count: 1 << 20)
+        var out: [RangeDigest] = []
+        for r in ranges {
+            guard r.offset >= 0, r.length >= 0 else { throw Refusal(400, "badRequest", "a negative range") }
+            hasher.reset()
+            var done: Int64 = 0
+            while done < r.length {
+                let want = Int(min(Int64(buffer.count), r.length - done))
+                let n = try buffer.withUnsafeMutableBytes { b in
+                    try reader.read(into: UnsafeMutableRawBufferPointer(rebasing: b[0..<want]), at: r.offset + done)
+                }
+                if n == 0 { break }
+                buffer.withUnsafeBytes { hasher.update(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+                done += Int64(n)
+            }
+            out.append(RangeDigest(length: done, sha256: hasher.finish().hex))
+        }
+        return out
+    }
+
+    private func write(_ request: ServerRequest) throws {
+        let a = try headerArgs(Wire.WriteArgs.self, request)
+        guard let want = request.headers[Wire.Header.sha256], want.utf8.count == 64 else {
+            throw Refusal(400, "badRequest", "a chunk needs its SHA-256 in \(Wire.Header.sha256)")
+        }
+        let bytes = try Codec.decode(request, limit: config.maxChunk)
+        let got = SHA256Hasher.digest(bytes).hex
+        guard got == want.lowercased() else {
+            // Damaged on the way (or by the client): refused before a byte is written; the client sends it again.
+            throw Refusal(422, "checksum", "the chunk at offset \(a.offset) arrived with SHA-256 \(got), not the \(want) it was sent with")
+        }
+        let slot = try writer(a.id)
+        try slot.use { w in
+            try bytes.withUnsafeBytes { b in
+                if let aware = w as? any DigestAwareWriter {
+                    try aware.write(b, at: a.offset, sha256Hex: got)
+                } else {
+                    try w.write(b, at: a.offset)
+                }
+            }
+        }
+    }
+
+    private func mutate(_ store: any Store, _ request: ServerRequest) throws -> ServerReply {
+        struct Op: Decodable {
+            var op: String
+            var entry: Entry?
+            var path: String?
+            var kind: EntryKind?
+            var token: String?
+        }
+        let op = try args(Op.self, request)
+        func entry() throws -> Entry {
+            guard let e = op.entry else { throw Refusal(400, "badRequest", "\(op.op) needs an entry") }
+            _ = try checked(e.path)
+            return e
+        }
+        switch op.op {
+        case "prepareRoot": try store.prepareRoot()
+        case "makeDirectory": try store.makeDirectory(try entry())
+        case "finishDirectory": try store.finishDirectory(try entry())
+        case "makeSymlink": try store.makeSymlink(try entry())
+        case "makeHardLink":
+            guard let links = store as? any HardLinking else { throw Refusal(400, "unsupported", "this store holds no hard links") }
+            let e = try entry()
+            _ = try checked(e.linkTarget ?? "")
+            try links.makeHardLink(e)
+        case "makeSpecial":
+            guard let maker = store as? any SpecialMaking else { throw Refusal(400, "unsupported", "this store holds no special files") }
+            try maker.makeSpecial(try entry())
+        case "remove":
+            guard let p = op.path, let k = op.kind else { throw Refusal(400, "badRequest", "remove needs a path and a kind") }
+            try store.remove(try checked(p), kind: k)
+        case "syncAll": try store.syncAll()
+        case "discardPartial":
+            guard let p = op.path, let t = op.token else { throw Refusal(400, "badRequest", "discardPartial needs a path and a token") }
+            try store.discardPartial(for: try checked(p), token: t)
+        default: throw Refusal(404, "unknownOperation", "no store operation \"\(op.op)\"")
+        }
+        return Self.done
+    }
+}
+
+/// How bodies are encoded on the wire: zstd when it is smaller, a run of zeros as its length alone.
+enum Codec {
+    static func isZero(_ b: UnsafeRawBufferPointer) -> Bool {
+        // Word at a time; a Whisper file is mostly preallocated zeros.
+        var i = 0
+        let n = b.count
+        while i + 8 <= n {
+            if b.loadUnaligned(fromByteOffset: i, as: UInt64.self) != 0 { return false }
+            i += 8
+        }
+        while i < n {
+            if b[i] != 0 { return false }
+            i += 1
+        }
+        return true
+    }
+
+    /// The encoding and body for `bytes`: `zero` (no body), `zstd` when smaller, else `none`.
+    static func encode(_ bytes: UnsafeRawBufferPointer, compressor: ZstdCompressor?) -> (encoding: String, body: [UInt8]) {
+        if bytes.count > 0 && isZero(bytes) { return ("zero", []) }
+        if let compressor, bytes.count >= 64 {
+            let z = compressor.compress(bytes)
+            if z.count < bytes.count { return ("zstd", z) }
+        }
+        return ("none", Array(bytes))
+    }
+
+    static func reply(_ bytes: [UInt8], zstd: Bool, level: Int32) -> ServerReply {
+        let (encoding, body) = bytes.withUnsafeBytes { encode($0, compressor: zstd ? ZstdCompressor(level: level) : nil) }
+        return .bytes(
+            status: 200, headers: [(Wire.Header.encoding, encoding), (Wire.Header.length, String(bytes.count))], body: body)
+    }
+
+    /// The bytes a body stands for, at most `limit`, given its encoding and stated length.
+    static func decode(encoding: String?, length: String?, body: [UInt8], limit: Int) throws -> [UInt8] {
+        guard let length = length.flatMap(Int.init), length >= 0, length <= limit else {
+            throw RemoteServer.Refusal(400, "badRequest", "a body needs its length (at most \(limit)) in \(Wire.Header.length)")
+        }
+        let out: [UInt8]
+        switch encoding ?? "none" {
+        case "none": out = body
+        case "zero": out = [UInt8](repeating: 0, count: length)
+        case "zstd":
+            do {
+                out = try ZstdDecompressor().decompress(body, limit: limit)
+            } catch {
+                throw RemoteServer.Refusal(400, "badEncoding", "\(error)")
+            }
+        default: throw RemoteServer.Refusal(400, "badEncoding", "unknown encoding \(encoding ?? "")")
+        }
+        guard out.count == length else {
+            throw RemoteServer.Refusal(400, "badEncoding", "the body holds \(out.count) bytes, not the \(length) stated")
+        }
+        return out
+    }
+
+    static func decode(_ request: ServerRequest, limit: Int) throws -> [UInt8] {
+        try decode(encoding: request.headers[Wire.Header.encoding], length: request.headers[Wire.Header.length], body: request.body, limit: limit)
+    }
+}
+
+/// A source object sent whole for a merge or a point comparison on this side: a read-only store of one object.
+final class StagedObject: Store, @unchecked Sendable {
+    // @unchecked: immutable after init.
+    let path: String
+    let bytes: [UInt8]
+    var displayName: String { "staged:\(path)" }
+
+    init(path: String, request: ServerRequest, limit: Int) throws {
+        self.path = path
+        bytes = try Codec.decode(request, limit: limit)
+    }
+
+    var entry: Entry { Entry(path: path, kind: .file, size: Int64(bytes.count), mtimeNs: 0, mode: 0o644, inode: 0) }
+
+    func readOnly() -> FerryError { FerryError(.other, "a staged object is read-only") }
+    func prepareRoot() throws { throw readOnly() }
+    func walk(_ visit: (Entry) throws -> Void, skipped: (SkippedEntry) -> Void) throws { try visit(entry) }
+    func stat(_ p: String) throws -> Entry? { p == path ? entry : nil }
+    func openReader(_ p: String) throws -> (any ObjectReader)? { p == path ? StagedReader(bytes: bytes, entry: entry) : nil }
+    func openWriter(for entry: Entry, token: String, resume: Bool) throws -> (any ObjectWriter)? { throw readOnly() }
+    func makeDirectory(_ entry: Entry) throws { throw readOnly() }
+    func finishDirectory(_ entry: Entry) throws { throw readOnly() }
+    func makeSymlink(_ entry: Entry) throws { throw readOnly() }
+    func remove(_ path: String, kind: EntryKind) throws { throw readOnly() }
+    func syncAll() throws {}
+    func discardPartial(for path: String, token: String) throws {}
+}
+
+final class StagedReader: ObjectReader {
+    let bytes: [UInt8]
+    let entry: Entry
+    init(bytes: [UInt8], entry: Entry) {
+        self.bytes = bytes
+        self.entry = entry
+    }
+    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws -> Int {
+        guard offset >= 0, offset < Int64(bytes.count) else { return 0 }
+        let n = min(buffer.count, bytes.count - Int(offset))
+        bytes.withUnsafeBytes { buffer.baseAddress!.copyMemory(from: $0.baseAddress! + Int(offset), byteCount: n) }
+        return n
+    }
+    func currentEntry() throws -> Entry { entry }
+    func close() {}
+}

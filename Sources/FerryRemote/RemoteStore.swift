@@ -1,0 +1,408 @@
+public import FerryCore
+import FerryDigest
+import FerryHTTP
+import FerryZstd
+import Foundation
+import Synchronization
+
+/// Where a `ferry serve` answers and how to reach it.
+public struct RemoteEndpoint: Sendable {
+    /// `http://host:port` or `https://host:port` (no trailing slash).
+    public var baseURL: String
+    public var token: RemoteToken
+    /// A PEM file of the CA that signed the server's certificate (a private CA).
+    public var caFile: String?
+    /// A unix socket to connect through instead of TCP (the near end of an SSH forward).
+    public var unixSocket: String?
+
+    public init(baseURL: String, token: RemoteToken, caFile: String? = nil, unixSocket: String? = nil) {
+        self.baseURL = baseURL
+        self.token = token
+        self.caFile = caFile
+        self.unixSocket = unixSocket
+    }
+}
+
+/// Bytes that crossed the network for a remote store, beside the logical bytes they carried.
+public struct WireCounters: Sendable {
+    public var sent: Int64 = 0
+    public var received: Int64 = 0
+    /// Uncompressed bytes of the chunks, ranges and staged objects those carried.
+    public var logical: Int64 = 0
+}
+
+/// A store on another host, through its `ferry serve`: every Store operation becomes one request. Chunks
+/// travel zstd-compressed (zero runs as their length), verify asks the far side for digests (`RangeHashing`),
+/// and the metric kinds merge and compare points on the far side, next to the live files.
+public class RemoteStore: Store, RangeHashing, @unchecked Sendable {
+    // @unchecked: configuration is immutable; the client pool and counters are behind Mutexes.
+    public let endpoint: RemoteEndpoint
+    let ref: Wire.StoreRef
+    let compressionLevel: Int32?
+    /// Idle clients (libcurl handles, each keeping its connection alive); one thread uses a client at a time.
+    private let clientLock = NSLock()
+    nonisolated(unsafe) private var idleClients: [HTTPClient] = []
+    private let counters = Mutex(WireCounters())
+    /// The far side's own temporaries seen by the last walk (partial files: a handful).
+    private let temporaries = Mutex<Set<String>>([])
+    let retries = 3
+
+    public var displayName: String { "remote:\(endpoint.baseURL)/\(ref.kind):\(ref.path)" }
+
+    /// `kind` is the far store's kind, `path` its directory on the far host, `role` what it is opened for.
+    public required init(endpoint: RemoteEndpoint, kind: String, path: String, role: StoreRole, compressionLevel: Int?) {
+        self.endpoint = endpoint
+        ref = Wire.StoreRef(kind: kind, role: role == .destination ? "destination" : "source", path: path)
+        self.compressionLevel = compressionLevel.map { Int32($0) }
+    }
+
+    /// The right class for a far store kind: metric trees merge, compare points and check fences.
+    public static func make(endpoint: RemoteEndpoint, kind: String, path: String, role: StoreRole, compressionLevel: Int?) -> RemoteStore {
+        let type: RemoteStore.Type = kind == "fs" ? RemoteTreeStore.self : RemoteMetricStore.self
+        return type.init(endpoint: endpoint, kind: kind, path: path, role: role, compressionLevel: compressionLevel)
+    }
+
+    public var wire: WireCounters { counters.withLock { $0 } }
+
+    // MARK: - transport
+
+    private func withClient<T>(_ body: (HTTPClient) throws -> T) rethrows -> T {
+        clientLock.lock()
+        let idle = idleClients.popLast()
+        clientLock.unlock()
+        let client =
+            idle
+            ?? {
+                let c = HTTPClient()
+                c.caFile = endpoint.caFile
+                c.unixSocket = endpoint.unixSocket
+                return c
+            }()
+        defer {
+            clientLock.lock()
+            idleClients.append(client)
+            clientLock.unlock()
+        }
+        return try body(client)
+    }
+
+    func headers(_ extra: [(String, String)] = []) -> [(String, String)] {
+        [("Authorization", endpoint.token.header), (Wire.Header.store, ref.header)] + extra
+    }
+
+    /// One request; a transport failure (connection refused or reset, timeout) is retried with backoff when the
+    /// operation is idempotent. A refusal from the far side becomes a FerryError with its code and message.
+    func call(
+        _ operation: String, body: [UInt8] = [], headers extra: [(String, String)] = [], idempotent: Bool = true,
+        sink: ((UnsafeRawBufferPointer) -> Bool)? = nil
+    ) throws -> HTTPResponse {
+        var attempt = 0
+        while true {
+            do {
+                let response = try withClient { c in
+                    try c.perform(
+                        method: "POST", url: endpoint.baseURL + "/v1/" + operation, headers: headers(extra), upload: .bytes(body),
+                        sink: sink)
+                }
+                counters.withLock {
+                    $0.sent += Int64(body.count)
+                    $0.received += Int64(response.body.count)
+                }
+                guard response.status == 200 else { throw failure(operation, response) }
+                return response
+            } catch let e as HTTPTransportError {
+                attempt += 1
+                guard idempotent, attempt <= retries else {
+                    throw FerryError(
+                        ref.role == "destination" ? .destinationIO : .sourceIO,
+                        "\(displayName): \(operation) failed: cannot reach ferry serve", underlying: e)
+                }
+                Thread.sleep(forTimeInterval: 0.2 * Double(1 << attempt))
+            }
+        }
+    }
+
+    func failure(_ operation: String, _ r: HTTPResponse) -> FerryError {
+        let f = try? JSONDecoder().decode(Wire.Failure.self, from: Data(r.body))
+        let message = f?.message ?? "HTTP \(r.status)"
+        let code: FerryError.Code =
+            r.status == 401 ? .invalidPlan : f.map { FerryError.Code($0.code) } ?? (ref.role == "destination" ? .destinationIO : .sourceIO)
+        let hint = r.status == 401 ? " (check the plan's token: it must be the one ferry serve was started with)" : ""
+        return FerryError(code, "\(displayName): \(operation): \(message)\(hint)")
+    }
+
+    func json<A: Encodable, T: Decodable>(_ operation: String, _ arguments: A, as type: T.Type, idempotent: Bool = true) throws -> T {
+        let r = try call(operation, body: Wire.encode(arguments), idempotent: idempotent)
+        return try Wire.decode(type, r.body, what: "\(displayName): \(operation)")
+    }
+
+    func op(_ name: String, entry: Entry? = nil, path: String? = nil, kind: EntryKind? = nil, token: String? = nil) throws {
+        struct Op: Encodable {
+            var op: String
+            var entry: Entry?
+            var path: String?
+            var kind: EntryKind?
+            var token: String?
+        }
+        _ = try json("op", Op(op: name, entry: entry, path: path, kind: kind, token: token), as: Wire.Done.self)
+    }
+
+    func count(logical n: Int) { counters.withLock { $0.logical += Int64(n) } }
+
+    /// Checks that the server speaks this protocol and serves this store.
+    public func hello() throws -> Wire.Hello {
+        let h = try json("hello", [String: String](), as: Wire.Hello.self)
+        guard h.version == Wire.version else {
+            throw FerryError(.other, "\(displayName): ferry serve speaks protocol \(h.version), this ferry \(Wire.version): run the same version on both hosts")
+        }
+        return h
+    }
+
+    // MARK: - Store
+
+    public func prepareRoot() throws { try op("prepareRoot") }
+
+    public func walk(_ visit: (Entry) throws -> Void, skipped: (SkippedEntry) -> Void) throws {
+        var pending: [UInt8] = []
+        var failure: (any Error)?
+        var complete = false
+        var seen: Set<String> = []
+        withoutActuallyEscaping(visit) { visit in
+            withoutActuallyEscaping(skipped) { skipped in
+                func line(_ bytes: ArraySlice<UInt8>) -> Bool {
+                    guard !bytes.isEmpty else { return true }
+                    guard let l = try? JSONDecoder().decode(Wire.WalkLine.self, from: Data(bytes)) else {
+                        failure = FerryError(.sourceIO, "\(displayName): walk: a malformed listing line")
+                        return false
+                    }
+                    if let e = l.e {
+                        if l.t == true { seen.insert(e.path) }
+                        do { try visit(e) } catch {
+                            failure = error
+                            return false
+                        }
+                    } else if let s = l.s {
+                        skipped(s)
+                    } else if let f = l.error {
+                        failure = FerryError(FerryError.Code(f.code), "\(displayName): walk failed on the far side: \(f.message)")
+                        return false
+                    } else if l.end == true {
+                        complete = true
+                    }
+                    return true
+                }
+                let sink: (UnsafeRawBufferPointer) -> Bool = { piece in
+                    self.counters.withLock { $0.received += Int64(piece.count) }
+                    pending += piece
+                    var start = 0
+                    while let nl = pending[start...].firstIndex(of: 0x0A) {
+                        if !line(pending[start..<nl]) { return false }
+                        start = nl + 1
+                    }
+                    pending.removeSubrange(0..<start)
+                    // One entry is a few hundred bytes; a line this long is not a listing.
+                    if pending.count > 16 << 20 {
+                        failure = FerryError(.sourceIO, "\(self.displayName): walk: a listing line over 16 MiB")
+                        return false
+                    }
+                    return true
+                }
+                do {
+                    _ = try call("walk", body: Array("{}".utf8), idempotent: false, sink: sink)
+                } catch {
+                    if failure == nil { failure = error }
+                }
+            }
+        }
+        if let failure { throw failure }
+        guard complete else { throw FerryError(.sourceIO, "\(displayName): walk: the listing ended before its terminator (connection cut)") }
+        temporaries.withLock { $0 = seen }
+    }
+
+    public func stat(_ path: String) throws -> Entry? {
+        try json("stat", Wire.PathArgs(path: path), as: Wire.MaybeEntry.self).entry
+    }
+
+    public func openReader(_ path: String) throws -> (any ObjectReader)? {
+        guard let entry = try stat(path), entry.kind == .file else { return nil }
+        return RemoteReader(store: self, path: path, entry: entry)
+    }
+
+    /// Reads up to `length` bytes at `offset` (compressed on the way when the plan compresses).
+    func readRange(_ path: String, offset: Int64, length: Int) throws -> [UInt8]? {
+        let args = Wire.ReadArgs(path: path, offset: offset, length: length, zstd: compressionLevel != nil)
+        let r: HTTPResponse
+        do {
+            r = try call("read", body: Wire.encode(args))
+        } catch let e as FerryError where e.code.rawValue == "notFound" {
+            return nil
+        }
+        let bytes: [UInt8]
+        do {
+            bytes = try Codec.decode(encoding: r.headers[Wire.Header.encoding], length: r.headers[Wire.Header.length], body: r.body, limit: length)
+        } catch let e as RemoteServer.Refusal {
+            throw FerryError(.sourceIO, "\(displayName): read \(RawName.display(path)): \(e.message)")
+        }
+        count(logical: bytes.count)
+        return bytes
+    }
+
+    public func openWriter(for entry: Entry, token: String, resume: Bool) throws -> (any ObjectWriter)? {
+        let ref = try json("writer/open", Wire.OpenWriterArgs(entry: entry, token: token, resume: resume), as: Wire.WriterRef.self, idempotent: false)
+        guard let id = ref.id else { return nil }
+        return RemoteWriter(store: self, id: id, path: entry.path)
+    }
+
+    public func makeDirectory(_ entry: Entry) throws { try op("makeDirectory", entry: entry) }
+    public func finishDirectory(_ entry: Entry) throws { try op("finishDirectory", entry: entry) }
+    public func makeSymlink(_ entry: Entry) throws { try op("makeSymlink", entry: entry) }
+    public func remove(_ path: String, kind: EntryKind) throws { try op("remove", path: path, kind: kind) }
+    public func syncAll() throws { try op("syncAll") }
+    public func discardPartial(for path: String, token: String) throws { try op("discardPartial", path: path, token: token) }
+
+    // A far store of these kinds is a directory tree: it keeps POSIX metadata and takes any byte name.
+    public var keepsPOSIXMetadata: Bool { true }
+    public var namesAreText: Bool { false }
+    public func isOwnTemporary(_ path: String) -> Bool { temporaries.withLock { $0.contains(path) } }
+
+    public func digests(of path: String, ranges: [ByteRange]) throws -> [RangeDigest]? {
+        try json("hash", Wire.HashArgs(path: path, ranges: ranges), as: Wire.Digests.self).digests
+    }
+
+    // MARK: - metric operations (used by RemoteMetricStore)
+
+    /// The source object read whole and sent, compressed, with an operation that runs on the far side.
+    func staged(_ operation: String, path: String, from source: any Store, arguments: Wire.MetricArgs, limit: Int = 256 << 20) throws
+        -> [UInt8]?
+    {
+        guard let reader = try source.openReader(path) else { return nil }
+        defer { reader.close() }
+        let size = Int(try reader.currentEntry().size)
+        guard size <= limit else { throw FerryError(.sourceIO, "\(RawName.display(path)): \(size) bytes, more than the \(limit) sent for a merge") }
+        var bytes = [UInt8](repeating: 0, count: size)
+        var got = 0
+        while got < size {
+            let n = try bytes.withUnsafeMutableBytes { b in try reader.read(into: UnsafeMutableRawBufferPointer(rebasing: b[got...]), at: Int64(got)) }
+            if n == 0 { break }
+            got += n
+        }
+        bytes.removeSubrange(got...)
+        count(logical: bytes.count)
+        let (encoding, body) = bytes.withUnsafeBytes { Codec.encode($0, compressor: ZstdCompressor(level: compressionLevel ?? 3)) }
+        let r = try call(
+            operation, body: body,
+            headers: [
+                (Wire.Header.encoding, encoding), (Wire.Header.length, String(bytes.count)),
+                (Wire.Header.arguments, String(decoding: Wire.encode(arguments), as: UTF8.self)),
+            ])
+        return r.body
+    }
+}
+
+/// A directory tree on another host (`store: {kind: fs}`).
+public final class RemoteTreeStore: RemoteStore, HardLinking, SpecialMaking, @unchecked Sendable {
+    public func makeHardLink(_ entry: Entry) throws { try op("makeHardLink", entry: entry) }
+    public func makeSpecial(_ entry: Entry) throws { try op("makeSpecial", entry: entry) }
+    public func refusalChecker() -> ((Entry) -> String?)? { TreeNaming.refusalChecker() }
+}
+
+/// A Whisper or Ceres tree on another host: merges and point comparisons run there, next to the live files,
+/// under carbon's locks; the source object travels compressed.
+public final class RemoteMetricStore: RemoteStore, Merging, PointComparing, FenceChecking, @unchecked Sendable {
+    public func merge(_ path: String, from source: any Store, until: Int, now: Int) throws -> Int? {
+        // Nothing to merge into: the engine copies the file whole, so its bytes are not sent twice.
+        guard try stat(path) != nil else { return nil }
+        guard let body = try staged("merge", path: path, from: source, arguments: Wire.MetricArgs(path: path, until: until, now: now)) else {
+            throw FerryError(.sourceIO, "\(RawName.display(path)) vanished from the source")
+        }
+        return try Wire.decode(Wire.Merged.self, body, what: "\(displayName): merge").written
+    }
+
+    public func comparePoints(_ path: String, source: any Store, until: Int, window: Int?, now: Int) throws -> String? {
+        guard let body = try staged("compare", path: path, from: source, arguments: Wire.MetricArgs(path: path, until: until, now: now, window: window))
+        else { return "missing at the source" }
+        return try Wire.decode(Wire.Compared.self, body, what: "\(displayName): compare").verdict
+    }
+
+    public func hasFence(_ token: FenceToken) throws -> Bool {
+        try json("fence", Wire.FenceArgs(token: token), as: Wire.Landed.self).landed
+    }
+}
+
+final class RemoteReader: ObjectReader {
+    let store: RemoteStore
+    let path: String
+    let entry: Entry
+
+    init(store: RemoteStore, path: String, entry: Entry) {
+        self.store = store
+        self.path = path
+        self.entry = entry
+    }
+
+    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws -> Int {
+        guard let bytes = try store.readRange(path, offset: offset, length: buffer.count) else {
+            throw FerryError(.sourceIO, "\(RawName.display(path)) vanished at \(store.displayName)")
+        }
+        bytes.withUnsafeBytes { buffer.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        return bytes.count
+    }
+
+    func currentEntry() throws -> Entry {
+        guard let e = try store.stat(path) else { throw FerryError(.sourceIO, "\(RawName.display(path)) vanished at \(store.displayName)") }
+        return e
+    }
+
+    func close() {}
+}
+
+final class RemoteWriter: DigestAwareWriter {
+    let store: RemoteStore
+    let id: String
+    let path: String
+    lazy var compressor: ZstdCompressor? = store.compressionLevel.map { ZstdCompressor(level: $0) }
+
+    init(store: RemoteStore, id: String, path: String) {
+        self.store = store
+        self.id = id
+        self.path = path
+    }
+
+    func write(_ bytes: UnsafeRawBufferPointer, at offset: Int64) throws {
+        try write(bytes, at: offset, sha256Hex: SHA256Hasher.digest(Array(bytes)).hex)
+    }
+
+    /// Sends one chunk with the SHA-256 of its uncompressed bytes, which the far side checks before writing; a
+    /// chunk damaged on the way is sent again.
+    func write(_ bytes: UnsafeRawBufferPointer, at offset: Int64, sha256Hex: String) throws {
+        let (encoding, body) = Codec.encode(bytes, compressor: compressor)
+        let headers = [
+            (Wire.Header.encoding, encoding), (Wire.Header.length, String(bytes.count)), (Wire.Header.sha256, sha256Hex),
+            (Wire.Header.arguments, String(decoding: Wire.encode(Wire.WriteArgs(id: id, offset: offset)), as: UTF8.self)),
+        ]
+        var attempt = 0
+        while true {
+            do {
+                _ = try store.call("writer/write", body: body, headers: headers)
+                store.count(logical: bytes.count)
+                return
+            } catch let e as FerryError where e.code.rawValue == "checksum" && attempt < 3 {
+                attempt += 1
+            }
+        }
+    }
+
+    func accept(chunkDigests: [String]) {}
+
+    func makeDurable() throws {
+        _ = try store.json("writer/durable", Wire.WriterRef(id: id), as: Wire.Done.self)
+    }
+
+    func publish(_ entry: Entry) throws {
+        _ = try store.json("writer/publish", Wire.PublishArgs(id: id, entry: entry), as: Wire.Done.self, idempotent: false)
+    }
+
+    func discard() {
+        _ = try? store.json("writer/discard", Wire.WriterRef(id: id), as: Wire.Done.self)
+    }
+}
