@@ -123,6 +123,7 @@ let package = Package(
             name: "FerryIntegrationTests",
             dependencies: [
                 "FerryCore", "FerryDigest", "FerryTesting", "FerryGraphite", "FerryLocal", "FerryS3", "FerryEngine", "FerryTap",
+                "FerryRemote", "FerryZstd",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict

@@ -1,9 +1,11 @@
 import FerryCore
 import FerryGraphite
 import FerryLocal
+import FerryRemote
 import FerryS3
 import FerryTesting
 import Foundation
+import Logging
 import Testing
 
 /// One body, every store kind: `StoreConformance.run` against each (the in-memory store first, as the
@@ -35,8 +37,7 @@ import Testing
     }
 
     /// Whisper objects are Whisper files: the content is one made by the reference `whisper` package.
-    @Test func whisper() throws {
-        let dir = TempDir("conf-whisper")
+    static func whisperOptions(_ dir: TempDir) -> StoreConformance.Options {
         var options = StoreConformance.Options { seed, _ in
             let file = dir.sub("fixture-\(seed).wsp")
             _ = try pythonOutput(
@@ -51,7 +52,60 @@ import Testing
         }
         options.name = { $0 + ".wsp" }
         options.publishReplaces = false  // merged into the live file, never clobbered
-        let failures = StoreConformance.run(WhisperTreeStore(root: dir.sub("root")), options)
+        return options
+    }
+
+    @Test func whisper() throws {
+        let dir = TempDir("conf-whisper")
+        let failures = StoreConformance.run(WhisperTreeStore(root: dir.sub("root")), Self.whisperOptions(dir))
         #expect(failures.isEmpty, "\(failures)")
     }
+
+    /// A Whisper tree on another host: the same body, each operation one request to `ferry serve`.
+    @Test func remoteWhisper() throws {
+        let rig = try RemoteRig()
+        defer { rig.stop() }
+        let store = RemoteStore.make(endpoint: rig.endpoint, kind: "whisper", path: "whisper", role: .destination, compressionLevel: 3)
+        #expect(store is any Merging && store is any PointComparing && store is any FenceChecking)
+        let failures = StoreConformance.run(store, Self.whisperOptions(rig.dir))
+        #expect(failures.isEmpty, "\(failures)")
+    }
+
+    /// A remote store through a real `ferry serve` server (in process, on loopback) over a local tree.
+    @Test func remoteTree() throws {
+        let rig = try RemoteRig()
+        defer { rig.stop() }
+        let store = RemoteStore.make(endpoint: rig.endpoint, kind: "fs", path: "tree", role: .destination, compressionLevel: 3)
+        let failures = StoreConformance.run(store, .bytes("remote conformance"))
+        #expect(failures.isEmpty, "\(failures)")
+        #expect(store.wire.sent > 0 && store.wire.logical > 0)
+    }
+}
+
+/// `ferry serve`'s server in this process on 127.0.0.1:0, over a temporary root, serving local trees.
+final class RemoteRig {
+    let dir = TempDir("remote-rig")
+    let server: RemoteServer
+    let port: Int
+    let token = RemoteToken.random()
+    var endpoint: RemoteEndpoint { RemoteEndpoint(baseURL: "http://127.0.0.1:\(port)", token: token) }
+    var root: String { dir.sub("root") }
+
+    init(configure: (inout RemoteServerConfig) -> Void = { _ in }) throws {
+        try FileManager.default.createDirectory(atPath: dir.sub("root"), withIntermediateDirectories: true)
+        var config = RemoteServerConfig(root: dir.sub("root"), token: token)
+        configure(&config)
+        server = try RemoteServer(
+            config: config,
+            opener: { kind, directory, _ in
+                switch kind {
+                case "fs": return LocalStore(root: directory)
+                case "whisper": return WhisperTreeStore(root: directory)
+                default: throw FerryError(.invalidPlan, "not served here: \(kind)")
+                }
+            }, logger: Logger(label: "remote-rig"))
+        port = try server.start(host: "127.0.0.1", port: 0)
+    }
+
+    func stop() { server.stop() }
 }

@@ -1,0 +1,208 @@
+import FerryCore
+import FerryDigest
+import FerryLocal
+import FerryRemote
+import FerryTesting
+import Foundation
+import Testing
+
+/// `ferry serve` against clients that are wrong or hostile, driven by Python's `http.client` and raw sockets
+/// (not by ferry's own client): every refusal is a clear status and reason, and nothing is written outside the
+/// root, or inside it without the token.
+@Suite struct RemoteServeTests {
+    /// Runs Python with `port`, `token` and a `call(op, body, headers, token)` helper returning (status, json or
+    /// text); the script prints one JSON document, returned decoded.
+    func python(_ rig: RemoteRig, _ body: String) throws -> [String: Any] {
+        let token = rig.endpoint.token.header.dropFirst(7)
+        let script = """
+            import http.client, json, socket, time
+            port = \(rig.port)
+            token = "\(token)"
+            def call(op, body=b"{}", headers=None, tok=token, store="fs;destination;tree"):
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+                h = {"x-ferry-store": store}
+                if tok is not None:
+                    h["Authorization"] = "Bearer " + tok
+                h.update(headers or {})
+                if isinstance(body, str):
+                    body = body.encode()
+                c.request("POST", "/v1/" + op, body=body, headers=h)
+                r = c.getresponse()
+                data = r.read()
+                c.close()
+                try:
+                    return r.status, json.loads(data)
+                except Exception:
+                    return r.status, data.decode("latin-1")[:200]
+            out = {}
+            \(body)
+            print(json.dumps(out))
+            """
+        let out = try pythonOutput(script)
+        return try #require(try JSONSerialization.jsonObject(with: Data(out)) as? [String: Any])
+    }
+
+    /// Every file below `dir`, relative.
+    func files(_ dir: String) -> Set<String> {
+        Set((FileManager.default.enumerator(atPath: dir)?.allObjects as? [String]) ?? [])
+    }
+
+    @Test func requestsWithoutTheRightTokenAreRefusedAndWriteNothing() throws {
+        let rig = try RemoteRig()
+        defer { rig.stop() }
+        let entry = #"{"entry": {"path": "x", "kind": "file", "size": 3, "mtimeNs": 0, "mode": 420, "inode": 0, "uid": 0, "gid": 0, "rdev": 0, "links": 1, "xattrs": []}, "token": "t1", "resume": false}"#
+        let r = try python(
+            rig,
+            """
+            out["none"] = call("writer/open", '\(entry)', tok=None)
+            out["wrong"] = call("writer/open", '\(entry)', tok="x" * 43)
+            out["prefix"] = call("writer/open", '\(entry)', tok=token[:-1])
+            out["op"] = call("op", '{"op": "prepareRoot"}', tok="wrong-token-but-long-enough")
+            out["good"] = call("op", '{"op": "prepareRoot"}')
+            """)
+        for key in ["none", "wrong", "prefix", "op"] {
+            let pair = try #require(r[key] as? [Any], "\(key): \(r)")
+            #expect(pair[0] as? Int == 401, "\(key): \(pair)")
+            #expect((pair[1] as? [String: Any])?["code"] as? String == "unauthorized", "\(key): \(pair)")
+        }
+        // Only the authenticated request created anything: the store's root.
+        #expect(files(rig.root) == ["tree"], "\(files(rig.root))")
+        #expect((r["good"] as? [Any])?.first as? Int == 200)
+    }
+
+    @Test func storesAndEntriesOutsideTheRootAreRefused() throws {
+        let rig = try RemoteRig()
+        defer { rig.stop() }
+        let outside = rig.dir.sub("outside")
+        try FileManager.default.createDirectory(atPath: outside, withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: rig.root + "/escape", withDestinationPath: outside)
+        try FileManager.default.createDirectory(atPath: rig.root + "/tree", withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: rig.root + "/tree/up", withDestinationPath: outside)
+        func entry(_ path: String) -> String {
+            #"{"entry": {"path": "\#(path)", "kind": "directory", "size": 0, "mtimeNs": 0, "mode": 493, "inode": 0, "uid": 0, "gid": 0, "rdev": 0, "links": 1, "xattrs": []}}"#
+        }
+        let r = try python(
+            rig,
+            """
+            mk = lambda p: '{"op": "makeDirectory", "entry": %s}' % json.dumps(json.loads('\(entry("PATH"))')["entry"] | {"path": p})
+            out["dotdot_store"] = call("op", '{"op": "prepareRoot"}', store="fs;destination;..%2Foutside")
+            out["absolute_store"] = call("op", '{"op": "prepareRoot"}', store="fs;destination;" + "\(outside)".replace("/", "%2F"))
+            out["symlink_store"] = call("op", '{"op": "prepareRoot"}', store="fs;destination;escape")
+            out["dotdot_entry"] = call("op", mk("../x"))
+            out["absolute_entry"] = call("op", mk("/tmp/x"))
+            out["through_symlink"] = call("op", mk("up/x"))
+            out["bad_kind"] = call("op", '{"op": "prepareRoot"}', store="s3;destination;tree")
+            out["bad_header"] = call("op", '{"op": "prepareRoot"}', store="nonsense")
+            """)
+        for key in ["dotdot_store", "absolute_store", "symlink_store", "dotdot_entry", "absolute_entry"] {
+            let pair = try #require(r[key] as? [Any], "\(key): \(r)")
+            #expect(pair[0] as? Int == 403, "\(key): \(pair)")
+            #expect((pair[1] as? [String: Any])?["code"] as? String == "unsafePath", "\(key): \(pair)")
+        }
+        let through = try #require(r["through_symlink"] as? [Any])
+        #expect(through[0] as? Int == 403 && (through[1] as? [String: Any])?["code"] as? String == "unsafePath", "\(through)")
+        #expect((r["bad_kind"] as? [Any])?.first as? Int == 500)
+        #expect((r["bad_header"] as? [Any])?.first as? Int == 400)
+        #expect(files(outside).isEmpty, "written outside the root: \(files(outside))")
+    }
+
+    @Test func oversizedBodiesAndDamagedChunksAreRefused() throws {
+        let rig = try RemoteRig { $0.maxChunk = 1 << 20 }
+        defer { rig.stop() }
+        let store = RemoteStore.make(endpoint: rig.endpoint, kind: "fs", path: "tree", role: .destination, compressionLevel: nil)
+        try store.prepareRoot()
+        let payload = [UInt8]((0..<1000).map { UInt8($0 % 251) })
+        let entry = Entry(path: "f", kind: .file, size: Int64(payload.count), mtimeNs: 0, mode: 0o644, inode: 0)
+        let good = SHA256Hasher.digest(payload).hex
+        let r = try python(
+            rig,
+            """
+            payload = bytes(i % 251 for i in range(1000))
+            e = {"path": "f", "kind": "file", "size": 1000, "mtimeNs": 0, "mode": 420, "inode": 0, "uid": 0, "gid": 0, "rdev": 0, "links": 1, "xattrs": []}
+            wid = call("writer/open", json.dumps({"entry": e, "token": "py", "resume": False}))[1]["id"]
+            args = json.dumps({"id": wid, "offset": 0})
+            hdr = lambda sha, n=1000: {"x-ferry-arguments": args, "x-ferry-sha256": sha, "x-ferry-length": str(n), "x-ferry-encoding": "none"}
+            out["damaged"] = call("writer/write", payload[:-1] + b"x", hdr("\(good)"))
+            out["lying_length"] = call("writer/write", payload, hdr("\(good)", n=10))
+            out["bad_zstd"] = call("writer/write", b"\\x28\\xb5\\x2f\\xfd" + b"\\xff" * 50, hdr("\(good)") | {"x-ferry-encoding": "zstd"})
+            # Declared over the bound: refused from the head, the body never read.
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(("POST /v1/writer/write HTTP/1.1\\r\\nHost: x\\r\\nAuthorization: Bearer %s\\r\\nContent-Length: %d\\r\\n\\r\\n" % (token, 1 << 30)).encode())
+            out["declared_huge"] = s.recv(4096).decode().split("\\r\\n")[0]
+            s.close()
+            # Chunked, no length: cut off at the bound.
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(("POST /v1/writer/write HTTP/1.1\\r\\nHost: x\\r\\nAuthorization: Bearer %s\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n" % token).encode())
+            status = ""
+            try:
+                for i in range(64):
+                    s.sendall(b"10000\\r\\n" + b"a" * 65536 + b"\\r\\n")
+            except OSError:
+                pass
+            try:
+                status = s.recv(4096).decode().split("\\r\\n")[0]
+            except OSError as e:
+                status = "reset"
+            out["chunked_huge"] = status
+            s.close()
+            out["deep_json"] = call("stat", "[" * 200000 + "]" * 200000)
+            out["bad_json"] = call("stat", "{not json")
+            out["after"] = call("hello")
+            """)
+        let damaged = try #require(r["damaged"] as? [Any])
+        #expect(damaged[0] as? Int == 422 && (damaged[1] as? [String: Any])?["code"] as? String == "checksum", "\(damaged)")
+        #expect((r["lying_length"] as? [Any])?.first as? Int == 400, "\(r)")
+        #expect((r["bad_zstd"] as? [Any])?.first as? Int == 400, "\(r)")
+        #expect((r["declared_huge"] as? String)?.contains("413") == true, "\(r)")
+        #expect((r["chunked_huge"] as? String).map { $0.contains("413") || $0 == "reset" || $0.isEmpty } == true, "\(r)")
+        #expect((r["deep_json"] as? [Any])?.first as? Int == 400, "\(r)")
+        #expect((r["bad_json"] as? [Any])?.first as? Int == 400, "\(r)")
+        #expect((r["after"] as? [Any])?.first as? Int == 200, "the server did not survive: \(r)")
+        // Nothing of the refused chunks reached a file; the real one, through ferry's client, does.
+        #expect(!FileManager.default.fileExists(atPath: rig.root + "/tree/f"))
+        let w = try #require(try store.openWriter(for: entry, token: "tok", resume: false))
+        try payload.withUnsafeBytes { try w.write($0, at: 0) }
+        try w.makeDurable()
+        try w.publish(entry)
+        #expect(try Data(contentsOf: URL(fileURLWithPath: rig.root + "/tree/f")) == Data(payload))
+    }
+
+    @Test func slowClientsAndFloodsCannotStallTheServer() throws {
+        let rig = try RemoteRig {
+            $0.idleTimeout = 1
+            $0.maxConnections = 8
+        }
+        defer { rig.stop() }
+        let r = try python(
+            rig,
+            """
+            # A head that never ends (slowloris), and a flood past the connection limit.
+            slow = socket.create_connection(("127.0.0.1", port))
+            slow.sendall(b"POST /v1/hello HTTP/1.1\\r\\nHost: x\\r\\n")
+            flood = [socket.create_connection(("127.0.0.1", port)) for _ in range(30)]
+            closed = 0
+            for s in flood:
+                s.settimeout(5)
+                try:
+                    if s.recv(1) == b"":
+                        closed += 1
+                except OSError:
+                    closed += 1
+            out["flood_closed"] = closed
+            slow.settimeout(10)
+            t = time.time()
+            try:
+                out["slow_read"] = slow.recv(100).decode()
+            except OSError:
+                out["slow_read"] = "reset"
+            out["slow_seconds"] = time.time() - t
+            for s in flood:
+                s.close()
+            out["after"] = call("hello")
+            """)
+        // Everything past the limit was closed at once, the idle ones after the timeout; then the server serves.
+        #expect((r["flood_closed"] as? Int) == 30, "\(r)")
+        #expect((r["slow_read"] as? String).map { $0.isEmpty || $0 == "reset" } == true, "\(r)")
+        #expect((r["after"] as? [Any])?.first as? Int == 200, "\(r)")
+    }
+}
