@@ -647,23 +647,17 @@ final class LocalWriter: ObjectWriter, MetadataAccepting {
         carriedMtimeNs = sec * 1_000_000_000 + ns
     }
 
-    static func isZero(_ bytes: UnsafeRawBufferPointer) -> Bool {
-        var i = 0
-        let n = bytes.count
-        while i + 8 <= n {
-            if bytes.loadUnaligned(fromByteOffset: i, as: UInt64.self) != 0 { return false }
-            i += 8
-        }
-        while i < n {
-            if bytes[i] != 0 { return false }
-            i += 1
-        }
-        return true
-    }
-
     func write(_ bytes: UnsafeRawBufferPointer, at offset: Int64) throws {
-        if offset >= zeroFrom && Self.isZero(bytes) { return }  // a hole; publish sets the size
-        try SystemCalls.pwriteAll(fd, bytes, at: offset, what: RawName.display(path))
+        if offset >= zeroFrom {
+            // Beyond what the partial file holds, zeros need no write: each all-zero 64 KiB block stays a hole
+            // (publish sets the size), so a sparse file stays sparse even where a chunk holds some data.
+            for run in Bytes.nonZeroRuns(bytes, offset: offset) {
+                try SystemCalls.pwriteAll(
+                    fd, UnsafeRawBufferPointer(rebasing: bytes[run]), at: offset + Int64(run.lowerBound), what: RawName.display(path))
+            }
+        } else {
+            try SystemCalls.pwriteAll(fd, bytes, at: offset, what: RawName.display(path))
+        }
         zeroFrom = max(zeroFrom, offset + Int64(bytes.count))
     }
 
