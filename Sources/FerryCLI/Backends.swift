@@ -16,7 +16,7 @@ enum Backends {
 
     /// Kinds a plan may name that this build does not implement yet, with the reason shown.
     static let planned: [String: String] = [
-        "tap:fs-journal": "is planned (filesystem change journal) but not implemented in this version of ferry",
+        "tap:fs-journal": "is planned (filesystem change journal) but not implemented in this version of ferry"
     ]
 
     static var loader: PlanLoader {

@@ -200,7 +200,8 @@ public struct PlanLoader: Sendable {
         var copy = CopySpec()
         if let node = fields["copy"], let map = ctx.mapping(node, "copy") {
             let f = ctx.fields(
-                map, at: "copy", allowed: ["chunk_size", "concurrency", "bandwidth", "compression", "compression_level", "symlinks", "specials", "lease_ttl"],
+                map, at: "copy",
+                allowed: ["chunk_size", "concurrency", "bandwidth", "compression", "compression_level", "symlinks", "specials", "lease_ttl"],
                 required: [])
             if let v = f["symlinks"], let s = ctx.string(v, "copy.symlinks") {
                 if let policy = CopySpec.SymlinkPolicy(rawValue: s) {

@@ -116,7 +116,9 @@ final class RemoteRequestHandler: ChannelInboundHandler {
         var h = HTTPHeaders(headers)
         h.replaceOrAdd(name: "content-length", value: String(body.count))
         if !keepAlive { h.replaceOrAdd(name: "connection", value: "close") }
-        channel.write(HTTPServerResponsePart.head(HTTPResponseHead(version: .http1_1, status: HTTPResponseStatus(statusCode: status), headers: h)), promise: nil)
+        channel.write(
+            HTTPServerResponsePart.head(HTTPResponseHead(version: .http1_1, status: HTTPResponseStatus(statusCode: status), headers: h)), promise: nil
+        )
         channel.write(HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(bytes: body))), promise: nil)
         let done = channel.writeAndFlush(HTTPServerResponsePart.end(nil))
         if !keepAlive { done.whenComplete { _ in channel.close(promise: nil) } }
@@ -132,7 +134,8 @@ final class RemoteRequestHandler: ChannelInboundHandler {
         let reply = Wire.encode(Wire.Failure(code: code, message: message))
         var h = HTTPHeaders([("content-type", "application/json"), ("connection", "close")])
         h.replaceOrAdd(name: "content-length", value: String(reply.count))
-        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: HTTPResponseStatus(statusCode: status), headers: h))), promise: nil)
+        context.write(
+            wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: HTTPResponseStatus(statusCode: status), headers: h))), promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: reply)))), promise: nil)
         let channel = context.channel
         context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }

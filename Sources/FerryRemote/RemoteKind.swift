@@ -31,7 +31,8 @@ extension RemoteStore {
             guard let path = o["store.path"] else { throw FerryError(.invalidPlan, "\(field).store.path: required") }
             let endpoint = try RemoteStore.endpoint(ctx)
             let level = ctx.plan.copy.compression == "zstd" ? ctx.plan.copy.compressionLevel : nil
-            return RemoteStore.make(endpoint: endpoint, kind: inner, path: path, role: ctx.role == .destination ? .destination : .source, compressionLevel: level)
+            return RemoteStore.make(
+                endpoint: endpoint, kind: inner, path: path, role: ctx.role == .destination ? .destination : .source, compressionLevel: level)
         }
     }
 
@@ -43,7 +44,8 @@ extension RemoteStore {
         var problems: [String] = []
         var base: String?
         if url.hasPrefix("ssh://") {
-            problems.append("\(field).url: ssh:// is not implemented in this version of ferry yet: start ferry serve on the far host and use https://")
+            problems.append(
+                "\(field).url: ssh:// is not implemented in this version of ferry yet: start ferry serve on the far host and use https://")
         } else if let u = URLComponents(string: url), let scheme = u.scheme, ["http", "https"].contains(scheme), let host = u.host, !host.isEmpty,
             u.path.isEmpty || u.path == "/", u.query == nil, u.user == nil
         {

@@ -259,24 +259,9 @@ extension RemoteServer {
 
 /// How bodies are encoded on the wire: zstd when it is smaller, a run of zeros as its length alone.
 enum Codec {
-    static func isZero(_ b: UnsafeRawBufferPointer) -> Bool {
-        // Word at a time; a Whisper file is mostly preallocated zeros.
-        var i = 0
-        let n = b.count
-        while i + 8 <= n {
-            if b.loadUnaligned(fromByteOffset: i, as: UInt64.self) != 0 { return false }
-            i += 8
-        }
-        while i < n {
-            if b[i] != 0 { return false }
-            i += 1
-        }
-        return true
-    }
-
     /// The encoding and body for `bytes`: `zero` (no body), `zstd` when smaller, else `none`.
     static func encode(_ bytes: UnsafeRawBufferPointer, compressor: ZstdCompressor?) -> (encoding: String, body: [UInt8]) {
-        if bytes.count > 0 && isZero(bytes) { return ("zero", []) }
+        if bytes.count > 0 && Bytes.isZero(bytes) { return ("zero", []) }
         if let compressor, bytes.count >= 64 {
             let z = compressor.compress(bytes)
             if z.count < bytes.count { return ("zstd", z) }

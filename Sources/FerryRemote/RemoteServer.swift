@@ -252,7 +252,8 @@ public final class RemoteServer: @unchecked Sendable {
 
     func writer(_ id: String) throws -> WriterSlot {
         guard let slot = writers.withLock({ $0[id] }) else {
-            throw RemoteServer.Refusal(404, "unknownWriter", "no open writer \(id) (the server restarted, or it was idle too long): resume the transfer")
+            throw RemoteServer.Refusal(
+                404, "unknownWriter", "no open writer \(id) (the server restarted, or it was idle too long): resume the transfer")
         }
         return slot
     }

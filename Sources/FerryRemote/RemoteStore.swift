@@ -153,7 +153,8 @@ public class RemoteStore: Store, RangeHashing, @unchecked Sendable {
     public func hello() throws -> Wire.Hello {
         let h = try json("hello", [String: String](), as: Wire.Hello.self)
         guard h.version == Wire.version else {
-            throw FerryError(.other, "\(displayName): ferry serve speaks protocol \(h.version), this ferry \(Wire.version): run the same version on both hosts")
+            throw FerryError(
+                .other, "\(displayName): ferry serve speaks protocol \(h.version), this ferry \(Wire.version): run the same version on both hosts")
         }
         return h
     }
@@ -272,7 +273,9 @@ public class RemoteStore: Store, RangeHashing, @unchecked Sendable {
     // MARK: - metric operations (used by RemoteMetricStore)
 
     /// The source object read whole and sent, compressed, with an operation that runs on the far side.
-    func staged(_ operation: String, path: String, from source: any Store, arguments: Wire.MetricArgs, limit: Int = 256 << 20) throws
+    func staged(
+        _ operation: String, path: String, from source: any Store, arguments: Wire.MetricArgs, limit: Int = 256 << 20
+    ) throws
         -> [UInt8]?
     {
         guard let reader = try source.openReader(path) else { return nil }
@@ -282,7 +285,8 @@ public class RemoteStore: Store, RangeHashing, @unchecked Sendable {
         var bytes = [UInt8](repeating: 0, count: size)
         var got = 0
         while got < size {
-            let n = try bytes.withUnsafeMutableBytes { b in try reader.read(into: UnsafeMutableRawBufferPointer(rebasing: b[got...]), at: Int64(got)) }
+            let n = try bytes.withUnsafeMutableBytes { b in try reader.read(into: UnsafeMutableRawBufferPointer(rebasing: b[got...]), at: Int64(got))
+            }
             if n == 0 { break }
             got += n
         }
@@ -319,7 +323,8 @@ public final class RemoteMetricStore: RemoteStore, Merging, PointComparing, Fenc
     }
 
     public func comparePoints(_ path: String, source: any Store, until: Int, window: Int?, now: Int) throws -> String? {
-        guard let body = try staged("compare", path: path, from: source, arguments: Wire.MetricArgs(path: path, until: until, now: now, window: window))
+        guard
+            let body = try staged("compare", path: path, from: source, arguments: Wire.MetricArgs(path: path, until: until, now: now, window: window))
         else { return "missing at the source" }
         return try Wire.decode(Wire.Compared.self, body, what: "\(displayName): compare").verdict
     }

@@ -50,7 +50,8 @@ import Testing
     @Test func requestsWithoutTheRightTokenAreRefusedAndWriteNothing() throws {
         let rig = try RemoteRig()
         defer { rig.stop() }
-        let entry = #"{"entry": {"path": "x", "kind": "file", "size": 3, "mtimeNs": 0, "mode": 420, "inode": 0, "uid": 0, "gid": 0, "rdev": 0, "links": 1, "xattrs": []}, "token": "t1", "resume": false}"#
+        let entry =
+            #"{"entry": {"path": "x", "kind": "file", "size": 3, "mtimeNs": 0, "mode": 420, "inode": 0, "uid": 0, "gid": 0, "rdev": 0, "links": 1, "xattrs": []}, "token": "t1", "resume": false}"#
         let r = try python(
             rig,
             """

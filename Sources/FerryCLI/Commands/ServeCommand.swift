@@ -26,9 +26,12 @@ struct ServeCommand: ParsableCommand {
 
     func run() throws {
         try guarded {
-            guard let address = HostPort.parse(listen, allowAnyPort: true) else { throw FerryError(.invalidPlan, "--listen: expected HOST:PORT, got \(listen)") }
+            guard let address = HostPort.parse(listen, allowAnyPort: true) else {
+                throw FerryError(.invalidPlan, "--listen: expected HOST:PORT, got \(listen)")
+            }
             if tlsCert != nil || tlsKey != nil {
-                throw FerryError(.invalidPlan, "--tls-cert/--tls-key: TLS is not in this version of ferry yet; serve on loopback or over an SSH tunnel")
+                throw FerryError(
+                    .invalidPlan, "--tls-cert/--tls-key: TLS is not in this version of ferry yet; serve on loopback or over an SSH tunnel")
             }
             if !Self.isLoopback(address.host) && !insecure {
                 throw FerryError(
