@@ -6,6 +6,7 @@ public import Logging
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 import Synchronization
 
 /// What `ferry serve` enforces. Every bound holds before authentication as well as after: no client can make
@@ -29,6 +30,9 @@ public struct RemoteServerConfig: Sendable {
     public var writerIdle: Double = 600
     /// Threads that run store operations (blocking syscalls), off the event loops.
     public var threads = 8
+    /// PEM files of the certificate chain and its private key: TLS on every connection (swift-nio-ssl).
+    public var tlsCertificate: String?
+    public var tlsKey: String?
 
     public init(root: String, token: RemoteToken) {
         self.root = root
@@ -56,6 +60,7 @@ public final class RemoteServer: @unchecked Sendable {
     let connections = Mutex<Int>(0)
     let refusals = Atomic<Int>(0)
     private let channel = Mutex<(any Channel)?>(nil)
+    let tls: NIOSSLContext?
 
     public init(config: RemoteServerConfig, opener: @escaping StoreOpener, logger: Logger) throws {
         self.config = config
@@ -67,6 +72,19 @@ public final class RemoteServer: @unchecked Sendable {
         canonicalRoot = String(cString: real)
         free(real)
         guard PathUtil.isDirectory(canonicalRoot) else { throw FerryError(.invalidPlan, "--root \(config.root) is not a directory") }
+        if let cert = config.tlsCertificate, let key = config.tlsKey {
+            do {
+                let chain = try NIOSSLCertificate.fromPEMFile(cert).map { NIOSSLCertificateSource.certificate($0) }
+                var tlsConfig = TLSConfiguration.makeServerConfiguration(
+                    certificateChain: chain, privateKey: .privateKey(try NIOSSLPrivateKey(file: key, format: .pem)))
+                tlsConfig.minimumTLSVersion = .tlsv12
+                tls = try NIOSSLContext(configuration: tlsConfig)
+            } catch {
+                throw FerryError(.invalidPlan, "--tls-cert/--tls-key: cannot load \(cert) and \(key)", underlying: error)
+            }
+        } else {
+            tls = nil
+        }
         group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
         pool = NIOThreadPool(numberOfThreads: config.threads)
         pool.start()
@@ -108,6 +126,7 @@ public final class RemoteServer: @unchecked Sendable {
                     channel.closeFuture.whenComplete { _ in self.connections.withLock { $0 -= 1 } }
                     let idle = TimeAmount.milliseconds(Int64(config.idleTimeout * 1000))
                     try channel.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: idle))
+                    if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls)) }
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
                     try channel.pipeline.syncOperations.addHandler(RemoteRequestHandler(server: self))
                 }

@@ -111,6 +111,13 @@ public class RemoteStore: Store, RangeHashing, @unchecked Sendable {
                 guard response.status == 200 else { throw failure(operation, response) }
                 return response
             } catch let e as HTTPTransportError {
+                // TLS failures (untrusted or mismatched certificate, handshake refused) are not retried.
+                if [35, 51, 53, 58, 59, 60, 77, 80, 82, 83, 90, 91].contains(e.code) {
+                    throw FerryError(
+                        .invalidPlan,
+                        "\(displayName): TLS with ferry serve failed: the server's certificate is not trusted or does not name this "
+                            + "host (set ca: to the CA that signed it)", underlying: e)
+                }
                 attempt += 1
                 guard idempotent, attempt <= retries else {
                     throw FerryError(

@@ -160,3 +160,61 @@ import Testing
         #expect(received <= dataset + dataset / 16 + 2 * (4 << 20), "received \(received) for a dataset of \(dataset)")
     }
 }
+
+extension RemoteHostsTests {
+    /// A CA and a server certificate for `ip`, made with the openssl CLI; returns (ca.pem, cert.pem, key.pem).
+    func certificates(in dir: String, ip: String) throws -> (String, String, String) {
+        func sub(_ name: String) -> String { dir + "/" + name }
+        let (ca, caKey, cert, key, csr) = (sub("ca.pem"), sub("ca.key"), sub("cert.pem"), sub("key.pem"), sub("s.csr"))
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        try Data("subjectAltName=IP:\(ip)\n".utf8).write(to: URL(fileURLWithPath: sub("ext.cnf")))
+        for args in [
+            ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", caKey, "-out", ca, "-days", "2", "-subj", "/CN=ferry test CA"],
+            ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=\(ip)"],
+            ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", caKey, "-CAcreateserial", "-out", cert, "-days", "2", "-extfile", sub("ext.cnf")],
+        ] {
+            let (status, out) = try TwoHosts.run(["/usr/bin/openssl"] + args)
+            guard status == 0 else { throw TwoHosts.Failed(description: "openssl \(args[0]): \(out)") }
+        }
+        return (ca, cert, key)
+    }
+
+    @Test func tlsEndToEndWithAPrivateCA() throws {
+        let dir = TempDir("two-hosts-tls")
+        try TreeGen.make(at: dir.sub("src"), files: 40, large: [3 << 20], seed: 7)
+        let hosts = try TwoHosts(farRoot: dir.sub("far"))
+        let (ca, cert, key) = try certificates(in: dir.sub("tls"), ip: hosts.farAddress)
+        let tok = try token(dir)
+        let server = try FarServer(hosts, token: tok, log: dir.sub("serve.log"), extra: ["--tls-cert", cert, "--tls-key", key])
+        defer { server.kill9() }
+        func store(ca: String?) -> String {
+            "{kind: remote, url: \"https://\(hosts.farAddress):8470\", token: \"file:token\"\(ca.map { ", ca: \"\($0)\"" } ?? ""), "
+                + "store: {kind: fs, path: \"\(hosts.farRoot)/dst\"}}"
+        }
+        // Without the CA the client does not trust the server: a clear error, nothing sent.
+        let untrusted = try remotePlan(dir, hosts, name: "untrusted", source: "{kind: fs, path: src}", destination: store(ca: nil))
+        let refused = try Ferry.run(["run", untrusted], prefix: hosts.near)
+        #expect(refused.status != 0 && refused.all.contains("certificate is not trusted"), "\(refused.all)")
+        #expect(try hosts.onFar(["/bin/ls", "-A", hosts.farRoot]).trimmingCharacters(in: .whitespacesAndNewlines).isEmpty)
+        // Plain HTTP to the TLS port gets no answer (Python's client, from the near host).
+        let (_, plain) = try TwoHosts.run(
+            hosts.near + [
+                "/usr/bin/env", "python3", "-c",
+                """
+                import http.client
+                try:
+                    c = http.client.HTTPConnection("\(hosts.farAddress)", 8470, timeout=10)
+                    c.request("POST", "/v1/hello", body=b"{}")
+                    print("answered", c.getresponse().status)
+                except Exception as e:
+                    print("refused", type(e).__name__)
+                """,
+            ])
+        #expect(plain.hasPrefix("refused"), "\(plain)")
+        // With the CA: the whole job over TLS.
+        let trusted = try remotePlan(dir, hosts, name: "trusted", source: "{kind: fs, path: src}", destination: store(ca: ca))
+        let run = try Ferry.run(["run", trusted], prefix: hosts.near)
+        #expect(run.status == 0 && run.stdout.contains("result: CLEAN"), "\(run.all)")
+        #expect(try hosts.farDigests(hosts.farRoot + "/dst") == (try TwoHosts.digests(dir.sub("src"))))
+    }
+}

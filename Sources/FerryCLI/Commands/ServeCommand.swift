@@ -29,11 +29,8 @@ struct ServeCommand: ParsableCommand {
             guard let address = HostPort.parse(listen, allowAnyPort: true) else {
                 throw FerryError(.invalidPlan, "--listen: expected HOST:PORT, got \(listen)")
             }
-            if tlsCert != nil || tlsKey != nil {
-                throw FerryError(
-                    .invalidPlan, "--tls-cert/--tls-key: TLS is not in this version of ferry yet; serve on loopback or over an SSH tunnel")
-            }
-            if !Self.isLoopback(address.host) && !insecure {
+            if (tlsCert == nil) != (tlsKey == nil) { throw FerryError(.invalidPlan, "--tls-cert and --tls-key go together") }
+            if tlsCert == nil && !Self.isLoopback(address.host) && !insecure {
                 throw FerryError(
                     .invalidPlan,
                     "--listen \(listen) is not a loopback address: without TLS the token and the data would cross the network in clear; "
@@ -41,6 +38,8 @@ struct ServeCommand: ParsableCommand {
             }
             var config = RemoteServerConfig(root: root, token: try RemoteToken.fromFile(tokenFile, field: "--token-file"))
             config.maxConnections = maxConnections
+            config.tlsCertificate = tlsCert
+            config.tlsKey = tlsKey
             guard let chunk = Units.parseSize(maxChunk), chunk >= 1 << 20, chunk <= 1 << 30 else {
                 throw FerryError(.invalidPlan, "--max-chunk: expected a size from 1MiB to 1GiB, got \(maxChunk)")
             }
