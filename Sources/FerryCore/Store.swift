@@ -282,3 +282,18 @@ public protocol RangeHashing: Store {
     /// The digest of each range of `path`, in order; nil when there is no such object.
     func digests(of path: String, ranges: [ByteRange]) throws -> [RangeDigest]?
 }
+
+/// Bytes a store moved across a network, beside the logical bytes they carried (a store on another host).
+public struct WireTotals: Sendable, Equatable {
+    public var sent: Int64 = 0
+    public var received: Int64 = 0
+    /// Uncompressed bytes of the chunks, ranges and staged objects those carried.
+    public var logical: Int64 = 0
+    public init() {}
+    public var wire: Int64 { sent + received }
+}
+
+/// A store that counts the bytes it moves across a network, so the ledger can keep wire beside logical bytes.
+public protocol WireCounting: Sendable {
+    var wireTotals: WireTotals { get }
+}

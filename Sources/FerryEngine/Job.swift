@@ -1,5 +1,6 @@
 public import FerryCore
 import Foundation
+import Synchronization
 public import Logging
 
 /// How `ferry run` ended.
@@ -33,6 +34,8 @@ public final class Job {
     public var tap: (any TapControl)?
     /// The source at its live path (not the snapshot): where a rollback's fence must land.
     public var liveSource: (any Store)?
+    /// The stores' network counters as last added to the ledger (they count for the life of the stores).
+    let wireMark = WireMark()
 
     /// `source` must read from the snapshot root (`snapshot.path` when set, else `source.path`).
     public init(plan: Plan, source: any Store, destination: any Store, logger: Logger, progress: ProgressTracker) {
@@ -343,9 +346,11 @@ public final class Job {
         phase.partialTag = try ledger.partialTag()
         phase.worker = worker
         phase.leaseTTL = plan.copy.leaseTTL
-        let stop = progress.startReporting(heartbeat: heartbeat(ledger))
+        let record = wireRecorder(ledger)
+        let stop = progress.startReporting(heartbeat: heartbeat(ledger, record))
         defer {
             stop()
+            record()
             try? ledger.heartbeat(pid: nil, bytesDone: 0, filesDone: 0)
         }
         return try body(phase)
@@ -360,12 +365,34 @@ public final class Job {
     /// Links, specials and directories, once every file is copied.
     func finishCopy(_ ledger: Ledger) throws { _ = try withCopyPhase(ledger) { try $0.finish() } }
 
-    private func heartbeat(_ ledger: Ledger) -> @Sendable () -> Void {
+    private func heartbeat(_ ledger: Ledger, _ record: @escaping @Sendable () -> Void) -> @Sendable () -> Void {
         let pid = Int(getpid())
         let progress = self.progress
         return {
             let s = progress.snapshot
             try? ledger.heartbeat(pid: pid, bytesDone: s.bytesDone, filesDone: s.filesDone)
+            record()
+        }
+    }
+
+    /// Adds to the ledger what the stores moved across a network since it last did (each heartbeat, and once
+    /// more as a phase ends).
+    func wireRecorder(_ ledger: Ledger) -> @Sendable () -> Void {
+        let counting = [source, destination].compactMap { $0 as? any WireCounting }
+        guard !counting.isEmpty else { return {} }
+        let mark = wireMark
+        return {
+            let totals = counting.map(\.wireTotals)
+            let now = (wire: totals.reduce(0) { $0 + $1.wire }, logical: totals.reduce(0) { $0 + $1.logical })
+            let delta = mark.value.withLock { m -> (Int64, Int64) in
+                defer { m = now }
+                return (now.wire - m.wire, now.logical - m.logical)
+            }
+            do {
+                try ledger.addWire(bytes: delta.0, logical: delta.1)
+            } catch {
+                mark.value.withLock { $0 = (now.wire - delta.0, now.logical - delta.1) }  // counted again next time
+            }
         }
     }
 
@@ -377,11 +404,13 @@ public final class Job {
         let phase = VerifyPhase(
             plan: plan, source: source, destination: destination, ledger: ledger, progress: progress, logger: logger)
         if removeLeftovers { phase.removeLeftoversTagged = try ledger.partialTag() }
-        let stop = progress.startReporting(heartbeat: heartbeat(ledger))
+        let record = wireRecorder(ledger)
+        let stop = progress.startReporting(heartbeat: heartbeat(ledger, record))
         let report: VerifyReport
         do {
             defer {
                 stop()
+                record()
                 try? ledger.heartbeat(pid: nil, bytesDone: 0, filesDone: 0)
             }
             report = try phase.run()
@@ -405,4 +434,9 @@ public final class Job {
         }
         return try verify(ledger)
     }
+}
+
+/// The network counters already added to the ledger, shared by every phase of a job.
+final class WireMark: Sendable {
+    let value = Mutex((wire: Int64(0), logical: Int64(0)))
 }

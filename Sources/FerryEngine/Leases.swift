@@ -38,6 +38,13 @@ extension Ledger: WorkLeasing {
                     ALTER TABLE items ADD COLUMN commits INTEGER NOT NULL DEFAULT 0;
                     """)
         }
+        m.registerMigration("v5-wire") { db in
+            try db.execute(
+                sql: """
+                    ALTER TABLE job ADD COLUMN wire_bytes INTEGER NOT NULL DEFAULT 0;
+                    ALTER TABLE job ADD COLUMN wire_logical INTEGER NOT NULL DEFAULT 0;
+                    """)
+        }
     }
 
     /// A write transaction that takes the write lock first (BEGIN IMMEDIATE): two processes leasing at once

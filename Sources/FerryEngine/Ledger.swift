@@ -47,6 +47,9 @@ public struct JobRecord: Sendable {
     /// The tap's sequence number when the snapshot was taken (nil without a tap).
     public var tapSeq: Int64?
     public var rolledBackAt: Double?
+    /// Bytes that crossed a network for this job (both directions, every run), and the logical bytes they carried.
+    public var wireBytes: Int64 = 0
+    public var wireLogical: Int64 = 0
 }
 
 public struct ItemRecord: Sendable {
@@ -294,7 +297,7 @@ public final class Ledger: Sendable {
                     cutoverForced: (r["cutover_forced"] as Int) != 0, lastError: r["last_error"],
                     runnerPID: r["runner_pid"], runnerHeartbeat: r["runner_heartbeat"],
                     liveBytesDone: r["live_bytes_done"], liveFilesDone: r["live_files_done"], tapSeq: r["tap_seq"],
-                    rolledBackAt: r["rolled_back_at"])
+                    rolledBackAt: r["rolled_back_at"], wireBytes: r["wire_bytes"], wireLogical: r["wire_logical"])
             }
         }
     }
@@ -340,6 +343,17 @@ public final class Ledger: Sendable {
                         UPDATE job SET runner_pid = ?, runner_heartbeat = ?, live_bytes_done = ?, live_files_done = ?
                         WHERE id = 1
                         """, arguments: [pid, pid == nil ? nil : Self.now, bytesDone, filesDone])
+            }
+        }
+    }
+
+    /// Adds what the stores moved across a network since the last call.
+    public func addWire(bytes: Int64, logical: Int64) throws {
+        guard bytes != 0 || logical != 0 else { return }
+        try wrap("record wire bytes") {
+            try db.write { db in
+                try db.execute(
+                    sql: "UPDATE job SET wire_bytes = wire_bytes + ?, wire_logical = wire_logical + ? WHERE id = 1", arguments: [bytes, logical])
             }
         }
     }

@@ -33,6 +33,9 @@ public struct StatusReport: Codable, Sendable {
     public var skipped: Int
     /// The tap's health (filled in by the CLI, which knows the tap).
     public var tap: TapStatus?
+    /// Bytes that crossed a network (a remote store), and the logical bytes they carried.
+    public var wireBytes: Int64 = 0
+    public var wireLogical: Int64 = 0
 }
 
 extension Job {
@@ -60,6 +63,7 @@ extension Job {
             directories: other.directories, symlinks: other.symlinks, bytesTotal: c.totalBytes, bytesDone: c.doneBytes,
             runner: runner, lastVerify: try ledger.lastVerify(),
             cutoverAt: job.cutoverAt.map { iso.string(from: Date(timeIntervalSince1970: $0)) },
-            cutoverForced: job.cutoverForced, lastError: job.lastError, skipped: Int(try ledger.countSkipped().refused), tap: nil)
+            cutoverForced: job.cutoverForced, lastError: job.lastError, skipped: Int(try ledger.countSkipped().refused), tap: nil,
+            wireBytes: job.wireBytes, wireLogical: job.wireLogical)
     }
 }

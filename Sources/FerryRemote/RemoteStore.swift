@@ -23,18 +23,10 @@ public struct RemoteEndpoint: Sendable {
     }
 }
 
-/// Bytes that crossed the network for a remote store, beside the logical bytes they carried.
-public struct WireCounters: Sendable {
-    public var sent: Int64 = 0
-    public var received: Int64 = 0
-    /// Uncompressed bytes of the chunks, ranges and staged objects those carried.
-    public var logical: Int64 = 0
-}
-
 /// A store on another host, through its `ferry serve`: every Store operation becomes one request. Chunks
 /// travel zstd-compressed (zero runs as their length), verify asks the far side for digests (`RangeHashing`),
 /// and the metric kinds merge and compare points on the far side, next to the live files.
-public class RemoteStore: Store, RangeHashing, @unchecked Sendable {
+public class RemoteStore: Store, RangeHashing, WireCounting, @unchecked Sendable {
     // @unchecked: configuration is immutable; the client pool and counters are behind Mutexes.
     public let endpoint: RemoteEndpoint
     let ref: Wire.StoreRef
@@ -42,7 +34,7 @@ public class RemoteStore: Store, RangeHashing, @unchecked Sendable {
     /// Idle clients (libcurl handles, each keeping its connection alive); one thread uses a client at a time.
     private let clientLock = NSLock()
     nonisolated(unsafe) private var idleClients: [HTTPClient] = []
-    private let counters = Mutex(WireCounters())
+    private let counters = Mutex(WireTotals())
     /// The far side's own temporaries seen by the last walk (partial files: a handful).
     private let temporaries = Mutex<Set<String>>([])
     let retries = 3
@@ -62,7 +54,7 @@ public class RemoteStore: Store, RangeHashing, @unchecked Sendable {
         return type.init(endpoint: endpoint, kind: kind, path: path, role: role, compressionLevel: compressionLevel)
     }
 
-    public var wire: WireCounters { counters.withLock { $0 } }
+    public var wireTotals: WireTotals { counters.withLock { $0 } }
 
     // MARK: - transport
 

@@ -96,6 +96,16 @@ import Testing
         let run = try Ferry.run(["run", push], prefix: hosts.near)
         #expect(run.status == 0 && run.stdout.contains("result: CLEAN"), "\(run.all)")
         let received = try hosts.farReceivedBytes() - before
+        // The ledger keeps the wire bytes beside the logical ones; the link's counter (which adds the TCP, IP and
+        // HTTP headers) bounds them.
+        let report = try Ferry.run(["status", push, "--json"])
+        let j = try #require(try JSONSerialization.jsonObject(with: Data(report.stdout.utf8)) as? [String: Any], "\(report.all)")
+        let wire = (j["wire_bytes"] as? NSNumber)?.int64Value ?? -1
+        let logical = (j["wire_logical"] as? NSNumber)?.int64Value ?? -1
+        print("ledger: wire \(wire), logical \(logical); link received \(received)")
+        let sent = try hosts.farSentBytes()
+        #expect(wire > received * 8 / 10 && wire <= received + sent, "wire \(wire), link \(received)")
+        #expect(logical >= 64 << 20, "the logical bytes include the sparse file's: \(logical)")
 
         let want = try TwoHosts.digests(dir.sub("src"))
         #expect(want.count > 300)

@@ -78,7 +78,7 @@ import Testing
         let store = RemoteStore.make(endpoint: rig.endpoint, kind: "fs", path: "tree", role: .destination, compressionLevel: 3)
         let failures = StoreConformance.run(store, .bytes("remote conformance"))
         #expect(failures.isEmpty, "\(failures)")
-        #expect(store.wire.sent > 0 && store.wire.logical > 0)
+        #expect(store.wireTotals.sent > 0 && store.wireTotals.logical > 0)
     }
 }
 

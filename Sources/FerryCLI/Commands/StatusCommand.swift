@@ -58,6 +58,10 @@ struct StatusCommand: ParsableCommand {
                 out("live         \(r.liveFilesDone) files, \(Units.formatBytes(r.liveBytesDone)) (this run's counters)")
             }
             out("other        \(s.directories) directories, \(s.symlinks) symlinks, \(s.skipped) refused entries")
+            if s.wireBytes > 0 {
+                let ratio = s.wireLogical > 0 ? Units.formatDecimal(Double(s.wireBytes) / Double(s.wireLogical), places: 2) : "-"
+                out("wire         \(Units.formatBytes(s.wireBytes)) for \(Units.formatBytes(s.wireLogical)) logical (ratio \(ratio))")
+            }
             if let v = s.lastVerify {
                 let age = Units.formatDuration(Date().timeIntervalSince1970 - (v.finishedAt ?? v.startedAt))
                 out(
