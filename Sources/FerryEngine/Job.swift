@@ -1,7 +1,7 @@
 public import FerryCore
 import Foundation
-import Synchronization
 public import Logging
+import Synchronization
 
 /// How `ferry run` ended.
 public enum RunResult: Sendable {

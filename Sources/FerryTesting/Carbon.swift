@@ -72,18 +72,30 @@ public final class CarbonCache: @unchecked Sendable {
     let python: String
     let script: String
     let libDir: String
+    /// The interface it listens on, and the command prefix it runs under (another test host's namespaces).
+    public let host: String
+    let prefix: [String]
+    let dataDir: String?
     private let state = NSLock.Protected<Process?>(nil)
 
     /// Where carbon writes its Whisper files.
-    public var storage: String { dir.sub("storage/whisper") }
-    public var lineAddress: String { "127.0.0.1:\(linePort)" }
+    public var storage: String { dataDir ?? dir.sub("storage/whisper") }
+    public var lineAddress: String { "\(host):\(linePort)" }
 
     public struct StartError: Error, CustomStringConvertible {
         public var description: String
     }
 
-    public init(name: String = "carbon", retentions: String = "1s:2h", storage existing: String? = nil) throws {
+    /// `host`, `prefix` and `dataDir` run it on another test host (`TwoHosts.far`), writing its Whisper files
+    /// to `dataDir` there.
+    public init(
+        name: String = "carbon", retentions: String = "1s:2h", storage existing: String? = nil, host: String = "127.0.0.1",
+        prefix: [String] = [], dataDir: String? = nil
+    ) throws {
         dir = TempDir(name)
+        self.host = host
+        self.prefix = prefix
+        self.dataDir = dataDir
         let ports = freePorts(3)
         linePort = ports[0]
         picklePort = ports[1]
@@ -94,7 +106,7 @@ public final class CarbonCache: @unchecked Sendable {
         let conf = """
             [cache]
             STORAGE_DIR = \(dir.sub("storage"))
-            LOCAL_DATA_DIR = \(dir.sub("storage/whisper"))
+            LOCAL_DATA_DIR = \(dataDir ?? dir.sub("storage/whisper"))
             WHITELISTS_DIR = \(dir.sub("storage/lists"))
             LOG_DIR = \(dir.sub("storage/log"))
             PID_DIR = \(dir.sub("storage"))
@@ -102,7 +114,7 @@ public final class CarbonCache: @unchecked Sendable {
             MAX_CACHE_SIZE = inf
             MAX_UPDATES_PER_SECOND = 100000
             MAX_CREATES_PER_MINUTE = 100000
-            LINE_RECEIVER_INTERFACE = 127.0.0.1
+            LINE_RECEIVER_INTERFACE = \(host)
             LINE_RECEIVER_PORT = \(linePort)
             ENABLE_UDP_LISTENER = False
             PICKLE_RECEIVER_INTERFACE = 127.0.0.1
@@ -155,11 +167,28 @@ public final class CarbonCache: @unchecked Sendable {
         // A pid file left by a killed instance would make carbon refuse to start.
         try? FileManager.default.removeItem(atPath: dir.sub("storage/carbon-cache-a.pid"))
         let port = linePort
+        let args = [script, "--config=\(dir.sub("conf/carbon.conf"))", "--nodaemon", "start"]
+        let (host, prefix) = (self.host, self.prefix)
         let p = try launchDaemon(
-            python, [script, "--config=\(dir.sub("conf/carbon.conf"))", "--nodaemon", "start"], environment: env,
+            prefix.first ?? python, Array(prefix.dropFirst()) + (prefix.isEmpty ? [] : [python]) + args, environment: env,
             log: dir.sub("carbon.log"), timeout: 30, what: "carbon-cache"
-        ) { tcpListening(port) }
+        ) { prefix.isEmpty ? tcpListening(port) : Self.listening(host: host, port: port, prefix: prefix) }
         state.withLock { $0 = p }
+    }
+
+    /// Whether `host:port` accepts connections as seen from inside `prefix` (another test host).
+    static func listening(host: String, port: Int, prefix: [String]) -> Bool {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: prefix[0])
+        p.arguments =
+            Array(prefix.dropFirst()) + [
+                "/usr/bin/env", "python3", "-c", "import socket; socket.create_connection((\"\(host)\", \(port)), timeout=1)",
+            ]
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        guard (try? p.run()) != nil else { return false }
+        p.waitUntilExit()
+        return p.terminationStatus == 0
     }
 
     /// SIGKILL: the daemon dies with whatever it held in memory.

@@ -228,3 +228,94 @@ extension RemoteHostsTests {
         #expect(try hosts.farDigests(hosts.farRoot + "/dst") == (try TwoHosts.digests(dir.sub("src"))))
     }
 }
+
+extension RemoteHostsTests {
+    /// Sends Graphite plaintext lines from the near host to `address` (Python's socket, not ferry).
+    func sendFromNear(_ hosts: TwoHosts, _ address: String, port: Int, lines: [String]) throws {
+        let (status, out) = try TwoHosts.run(
+            hosts.near + [
+                "/usr/bin/env", "python3", "-c",
+                "import socket, sys; s = socket.create_connection((sys.argv[1], int(sys.argv[2]))); s.sendall(sys.argv[3].encode()); s.close()",
+                address, String(port), lines.joined(separator: "\n") + "\n",
+            ])
+        guard status == 0 else { throw TwoHosts.Failed(description: "sending to carbon: \(out)") }
+    }
+
+    /// History merged into live Whisper files that a real carbon-cache writes on the far host, through ferry
+    /// serve (the merge runs there, under carbon's locks); the reference `whisper` package on the far host
+    /// checks that every history point and every live point is in the files.
+    @Test func whisperHistoryMergesIntoLiveFilesOnTheFarHost() throws {
+        let dir = TempDir("two-hosts-whisper")
+        let hosts = try TwoHosts(farRoot: dir.sub("far"))
+        let farWhisper = hosts.farRoot + "/whisper"
+        try hosts.onFar(["/bin/mkdir", "-p", farWhisper])
+        let carbon = try CarbonCache(
+            name: "far-carbon", retentions: "60s:2d,600s:30d", host: hosts.farAddress, prefix: hosts.far, dataDir: farWhisper)
+        defer { carbon.kill() }
+        let now = Int(Date().timeIntervalSince1970)
+        let series = 16
+        func history(_ i: Int, _ t: Int) -> Double { Double(i * 1000 + (t / 60) % 97) }
+        // A day of history on the old host, up to 10 minutes ago.
+        for i in 0..<series {
+            let f = dir.sub("old/whisper/servers/h\(i % 4)/m\(i).wsp")
+            try FileManager.default.createDirectory(atPath: PathUtil_dir(f), withIntermediateDirectories: true)
+            try WhisperOracle.run(["create", f, "60:2880,600:4320", "0.5", "average"])
+            let pts = stride(from: now - 86400, through: now - 600, by: 60).map { ($0 - $0 % 60, history(i, $0 - $0 % 60)) }
+            try WhisperOracle.run(["update", f, String(now), try WhisperOracle.pointsFile(dir.sub("p.json"), pts)])
+        }
+        // Half the series are already dual-written: their recent points are in the old files and in what carbon
+        // writes on the new host.
+        let live = stride(from: now - 540, through: now - 60, by: 60).map { $0 - $0 % 60 }
+        var lines: [String] = []
+        for i in stride(from: 0, to: series, by: 2) {
+            for t in live { lines.append("servers.h\(i % 4).m\(i) \(-Double(i + 1)) \(t)") }
+            let f = dir.sub("old/whisper/servers/h\(i % 4)/m\(i).wsp")
+            try WhisperOracle.run(["update", f, String(now), try WhisperOracle.pointsFile(dir.sub("l.json"), live.map { ($0, -Double(i + 1)) })])
+        }
+        try sendFromNear(hosts, hosts.farAddress, port: carbon.linePort, lines: lines)
+        let liveFiles = stride(from: 0, to: series, by: 2).map { "\(farWhisper)/servers/h\($0 % 4)/m\($0).wsp" }
+        #expect(
+            waitUntil(timeout: 60) {
+                liveFiles.allSatisfy { (try? TwoHosts.run(hosts.far + ["/usr/bin/test", "-s", $0]))?.0 == 0 }
+            }, "carbon did not create the live files")
+
+        let tok = try token(dir)
+        let server = try FarServer(hosts, token: tok, log: dir.sub("serve.log"), extra: ["--insecure"])
+        defer { server.kill9() }
+        let plan = try remotePlan(
+            dir, hosts, name: "metrics", source: "{kind: whisper, path: old/whisper}",
+            destination:
+                "{kind: remote, url: \"http://\(hosts.farAddress):8470\", token: \"file:token\", store: {kind: whisper, path: \"\(farWhisper)\"}}",
+            copy: "verify: {mode: full, window: 1d}")
+        let run = try Ferry.run(["run", plan], prefix: hosts.near)
+        #expect(run.status == 0 && run.stdout.contains("result: CLEAN"), "\(run.all)")
+        #expect(run.stderr.contains("merged=\(series / 2)"), "\(run.stderr)")
+
+        // The reference whisper package, on the far host: every history point, and every live point, is there.
+        let check = try hosts.onFar([
+            "/usr/bin/env", "python3", "-c",
+            """
+            import json, sys, whisper
+            root, now, series = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+            live = json.loads(sys.argv[4])
+            bad = []
+            for i in range(series):
+                path = "%s/servers/h%d/m%d.wsp" % (root, i % 4, i)
+                (start, end, step), values = whisper.fetch(path, now - 86400 + 120, now)
+                got = {start + k * step: v for k, v in enumerate(values) if v is not None}
+                for t in range(now - 86400 + 120 - (now - 86400 + 120) % 60 + 60, now - 600, 60):
+                    t -= t % 60
+                    if got.get(t) != i * 1000 + (t // 60) % 97:
+                        bad.append("%s@%d history: %r" % (path, t, got.get(t)))
+                if i % 2 == 0:
+                    for t in live:
+                        if got.get(t) != -float(i + 1):
+                            bad.append("%s@%d live: %r" % (path, t, got.get(t)))
+            print(json.dumps({"bad": bad[:5], "count": len(bad)}))
+            """,
+            farWhisper, String(now), String(series), "[" + live.map(String.init).joined(separator: ",") + "]",
+        ])
+        let verdict = try #require(try JSONSerialization.jsonObject(with: Data(check.utf8)) as? [String: Any])
+        #expect(verdict["count"] as? Int == 0, "\(verdict)")
+    }
+}
