@@ -207,3 +207,30 @@ import Testing
         #expect((r["after"] as? [Any])?.first as? Int == 200, "\(r)")
     }
 }
+
+extension RemoteServeTests {
+    /// `kind: remote` in a plan: each mistake named at its field, and the pair checked on the carried store.
+    @Test func remotePlanMistakesAreNamedWhereTheyAre() throws {
+        let dir = TempDir("remote-plan")
+        try FileManager.default.createDirectory(atPath: dir.sub("src"), withIntermediateDirectories: true)
+        try Data("short".utf8).write(to: URL(fileURLWithPath: dir.sub("short-token")))
+        func check(_ destination: String) throws -> String {
+            let plan = try writePlan(dir.path, "version: 1\nname: r\nsource: {kind: fs, path: src}\ndestination: \(destination)\n")
+            let r = try Ferry.run(["plan", "check", plan])
+            #expect(r.status == 2, "\(destination): \(r.all)")
+            return r.stderr
+        }
+        let base = "kind: remote, token: \"file:short-token\""
+        let url = try check("{\(base), url: \"ftp://x\", store: {kind: fs, path: /d}}")
+        #expect(url.contains("destination.url:") && url.contains("https://HOST:PORT"), "\(url)")
+        #expect(url.contains("destination.token:") && url.contains("shorter than 16"), "\(url)")
+        let kind = try check("{\(base), url: \"https://h:1\", store: {kind: s3, path: /d}}")
+        #expect(kind.contains("destination.store.kind:") || kind.contains("cannot move fs to remote (s3)"), "\(kind)")
+        let pair = try check("{\(base), url: \"https://h:1\", store: {kind: whisper, path: /d}}")
+        #expect(pair.contains("cannot move fs to remote (whisper)"), "\(pair)")
+        let missing = try check("{\(base), url: \"https://h:1\", store: {kind: fs}}")
+        #expect(missing.contains("destination.store") && missing.contains("path"), "\(missing)")
+        let inline = try check("{\(base), url: \"https://h:1\", store: {kind: fs, path: /d}, token2: x}")
+        #expect(inline.contains("token2"), "\(inline)")
+    }
+}

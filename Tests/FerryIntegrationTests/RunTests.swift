@@ -149,6 +149,7 @@ import Testing
                 let prefix = String(part.prefix { $0.isLetter || $0.isNumber || $0 == "_" })
                 env[prefix + "ACCESS_KEY_ID"] = "placeholder"
                 env[prefix + "SECRET_ACCESS_KEY"] = "placeholder"
+                env[prefix] = "placeholder-token-0123456789"  // a remote store's token (env:NAME)
             }
             let r = try Ferry.run(["plan", "check", root.path + "/plans/" + p], environment: env)
             #expect(r.status == 0, "\(p): \(r.all)")
