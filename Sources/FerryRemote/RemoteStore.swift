@@ -12,14 +12,23 @@ public struct RemoteEndpoint: Sendable {
     public var token: RemoteToken
     /// A PEM file of the CA that signed the server's certificate (a private CA).
     public var caFile: String?
-    /// A unix socket to connect through instead of TCP (the near end of an SSH forward).
+    /// A unix socket to connect through instead of TCP.
     public var unixSocket: String?
+    /// Over SSH: the tunnel that starts the far `ferry serve` and gives the socket to connect through.
+    public var tunnel: SSHTunnel?
 
     public init(baseURL: String, token: RemoteToken, caFile: String? = nil, unixSocket: String? = nil) {
         self.baseURL = baseURL
         self.token = token
         self.caFile = caFile
         self.unixSocket = unixSocket
+    }
+
+    /// `ferry serve` started over SSH for this job, serving `root` on the far host.
+    public init(ssh target: SSHTarget, root: String) {
+        let tunnel = SSHTunnel(target: target, root: root)
+        self.init(baseURL: "http://localhost", token: tunnel.token)
+        self.tunnel = tunnel
     }
 }
 
@@ -58,7 +67,7 @@ public class RemoteStore: Store, RangeHashing, WireCounting, @unchecked Sendable
 
     // MARK: - transport
 
-    private func withClient<T>(_ body: (HTTPClient) throws -> T) rethrows -> T {
+    private func withClient<T>(_ body: (HTTPClient) throws -> T) throws -> T {
         clientLock.lock()
         let idle = idleClients.popLast()
         clientLock.unlock()
@@ -75,6 +84,7 @@ public class RemoteStore: Store, RangeHashing, WireCounting, @unchecked Sendable
             idleClients.append(client)
             clientLock.unlock()
         }
+        if let tunnel = endpoint.tunnel { client.unixSocket = try tunnel.socket() }
         return try body(client)
     }
 

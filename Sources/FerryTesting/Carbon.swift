@@ -177,7 +177,7 @@ public final class CarbonCache: @unchecked Sendable {
     }
 
     /// Whether `host:port` accepts connections as seen from inside `prefix` (another test host).
-    static func listening(host: String, port: Int, prefix: [String]) -> Bool {
+    public static func listening(host: String, port: Int, prefix: [String]) -> Bool {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: prefix[0])
         p.arguments =

@@ -319,3 +319,78 @@ extension RemoteHostsTests {
         #expect(verdict["count"] as? Int == 0, "\(verdict)")
     }
 }
+
+extension RemoteHostsTests {
+    /// A real sshd on the far host (Debian's openssh-server, a host key and authorized_keys made here), and the
+    /// ssh client config that reaches it as root with a key made here.
+    func farSSHD(_ hosts: TwoHosts, _ dir: TempDir) throws -> (Int32, String) {
+        let ssh = dir.sub("ssh")
+        try FileManager.default.createDirectory(atPath: ssh, withIntermediateDirectories: true)
+        for key in ["host", "id"] {
+            let (status, out) = try TwoHosts.run(["/usr/bin/ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", "\(ssh)/\(key)"])
+            guard status == 0 else { throw TwoHosts.Failed(description: "ssh-keygen: \(out)") }
+        }
+        try FileManager.default.copyItem(atPath: "\(ssh)/id.pub", toPath: "\(ssh)/authorized_keys")
+        try """
+        Port 2222
+        ListenAddress \(hosts.farAddress)
+        HostKey \(ssh)/host
+        AuthorizedKeysFile \(ssh)/authorized_keys
+        PasswordAuthentication no
+        KbdInteractiveAuthentication no
+        PermitRootLogin prohibit-password
+        StrictModes no
+        UsePAM no
+        PidFile \(ssh)/sshd.pid
+        AllowStreamLocalForwarding yes
+        """.write(toFile: "\(ssh)/sshd_config", atomically: true, encoding: .utf8)
+        try """
+        Host *
+          IdentityFile \(ssh)/id
+          IdentitiesOnly yes
+          StrictHostKeyChecking no
+          UserKnownHostsFile /dev/null
+          LogLevel ERROR
+        """.write(toFile: "\(ssh)/ssh_config", atomically: true, encoding: .utf8)
+        try FileManager.default.createDirectory(atPath: "/run/sshd", withIntermediateDirectories: true)
+        // sshd detaches (it is not this process's child) and logs to a file; it is stopped through its pid file.
+        let (status, out) = try TwoHosts.run(hosts.far + ["/usr/sbin/sshd", "-f", "\(ssh)/sshd_config", "-E", dir.sub("sshd.log")])
+        guard status == 0 else { throw TwoHosts.Failed(description: "sshd: \(out)") }
+        let ready = waitUntil(timeout: 30) {
+            ((try? String(contentsOfFile: "\(ssh)/sshd.pid", encoding: .utf8)) ?? "").isEmpty == false
+        }
+        guard ready, let pid = Int32((try String(contentsOfFile: "\(ssh)/sshd.pid", encoding: .utf8)).trimmingCharacters(in: .whitespacesAndNewlines))
+        else { throw TwoHosts.Failed(description: "sshd did not start") }
+        return (pid, "\(ssh)/ssh_config")
+    }
+
+    /// `url: ssh://root@far:2222`: no open port of ferry's, no certificate, no token in the plan. ferry starts
+    /// `ferry serve` on the far host through the system ssh client with a token minted for the connection, and
+    /// that server ends with the job.
+    @Test func sshEndToEnd() throws {
+        let dir = TempDir("two-hosts-ssh")
+        try TreeGen.make(at: dir.sub("src"), files: 60, large: [4 << 20], seed: 11)
+        let hosts = try TwoHosts(farRoot: dir.sub("far"))
+        let (sshd, config) = try farSSHD(hosts, dir)
+        defer { kill(sshd, SIGKILL) }
+        let destination = """
+            {kind: remote, url: "ssh://root@\(hosts.farAddress):2222", ssh: "ssh -F \(config)", ferry: "\(Ferry.binary)", \
+            store: {kind: fs, path: "\(hosts.farRoot)/dst"}}
+            """
+        let plan = try remotePlan(dir, hosts, name: "ssh", source: "{kind: fs, path: src}", destination: destination)
+        let run = try Ferry.run(["run", plan], prefix: hosts.near)
+        #expect(
+            run.status == 0 && run.stdout.contains("result: CLEAN"),
+            "\(run.all)\n\(String(decoding: FileManager.default.contents(atPath: dir.sub("sshd.log")) ?? Data(), as: UTF8.self))")
+        #expect(try hosts.farDigests(hosts.farRoot + "/dst") == (try TwoHosts.digests(dir.sub("src"))))
+        // The far server lived as long as the job: nothing of it is left running.
+        #expect(
+            waitUntil(timeout: 20) { (try? TwoHosts.run(["/usr/bin/pgrep", "-f", "stdio-session"]))?.0 == 1 },
+            "a ferry serve started over ssh outlived its job")
+        // A wrong key is refused with ssh's own reason.
+        try FileManager.default.removeItem(atPath: dir.sub("ssh/authorized_keys"))
+        let denied = try remotePlan(dir, hosts, name: "denied", source: "{kind: fs, path: src}", destination: destination)
+        let refused = try Ferry.run(["run", denied], prefix: hosts.near)
+        #expect(refused.status != 0 && refused.all.contains("Permission denied"), "\(refused.all)")
+    }
+}

@@ -14,9 +14,14 @@ struct ServeCommand: ParsableCommand {
             Every request needs the token. A listen address other than loopback needs TLS (--tls-cert, --tls-key)
             unless --insecure is given.
             """)
-    @Option(name: .long, help: "HOST:PORT to listen on (port 0: any free port, printed on stdout).") var listen: String
+    @Option(name: .long, help: "HOST:PORT to listen on (port 0: any free port, printed on stdout), or unix:PATH.") var listen: String
     @Option(name: .long, help: "The directory whose stores are served; nothing outside it is reachable.") var root: String
-    @Option(name: .long, help: "A file holding the bearer token (at least 16 printable characters).") var tokenFile: String
+    @Option(name: .long, help: "A file holding the bearer token (at least 16 printable characters).") var tokenFile: String?
+    @Flag(
+        name: .long,
+        help: "Read the token from the first line of stdin and stop when stdin closes (how a job starts it over SSH).")
+    var stdioSession = false
+    @Flag(name: .long, help: "Create --root when it does not exist.") var mkdirRoot = false
     @Option(name: .long, help: "PEM certificate chain for TLS.") var tlsCert: String?
     @Option(name: .long, help: "PEM private key for TLS.") var tlsKey: String?
     @Flag(name: .long, help: "Allow plain HTTP on an address other than loopback (the token then travels in clear).") var insecure = false
@@ -26,17 +31,29 @@ struct ServeCommand: ParsableCommand {
 
     func run() throws {
         try guarded {
-            guard let address = HostPort.parse(listen, allowAnyPort: true) else {
-                throw FerryError(.invalidPlan, "--listen: expected HOST:PORT, got \(listen)")
+            let socket = listen.hasPrefix("unix:") ? String(listen.dropFirst(5)) : nil
+            let address = HostPort.parse(listen, allowAnyPort: true)
+            guard socket != nil || address != nil else {
+                throw FerryError(.invalidPlan, "--listen: expected HOST:PORT or unix:PATH, got \(listen)")
             }
             if (tlsCert == nil) != (tlsKey == nil) { throw FerryError(.invalidPlan, "--tls-cert and --tls-key go together") }
-            if tlsCert == nil && !Self.isLoopback(address.host) && !insecure {
+            if let address, tlsCert == nil && !Self.isLoopback(address.host) && !insecure {
                 throw FerryError(
                     .invalidPlan,
                     "--listen \(listen) is not a loopback address: without TLS the token and the data would cross the network in clear; "
                         + "give --tls-cert and --tls-key, or --insecure to accept that")
             }
-            var config = RemoteServerConfig(root: root, token: try RemoteToken.fromFile(tokenFile, field: "--token-file"))
+            let token: RemoteToken
+            if stdioSession {
+                guard let line = readLine(strippingNewline: true) else { throw FerryError(.invalidPlan, "--stdio-session: no token on stdin") }
+                token = try RemoteToken(line)
+            } else if let tokenFile {
+                token = try RemoteToken.fromFile(tokenFile, field: "--token-file")
+            } else {
+                throw FerryError(.invalidPlan, "--token-file is required (or --stdio-session)")
+            }
+            if mkdirRoot { try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true) }
+            var config = RemoteServerConfig(root: root, token: token)
             config.maxConnections = maxConnections
             config.tlsCertificate = tlsCert
             config.tlsKey = tlsKey
@@ -46,7 +63,14 @@ struct ServeCommand: ParsableCommand {
             config.maxChunk = Int(chunk)
             let logger = global.logger()
             let server = try RemoteServer(config: config, opener: Backends.serve, logger: logger)
-            try TapHost.runUntilSignalled(ServeService(server: server, host: address.host, port: address.port), logger: logger)
+            if stdioSession {
+                // The session ends when the job's side closes stdin (its ssh ended): stop as on SIGTERM.
+                Thread {
+                    while readLine() != nil {}
+                    kill(getpid(), SIGTERM)
+                }.start()
+            }
+            try TapHost.runUntilSignalled(ServeService(server: server, address: address, socket: socket), logger: logger)
         }
     }
 
@@ -59,19 +83,24 @@ struct ServeCommand: ParsableCommand {
 final class ServeService: TapService, @unchecked Sendable {
     // @unchecked: immutable.
     let server: RemoteServer
-    let host: String
-    let port: Int
+    let address: HostPort?
+    let socket: String?
 
-    init(server: RemoteServer, host: String, port: Int) {
+    init(server: RemoteServer, address: HostPort?, socket: String?) {
         self.server = server
-        self.host = host
-        self.port = port
+        self.address = address
+        self.socket = socket
     }
 
     func start() throws {
-        let bound = try server.start(host: host, port: port)
-        // The port on stdout, for whoever started it with port 0 (a test, an SSH session).
-        FileHandle.standardOutput.write(Data("listening \(host):\(bound)\n".utf8))
+        // Where it listens, on stdout, for whoever started it (a test with port 0, a job over SSH).
+        if let socket {
+            try server.start(unixSocket: socket)
+            FileHandle.standardOutput.write(Data("listening unix:\(socket)\n".utf8))
+        } else if let address {
+            let bound = try server.start(host: address.host, port: address.port)
+            FileHandle.standardOutput.write(Data("listening \(address.host):\(bound)\n".utf8))
+        }
     }
 
     func stop() { server.stop() }
