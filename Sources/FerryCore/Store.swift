@@ -297,3 +297,24 @@ public struct WireTotals: Sendable, Equatable {
 public protocol WireCounting: Sendable {
     var wireTotals: WireTotals { get }
 }
+
+/// An object whose bytes are in memory (a converted file, a staged copy).
+public final class BytesReader: ObjectReader {
+    let bytes: [UInt8]
+    let entry: Entry
+
+    public init(bytes: [UInt8], entry: Entry) {
+        self.bytes = bytes
+        self.entry = entry
+    }
+
+    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws -> Int {
+        guard offset >= 0, offset < Int64(bytes.count) else { return 0 }
+        let n = min(buffer.count, bytes.count - Int(offset))
+        bytes.withUnsafeBytes { buffer.baseAddress!.copyMemory(from: $0.baseAddress! + Int(offset), byteCount: n) }
+        return n
+    }
+
+    public func currentEntry() throws -> Entry { entry }
+    public func close() {}
+}

@@ -106,7 +106,7 @@ public final class CeresTreeStore: Store, @unchecked Sendable {
             guard CeresNode.isNode(nodePath) else { return nil }
             let (e, node, schema) = try resolve(path, nodePath: nodePath)
             let db = try Whisper.convert(node, schema: schema, now: Int(Date().timeIntervalSince1970))
-            return MemoryReader(bytes: db.bytes, entry: e)
+            return BytesReader(bytes: db.bytes, entry: e)
         } ?? nil
     }
 
@@ -117,29 +117,6 @@ public final class CeresTreeStore: Store, @unchecked Sendable {
     public func remove(_ path: String, kind: EntryKind) throws { throw readOnly() }
     public func syncAll() throws {}
     public func discardPartial(for path: String, token: String) throws {}
-}
-
-/// An object whose bytes were produced in memory (a converted file).
-final class MemoryReader: ObjectReader {
-    let bytes: [UInt8]
-    let entry: Entry
-
-    init(bytes: [UInt8], entry: Entry) {
-        self.bytes = bytes
-        self.entry = entry
-    }
-
-    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws -> Int {
-        guard offset < Int64(bytes.count) else { return 0 }
-        let n = min(buffer.count, bytes.count - Int(offset))
-        bytes.withUnsafeBytes { src in
-            buffer.baseAddress!.copyMemory(from: src.baseAddress! + Int(offset), byteCount: n)
-        }
-        return n
-    }
-
-    func currentEntry() throws -> Entry { entry }
-    func close() {}
 }
 
 extension LocalStore {

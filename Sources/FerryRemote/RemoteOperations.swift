@@ -321,7 +321,7 @@ final class StagedObject: Store, @unchecked Sendable {
     func prepareRoot() throws { throw readOnly() }
     func walk(_ visit: (Entry) throws -> Void, skipped: (SkippedEntry) -> Void) throws { try visit(entry) }
     func stat(_ p: String) throws -> Entry? { p == path ? entry : nil }
-    func openReader(_ p: String) throws -> (any ObjectReader)? { p == path ? StagedReader(bytes: bytes, entry: entry) : nil }
+    func openReader(_ p: String) throws -> (any ObjectReader)? { p == path ? BytesReader(bytes: bytes, entry: entry) : nil }
     func openWriter(for entry: Entry, token: String, resume: Bool) throws -> (any ObjectWriter)? { throw readOnly() }
     func makeDirectory(_ entry: Entry) throws { throw readOnly() }
     func finishDirectory(_ entry: Entry) throws { throw readOnly() }
@@ -329,21 +329,4 @@ final class StagedObject: Store, @unchecked Sendable {
     func remove(_ path: String, kind: EntryKind) throws { throw readOnly() }
     func syncAll() throws {}
     func discardPartial(for path: String, token: String) throws {}
-}
-
-final class StagedReader: ObjectReader {
-    let bytes: [UInt8]
-    let entry: Entry
-    init(bytes: [UInt8], entry: Entry) {
-        self.bytes = bytes
-        self.entry = entry
-    }
-    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws -> Int {
-        guard offset >= 0, offset < Int64(bytes.count) else { return 0 }
-        let n = min(buffer.count, bytes.count - Int(offset))
-        bytes.withUnsafeBytes { buffer.baseAddress!.copyMemory(from: $0.baseAddress! + Int(offset), byteCount: n) }
-        return n
-    }
-    func currentEntry() throws -> Entry { entry }
-    func close() {}
 }
