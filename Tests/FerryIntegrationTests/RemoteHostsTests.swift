@@ -1,4 +1,5 @@
 import FerryCore
+import FerryGraphite
 import FerryTesting
 import Foundation
 import Testing
@@ -392,5 +393,59 @@ extension RemoteHostsTests {
         let denied = try remotePlan(dir, hosts, name: "denied", source: "{kind: fs, path: src}", destination: destination)
         let refused = try Ferry.run(["run", denied], prefix: hosts.near)
         #expect(refused.status != 0 && refused.all.contains("Permission denied"), "\(refused.all)")
+    }
+}
+
+extension RemoteHostsTests {
+    /// A Ceres tree on the near host becomes Whisper files on the far host: converted here into the schema the
+    /// plan gives on the remote side, sent, and checked there by the reference `whisper` package.
+    @Test func ceresBecomesWhisperOnTheFarHost() throws {
+        let dir = TempDir("two-hosts-ceres")
+        let now = Int(Date().timeIntervalSince1970)
+        let step = now - now % 60
+        try FileManager.default.createDirectory(atPath: dir.sub("ceres/.ceres-tree"), withIntermediateDirectories: true)
+        let nodes = 6
+        func value(_ i: Int, _ t: Int) -> Double { Double(i * 100 + (t / 60) % 50) }
+        let times = stride(from: step - 6 * 3600, through: step - 120, by: 60).map { $0 }
+        for i in 0..<nodes {
+            var node = try CeresNode.create(
+                path: dir.sub("ceres/app/n\(i)"), timeStep: 60, xFilesFactor: 0.5, aggregation: .average, retentions: [(60, 1440)])
+            try node.write(times.map { ($0, value(i, $0)) })
+        }
+        let hosts = try TwoHosts(farRoot: dir.sub("far"))
+        let tok = try token(dir)
+        let server = try FarServer(hosts, token: tok, log: dir.sub("serve.log"), extra: ["--insecure"])
+        defer { server.kill9() }
+        let plan = try remotePlan(
+            dir, hosts, name: "ceres", source: "{kind: ceres, path: ceres}",
+            destination: """
+                {kind: remote, url: "http://\(hosts.farAddress):8470", token: "file:token", retentions: "60s:1d", \
+                store: {kind: whisper, path: "\(hosts.farRoot)/whisper"}}
+                """,
+            copy: "verify: {mode: full, window: 12h}")
+        let run = try Ferry.run(["run", plan], prefix: hosts.near)
+        #expect(run.status == 0 && run.stdout.contains("result: CLEAN"), "\(run.all)")
+        let check = try hosts.onFar([
+            "/usr/bin/env", "python3", "-c",
+            """
+            import json, sys, whisper
+            root, nodes, times = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
+            bad = []
+            for i in range(nodes):
+                path = "%s/app/n%d.wsp" % (root, i)
+                info = whisper.info(path)
+                if [(a["secondsPerPoint"], a["points"]) for a in info["archives"]] != [(60, 1440)]:
+                    bad.append("%s schema %r" % (path, info["archives"]))
+                (start, end, step), values = whisper.fetch(path, times[0] - 60, times[-1] + 60)
+                got = {start + k * step: v for k, v in enumerate(values) if v is not None}
+                for t in times:
+                    if got.get(t) != i * 100 + (t // 60) % 50:
+                        bad.append("%s@%d: %r" % (path, t, got.get(t)))
+            print(json.dumps({"bad": bad[:5], "count": len(bad)}))
+            """,
+            hosts.farRoot + "/whisper", String(nodes), "[" + times.map(String.init).joined(separator: ",") + "]",
+        ])
+        let verdict = try #require(try JSONSerialization.jsonObject(with: Data(check.utf8)) as? [String: Any])
+        #expect(verdict["count"] as? Int == 0, "\(verdict)")
     }
 }
