@@ -117,6 +117,23 @@ public protocol ObjectReader: AnyObject {
     func close()
 }
 
+extension ObjectReader {
+    /// Up to `count` bytes at `offset`, reading until that many arrived or the object ends (fewer at its end).
+    public func read(count: Int, at offset: Int64) throws -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count)
+        var got = 0
+        while got < count {
+            let n = try bytes.withUnsafeMutableBytes { b in
+                try read(into: UnsafeMutableRawBufferPointer(rebasing: b[got...]), at: offset + Int64(got))
+            }
+            if n == 0 { break }
+            got += n
+        }
+        bytes.removeSubrange(got...)
+        return bytes
+    }
+}
+
 /// A writer for one object at the destination. Bytes become visible under the final name only at `publish`.
 public protocol ObjectWriter: AnyObject {
     func write(_ bytes: UnsafeRawBufferPointer, at offset: Int64) throws

@@ -157,16 +157,7 @@ extension RemoteServer {
             return .failure(404, "notFound", "no object \(RawName.display(a.path))")
         }
         defer { reader.close() }
-        var bytes = [UInt8](repeating: 0, count: a.length)
-        var got = 0
-        while got < a.length {
-            let n = try bytes.withUnsafeMutableBytes { b in
-                try reader.read(into: UnsafeMutableRawBufferPointer(rebasing: b[got...]), at: a.offset + Int64(got))
-            }
-            if n == 0 { break }
-            got += n
-        }
-        bytes.removeSubrange(got...)
+        let bytes = try reader.read(count: a.length, at: a.offset)
         return Codec.reply(bytes, zstd: a.zstd, level: 3)
     }
 

@@ -291,15 +291,7 @@ public class RemoteStore: Store, RangeHashing, WireCounting, @unchecked Sendable
         defer { reader.close() }
         let size = Int(try reader.currentEntry().size)
         guard size <= limit else { throw FerryError(.sourceIO, "\(RawName.display(path)): \(size) bytes, more than the \(limit) sent for a merge") }
-        var bytes = [UInt8](repeating: 0, count: size)
-        var got = 0
-        while got < size {
-            let n = try bytes.withUnsafeMutableBytes { b in try reader.read(into: UnsafeMutableRawBufferPointer(rebasing: b[got...]), at: Int64(got))
-            }
-            if n == 0 { break }
-            got += n
-        }
-        bytes.removeSubrange(got...)
+        let bytes = try reader.read(count: size, at: 0)
         count(logical: bytes.count)
         let (encoding, body) = bytes.withUnsafeBytes { Codec.encode($0, compressor: ZstdCompressor(level: compressionLevel ?? 3)) }
         let r = try call(
