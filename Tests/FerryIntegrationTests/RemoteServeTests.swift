@@ -140,9 +140,12 @@ import Testing
                     s.sendall(b"10000\\r\\n" + b"a" * 65536 + b"\\r\\n")
             except OSError:
                 pass
+            s.settimeout(10)
             try:
                 status = s.recv(4096).decode().split("\\r\\n")[0]
-            except OSError as e:
+            except TimeoutError:
+                status = "timeout"  # neither answered nor closed: a failure
+            except OSError:
                 status = "reset"
             out["chunked_huge"] = status
             s.close()
@@ -187,6 +190,8 @@ import Testing
                 try:
                     if s.recv(1) == b"":
                         closed += 1
+                except TimeoutError:
+                    pass  # still open after 5 s: not closed
                 except OSError:
                     closed += 1
             out["flood_closed"] = closed
@@ -194,6 +199,8 @@ import Testing
             t = time.time()
             try:
                 out["slow_read"] = slow.recv(100).decode()
+            except TimeoutError:
+                out["slow_read"] = "timeout"
             except OSError:
                 out["slow_read"] = "reset"
             out["slow_seconds"] = time.time() - t
