@@ -120,6 +120,11 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        .testTarget(
+            name: "FerryRemoteTests",
+            dependencies: ["FerryRemote", "FerryCore", "FerryDigest", "FerryGraphite", "FerryZstd", "FerryTesting"],
+            swiftSettings: strict
+        ),
         .testTarget(name: "FerryTapTests", dependencies: ["FerryTap", "FerryCore", "FerryTesting"], swiftSettings: strict),
         .testTarget(
             name: "FerryIntegrationTests",

@@ -123,6 +123,8 @@ public struct CopySpec: Sendable {
     public var compression: String = "zstd"
     /// The zstd level for `compression: zstd`.
     public var compressionLevel: Int = 3
+    /// With `compression: zstd`, Whisper files also try the point codec, archive by archive, where it is smaller.
+    public var pointCodec: Bool = true
     /// How long a worker's lease on a page of files holds without renewal (a worker killed with kill -9 has its
     /// files taken over by the others after this).
     public var leaseTTL: Double = 30

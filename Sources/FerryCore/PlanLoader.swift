@@ -201,7 +201,9 @@ public struct PlanLoader: Sendable {
         if let node = fields["copy"], let map = ctx.mapping(node, "copy") {
             let f = ctx.fields(
                 map, at: "copy",
-                allowed: ["chunk_size", "concurrency", "bandwidth", "compression", "compression_level", "symlinks", "specials", "lease_ttl"],
+                allowed: [
+                    "chunk_size", "concurrency", "bandwidth", "compression", "compression_level", "point_codec", "symlinks", "specials", "lease_ttl",
+                ],
                 required: [])
             if let v = f["symlinks"], let s = ctx.string(v, "copy.symlinks") {
                 if let policy = CopySpec.SymlinkPolicy(rawValue: s) {
@@ -256,6 +258,13 @@ public struct PlanLoader: Sendable {
                 case "zstd": copy.compression = "zstd"
                 case "none", "off": copy.compression = "none"
                 default: ctx.fail(v, "copy.compression", "expected zstd or none, got \"\(s)\"")
+                }
+            }
+            if let v = f["point_codec"], let s = ctx.string(v, "copy.point_codec") {
+                switch s {
+                case "on", "true", "yes": copy.pointCodec = true
+                case "off", "false", "no": copy.pointCodec = false
+                default: ctx.fail(v, "copy.point_codec", "expected on or off, got \"\(s)\"")
                 }
             }
             if let v = f["compression_level"], let s = ctx.string(v, "copy.compression_level") {

@@ -157,6 +157,19 @@ public protocol MetadataAccepting: AnyObject {
     func accept(metadata: [String: String])
 }
 
+/// A source whose objects hold arrays of fixed-size points (Whisper archives: a 4-byte timestamp and an 8-byte
+/// value each), and can say where they are, so that a codec on the wire can encode them point by point.
+public protocol PointLayoutProviding {
+    /// The byte ranges of the object that `reader` reads which are arrays of 12-byte points; none when the
+    /// object is not one this store can parse (the bytes then travel as they are).
+    func pointRuns(_ reader: any ObjectReader) -> [ByteRange]
+}
+
+/// A writer that can use where the object's point arrays are (see `PointLayoutProviding`).
+public protocol PointLayoutAccepting: AnyObject {
+    func accept(pointRuns: [ByteRange])
+}
+
 /// A writer that can use the SHA-256 the engine already computed for the bytes it writes (an S3 payload hash,
 /// a stored object hash), so no byte is hashed twice.
 public protocol DigestAwareWriter: ObjectWriter {

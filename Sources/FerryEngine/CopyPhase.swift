@@ -323,9 +323,13 @@ final class CopyPhase: @unchecked Sendable {
         }
     }
 
-    /// Hands the source object's metadata to the destination writer when both sides keep it; the reason when
-    /// the source cannot tell it.
+    /// Hands the source object's metadata (and where its point arrays are) to the destination writer when both
+    /// sides keep it; the reason when the source cannot tell it.
     private func carryMetadata(_ reader: any ObjectReader, _ writer: any ObjectWriter) -> String? {
+        if let to = writer as? any PointLayoutAccepting, let from = source as? any PointLayoutProviding {
+            // Where the point arrays are, for the codec on the wire (nothing when the source cannot tell).
+            to.accept(pointRuns: from.pointRuns(reader))
+        }
         guard let from = reader as? any MetadataCarrying, let to = writer as? any MetadataAccepting else { return nil }
         do {
             to.accept(metadata: try from.carriedMetadata())

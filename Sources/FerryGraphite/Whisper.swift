@@ -1,4 +1,4 @@
-import FerryCore
+public import FerryCore
 import Foundation
 
 /// Whisper's aggregation methods, numbered as in the file header.
@@ -385,4 +385,39 @@ public struct Whisper: Sendable {
             throw FerryError(.destinationIO, "cannot write \(path)", underlying: error)
         }
     }
+}
+
+extension Whisper {
+    /// Where the archives of the Whisper file that `reader` reads hold their points, from its header alone: one
+    /// range per archive. None when the header does not parse or the file is shorter than the header says (the
+    /// bytes then travel as they are).
+    public static func pointRuns(_ reader: any ObjectReader) -> [ByteRange] {
+        guard let head = try? reader.read(count: headerSize, at: 0), head.count == headerSize else { return [] }
+        let count = Int(u32(head, 12))
+        guard (1...64).contains(count) else { return [] }
+        let infoEnd = headerSize + count * archiveInfoSize
+        guard let table = try? reader.read(count: infoEnd, at: 0), table.count == infoEnd,
+            let size = try? reader.currentEntry().size
+        else { return [] }
+        var runs: [ByteRange] = []
+        var expected = infoEnd
+        for i in 0..<count {
+            let at = headerSize + i * archiveInfoSize
+            let offset = Int(u32(table, at))
+            let points = Int(u32(table, at + 8))
+            guard offset == expected, points > 0 else { return [] }
+            runs.append(ByteRange(offset: Int64(offset), length: Int64(points * pointSize)))
+            expected = offset + points * pointSize
+        }
+        return Int64(expected) <= size ? runs : []
+    }
+}
+
+extension WhisperTreeStore: PointLayoutProviding {
+    public func pointRuns(_ reader: any ObjectReader) -> [ByteRange] { Whisper.pointRuns(reader) }
+}
+
+extension CeresTreeStore: PointLayoutProviding {
+    // A Ceres source reads each node converted to a Whisper file.
+    public func pointRuns(_ reader: any ObjectReader) -> [ByteRange] { Whisper.pointRuns(reader) }
 }

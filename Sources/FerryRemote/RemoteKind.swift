@@ -32,7 +32,8 @@ extension RemoteStore {
             let endpoint = try RemoteStore.endpoint(ctx, storePath: path)
             let level = ctx.plan.copy.compression == "zstd" ? ctx.plan.copy.compressionLevel : nil
             return RemoteStore.make(
-                endpoint: endpoint, kind: inner, path: path, role: ctx.role == .destination ? .destination : .source, compressionLevel: level)
+                endpoint: endpoint, kind: inner, path: path, role: ctx.role == .destination ? .destination : .source, compressionLevel: level,
+                pointCodec: ctx.plan.copy.pointCodec)
         }
     }
 

@@ -158,7 +158,8 @@ extension RemoteServer {
         }
         defer { reader.close() }
         let bytes = try reader.read(count: a.length, at: a.offset)
-        return Codec.reply(bytes, zstd: a.zstd, level: 3)
+        let runs = a.zstd && a.points == true ? (store as? any PointLayoutProviding)?.pointRuns(reader) ?? [] : []
+        return Codec.reply(bytes, zstd: a.zstd, level: 3, offset: a.offset, runs: runs)
     }
 
     private func hash(_ store: any Store, path: String, ranges: [ByteRange]) throws -> [RangeDigest]? {
@@ -251,17 +252,27 @@ extension RemoteServer {
 /// How bodies are encoded on the wire: zstd when it is smaller, a run of zeros as its length alone.
 enum Codec {
     /// The encoding and body for `bytes`: `zero` (no body), `zstd` when smaller, else `none`.
-    static func encode(_ bytes: UnsafeRawBufferPointer, compressor: ZstdCompressor?) -> (encoding: String, body: [UInt8]) {
+    /// With `runs` (where the object's Whisper points are), the point codec is tried too and kept when smaller.
+    static func encode(
+        _ bytes: UnsafeRawBufferPointer, compressor: ZstdCompressor?, offset: Int64 = 0, runs: [ByteRange] = []
+    ) -> (encoding: String, body: [UInt8]) {
         if bytes.count > 0 && Bytes.isZero(bytes) { return ("zero", []) }
+        var best: (encoding: String, body: [UInt8]) = ("none", Array(bytes))
         if let compressor, bytes.count >= 64 {
             let z = compressor.compress(bytes)
-            if z.count < bytes.count { return ("zstd", z) }
+            if z.count < best.body.count { best = ("zstd", z) }
+            if !PointCodec.pointSpans(count: bytes.count, offset: offset, runs: runs).isEmpty {
+                let p = PointCodec.encode(bytes, offset: offset, runs: runs, compressor: compressor).body
+                if p.count < best.body.count { best = ("points", p) }
+            }
         }
-        return ("none", Array(bytes))
+        return best
     }
 
-    static func reply(_ bytes: [UInt8], zstd: Bool, level: Int32) -> ServerReply {
-        let (encoding, body) = bytes.withUnsafeBytes { encode($0, compressor: zstd ? ZstdCompressor(level: level) : nil) }
+    static func reply(_ bytes: [UInt8], zstd: Bool, level: Int32, offset: Int64 = 0, runs: [ByteRange] = []) -> ServerReply {
+        let (encoding, body) = bytes.withUnsafeBytes {
+            encode($0, compressor: zstd ? ZstdCompressor(level: level) : nil, offset: offset, runs: runs)
+        }
         return .bytes(
             status: 200, headers: [(Wire.Header.encoding, encoding), (Wire.Header.length, String(bytes.count))], body: body)
     }
@@ -275,6 +286,12 @@ enum Codec {
         switch encoding ?? "none" {
         case "none": out = body
         case "zero": out = [UInt8](repeating: 0, count: length)
+        case "points":
+            do {
+                out = try PointCodec.decode(body, length: length)
+            } catch {
+                throw RemoteServer.Refusal(400, "badEncoding", "point codec: \(error)")
+            }
         case "zstd":
             do {
                 out = try ZstdDecompressor().decompress(body, limit: limit)

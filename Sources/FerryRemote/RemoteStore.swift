@@ -40,6 +40,8 @@ public class RemoteStore: Store, RangeHashing, WireCounting, @unchecked Sendable
     public let endpoint: RemoteEndpoint
     let ref: Wire.StoreRef
     let compressionLevel: Int32?
+    /// Whisper files travel in the point codec where it is smaller than zstd (`copy.point_codec`).
+    let pointCodec: Bool
     /// Idle clients (libcurl handles, each keeping its connection alive); one thread uses a client at a time.
     private let clientLock = NSLock()
     nonisolated(unsafe) private var idleClients: [HTTPClient] = []
@@ -51,16 +53,22 @@ public class RemoteStore: Store, RangeHashing, WireCounting, @unchecked Sendable
     public var displayName: String { "remote:\(endpoint.baseURL)/\(ref.kind):\(ref.path)" }
 
     /// `kind` is the far store's kind, `path` its directory on the far host, `role` what it is opened for.
-    public required init(endpoint: RemoteEndpoint, kind: String, path: String, role: StoreRole, compressionLevel: Int?) {
+    public required init(
+        endpoint: RemoteEndpoint, kind: String, path: String, role: StoreRole, compressionLevel: Int?, pointCodec: Bool = true
+    ) {
+        self.pointCodec = pointCodec && compressionLevel != nil
         self.endpoint = endpoint
         ref = Wire.StoreRef(kind: kind, role: role == .destination ? "destination" : "source", path: path)
         self.compressionLevel = compressionLevel.map { Int32($0) }
     }
 
     /// The right class for a far store kind: metric trees merge, compare points and check fences.
-    public static func make(endpoint: RemoteEndpoint, kind: String, path: String, role: StoreRole, compressionLevel: Int?) -> RemoteStore {
+    public static func make(
+        endpoint: RemoteEndpoint, kind: String, path: String, role: StoreRole, compressionLevel: Int?, pointCodec: Bool = true
+    ) -> RemoteStore {
         let type: RemoteStore.Type = kind == "fs" ? RemoteTreeStore.self : RemoteMetricStore.self
-        return type.init(endpoint: endpoint, kind: kind, path: path, role: role, compressionLevel: compressionLevel)
+        return type.init(
+            endpoint: endpoint, kind: kind, path: path, role: role, compressionLevel: compressionLevel, pointCodec: pointCodec)
     }
 
     public var wireTotals: WireTotals { counters.withLock { $0 } }
@@ -240,7 +248,7 @@ public class RemoteStore: Store, RangeHashing, WireCounting, @unchecked Sendable
 
     /// Reads up to `length` bytes at `offset` (compressed on the way when the plan compresses).
     func readRange(_ path: String, offset: Int64, length: Int) throws -> [UInt8]? {
-        let args = Wire.ReadArgs(path: path, offset: offset, length: length, zstd: compressionLevel != nil)
+        let args = Wire.ReadArgs(path: path, offset: offset, length: length, zstd: compressionLevel != nil, points: pointCodec)
         let r: HTTPResponse
         do {
             r = try call("read", body: Wire.encode(args))
@@ -293,7 +301,10 @@ public class RemoteStore: Store, RangeHashing, WireCounting, @unchecked Sendable
         guard size <= limit else { throw FerryError(.sourceIO, "\(RawName.display(path)): \(size) bytes, more than the \(limit) sent for a merge") }
         let bytes = try reader.read(count: size, at: 0)
         count(logical: bytes.count)
-        let (encoding, body) = bytes.withUnsafeBytes { Codec.encode($0, compressor: ZstdCompressor(level: compressionLevel ?? 3)) }
+        let runs = pointCodec ? (source as? any PointLayoutProviding)?.pointRuns(reader) ?? [] : []
+        let (encoding, body) = bytes.withUnsafeBytes {
+            Codec.encode($0, compressor: ZstdCompressor(level: compressionLevel ?? 3), runs: runs)
+        }
         let r = try call(
             operation, body: body,
             headers: [
@@ -362,10 +373,11 @@ final class RemoteReader: ObjectReader {
     func close() {}
 }
 
-final class RemoteWriter: DigestAwareWriter {
+final class RemoteWriter: DigestAwareWriter, PointLayoutAccepting {
     let store: RemoteStore
     let id: String
     let path: String
+    var pointRuns: [ByteRange] = []
     lazy var compressor: ZstdCompressor? = store.compressionLevel.map { ZstdCompressor(level: $0) }
 
     init(store: RemoteStore, id: String, path: String) {
@@ -381,7 +393,7 @@ final class RemoteWriter: DigestAwareWriter {
     /// Sends one chunk with the SHA-256 of its uncompressed bytes, which the far side checks before writing; a
     /// chunk damaged on the way is sent again.
     func write(_ bytes: UnsafeRawBufferPointer, at offset: Int64, sha256Hex: String) throws {
-        let (encoding, body) = Codec.encode(bytes, compressor: compressor)
+        let (encoding, body) = Codec.encode(bytes, compressor: compressor, offset: offset, runs: pointRuns)
         let headers = [
             (Wire.Header.encoding, encoding), (Wire.Header.length, String(bytes.count)), (Wire.Header.sha256, sha256Hex),
             (Wire.Header.arguments, String(decoding: Wire.encode(Wire.WriteArgs(id: id, offset: offset)), as: UTF8.self)),
@@ -399,6 +411,10 @@ final class RemoteWriter: DigestAwareWriter {
     }
 
     func accept(chunkDigests: [String]) {}
+
+    func accept(pointRuns: [ByteRange]) {
+        if store.pointCodec { self.pointRuns = pointRuns }
+    }
 
     func makeDurable() throws {
         _ = try store.json("writer/durable", Wire.WriterRef(id: id), as: Wire.Done.self)

@@ -97,6 +97,8 @@ public enum Wire {
         public var offset: Int64
         public var length: Int
         public var zstd: Bool
+        /// Whisper files may come back in the point codec (absent from older clients: no).
+        public var points: Bool? = nil
     }
 
     public struct OpenWriterArgs: Codable, Sendable {

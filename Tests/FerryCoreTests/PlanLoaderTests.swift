@@ -61,6 +61,10 @@ import Testing
         #expect(l.first?.field == "copy.compression_level" && l.first?.line == 6, "\(l)")
         #expect(try parse(try base(dir) + "copy: { compression: off }\n", in: dir).get().copy.compression == "none")
         #expect(try parse(try base(dir) + "copy: { compression_level: 9 }\n", in: dir).get().copy.compressionLevel == 9)
+        #expect(plain.copy.pointCodec)
+        #expect(try parse(try base(dir) + "copy: { point_codec: off }\n", in: dir).get().copy.pointCodec == false)
+        let p = diagnostics(try base(dir) + "copy:\n  point_codec: maybe\n", in: dir)
+        #expect(p.first?.field == "copy.point_codec" && p.first?.line == 6, "\(p)")
     }
 
     @Test func malformedYAMLNamesLine() throws {
