@@ -270,8 +270,8 @@ public func waitUntil(timeout: Double, _ condition: () throws -> Bool) rethrows 
 
 extension WhisperOracle {
     /// Every metric under `root` with its finest archive's points, read by the reference `whisper` package.
-    public static func treePoints(_ root: String) throws -> [String: [Int: Double]] {
-        let text = try run(["tree-points", root])
+    public static func treePoints(_ root: String, prefix: [String] = []) throws -> [String: [Int: Double]] {
+        let text = try run(["tree-points", root], prefix: prefix)
         let json = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: [String: Double]] ?? [:]
         return json.mapValues { d in Dictionary(uniqueKeysWithValues: d.compactMap { k, v in Int(k).map { ($0, v) } }) }
     }

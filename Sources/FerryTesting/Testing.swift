@@ -271,10 +271,12 @@ public enum WhisperOracle {
     }
 
     @discardableResult
-    public static func run(_ args: [String]) throws -> String {
+    /// `prefix` runs it elsewhere (on another host of a `TwoHosts`: its `far` or `near`).
+    public static func run(_ args: [String], prefix: [String] = []) throws -> String {
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["python3", script] + args
+        let command = prefix + ["/usr/bin/env", "python3", script] + args
+        p.executableURL = URL(fileURLWithPath: command[0])
+        p.arguments = Array(command.dropFirst())
         let out = Pipe()
         p.standardOutput = out
         try p.run()
