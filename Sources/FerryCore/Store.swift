@@ -328,6 +328,13 @@ public protocol WireCounting: Sendable {
     var wireTotals: WireTotals { get }
 }
 
+/// A store whose bytes cross a network and that paces them itself: `acquire` is called with the size of each
+/// body as it goes on (or comes off) the wire, compressed, so `copy.bandwidth` limits the link, not the logical
+/// bytes.
+public protocol WirePacing: WireCounting {
+    func pace(with acquire: @escaping @Sendable (Int) -> Void)
+}
+
 /// An object whose bytes are in memory (a converted file, a staged copy).
 public final class BytesReader: ObjectReader {
     let bytes: [UInt8]

@@ -58,7 +58,11 @@ final class CopyPhase: @unchecked Sendable {
         self.ledger = ledger
         self.chunkSize = chunkSize
         self.concurrency = concurrency
-        self.throttle = bandwidth.map { Throttle(bytesPerSecond: $0) }
+        // A store across a network paces its own wire bytes (compressed); otherwise the logical bytes are paced.
+        let limit = bandwidth.map { Throttle(bytesPerSecond: $0) }
+        let paced = [source, destination].compactMap { $0 as? any WirePacing }
+        if let limit { for store in paced { store.pace { limit.acquire($0) } } }
+        self.throttle = paced.isEmpty ? limit : nil
         self.progress = progress
         self.logger = logger
     }

@@ -8,11 +8,14 @@ import FerryZstd
 /// 12-byte points (a 4-byte big-endian timestamp and an 8-byte big-endian value) is split into a timestamp plane
 /// and a value plane:
 /// - timestamps become the difference to the previous one (regular steps, so one repeated value);
-/// - values become the XOR with the previous value's bits, as Gorilla does (few changing bits);
+/// - values become the XOR with the previous value's bits, as Gorilla does (few changing bits), or stay as they
+///   are when they repeat exactly (a gauge of a few distinct values, which XOR would scatter);
 /// - both planes are transposed byte by byte, so the zero bytes of each column lie together, then zstd.
 ///
-/// Each array takes whichever of zeros, planes+zstd, zstd or raw is smallest, so a sparse or empty archive never
-/// gets worse than plain zstd. The receiver checks the restored chunk against its SHA-256 as for any encoding.
+/// Each array takes whichever of zeros, the two plane forms and plain zstd is smallest (raw when nothing is
+/// smaller), so a sparse or empty archive does not get worse than plain zstd. An array up to 256 KiB is encoded
+/// every way; a larger one is judged on four evenly spread 16 KiB samples, then encoded once. The receiver checks
+/// the restored chunk against its SHA-256 as for any encoding.
 ///
 /// Segment: tag (1 byte), decoded length (u32 LE), payload length (u32 LE), payload.
 enum PointCodec {
@@ -23,6 +26,7 @@ enum PointCodec {
         case zstd = 1
         case zero = 2
         case planes = 3
+        case valuePlanes = 4
     }
 
     /// What was chosen, segment by segment (for tests and the benchmark's report).
@@ -61,15 +65,8 @@ enum PointCodec {
                 emit(.zero, decoded: part.count, [])
                 continue
             }
-            let z = compressor.compress(part)
-            let p = compressor.compress(planes(part))
-            if p.count < z.count && p.count < part.count {
-                emit(.planes, decoded: part.count, p)
-            } else if z.count < part.count {
-                emit(.zstd, decoded: part.count, z)
-            } else {
-                emit(.raw, decoded: part.count, Array(part))
-            }
+            let (tag, payload) = choose(part, compressor: compressor)
+            if payload.count < part.count { emit(tag, decoded: part.count, payload) } else { emit(.raw, decoded: part.count, Array(part)) }
         }
         plain(UnsafeRawBufferPointer(rebasing: bytes[at..<bytes.count]))
         return (body, choices)
@@ -97,30 +94,66 @@ enum PointCodec {
         return out
     }
 
-    /// The planes of whole points: timestamp deltas then value XORs, each transposed byte by byte.
-    static func planes(_ points: UnsafeRawBufferPointer) -> [UInt8] {
+    /// Archives up to this size are encoded every way and the smallest kept; a larger one is judged on samples.
+    static let wholeTrial = 256 << 10
+    static let samples = 4
+    static let samplePoints = 1365  // 16 KiB of points per sample
+
+    /// The encoding for one array of whole points: plain zstd, planes with values XORed (Gorilla: values that
+    /// change a little), or planes with the values as they are (values that repeat exactly, which XOR would
+    /// scatter). Ties go to plain zstd.
+    static func choose(_ part: UnsafeRawBufferPointer, compressor: ZstdCompressor) -> (Tag, [UInt8]) {
+        func encodings(_ t: UnsafeRawBufferPointer) -> [(Tag, [UInt8])] {
+            // In order of preference on a tie.
+            [
+                (.zstd, compressor.compress(t)), (.planes, compressor.compress(planes(t, xor: true))),
+                (.valuePlanes, compressor.compress(planes(t, xor: false))),
+            ]
+        }
+        func smallest(_ list: [(Tag, [UInt8])]) -> (Tag, [UInt8]) {
+            list.dropFirst().reduce(list[0]) { $1.1.count < $0.1.count ? $1 : $0 }
+        }
+        if part.count <= wholeTrial { return smallest(encodings(part)) }
+        // Evenly spread samples: a ring that is full at one end and empty at the other is seen at both.
+        let n = part.count / pointSize
+        var sample: [UInt8] = []
+        sample.reserveCapacity(samples * samplePoints * pointSize)
+        for k in 0..<samples {
+            let first = (n - samplePoints) * k / (samples - 1)
+            sample += part[(first * pointSize)..<((first + samplePoints) * pointSize)]
+        }
+        let tag = smallest(sample.withUnsafeBytes { encodings($0) }).0
+        switch tag {
+        case .zstd: return (tag, compressor.compress(part))
+        default: return (tag, compressor.compress(planes(part, xor: tag == .planes)))
+        }
+    }
+
+    /// The planes of whole points: timestamp deltas then values (XORed with the previous one, or as they are),
+    /// each transposed byte by byte.
+    static func planes(_ points: UnsafeRawBufferPointer, xor: Bool) -> [UInt8] {
         let n = points.count / pointSize
-        var out = [UInt8](repeating: 0, count: n * pointSize)
         var previousTime: UInt32 = 0
         var previousValue: UInt64 = 0
-        out.withUnsafeMutableBytes { o in
+        // Every byte is written below, so the buffer is not zero-filled first.
+        return [UInt8](unsafeUninitializedCapacity: n * pointSize) { o, count in
+            count = n * pointSize
             for i in 0..<n {
                 let p = i * pointSize
                 let t = bigEndian32(points, p)
                 let v = bigEndian64(points, p + 4)
                 let dt = t &- previousTime
-                let xv = v ^ previousValue
+                let xv = xor ? v ^ previousValue : v
                 previousTime = t
                 previousValue = v
                 for b in 0..<4 { o[b * n + i] = UInt8(truncatingIfNeeded: dt >> (8 * (3 - b))) }
                 for b in 0..<8 { o[(4 + b) * n + i] = UInt8(truncatingIfNeeded: xv >> (8 * (7 - b))) }
             }
         }
-        return out
     }
 
     /// The points that `planes` were made from.
-    static func points(fromPlanes planes: [UInt8]) -> [UInt8] {
+    static func points(fromPlanes planes: [UInt8], xor: Bool) -> [UInt8] {
         let n = planes.count / pointSize
         var out = [UInt8](repeating: 0, count: n * pointSize)
         var time: UInt32 = 0
@@ -133,7 +166,7 @@ enum PointCodec {
                     for b in 0..<4 { dt = dt << 8 | UInt32(s[b * n + i]) }
                     for b in 0..<8 { xv = xv << 8 | UInt64(s[(4 + b) * n + i]) }
                     time = time &+ dt
-                    value ^= xv
+                    value = xor ? value ^ xv : xv
                     let p = i * pointSize
                     for b in 0..<4 { o[p + b] = UInt8(truncatingIfNeeded: time >> (8 * (3 - b))) }
                     for b in 0..<8 { o[p + 4 + b] = UInt8(truncatingIfNeeded: value >> (8 * (7 - b))) }
@@ -169,7 +202,7 @@ enum PointCodec {
             case .zero:
                 guard payload == 0 else { throw CodecError("a zero segment carries \(payload) bytes") }
                 out += repeatElement(0, count: decoded)
-            case .zstd, .planes:
+            case .zstd, .planes, .valuePlanes:
                 let bytes: [UInt8]
                 do {
                     bytes = try slice.withUnsafeBytes { try decompressor.decompress($0, limit: decoded) }
@@ -179,9 +212,9 @@ enum PointCodec {
                 guard bytes.count == decoded else {
                     throw CodecError("a segment decodes to \(bytes.count) bytes, not the \(decoded) stated")
                 }
-                if tag == .planes {
+                if tag != .zstd {
                     guard decoded % pointSize == 0 else { throw CodecError("a point segment of \(decoded) bytes holds no whole points") }
-                    out += points(fromPlanes: bytes)
+                    out += points(fromPlanes: bytes, xor: tag == .planes)
                 } else {
                     out += bytes
                 }

@@ -77,6 +77,9 @@ extension RemoteServer {
         case "writer/write":
             try write(request)
             return Self.done
+        case "writer/put":
+            try put(store, request)
+            return Self.done
         case "writer/durable":
             let a = try args(Wire.WriterRef.self, request)
             try writer(a.id ?? "").use { try $0.makeDurable() }
@@ -186,8 +189,8 @@ extension RemoteServer {
         return out
     }
 
-    private func write(_ request: ServerRequest) throws {
-        let a = try headerArgs(Wire.WriteArgs.self, request)
+    /// The chunk a request carries, decoded and checked against the SHA-256 it was sent with.
+    private func checkedChunk(_ request: ServerRequest, offset: Int64) throws -> (bytes: [UInt8], sha256: String) {
         guard let want = request.headers[Wire.Header.sha256], want.utf8.count == 64 else {
             throw Refusal(400, "badRequest", "a chunk needs its SHA-256 in \(Wire.Header.sha256)")
         }
@@ -195,17 +198,42 @@ extension RemoteServer {
         let got = SHA256Hasher.digest(bytes).hex
         guard got == want.lowercased() else {
             // Damaged on the way (or by the client): refused before a byte is written; the client sends it again.
-            throw Refusal(422, "checksum", "the chunk at offset \(a.offset) arrived with SHA-256 \(got), not the \(want) it was sent with")
+            throw Refusal(422, "checksum", "the chunk at offset \(offset) arrived with SHA-256 \(got), not the \(want) it was sent with")
         }
-        let slot = try writer(a.id)
-        try slot.use { w in
-            try bytes.withUnsafeBytes { b in
-                if let aware = w as? any DigestAwareWriter {
-                    try aware.write(b, at: a.offset, sha256Hex: got)
-                } else {
-                    try w.write(b, at: a.offset)
-                }
+        return (bytes, got)
+    }
+
+    private static func write(_ w: any ObjectWriter, _ bytes: [UInt8], at offset: Int64, sha256: String) throws {
+        try bytes.withUnsafeBytes { b in
+            if let aware = w as? any DigestAwareWriter {
+                try aware.write(b, at: offset, sha256Hex: sha256)
+            } else {
+                try w.write(b, at: offset)
             }
+        }
+    }
+
+    private func write(_ request: ServerRequest) throws {
+        let a = try headerArgs(Wire.WriteArgs.self, request)
+        let (bytes, sha256) = try checkedChunk(request, offset: a.offset)
+        try writer(a.id).use { try Self.write($0, bytes, at: a.offset, sha256: sha256) }
+    }
+
+    /// A whole object in one request: checked, written, published; nothing is left behind when a step fails.
+    private func put(_ store: any Store, _ request: ServerRequest) throws {
+        let a = try headerArgs(Wire.PutArgs.self, request)
+        _ = try checked(a.entry.path)
+        let (bytes, sha256) = try checkedChunk(request, offset: 0)
+        guard let w = try store.openWriter(for: a.entry, token: a.token, resume: false) else {
+            throw Refusal(500, FerryError.Code.destinationIO.rawValue, "cannot create \(RawName.display(a.entry.path))")
+        }
+        do {
+            if !bytes.isEmpty { try Self.write(w, bytes, at: 0, sha256: sha256) }
+            if let aware = w as? any DigestAwareWriter { aware.accept(chunkDigests: bytes.isEmpty ? [] : [sha256]) }
+            try w.publish(a.publish ?? a.entry)
+        } catch {
+            w.discard()
+            throw error
         }
     }
 
@@ -252,21 +280,19 @@ extension RemoteServer {
 /// How bodies are encoded on the wire: zstd when it is smaller, a run of zeros as its length alone.
 enum Codec {
     /// The encoding and body for `bytes`: `zero` (no body), `zstd` when smaller, else `none`.
-    /// With `runs` (where the object's Whisper points are), the point codec is tried too and kept when smaller.
+    /// With `runs` (where the object's Whisper points are), the point codec, which chooses part by part.
     static func encode(
         _ bytes: UnsafeRawBufferPointer, compressor: ZstdCompressor?, offset: Int64 = 0, runs: [ByteRange] = []
     ) -> (encoding: String, body: [UInt8]) {
         if bytes.count > 0 && Bytes.isZero(bytes) { return ("zero", []) }
-        var best: (encoding: String, body: [UInt8]) = ("none", Array(bytes))
-        if let compressor, bytes.count >= 64 {
-            let z = compressor.compress(bytes)
-            if z.count < best.body.count { best = ("zstd", z) }
-            if !PointCodec.pointSpans(count: bytes.count, offset: offset, runs: runs).isEmpty {
-                let p = PointCodec.encode(bytes, offset: offset, runs: runs, compressor: compressor).body
-                if p.count < best.body.count { best = ("points", p) }
-            }
+        guard let compressor, bytes.count >= 64 else { return ("none", Array(bytes)) }
+        if !PointCodec.pointSpans(count: bytes.count, offset: offset, runs: runs).isEmpty {
+            // Each part already takes the smaller of zstd and the planes (or raw): no whole-chunk attempt.
+            let p = PointCodec.encode(bytes, offset: offset, runs: runs, compressor: compressor).body
+            return p.count < bytes.count ? ("points", p) : ("none", Array(bytes))
         }
-        return best
+        let z = compressor.compress(bytes)
+        return z.count < bytes.count ? ("zstd", z) : ("none", Array(bytes))
     }
 
     static func reply(_ bytes: [UInt8], zstd: Bool, level: Int32, offset: Int64 = 0, runs: [ByteRange] = []) -> ServerReply {

@@ -166,7 +166,7 @@ public final class RemoteServer: @unchecked Sendable {
     /// The largest body an operation accepts.
     func bodyLimit(_ uri: String) -> Int {
         switch Self.operation(uri) {
-        case "writer/write": return config.maxChunk + config.maxChunk / 128 + 4096
+        case "writer/write", "writer/put": return config.maxChunk + config.maxChunk / 128 + 4096
         case "merge", "compare": return config.maxStaged + config.maxStaged / 128 + 4096
         default: return Wire.maxJSON
         }

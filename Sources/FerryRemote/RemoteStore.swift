@@ -35,7 +35,7 @@ public struct RemoteEndpoint: Sendable {
 /// A store on another host, through its `ferry serve`: every Store operation becomes one request. Chunks
 /// travel zstd-compressed (zero runs as their length), verify asks the far side for digests (`RangeHashing`),
 /// and the metric kinds merge and compare points on the far side, next to the live files.
-public class RemoteStore: Store, RangeHashing, WireCounting, @unchecked Sendable {
+public class RemoteStore: Store, RangeHashing, WirePacing, @unchecked Sendable {
     // @unchecked: configuration is immutable; the client pool and counters are behind Mutexes.
     public let endpoint: RemoteEndpoint
     let ref: Wire.StoreRef
@@ -46,6 +46,7 @@ public class RemoteStore: Store, RangeHashing, WireCounting, @unchecked Sendable
     private let clientLock = NSLock()
     nonisolated(unsafe) private var idleClients: [HTTPClient] = []
     private let counters = Mutex(WireTotals())
+    private let pacer = Mutex<(@Sendable (Int) -> Void)?>(nil)
     /// The far side's own temporaries seen by the last walk (partial files: a handful).
     private let temporaries = Mutex<Set<String>>([])
     let retries = 3
@@ -73,6 +74,8 @@ public class RemoteStore: Store, RangeHashing, WireCounting, @unchecked Sendable
 
     public var wireTotals: WireTotals { counters.withLock { $0 } }
 
+    public func pace(with acquire: @escaping @Sendable (Int) -> Void) { pacer.withLock { $0 = acquire } }
+
     // MARK: - transport
 
     private func withClient<T>(_ body: (HTTPClient) throws -> T) throws -> T {
@@ -97,7 +100,8 @@ public class RemoteStore: Store, RangeHashing, WireCounting, @unchecked Sendable
     }
 
     func headers(_ extra: [(String, String)] = []) -> [(String, String)] {
-        [("Authorization", endpoint.token.header), (Wire.Header.store, ref.header)] + extra
+        // libcurl's own Accept and form Content-Type say nothing here: left out, as every byte is on the link.
+        [("Authorization", endpoint.token.header), (Wire.Header.store, ref.header), ("Accept", ""), ("Content-Type", "")] + extra
     }
 
     /// One request; a transport failure (connection refused or reset, timeout) is retried with backoff when the
@@ -107,8 +111,10 @@ public class RemoteStore: Store, RangeHashing, WireCounting, @unchecked Sendable
         sink: ((UnsafeRawBufferPointer) -> Bool)? = nil
     ) throws -> HTTPResponse {
         var attempt = 0
+        let pace = pacer.withLock { $0 }
         while true {
             do {
+                pace?(body.count)
                 let response = try withClient { c in
                     try c.perform(
                         method: "POST", url: endpoint.baseURL + "/v1/" + operation, headers: headers(extra), upload: .bytes(body),
@@ -118,6 +124,8 @@ public class RemoteStore: Store, RangeHashing, WireCounting, @unchecked Sendable
                     $0.sent += Int64(body.count)
                     $0.received += Int64(response.body.count)
                 }
+                // What came back (a ranged read) is charged after the fact: the next request waits it out.
+                pace?(response.body.count)
                 guard response.status == 200 else { throw failure(operation, response) }
                 return response
             } catch let e as HTTPTransportError {
@@ -266,6 +274,8 @@ public class RemoteStore: Store, RangeHashing, WireCounting, @unchecked Sendable
     }
 
     public func openWriter(for entry: Entry, token: String, resume: Bool) throws -> (any ObjectWriter)? {
+        // A new object is opened on the far side with its first need (or created, written and published at once).
+        if !resume { return RemoteWriter(store: self, deferring: entry, token: token) }
         let ref = try json("writer/open", Wire.OpenWriterArgs(entry: entry, token: token, resume: resume), as: Wire.WriterRef.self, idempotent: false)
         guard let id = ref.id else { return nil }
         return RemoteWriter(store: self, id: id, path: entry.path)
@@ -373,10 +383,16 @@ final class RemoteReader: ObjectReader {
     func close() {}
 }
 
+/// Writes one object on the far side. A new object is opened lazily: one that is written whole at offset 0 and
+/// published (every object up to the chunk size) travels in a single `writer/put` request; anything else opens
+/// a writer there on first need and sends the held chunk.
 final class RemoteWriter: DigestAwareWriter, PointLayoutAccepting {
     let store: RemoteStore
-    let id: String
     let path: String
+    private var id: String?
+    /// Not yet opened on the far side: the entry and token to open it with, and the chunk held for it.
+    private var deferred: (entry: Entry, token: String)?
+    private var held: (bytes: [UInt8], sha256: String)?
     var pointRuns: [ByteRange] = []
     lazy var compressor: ZstdCompressor? = store.compressionLevel.map { ZstdCompressor(level: $0) }
 
@@ -386,28 +402,69 @@ final class RemoteWriter: DigestAwareWriter, PointLayoutAccepting {
         self.path = path
     }
 
+    init(store: RemoteStore, deferring entry: Entry, token: String) {
+        self.store = store
+        self.path = entry.path
+        self.deferred = (entry, token)
+    }
+
+    /// The far writer, opened now if it was deferred (the held chunk sent to it).
+    private func opened() throws -> String {
+        if let id { return id }
+        guard let (entry, token) = deferred else { throw FerryError(.destinationIO, "\(RawName.display(path)): the writer was discarded") }
+        let ref = try store.json(
+            "writer/open", Wire.OpenWriterArgs(entry: entry, token: token, resume: false), as: Wire.WriterRef.self, idempotent: false)
+        guard let opened = ref.id else { throw FerryError(.destinationIO, "cannot create \(RawName.display(path)) at \(store.displayName)") }
+        id = opened
+        deferred = nil
+        if let (bytes, sha256) = held {
+            held = nil
+            try bytes.withUnsafeBytes { try send($0, at: 0, sha256Hex: sha256, to: opened) }
+        }
+        return opened
+    }
+
     func write(_ bytes: UnsafeRawBufferPointer, at offset: Int64) throws {
         try write(bytes, at: offset, sha256Hex: SHA256Hasher.digest(Array(bytes)).hex)
     }
 
-    /// Sends one chunk with the SHA-256 of its uncompressed bytes, which the far side checks before writing; a
-    /// chunk damaged on the way is sent again.
     func write(_ bytes: UnsafeRawBufferPointer, at offset: Int64, sha256Hex: String) throws {
+        if id == nil && held == nil && offset == 0 {
+            held = (Array(bytes), sha256Hex)
+            return
+        }
+        try send(bytes, at: offset, sha256Hex: sha256Hex, to: try opened())
+    }
+
+    /// The headers of a chunk and its body, encoded.
+    private func encoded(_ bytes: UnsafeRawBufferPointer, at offset: Int64, sha256Hex: String, arguments: [UInt8]) -> ([(String, String)], [UInt8]) {
         let (encoding, body) = Codec.encode(bytes, compressor: compressor, offset: offset, runs: pointRuns)
-        let headers = [
-            (Wire.Header.encoding, encoding), (Wire.Header.length, String(bytes.count)), (Wire.Header.sha256, sha256Hex),
-            (Wire.Header.arguments, String(decoding: Wire.encode(Wire.WriteArgs(id: id, offset: offset)), as: UTF8.self)),
-        ]
+        return (
+            [
+                (Wire.Header.encoding, encoding), (Wire.Header.length, String(bytes.count)), (Wire.Header.sha256, sha256Hex),
+                (Wire.Header.arguments, String(decoding: arguments, as: UTF8.self)),
+            ], body
+        )
+    }
+
+    /// Sends a chunk until it arrives intact: the far side checks the SHA-256 of the uncompressed bytes before
+    /// writing, and a chunk damaged on the way (422) is sent again.
+    private func deliver(_ operation: String, headers: [(String, String)], body: [UInt8], idempotent: Bool, logical: Int) throws {
         var attempt = 0
         while true {
             do {
-                _ = try store.call("writer/write", body: body, headers: headers)
-                store.count(logical: bytes.count)
+                _ = try store.call(operation, body: body, headers: headers, idempotent: idempotent)
+                store.count(logical: logical)
                 return
             } catch let e as FerryError where e.code.rawValue == "checksum" && attempt < 3 {
                 attempt += 1
             }
         }
+    }
+
+    private func send(_ bytes: UnsafeRawBufferPointer, at offset: Int64, sha256Hex: String, to id: String) throws {
+        let (headers, body) = encoded(bytes, at: offset, sha256Hex: sha256Hex, arguments: Wire.encode(Wire.WriteArgs(id: id, offset: offset)))
+        try deliver("writer/write", headers: headers, body: body, idempotent: true, logical: bytes.count)
     }
 
     func accept(chunkDigests: [String]) {}
@@ -417,14 +474,30 @@ final class RemoteWriter: DigestAwareWriter, PointLayoutAccepting {
     }
 
     func makeDurable() throws {
-        _ = try store.json("writer/durable", Wire.WriterRef(id: id), as: Wire.Done.self)
+        _ = try store.json("writer/durable", Wire.WriterRef(id: try opened()), as: Wire.Done.self)
     }
 
     func publish(_ entry: Entry) throws {
-        _ = try store.json("writer/publish", Wire.PublishArgs(id: id, entry: entry), as: Wire.Done.self, idempotent: false)
+        if id == nil, let (opening, token) = deferred {
+            // Open, write and publish in one request (not retried on a transport failure: it may have landed).
+            let (bytes, sha256) = held ?? ([], SHA256Hasher.digest([]).hex)
+            let (headers, body) = bytes.withUnsafeBytes {
+                encoded(
+                    $0, at: 0, sha256Hex: sha256,
+                    arguments: Wire.encode(Wire.PutArgs(entry: opening, publish: entry == opening ? nil : entry, token: token)))
+            }
+            try deliver("writer/put", headers: headers, body: body, idempotent: false, logical: bytes.count)
+            held = nil
+            deferred = nil
+            return
+        }
+        _ = try store.json("writer/publish", Wire.PublishArgs(id: try opened(), entry: entry), as: Wire.Done.self, idempotent: false)
     }
 
     func discard() {
+        held = nil
+        deferred = nil
+        guard let id else { return }
         _ = try? store.json("writer/discard", Wire.WriterRef(id: id), as: Wire.Done.self)
     }
 }

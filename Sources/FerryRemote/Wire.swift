@@ -10,7 +10,8 @@ import Foundation
 /// Answers are JSON, the bytes of a range, or (walk) a stream of JSON lines ending with a terminator line,
 /// so a listing cut short is detected. Failures are a status and `{"code": ..., "message": ...}`.
 public enum Wire {
-    public static let version = 1
+    /// 2: the point codec (`points` encoding) and `writer/put`.
+    public static let version = 2
     /// JSON request bodies above this are refused (413).
     public static let maxJSON = 4 << 20
 
@@ -119,6 +120,15 @@ public enum Wire {
     public struct PublishArgs: Codable, Sendable {
         public var id: String
         public var entry: Entry
+    }
+
+    /// A whole object in one request (open, write at offset 0, publish): the object as opened, the entry it is
+    /// published with, the writer's token.
+    public struct PutArgs: Codable, Sendable {
+        public var entry: Entry
+        /// Absent when it is `entry`.
+        public var publish: Entry?
+        public var token: String
     }
 
     public struct HashArgs: Codable, Sendable {

@@ -24,14 +24,13 @@ public final class ZstdCompressor {
     /// One complete zstd frame holding `source`.
     public func compress(_ source: UnsafeRawBufferPointer) -> [UInt8] {
         let bound = ZSTD_compressBound(source.count)
-        var out = [UInt8](repeating: 0, count: bound)
-        let n = out.withUnsafeMutableBytes { dst in
-            ZSTD_compress2(context, dst.baseAddress, dst.count, source.baseAddress, source.count)
+        // Not zero-filled first: zstd writes what it returns, and only that much is kept.
+        return [UInt8](unsafeUninitializedCapacity: bound) { dst, count in
+            let n = ZSTD_compress2(context, dst.baseAddress, dst.count, source.baseAddress, source.count)
+            // With a buffer of compressBound bytes, compression cannot fail for lack of room.
+            precondition(ZSTD_isError(n) == 0, "ZSTD_compress2: \(String(cString: ZSTD_getErrorName(n)))")
+            count = n
         }
-        // With a buffer of compressBound bytes, compression cannot fail for lack of room.
-        precondition(ZSTD_isError(n) == 0, "ZSTD_compress2: \(String(cString: ZSTD_getErrorName(n)))")
-        out.removeSubrange(n...)
-        return out
     }
 
     public func compress(_ source: [UInt8]) -> [UInt8] { source.withUnsafeBytes { compress($0) } }
@@ -55,12 +54,14 @@ public final class ZstdDecompressor {
         if size == ZSTD_CONTENTSIZE_ERROR { throw ZstdError(description: "not a zstd frame") }
         if size == ZSTD_CONTENTSIZE_UNKNOWN { throw ZstdError(description: "the zstd frame does not state its size") }
         guard size <= UInt64(limit) else { throw ZstdError(description: "the zstd frame holds \(size) bytes, more than the \(limit) allowed") }
-        var out = [UInt8](repeating: 0, count: Int(size))
-        let n = out.withUnsafeMutableBytes { dst in
-            ZSTD_decompressDCtx(context, dst.baseAddress, dst.count, frame.baseAddress, frame.count)
+        var n = 0
+        // Not zero-filled first: only the bytes zstd wrote are kept.
+        let out = [UInt8](unsafeUninitializedCapacity: Int(size)) { dst, count in
+            n = ZSTD_decompressDCtx(context, dst.baseAddress, dst.count, frame.baseAddress, frame.count)
+            count = ZSTD_isError(n) != 0 ? 0 : n
         }
         if ZSTD_isError(n) != 0 { throw ZstdError(description: "corrupt zstd frame: \(String(cString: ZSTD_getErrorName(n)))") }
-        guard n == out.count else { throw ZstdError(description: "the zstd frame decoded to \(n) bytes, not the \(size) it states") }
+        guard n == Int(size) else { throw ZstdError(description: "the zstd frame decoded to \(n) bytes, not the \(size) it states") }
         return out
     }
 

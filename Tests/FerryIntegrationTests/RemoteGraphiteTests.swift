@@ -255,3 +255,36 @@ extension RemoteHostsTests {
         #expect(found.all.contains("servers/h1/m4.wsp"), "\(found.all)")
     }
 }
+
+extension RemoteHostsTests {
+    /// `copy.bandwidth` limits the bytes on the link, not the logical ones: 16 MiB of compressible text and 1 MiB
+    /// of random bytes at 1 MiB/s take about as long as their compressed size needs (paced at the logical bytes
+    /// they would take at least 16 s), and no less than the random part alone needs.
+    @Test func bandwidthLimitsTheBytesOnTheWire() throws {
+        let dir = TempDir("two-hosts-bandwidth")
+        try FileManager.default.createDirectory(atPath: dir.sub("src"), withIntermediateDirectories: true)
+        var text = ""
+        for i in 0..<400_000 { text += "2026-12-02T03:00:\(i % 60) GET /media/\(i % 977).png 200 \(i % 13)\n" }
+        let textBytes = Array(text.utf8.prefix(16 << 20))
+        try Data(textBytes).write(to: URL(fileURLWithPath: dir.sub("src/access.log")))
+        var rng = SeededRandom(#function)
+        try Data((0..<(1 << 20)).map { _ in UInt8.random(in: 0...255, using: &rng) }).write(to: URL(fileURLWithPath: dir.sub("src/random.bin")))
+        let hosts = try TwoHosts(farRoot: dir.sub("far"))
+        let server = try FarServer(hosts, token: try token(dir), log: dir.sub("serve.log"), extra: ["--insecure"])
+        defer { server.kill9() }
+        let plan = try remotePlan(
+            dir, hosts, name: "paced", source: "{kind: fs, path: src}", destination: remoteStore(hosts, hosts.farRoot + "/dst"),
+            copy: "copy: {bandwidth: 1MiB/s, chunk_size: 1MiB}")
+        let before = try hosts.farReceivedBytes()
+        let started = Date()
+        let run = try Ferry.run(["run", plan], prefix: hosts.near)
+        let elapsed = Date().timeIntervalSince(started)
+        let received = try hosts.farReceivedBytes() - before
+        #expect(run.status == 0 && run.stdout.contains("result: CLEAN"), "\(run.all)")
+        print("paced run: \(elapsed) s, \(received) bytes received on the far link for \(textBytes.count + (1 << 20)) logical")
+        #expect(received < 4 << 20, "the text did not travel compressed: \(received) bytes")
+        #expect(elapsed < 10, "paced at the logical bytes (17 MiB at 1 MiB/s): \(elapsed) s")
+        #expect(elapsed > 0.6, "not paced at all: 1 MiB of random bytes at 1 MiB/s took \(elapsed) s")
+        #expect(try hosts.farDigests(hosts.farRoot + "/dst") == (try TwoHosts.digests(dir.sub("src"))))
+    }
+}

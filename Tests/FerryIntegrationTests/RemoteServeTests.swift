@@ -126,6 +126,12 @@ import Testing
             out["damaged"] = call("writer/write", payload[:-1] + b"x", hdr("\(good)"))
             out["lying_length"] = call("writer/write", payload, hdr("\(good)", n=10))
             out["bad_zstd"] = call("writer/write", b"\\x28\\xb5\\x2f\\xfd" + b"\\xff" * 50, hdr("\(good)") | {"x-ferry-encoding": "zstd"})
+            # A whole object in one request: damaged, a broken point-codec body, or named outside the root.
+            put = lambda path: {"x-ferry-arguments": json.dumps({"entry": e | {"path": path}, "publish": e | {"path": path}, "token": "py"}),
+                                "x-ferry-sha256": "\(good)", "x-ferry-length": "1000", "x-ferry-encoding": "none"}
+            out["put_damaged"] = call("writer/put", payload[:-1] + b"x", put("f"))
+            out["put_points"] = call("writer/put", b"\\x03\\xe8\\x03\\x00\\x00\\x05\\x00\\x00\\x00abcde", put("f") | {"x-ferry-encoding": "points"})
+            out["put_outside"] = call("writer/put", payload, put("../f"))
             # Declared over the bound: refused from the head, the body never read.
             s = socket.create_connection(("127.0.0.1", port))
             s.sendall(("POST /v1/writer/write HTTP/1.1\\r\\nHost: x\\r\\nAuthorization: Bearer %s\\r\\nContent-Length: %d\\r\\n\\r\\n" % (token, 1 << 30)).encode())
@@ -157,6 +163,11 @@ import Testing
         #expect(damaged[0] as? Int == 422 && (damaged[1] as? [String: Any])?["code"] as? String == "checksum", "\(damaged)")
         #expect((r["lying_length"] as? [Any])?.first as? Int == 400, "\(r)")
         #expect((r["bad_zstd"] as? [Any])?.first as? Int == 400, "\(r)")
+        let putDamaged = try #require(r["put_damaged"] as? [Any])
+        #expect(putDamaged[0] as? Int == 422 && (putDamaged[1] as? [String: Any])?["code"] as? String == "checksum", "\(putDamaged)")
+        #expect((r["put_points"] as? [Any])?.first as? Int == 400, "\(r)")
+        #expect((r["put_outside"] as? [Any])?.first as? Int == 403, "\(r)")
+        #expect(!FileManager.default.fileExists(atPath: rig.root + "/f"))
         #expect((r["declared_huge"] as? String)?.contains("413") == true, "\(r)")
         #expect((r["chunked_huge"] as? String).map { $0.contains("413") || $0 == "reset" || $0.isEmpty } == true, "\(r)")
         #expect((r["deep_json"] as? [Any])?.first as? Int == 400, "\(r)")
