@@ -49,7 +49,9 @@ public class RemoteStore: Store, RangeHashing, WirePacing, @unchecked Sendable {
     private let pacer = Mutex<(@Sendable (Int) -> Void)?>(nil)
     /// The far side's own temporaries seen by the last walk (partial files: a handful).
     private let temporaries = Mutex<Set<String>>([])
-    let retries = 3
+    /// How long a far side that cannot be reached (restarting, a dropped link) is waited for before the job
+    /// fails; requests are retried with backoff meanwhile.
+    let reconnectWindow: Double = 120
 
     public var displayName: String { "remote:\(endpoint.baseURL)/\(ref.kind):\(ref.path)" }
 
@@ -104,13 +106,16 @@ public class RemoteStore: Store, RangeHashing, WirePacing, @unchecked Sendable {
         [("Authorization", endpoint.token.header), (Wire.Header.store, ref.header), ("Accept", ""), ("Content-Type", "")] + extra
     }
 
-    /// One request; a transport failure (connection refused or reset, timeout) is retried with backoff when the
-    /// operation is idempotent. A refusal from the far side becomes a FerryError with its code and message.
+    /// One request. A transport failure is retried with backoff for up to `reconnectWindow` seconds (a restart of
+    /// ferry serve, a dropped link): always when the connection could not be made (nothing was sent), otherwise
+    /// when the operation is idempotent. A refusal from the far side becomes a FerryError with its code and
+    /// message.
     func call(
         _ operation: String, body: [UInt8] = [], headers extra: [(String, String)] = [], idempotent: Bool = true,
         sink: ((UnsafeRawBufferPointer) -> Bool)? = nil
     ) throws -> HTTPResponse {
         var attempt = 0
+        let started = Date()
         let pace = pacer.withLock { $0 }
         while true {
             do {
@@ -137,12 +142,14 @@ public class RemoteStore: Store, RangeHashing, WirePacing, @unchecked Sendable {
                             + "host (set ca: to the CA that signed it)", underlying: e)
                 }
                 attempt += 1
-                guard idempotent, attempt <= retries else {
+                let notSent = e.code == 7  // CURLE_COULDNT_CONNECT: the request never left
+                guard idempotent || notSent, Date().timeIntervalSince(started) < reconnectWindow else {
                     throw FerryError(
                         ref.role == "destination" ? .destinationIO : .sourceIO,
-                        "\(displayName): \(operation) failed: cannot reach ferry serve", underlying: e)
+                        "\(displayName): \(operation) failed: cannot reach ferry serve"
+                            + (idempotent || notSent ? " (retried for \(Int(reconnectWindow))s)" : ""), underlying: e)
                 }
-                Thread.sleep(forTimeInterval: 0.2 * Double(1 << attempt))
+                Thread.sleep(forTimeInterval: min(5, 0.1 * Double(1 << min(attempt, 6))))
             }
         }
     }
@@ -278,7 +285,7 @@ public class RemoteStore: Store, RangeHashing, WirePacing, @unchecked Sendable {
         if !resume { return RemoteWriter(store: self, deferring: entry, token: token) }
         let ref = try json("writer/open", Wire.OpenWriterArgs(entry: entry, token: token, resume: resume), as: Wire.WriterRef.self, idempotent: false)
         guard let id = ref.id else { return nil }
-        return RemoteWriter(store: self, id: id, path: entry.path)
+        return RemoteWriter(store: self, id: id, entry: entry, token: token)
     }
 
     public func makeDirectory(_ entry: Entry) throws { try op("makeDirectory", entry: entry) }
@@ -386,42 +393,93 @@ final class RemoteReader: ObjectReader {
 /// Writes one object on the far side. A new object is opened lazily: one that is written whole at offset 0 and
 /// published (every object up to the chunk size) travels in a single `writer/put` request; anything else opens
 /// a writer there on first need and sends the held chunk.
+///
+/// When the far side forgets the writer (ferry serve restarted, or reaped it while idle), the partial file it
+/// kept is opened again by the writer's token, the chunks sent since the last durable point are sent again, and
+/// the operation goes on: a restart of the server costs the chunks in flight, not the job.
 final class RemoteWriter: DigestAwareWriter, PointLayoutAccepting {
     let store: RemoteStore
     let path: String
     private var id: String?
-    /// Not yet opened on the far side: the entry and token to open it with, and the chunk held for it.
-    private var deferred: (entry: Entry, token: String)?
+    /// What the object is opened (and opened again) with.
+    private let opening: (entry: Entry, token: String)
+    /// Not opened on the far side yet, and the chunk held for it.
+    private var deferred: Bool
     private var held: (bytes: [UInt8], sha256: String)?
+    /// Chunks sent since the last durable point, kept to send again after a restart of the far side (up to
+    /// `unsyncedLimit` bytes; past that a restart fails the file, which the next run resumes).
+    private var unsynced: [(offset: Int64, bytes: [UInt8], sha256: String)] = []
+    private var unsyncedBytes = 0
+    private var recoverable = true
+    static let unsyncedLimit = 256 << 20
     var pointRuns: [ByteRange] = []
     lazy var compressor: ZstdCompressor? = store.compressionLevel.map { ZstdCompressor(level: $0) }
 
-    init(store: RemoteStore, id: String, path: String) {
+    init(store: RemoteStore, id: String, entry: Entry, token: String) {
         self.store = store
         self.id = id
-        self.path = path
+        self.path = entry.path
+        self.opening = (entry, token)
+        self.deferred = false
     }
 
     init(store: RemoteStore, deferring entry: Entry, token: String) {
         self.store = store
         self.path = entry.path
-        self.deferred = (entry, token)
+        self.opening = (entry, token)
+        self.deferred = true
+    }
+
+    private func open(resume: Bool) throws -> String {
+        let ref = try store.json(
+            "writer/open", Wire.OpenWriterArgs(entry: opening.entry, token: opening.token, resume: resume), as: Wire.WriterRef.self,
+            idempotent: false)
+        guard let opened = ref.id else {
+            throw FerryError(
+                .destinationIO,
+                resume
+                    ? "\(RawName.display(path)): the partial file is gone at \(store.displayName) after its restart; run `ferry run` again to resume"
+                    : "cannot create \(RawName.display(path)) at \(store.displayName)")
+        }
+        id = opened
+        return opened
     }
 
     /// The far writer, opened now if it was deferred (the held chunk sent to it).
     private func opened() throws -> String {
         if let id { return id }
-        guard let (entry, token) = deferred else { throw FerryError(.destinationIO, "\(RawName.display(path)): the writer was discarded") }
-        let ref = try store.json(
-            "writer/open", Wire.OpenWriterArgs(entry: entry, token: token, resume: false), as: Wire.WriterRef.self, idempotent: false)
-        guard let opened = ref.id else { throw FerryError(.destinationIO, "cannot create \(RawName.display(path)) at \(store.displayName)") }
-        id = opened
-        deferred = nil
+        let opened = try open(resume: false)
+        deferred = false
         if let (bytes, sha256) = held {
             held = nil
+            try record(0, bytes, sha256)
             try bytes.withUnsafeBytes { try send($0, at: 0, sha256Hex: sha256, to: opened) }
         }
         return opened
+    }
+
+    private func record(_ offset: Int64, _ bytes: [UInt8], _ sha256: String) throws {
+        guard recoverable else { return }
+        unsyncedBytes += bytes.count
+        if unsyncedBytes > Self.unsyncedLimit {
+            recoverable = false
+            unsynced = []
+        } else {
+            unsynced.append((offset, bytes, sha256))
+        }
+    }
+
+    /// Runs `body` with the far writer; when the far side no longer knows it, opens the partial again, sends the
+    /// unsynced chunks again, and (unless `resent` is enough) runs `body` once more.
+    private func withWriter(resentIsEnough: Bool = false, _ body: (String) throws -> Void) throws {
+        let current = try opened()
+        do {
+            try body(current)
+        } catch let e as FerryError where e.code.rawValue == "unknownWriter" && recoverable {
+            let fresh = try open(resume: true)
+            for c in unsynced { try c.bytes.withUnsafeBytes { try send($0, at: c.offset, sha256Hex: c.sha256, to: fresh) } }
+            if !resentIsEnough { try body(fresh) }
+        }
     }
 
     func write(_ bytes: UnsafeRawBufferPointer, at offset: Int64) throws {
@@ -429,11 +487,14 @@ final class RemoteWriter: DigestAwareWriter, PointLayoutAccepting {
     }
 
     func write(_ bytes: UnsafeRawBufferPointer, at offset: Int64, sha256Hex: String) throws {
-        if id == nil && held == nil && offset == 0 {
+        if id == nil && deferred && held == nil && offset == 0 {
             held = (Array(bytes), sha256Hex)
             return
         }
-        try send(bytes, at: offset, sha256Hex: sha256Hex, to: try opened())
+        _ = try opened()
+        try record(offset, Array(bytes), sha256Hex)
+        // After a restart of the far side, sending the unsynced chunks again includes this one.
+        try withWriter(resentIsEnough: recoverable) { try send(bytes, at: offset, sha256Hex: sha256Hex, to: $0) }
     }
 
     /// The headers of a chunk and its body, encoded.
@@ -474,29 +535,33 @@ final class RemoteWriter: DigestAwareWriter, PointLayoutAccepting {
     }
 
     func makeDurable() throws {
-        _ = try store.json("writer/durable", Wire.WriterRef(id: try opened()), as: Wire.Done.self)
+        try withWriter { _ = try store.json("writer/durable", Wire.WriterRef(id: $0), as: Wire.Done.self) }
+        unsynced = []
+        unsyncedBytes = 0
+        recoverable = true
     }
 
     func publish(_ entry: Entry) throws {
-        if id == nil, let (opening, token) = deferred {
-            // Open, write and publish in one request (not retried on a transport failure: it may have landed).
+        if id == nil && deferred {
+            // Open, write and publish in one request (not retried once it may have been sent: it may have landed).
             let (bytes, sha256) = held ?? ([], SHA256Hasher.digest([]).hex)
             let (headers, body) = bytes.withUnsafeBytes {
                 encoded(
                     $0, at: 0, sha256Hex: sha256,
-                    arguments: Wire.encode(Wire.PutArgs(entry: opening, publish: entry == opening ? nil : entry, token: token)))
+                    arguments: Wire.encode(Wire.PutArgs(entry: opening.entry, publish: entry == opening.entry ? nil : entry, token: opening.token)))
             }
             try deliver("writer/put", headers: headers, body: body, idempotent: false, logical: bytes.count)
             held = nil
-            deferred = nil
+            deferred = false
             return
         }
-        _ = try store.json("writer/publish", Wire.PublishArgs(id: try opened(), entry: entry), as: Wire.Done.self, idempotent: false)
+        try withWriter { _ = try store.json("writer/publish", Wire.PublishArgs(id: $0, entry: entry), as: Wire.Done.self, idempotent: false) }
     }
 
     func discard() {
         held = nil
-        deferred = nil
+        deferred = false
+        unsynced = []
         guard let id else { return }
         _ = try? store.json("writer/discard", Wire.WriterRef(id: id), as: Wire.Done.self)
     }
