@@ -50,8 +50,11 @@ public class RemoteStore: Store, RangeHashing, WirePacing, @unchecked Sendable {
     /// The far side's own temporaries seen by the last walk (partial files: a handful).
     private let temporaries = Mutex<Set<String>>([])
     /// How long a far side that cannot be reached (restarting, a dropped link) is waited for before the job
-    /// fails; requests are retried with backoff meanwhile.
+    /// fails; requests are retried with backoff meanwhile. Before the first answer it is short: a wrong URL or a
+    /// server that is not running fails the job quickly.
     let reconnectWindow: Double = 120
+    let firstContactWindow: Double = 5
+    private let reached = Mutex(false)
 
     public var displayName: String { "remote:\(endpoint.baseURL)/\(ref.kind):\(ref.path)" }
 
@@ -131,6 +134,7 @@ public class RemoteStore: Store, RangeHashing, WirePacing, @unchecked Sendable {
                 }
                 // What came back (a ranged read) is charged after the fact: the next request waits it out.
                 pace?(response.body.count)
+                reached.withLock { $0 = true }
                 guard response.status == 200 else { throw failure(operation, response) }
                 return response
             } catch let e as HTTPTransportError {
@@ -143,11 +147,12 @@ public class RemoteStore: Store, RangeHashing, WirePacing, @unchecked Sendable {
                 }
                 attempt += 1
                 let notSent = e.code == 7  // CURLE_COULDNT_CONNECT: the request never left
-                guard idempotent || notSent, Date().timeIntervalSince(started) < reconnectWindow else {
+                let window = reached.withLock { $0 } ? reconnectWindow : firstContactWindow
+                guard idempotent || notSent, Date().timeIntervalSince(started) < window else {
                     throw FerryError(
                         ref.role == "destination" ? .destinationIO : .sourceIO,
                         "\(displayName): \(operation) failed: cannot reach ferry serve"
-                            + (idempotent || notSent ? " (retried for \(Int(reconnectWindow))s)" : ""), underlying: e)
+                            + (idempotent || notSent ? " (retried for \(Int(window))s)" : ""), underlying: e)
                 }
                 Thread.sleep(forTimeInterval: min(5, 0.1 * Double(1 << min(attempt, 6))))
             }

@@ -250,5 +250,18 @@ extension RemoteServeTests {
         #expect(missing.contains("destination.store") && missing.contains("path"), "\(missing)")
         let inline = try check("{\(base), url: \"https://h:1\", store: {kind: fs, path: /d}, token2: x}")
         #expect(inline.contains("token2"), "\(inline)")
+
+        // Nothing listens at the URL: the run fails quickly (the long reconnect wait is for a server that was
+        // reached once), saying so.
+        try Data("tok-0123456789abcdef".utf8).write(to: URL(fileURLWithPath: dir.sub("token")))
+        let port = freePorts(1)[0]
+        let plan = try writePlan(
+            dir.path,
+            "version: 1\nname: r\nsource: {kind: fs, path: src}\n"
+                + "destination: {kind: remote, url: \"http://127.0.0.1:\(port)\", token: \"file:token\", store: {kind: fs, path: /d}}\n")
+        let started = Date()
+        let run = try Ferry.run(["run", plan])
+        #expect(run.status == 3 && run.stderr.contains("cannot reach ferry serve"), "\(run.all)")
+        #expect(Date().timeIntervalSince(started) < 60, "a wrong URL took \(Date().timeIntervalSince(started)) s to fail")
     }
 }
