@@ -54,7 +54,8 @@ public final class RemoteServer: @unchecked Sendable {
     let canonicalRoot: String
     let group: MultiThreadedEventLoopGroup
     let pool: NIOThreadPool
-    let stores = Mutex<[Wire.StoreRef: any Store]>([:])
+    /// Open stores, with the identity (device, inode) of the directory each was opened on.
+    let stores = Mutex<[Wire.StoreRef: (store: any Store, dev: UInt64, ino: UInt64)]>([:])
     let writers = Mutex<[String: WriterSlot]>([:])
     let memory = Mutex<Int>(0)
     let connections = Mutex<Int>(0)
@@ -223,17 +224,24 @@ public final class RemoteServer: @unchecked Sendable {
     }
 
     func store(_ ref: Wire.StoreRef) throws -> any Store {
-        if let s = stores.withLock({ $0[ref] }) { return s }
+        let directory = try confinedDirectory(ref.path)
+        var st = stat()
+        let exists = stat(directory, &st) == 0
+        // A directory removed and made again (a destination started over) is a new store, not the old handle.
+        if exists, let s = stores.withLock({ $0[ref] }), s.dev == UInt64(st.st_dev), s.ino == UInt64(st.st_ino) { return s.store }
         let role: StoreRole
         switch ref.role {
         case "source": role = .source
         case "destination": role = .destination
         default: throw FerryError(.invalidPlan, "unknown store role \"\(ref.role)\"")
         }
-        let store = try opener(ref.kind, try confinedDirectory(ref.path), role)
-        stores.withLock { s in
-            if s.count >= 64 { s.removeAll() }  // a handful in practice; never grows without bound
-            s[ref] = store
+        let store = try opener(ref.kind, directory, role)
+        // Kept only once the directory exists (a destination's is made by its first operation).
+        if exists {
+            stores.withLock { s in
+                if s.count >= 64 { s.removeAll() }  // a handful in practice; never grows without bound
+                s[ref] = (store, UInt64(st.st_dev), UInt64(st.st_ino))
+            }
         }
         return store
     }

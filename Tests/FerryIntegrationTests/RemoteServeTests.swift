@@ -182,6 +182,27 @@ import Testing
         #expect(try Data(contentsOf: URL(fileURLWithPath: rig.root + "/tree/f")) == Data(payload))
     }
 
+    /// An operator starting over removes the destination directory and makes it again while ferry serve runs:
+    /// the next job writes into the new directory, not through a handle on the removed one.
+    @Test func aDestinationRemovedAndMadeAgainIsANewStore() throws {
+        let rig = try RemoteRig()
+        defer { rig.stop() }
+        let payload = [UInt8]("hello".utf8)
+        for round in 0..<2 {
+            let store = RemoteStore.make(endpoint: rig.endpoint, kind: "fs", path: "dst", role: .destination, compressionLevel: 3)
+            try store.prepareRoot()
+            let dirEntry = Entry(path: "d", kind: .directory, size: 0, mtimeNs: 0, mode: 0o755, inode: 0)
+            try store.makeDirectory(dirEntry)
+            let entry = Entry(path: "d/f\(round)", kind: .file, size: Int64(payload.count), mtimeNs: 0, mode: 0o644, inode: 0)
+            let w = try #require(try store.openWriter(for: entry, token: "t\(round)", resume: false))
+            try payload.withUnsafeBytes { try w.write($0, at: 0) }
+            try w.publish(entry)
+            #expect(FileManager.default.fileExists(atPath: rig.root + "/dst/d/f\(round)"), "round \(round)")
+            try FileManager.default.removeItem(atPath: rig.root + "/dst")
+            try FileManager.default.createDirectory(atPath: rig.root + "/dst", withIntermediateDirectories: false)
+        }
+    }
+
     @Test func slowClientsAndFloodsCannotStallTheServer() throws {
         let rig = try RemoteRig {
             $0.idleTimeout = 1
