@@ -28,7 +28,7 @@ let package = Package(
         .target(
             name: "FerryCLI",
             dependencies: [
-                "FerryCore", "FerryEngine", "FerryLocal", "FerryGraphite", "FerryS3", "FerryTap", "FerryRemote",
+                "FerryCore", "CFerrySys", "FerryEngine", "FerryLocal", "FerryGraphite", "FerryS3", "FerryTap", "FerryRemote",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

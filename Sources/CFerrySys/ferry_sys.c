@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <string.h>
@@ -16,6 +17,11 @@
 #endif
 
 int ferry_syncfs(int fd) { return syncfs(fd); }
+
+void ferry_keep_freed_memory(unsigned long mmap_threshold, unsigned long trim_threshold) {
+    mallopt(M_MMAP_THRESHOLD, (int)mmap_threshold);
+    mallopt(M_TRIM_THRESHOLD, (int)trim_threshold);
+}
 
 long ferry_utime_omit(void) { return UTIME_OMIT; }
 

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CFerrySys
 import FerryCore
 import FerryEngine
 import Foundation
@@ -146,3 +147,10 @@ func printReport(_ r: VerifyReport, stateDirectory: String, plan: String = "PLAN
 }
 
 // MARK: - verify
+
+/// Process-wide settings made once, before any command runs.
+public enum FerryProcess {
+    /// Allocations up to 72 MiB (a 64 MiB chunk and its encoding) come from the heap, and up to 128 MiB freed
+    /// stays with the process.
+    public static func keepFreedMemory() { ferry_keep_freed_memory(72 << 20, 128 << 20) }
+}

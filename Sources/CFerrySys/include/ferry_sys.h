@@ -33,4 +33,7 @@ int ferry_fsetxattr(int fd, const char *attr, const void *value, unsigned long s
 /// SEEK_DATA and SEEK_HOLE, hidden behind _GNU_SOURCE.
 int ferry_seek_data(void);
 int ferry_seek_hole(void);
+/// glibc's malloc: allocations up to `mmap_threshold` come from the heap (not fresh mmaps), and up to
+/// `trim_threshold` freed bytes stay with the process instead of going back to the kernel.
+void ferry_keep_freed_memory(unsigned long mmap_threshold, unsigned long trim_threshold);
 #endif
