@@ -20,7 +20,8 @@ public enum Wire {
         public static let sha256 = "x-ferry-sha256"
         /// The uncompressed length of a body (chunk, range, staged file).
         public static let length = "x-ferry-length"
-        /// How a body is encoded: `none`, `zstd`, or `zero` (no body: that many zero bytes).
+        /// How a body is encoded: `none`, `zstd`, `zero` (no body: that many zero bytes), or `points` (the point
+        /// codec, `PointCodec`: segments of a Whisper file, each archive in its smallest form).
         public static let encoding = "x-ferry-encoding"
         /// JSON parameters of an operation whose body is bytes.
         public static let arguments = "x-ferry-arguments"
