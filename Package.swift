@@ -28,7 +28,7 @@ let package = Package(
         .target(
             name: "FerryCLI",
             dependencies: [
-                "FerryCore", "CFerrySys", "FerryEngine", "FerryLocal", "FerryGraphite", "FerryS3", "FerryTap", "FerryRemote",
+                "FerryCore", "CFerrySys", "FerryEngine", "FerryLocal", "FerryGraphite", "FerryS3", "FerryTap", "FerryRemote", "FerryLive",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -123,6 +123,16 @@ let package = Package(
         .testTarget(
             name: "FerryRemoteTests",
             dependencies: ["FerryRemote", "FerryCore", "FerryDigest", "FerryGraphite", "FerryZstd", "FerryTesting"],
+            swiftSettings: strict
+        ),
+        .target(
+            name: "FerryLive",
+            dependencies: [
+                "FerryCore", "FerryEngine", "FerryTap", "CFerrySys",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
             swiftSettings: strict
         ),
         .testTarget(name: "FerryTapTests", dependencies: ["FerryTap", "FerryCore", "FerryTesting"], swiftSettings: strict),

@@ -2,6 +2,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <malloc.h>
+#include <stdint.h>
+#include <sys/inotify.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <string.h>
@@ -17,6 +19,10 @@
 #endif
 
 int ferry_syncfs(int fd) { return syncfs(fd); }
+
+int ferry_inotify_init(void) { return inotify_init1(IN_CLOEXEC); }
+int ferry_inotify_add_watch(int fd, const char *path, uint32_t mask) { return inotify_add_watch(fd, path, mask); }
+int ferry_inotify_rm_watch(int fd, int wd) { return inotify_rm_watch(fd, wd); }
 
 void ferry_keep_freed_memory(unsigned long mmap_threshold, unsigned long trim_threshold) {
     mallopt(M_MMAP_THRESHOLD, (int)mmap_threshold);
@@ -86,3 +92,11 @@ int ferry_fsetxattr(int fd, const char *attr, const void *value, unsigned long s
 
 int ferry_seek_data(void) { return SEEK_DATA; }
 int ferry_seek_hole(void) { return SEEK_HOLE; }
+
+/* The header's inotify bits are the kernel's: checked here, where both are visible. */
+_Static_assert(FERRY_IN_MODIFY == IN_MODIFY && FERRY_IN_ATTRIB == IN_ATTRIB && FERRY_IN_CLOSE_WRITE == IN_CLOSE_WRITE
+    && FERRY_IN_MOVED_FROM == IN_MOVED_FROM && FERRY_IN_MOVED_TO == IN_MOVED_TO && FERRY_IN_CREATE == IN_CREATE
+    && FERRY_IN_DELETE == IN_DELETE && FERRY_IN_DELETE_SELF == IN_DELETE_SELF && FERRY_IN_MOVE_SELF == IN_MOVE_SELF
+    && FERRY_IN_Q_OVERFLOW == IN_Q_OVERFLOW && FERRY_IN_IGNORED == IN_IGNORED && FERRY_IN_ONLYDIR == IN_ONLYDIR
+    && FERRY_IN_DONT_FOLLOW == IN_DONT_FOLLOW && FERRY_IN_EXCL_UNLINK == IN_EXCL_UNLINK && FERRY_IN_ISDIR == IN_ISDIR,
+    "inotify bits");

@@ -1,10 +1,13 @@
 import FerryCore
+import FerryEngine
 import FerryGraphite
+import FerryLive
 import FerryLocal
 import FerryRemote
 import FerryS3
 import FerryTap
 import Foundation
+import Logging
 
 /// The composition root: the one list of the store and tap kinds this build has. Everything else (the plan
 /// loader's schemas and allowed pairs, building stores and taps from a plan) derives from it.
@@ -12,12 +15,15 @@ enum Backends {
     /// The kinds a far host's `ferry serve` offers: the directory kinds of this build.
     static let served = [LocalStore.kind, WhisperTreeStore.kind, CeresTreeStore.kind]
     static let stores = StoreKinds(served + [S3Store.kind, RemoteStore.kind(carrying: served)])
-    static let taps: [TapKind] = [CarbonTap.kind, S3Tap.kind]
+    static let taps: [TapKind] = [CarbonTap.kind, S3Tap.kind, FsJournalTap.kind(jobs: liveJob)]
 
     /// Kinds a plan may name that this build does not implement yet, with the reason shown.
-    static let planned: [String: String] = [
-        "tap:fs-journal": "is planned (filesystem change journal) but not implemented in this version of ferry"
-    ]
+    static let planned: [String: String] = [:]
+
+    /// The job the fs-journal tap mirrors through: the plan's stores, no progress output.
+    @Sendable static func liveJob(_ plan: Plan, _ logger: Logger) throws -> Job {
+        Job(plan: plan, source: try source(plan), destination: try destination(plan), logger: logger, progress: ProgressTracker(output: .none))
+    }
 
     static var loader: PlanLoader {
         PlanLoader(storeKinds: stores.schemas, tapKinds: taps.map(\.schema), plannedKinds: planned, pairs: stores.pairs)

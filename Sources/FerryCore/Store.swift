@@ -328,6 +328,30 @@ public protocol WireCounting: Sendable {
     var wireTotals: WireTotals { get }
 }
 
+/// A store that can list one subtree (a directory and everything beneath it), for rescans of part of a tree.
+public protocol SubtreeWalking: Store {
+    /// Visits `path` (a directory) and its entries beneath, as `walk` visits the whole store; nothing when
+    /// `path` is not a directory (anymore).
+    func walk(under path: String, _ visit: (Entry) throws -> Void, skipped: (SkippedEntry) -> Void) throws
+}
+
+/// The fence of a live tree: a small file `.ferry-fence/<name>` holding the fence's serial, written in the
+/// source by the fs-journal tap and mirrored like any file. It has landed when the destination holds it.
+public enum FenceFile {
+    public static let directory = ".ferry-fence"
+    public static func path(_ token: FenceToken) -> String { directory + "/" + token.name }
+    public static func contents(_ token: FenceToken) -> [UInt8] { Array(String(token.serial).utf8) }
+
+    /// Whether `store` holds this fence's file with its serial.
+    public static func landed(_ token: FenceToken, in store: any Store) throws -> Bool {
+        guard let reader = try store.openReader(path(token)) else { return false }
+        defer { reader.close() }
+        let want = contents(token)
+        let got = try reader.read(count: want.count + 1, at: 0)
+        return got == want
+    }
+}
+
 /// A store whose bytes cross a network and that paces them itself: `acquire` is called with the size of each
 /// body as it goes on (or comes off) the wire, compressed, so `copy.bandwidth` limits the link, not the logical
 /// bytes.

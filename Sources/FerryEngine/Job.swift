@@ -264,8 +264,8 @@ public final class Job {
     }
 
     /// Re-scans the source and queues what changed since the snapshot: new, changed and removed entries.
-    func catchUp(_ ledger: Ledger) throws {
-        if let hook = plan.snapshot.hook { try runHook(hook, what: "snapshot hook") }
+    func catchUp(_ ledger: Ledger, runHook hooked: Bool = true) throws {
+        if hooked, let hook = plan.snapshot.hook { try runHook(hook, what: "snapshot hook") }
         let scan = try ledger.beginScan()
         let writer = ledger.manifestWriter(scan: scan)
         var seen: [Int64] = []

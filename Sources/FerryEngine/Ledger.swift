@@ -627,6 +627,47 @@ public final class Ledger: Sendable {
         }
     }
 
+    /// The item at `path` and every item beneath it (any state), deepest first.
+    public func items(under path: String) throws -> [ItemRecord] {
+        try wrap("read items under a path") {
+            try db.read { db in
+                if path.isEmpty { return try Row.fetchAll(db, sql: "SELECT * FROM items ORDER BY path DESC").map(Self.item) }
+                // substr, not LIKE: names may hold % and _.
+                return try Row.fetchAll(
+                    db, sql: "SELECT * FROM items WHERE path = ? OR substr(path, 1, ?) = ? ORDER BY path DESC",
+                    arguments: [path, (path + "/").unicodeScalars.count, path + "/"]  // SQLite counts code points
+                ).map(Self.item)
+            }
+        }
+    }
+
+    /// Every present item with this source inode other than at `path` (the other names of a hard-link group).
+    public func names(inode: UInt64, notAt path: String) throws -> [ItemRecord] {
+        try wrap("read items by inode") {
+            try db.read { db in
+                try Row.fetchAll(
+                    db,
+                    sql: "SELECT * FROM items WHERE inode = ? AND kind IN ('file', 'hardlink') AND path != ? AND state IN ('pending', 'done')",
+                    arguments: [Int64(bitPattern: inode), path]
+                ).map(Self.item)
+            }
+        }
+    }
+
+    /// A copied (or pending) regular file with this inode, other than at `path`: the first name of a hard-link
+    /// group found later.
+    public func file(inode: UInt64, notAt path: String) throws -> ItemRecord? {
+        try wrap("read item by inode") {
+            try db.read { db in
+                try Row.fetchOne(
+                    db,
+                    sql: "SELECT * FROM items WHERE inode = ? AND kind = 'file' AND path != ? AND state IN ('pending', 'done') LIMIT 1",
+                    arguments: [Int64(bitPattern: inode), path]
+                ).map(Self.item)
+            }
+        }
+    }
+
     public func item(id: Int64) throws -> ItemRecord? {
         try wrap("read item") {
             try db.read { db in

@@ -188,30 +188,41 @@ final class WalkScratch: @unchecked Sendable {
 
     /// Hard links that the destination does not mirror: names of one source file that are separate files at the
     /// destination, and separate source files that share one file at the destination.
-    func hardLinkDifferences() throws -> [(String, String)] {
+    /// Each difference with the source names involved (for a live tree, names made since the snapshot are drift).
+    func hardLinkDifferences() throws -> [(path: String, why: String, names: [String])] {
         try wrap("compare hard links") {
             try db.read { db in
-                var out: [(String, String)] = []
+                var out: [(path: String, why: String, names: [String])] = []
+                func names(_ json: String?) -> [String] {
+                    (json.flatMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) } as? [String]) ?? []
+                }
                 for r in try GRDB.Row.fetchAll(
                     db,
                     sql: """
-                        SELECT min(s.path) AS p, count(*) AS names, count(DISTINCT d.inode) AS n FROM src s JOIN dst d ON d.path = s.path
+                        SELECT min(s.path) AS p, count(*) AS names, count(DISTINCT d.inode) AS n, json_group_array(s.path) AS all_names
+                        FROM src s JOIN dst d ON d.path = s.path
                         WHERE s.kind = 'file' AND s.links > 1 AND s.verdict = 'copy' AND d.kind = 'file'
                         GROUP BY s.inode HAVING count(DISTINCT d.inode) > 1 LIMIT 1000
                         """)
                 {
                     out.append(
-                        (r["p"], "hard link split: \(r["names"] as Int64) names of one source file are \(r["n"] as Int64) files at the destination"))
+                        (
+                            r["p"],
+                            "hard link split: \(r["names"] as Int64) names of one source file are \(r["n"] as Int64) files at the destination",
+                            names(r["all_names"])
+                        ))
                 }
                 for r in try GRDB.Row.fetchAll(
                     db,
                     sql: """
-                        SELECT min(d.path) AS p, count(DISTINCT s.inode) AS n FROM src s JOIN dst d ON d.path = s.path
+                        SELECT min(d.path) AS p, count(DISTINCT s.inode) AS n, json_group_array(s.path) AS all_names
+                        FROM src s JOIN dst d ON d.path = s.path
                         WHERE d.kind = 'file' AND d.links > 1 AND s.kind = 'file' AND s.verdict = 'copy'
                         GROUP BY d.inode HAVING count(DISTINCT s.inode) > 1 LIMIT 1000
                         """)
                 {
-                    out.append((r["p"], "hard link joined: \(r["n"] as Int64) separate source files are one file at the destination"))
+                    out.append(
+                        (r["p"], "hard link joined: \(r["n"] as Int64) separate source files are one file at the destination", names(r["all_names"])))
                 }
                 return out
             }

@@ -11,7 +11,7 @@ import Darwin
 /// A directory tree on a local filesystem. Every path is resolved component by component from the root's
 /// descriptor with `O_NOFOLLOW`, so no symbolic link in the tree, old or swapped in later, leads a read or a
 /// write outside it.
-public final class LocalStore: Store, HardLinking, SpecialMaking, @unchecked Sendable {
+public final class LocalStore: Store, HardLinking, SpecialMaking, SubtreeWalking, FenceChecking, @unchecked Sendable {
     // @unchecked: the root path is immutable; the cached root descriptor is behind a Mutex.
     public let root: String
     public var displayName: String { "fs:\(root)" }
@@ -72,6 +72,9 @@ public final class LocalStore: Store, HardLinking, SpecialMaking, @unchecked Sen
 
     /// Names that cannot coexist in a directory tree (`TreeNaming.refusalChecker`).
     public func refusalChecker() -> ((Entry) -> String?)? { TreeNaming.refusalChecker() }
+
+    /// A live tree's fence (the fs-journal tap) has landed when its file is here.
+    public func hasFence(_ token: FenceToken) throws -> Bool { try FenceFile.landed(token, in: self) }
 
     public func isOwnTemporary(_ path: String) -> Bool {
         let name = PathUtil.lastComponent(path)
@@ -160,6 +163,18 @@ public final class LocalStore: Store, HardLinking, SpecialMaking, @unchecked Sen
         var ancestors: [(UInt64, UInt64)] = []
         if fstat(fd, &st) == 0 { ancestors.append((UInt64(st.st_dev), UInt64(st.st_ino))) }
         try walkDirectory(fd: fd, prefix: "", ancestors: ancestors, visit: visit, skipped: skipped)
+    }
+
+    /// One directory and everything beneath it (a rescan of part of the tree), reached without following a
+    /// symlink on the way.
+    public func walk(under path: String, _ visit: (Entry) throws -> Void, skipped: (SkippedEntry) -> Void) throws {
+        if path.isEmpty { return try walk(visit, skipped: skipped) }
+        guard let top = try stat(path), top.kind == .directory else { return }
+        guard let fd = try openDescriptor(path, O_RDONLY | O_DIRECTORY) else { return }
+        var st = Glibc.stat()
+        let ancestors: [(UInt64, UInt64)] = fstat(fd, &st) == 0 ? [(UInt64(st.st_dev), UInt64(st.st_ino))] : []
+        try visit(top)
+        try walkDirectory(fd: fd, prefix: path, ancestors: ancestors, visit: visit, skipped: skipped)
     }
 
     /// A name read from a directory: its string form (lossless, see RawName) and its bytes for syscalls.
@@ -477,6 +492,9 @@ public final class LocalStore: Store, HardLinking, SpecialMaking, @unchecked Sen
             throw SystemCallError("link", errno: errno, path: RawName.display(entry.path))
         }
         try Self.replace(dfd: dfd, tmp: tmp, name: name, path: entry.path)
+        // rename(2) of one name of a file onto another name of the same file does nothing: the temporary name
+        // would stay (the link was already there).
+        _ = unlinkat(dfd, tmp, 0)
     }
 
     /// Recreates a FIFO, socket or device node (mknod; a device needs root) with its owner, mode and mtime.

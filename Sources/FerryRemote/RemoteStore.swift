@@ -338,7 +338,10 @@ public class RemoteStore: Store, RangeHashing, WirePacing, @unchecked Sendable {
 }
 
 /// A directory tree on another host (`store: {kind: fs}`).
-public final class RemoteTreeStore: RemoteStore, HardLinking, SpecialMaking, @unchecked Sendable {
+public final class RemoteTreeStore: RemoteStore, HardLinking, SpecialMaking, FenceChecking, @unchecked Sendable {
+    /// A live tree's fence (the fs-journal tap) has landed when its file is on the far side.
+    public func hasFence(_ token: FenceToken) throws -> Bool { try FenceFile.landed(token, in: self) }
+
     public func makeHardLink(_ entry: Entry) throws { try op("makeHardLink", entry: entry) }
     public func makeSpecial(_ entry: Entry) throws { try op("makeSpecial", entry: entry) }
     public func refusalChecker() -> ((Entry) -> String?)? { TreeNaming.refusalChecker() }

@@ -223,8 +223,13 @@ public final class S3Store: Store, ChecksumProviding, FenceChecking, ChunkSizing
     public static func fenceKey(_ marker: String) -> String { ".ferry-fence/" + marker }
 
     /// Whether the fence's object holding its serial has arrived.
+    /// Written by the S3 tap with the serial in its metadata, or mirrored from a live tree by the fs-journal tap
+    /// with the serial as its body.
     public func hasFence(_ token: FenceToken) throws -> Bool {
-        try withClient { try $0.headObject(key(Self.fenceKey(token.name)))?.headers["x-amz-meta-ferry-fence"] } == String(token.serial)
+        let head = try withClient { try $0.headObject(key(Self.fenceKey(token.name))) }
+        guard let head else { return false }
+        if head.headers["x-amz-meta-ferry-fence"] == String(token.serial) { return true }
+        return try FenceFile.landed(token, in: self)
     }
 
     /// `PARTSIZE:SHA256` of a multipart object: the hash of its parts' SHA-256 digests.

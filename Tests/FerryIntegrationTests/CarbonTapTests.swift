@@ -155,8 +155,10 @@ func missing(_ want: [String: [Int: Double]], in got: [String: [Int: Double]]) -
         }
         let loop = try check("tap: { kind: carbon, listen: 127.0.0.1:2003, old: 127.0.0.1:2003, new: 10.0.0.2:2003 }\n")
         #expect(loop.status == 2 && loop.stderr.contains("its own upstream"), "\(loop.stderr)")
-        let planned = try check("tap: { kind: fs-journal }\n")
-        #expect(planned.status == 2 && planned.stderr.contains("planned"), "\(planned.stderr)")
+        let journalOnMetrics = try check("tap: { kind: fs-journal }\n")
+        #expect(
+            journalOnMetrics.status == 2 && journalOnMetrics.stderr.contains("tap.kind: fs-journal watches a directory tree"),
+            "\(journalOnMetrics.stderr)")
 
         let port = freePorts(1)[0]
         let ok = try writePlan(

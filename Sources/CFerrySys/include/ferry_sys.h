@@ -36,4 +36,24 @@ int ferry_seek_hole(void);
 /// glibc's malloc: allocations up to `mmap_threshold` come from the heap (not fresh mmaps), and up to
 /// `trim_threshold` freed bytes stay with the process instead of going back to the kernel.
 void ferry_keep_freed_memory(unsigned long mmap_threshold, unsigned long trim_threshold);
+/// inotify(7), for the fs-journal tap's watcher: the calls and the event bits it uses.
+#include <stdint.h>
+int ferry_inotify_init(void);
+int ferry_inotify_add_watch(int fd, const char *path, uint32_t mask);
+int ferry_inotify_rm_watch(int fd, int wd);
+static const uint32_t FERRY_IN_MODIFY = 0x00000002;
+static const uint32_t FERRY_IN_ATTRIB = 0x00000004;
+static const uint32_t FERRY_IN_CLOSE_WRITE = 0x00000008;
+static const uint32_t FERRY_IN_MOVED_FROM = 0x00000040;
+static const uint32_t FERRY_IN_MOVED_TO = 0x00000080;
+static const uint32_t FERRY_IN_CREATE = 0x00000100;
+static const uint32_t FERRY_IN_DELETE = 0x00000200;
+static const uint32_t FERRY_IN_DELETE_SELF = 0x00000400;
+static const uint32_t FERRY_IN_MOVE_SELF = 0x00000800;
+static const uint32_t FERRY_IN_Q_OVERFLOW = 0x00004000;
+static const uint32_t FERRY_IN_IGNORED = 0x00008000;
+static const uint32_t FERRY_IN_ONLYDIR = 0x01000000;
+static const uint32_t FERRY_IN_DONT_FOLLOW = 0x02000000;
+static const uint32_t FERRY_IN_EXCL_UNLINK = 0x04000000;
+static const uint32_t FERRY_IN_ISDIR = 0x40000000;
 #endif

@@ -15,7 +15,8 @@ struct PlanCheck: ParsableCommand {
         out("state: \(p.stateDirectory)")
         if let t = p.tap {
             let old = t.options["old"] ?? p.source.displayName, new = t.options["new"] ?? p.destination.displayName
-            out("tap: \(t.kind), listening on \(t.options["listen"] ?? "?"), old \(old), new \(new)")
+            let input = t.options["listen"].map { "listening on \($0)" } ?? "watching \(p.source.path ?? p.source.displayName)"
+            out("tap: \(t.kind), \(input), old \(old), new \(new)")
         }
     }
 }

@@ -1,0 +1,194 @@
+import FerryCore
+import Foundation
+
+/// What a live tree's tap saw change since the last application: paths to look at again, and subtrees to
+/// rescan whole (a directory that appeared or moved in, a watch that failed, a queue that overflowed; "" is the
+/// whole tree).
+public struct LiveChanges: Sendable, Equatable {
+    public var paths: Set<String> = []
+    public var subtrees: Set<String> = []
+
+    public init(paths: Set<String> = [], subtrees: Set<String> = []) {
+        self.paths = paths
+        self.subtrees = subtrees
+    }
+
+    public var isEmpty: Bool { paths.isEmpty && subtrees.isEmpty }
+
+    /// Whether `path` lies in one of the subtrees (it is covered by that rescan).
+    func covered(_ path: String) -> Bool {
+        subtrees.contains { $0.isEmpty || path == $0 || path.hasPrefix($0 + "/") }
+    }
+}
+
+/// What applying a set of changes did.
+public struct MirrorSummary: Sendable, Equatable {
+    public var added = 0
+    public var changed = 0
+    public var removed = 0
+    public var copiedBytes: Int64 = 0
+    public init() {}
+}
+
+extension Job {
+    /// Applies live changes to the destination through the engine's own copy: each path is looked at again in the
+    /// source (by metadata, confined beneath the root), new and changed entries are queued in the ledger as a
+    /// catch-up queues them, what left the source is removed at the destination, and the copy phase copies what
+    /// is queued (chunked, hashed, ledgered). Idempotent: applying the same changes again finds nothing to do.
+    public func mirror(_ changes: LiveChanges, ledger: Ledger) throws -> MirrorSummary {
+        var summary = MirrorSummary()
+        do {
+            // The whole tree ("") is a rescan like any subtree: by metadata, hard-link groups kept.
+            let context = MirrorContext(filter: EntryFilter(plan: plan, destination: destination), ledger: ledger)
+            let roots = changes.subtrees.filter { root in !changes.subtrees.contains { $0 != root && root.hasPrefix($0 + "/") } }
+            for root in roots.sorted() { try rescan(root, context) }
+            // A directory's entries changed, so did its own metadata (mtime): it is looked at too, after them.
+            let parents = Set(changes.paths.union(roots).map { PathUtil.directory(of: $0) == "." ? "" : PathUtil.directory(of: $0) })
+            for path in changes.paths.union(parents).sorted() where !changes.covered(path) { try look(path, context) }
+            try context.writer?.flush()
+            summary.added = context.summary.added
+            summary.changed = context.summary.changed
+            summary.removed = context.summary.removed
+        }
+        var copied = try copy(ledger)
+        // What changed again while it was copied (vanished, or a hard link whose first name moved or went) is
+        // looked at once more now, so nothing stays unsettled behind the tap: a vanished entry is removed or
+        // queued as it is now, and an impossible link is copied as bytes (the next change of that file links it).
+        var vanished: [ItemRecord] = []
+        var unlinkable: [ItemRecord] = []
+        try ledger.forEachItem(states: [.vanished]) { vanished.append($0) }
+        try ledger.forEachItem(states: [.failed], kind: .hardlink) { unlinkable.append($0) }
+        if !vanished.isEmpty || !unlinkable.isEmpty {
+            let context = MirrorContext(filter: EntryFilter(plan: plan, destination: destination), ledger: ledger)
+            for item in vanished { try look(item.entry.path, context) }
+            for item in unlinkable {
+                guard var now = try source.stat(item.entry.path), now.kind == .file else { continue }
+                now.links = 1
+                try ledger.requeue(item.id, entry: now)
+            }
+            copied.bytesCopied += try copy(ledger).bytesCopied
+        }
+        summary.copiedBytes = copied.bytesCopied
+        return summary
+    }
+
+    /// The state of one application: the entry filter (its hard-link names), the manifest writer of new entries
+    /// (one scan number for all), and the counts.
+    final class MirrorContext {
+        var filter: EntryFilter
+        let ledger: Ledger
+        var writer: Ledger.ManifestWriter?
+        var summary = MirrorSummary()
+
+        init(filter: EntryFilter, ledger: Ledger) {
+            self.filter = filter
+            self.ledger = ledger
+        }
+
+        func add(_ e: Entry) throws {
+            if writer == nil { writer = ledger.manifestWriter(scan: try ledger.beginScan()) }
+            try writer?.add(e)
+            // Flushed at once: a later look at the same path (a hard link's first name) must find it.
+            try writer?.flush()
+        }
+    }
+
+    /// One path, looked at again: queued when new or changed, removed (with everything under it) when gone.
+    private func look(_ path: String, _ c: MirrorContext) throws {
+        guard let found = try source.stat(path) else {
+            c.summary.removed += try removeGone(path, ledger: c.ledger)
+            return
+        }
+        let item = try c.ledger.item(path: path)
+        if found.kind == .directory, item == nil || item?.state == .deleted || item?.entry.kind != .directory {
+            // A directory that appeared: its contents may never have been seen one by one.
+            return try rescan(path, c)
+        }
+        if let item, item.entry.kind == .directory, found.kind != .directory {
+            // A directory replaced by something else: what was beneath it is gone.
+            c.summary.removed += try removeGone(path, ledger: c.ledger, keepTop: true)
+        }
+        try queue(found, c)
+    }
+
+    /// A subtree listed again: everything in it queued when new or changed, and what the ledger holds beneath
+    /// it that the listing no longer shows removed.
+    private func rescan(_ root: String, _ c: MirrorContext) throws {
+        var seen: Set<String> = []
+        func visit(_ e: Entry) throws {
+            seen.insert(e.path)
+            try queue(e, c)
+        }
+        // The whole tree's walk lists what is beneath the root, not the root itself.
+        if root.isEmpty, let top = try source.stat("") { try visit(top) }
+        if let walker = source as? any SubtreeWalking {
+            try walker.walk(under: root, visit, skipped: { s in try? c.ledger.recordSkipped(s) })
+        } else {
+            try source.walk({ e in if root.isEmpty || e.path == root || e.path.hasPrefix(root + "/") { try visit(e) } }, skipped: { _ in })
+        }
+        for item in try c.ledger.items(under: root) where !seen.contains(item.entry.path) {
+            if item.state == .deleted || item.state == .vanished { continue }
+            c.summary.removed += try removeGone(item.entry.path, ledger: c.ledger)
+        }
+    }
+
+    /// Queues one entry found in the source when the ledger does not hold it as it is now.
+    private func queue(_ found: Entry, _ c: MirrorContext) throws {
+        let ledger = c.ledger
+        if found.kind == .file && found.links > 1, c.filter.firstNames[found.inode] == nil,
+            let first = try ledger.file(inode: found.inode, notAt: found.path), (try? source.stat(first.entry.path))??.inode == found.inode
+        {
+            // A new name of a file the tree already holds: a hard link to it, as the snapshot would have found.
+            c.filter.firstNames[found.inode] = first.entry.path
+        }
+        let e: Entry
+        switch c.filter.classify(found) {
+        case .copy(let kept): e = kept
+        case .refuse(let why):
+            try ledger.recordSkipped(SkippedEntry(path: found.path, reason: why, category: .refused))
+            return
+        case .skip(let why):
+            try ledger.recordSkipped(SkippedEntry(path: found.path, reason: why, category: .policy))
+            return
+        }
+        guard let item = try ledger.item(path: e.path) else {
+            try c.add(e)
+            c.summary.added += 1
+            return
+        }
+        let old = item.entry
+        if item.state == .vanished || item.state == .deleted || item.state == .failed || e.changed(comparedTo: old) || e.mode != old.mode
+            || e.uid != old.uid || e.gid != old.gid || e.kind != old.kind || e.linkTarget != old.linkTarget || e.xattrs != old.xattrs
+        {
+            try ledger.requeue(item.id, entry: e)
+            c.summary.changed += 1
+            if found.kind == .file && found.links > 1 {
+                // A change through one name of a hard-link group is a change of all: the destination writes a
+                // changed file as a new file, so the group's file is copied again and its other names linked again.
+                for other in try ledger.names(inode: found.inode, notAt: e.path) {
+                    if other.entry.kind == .file, var now = try source.stat(other.entry.path), now.inode == found.inode {
+                        now.links = other.entry.links
+                        try ledger.requeue(other.id, entry: now)
+                    } else if other.entry.kind == .hardlink {
+                        try ledger.requeue(other.id, entry: other.entry)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Removes `path` and everything the ledger holds beneath it at the destination, children first; returns
+    /// how many entries went.
+    private func removeGone(_ path: String, ledger: Ledger, keepTop: Bool = false) throws -> Int {
+        let tag = try ledger.partialTag()
+        var removed: [Int64] = []
+        for item in try ledger.items(under: path) where item.state != .deleted {
+            if keepTop && item.entry.path == path { continue }
+            if item.entry.kind == .file { try? destination.discardPartial(for: item.entry.path, token: "\(tag).\(item.id)") }
+            try destination.remove(item.entry.path, kind: item.entry.kind == .hardlink ? .file : item.entry.kind)
+            removed.append(item.id)
+        }
+        try ledger.setState(removed, .deleted, error: "removed from the source")
+        return removed.count
+    }
+}

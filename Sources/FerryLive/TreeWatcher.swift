@@ -1,0 +1,183 @@
+import CFerrySys
+import FerryCore
+import Foundation
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What the watcher saw, as the tap journals it.
+enum WatchEvent: Equatable {
+    /// Look at this path again (created, written and closed, metadata changed, moved here).
+    case changed(String)
+    /// This path is gone (deleted, or moved away).
+    case gone(String)
+    /// Rescan this subtree whole (a directory that appeared or moved in: its contents were not watched yet; a
+    /// directory whose watch could not be added).
+    case subtree(String)
+    /// Events were lost (the kernel's queue overflowed, or the root itself moved): rescan the whole tree.
+    case lost(String)
+}
+
+/// Watches a directory tree with inotify: one watch per directory (recursive), added as directories appear.
+/// The number of watches is bounded by `fs.inotify.max_user_watches` (one per directory); a directory that
+/// cannot be watched is reported (`.subtree`, with `watchFailures` counted) so it is rescanned rather than
+/// silently missed, and a queue overflow is reported as `.lost`.
+///
+/// A file is being written between its first IN_MODIFY and its IN_CLOSE_WRITE: `isBeingWritten` says so, and
+/// the mirror leaves such a path for later.
+final class TreeWatcher: @unchecked Sendable {
+    // @unchecked: `wds` and `paths` are used by the reading thread only (and by `start` before it runs);
+    // `writing` and the counters are behind Mutexes.
+    let root: String
+    private let emit: @Sendable (WatchEvent) -> Void
+    private var fd: Int32 = -1
+    private var wds: [Int32: String] = [:]
+    private var paths: [String: Int32] = [:]
+    private let writing = Mutex<Set<String>>([])
+    private let failures = Mutex<Int>(0)
+    private let stopping = Mutex(false)
+    private var thread: Thread?
+    private var wake: [Int32] = [-1, -1]
+
+    static let mask: UInt32 =
+        FERRY_IN_MODIFY | FERRY_IN_ATTRIB | FERRY_IN_CLOSE_WRITE | FERRY_IN_MOVED_FROM | FERRY_IN_MOVED_TO | FERRY_IN_CREATE
+        | FERRY_IN_DELETE | FERRY_IN_DELETE_SELF | FERRY_IN_MOVE_SELF | FERRY_IN_ONLYDIR | FERRY_IN_DONT_FOLLOW
+        | FERRY_IN_EXCL_UNLINK
+
+    init(root: String, emit: @escaping @Sendable (WatchEvent) -> Void) {
+        self.root = root
+        self.emit = emit
+    }
+
+    var watchFailures: Int { failures.withLock { $0 } }
+    var watchedDirectories: Int { wds.count }
+
+    func isBeingWritten(_ path: String) -> Bool { writing.withLock { $0.contains(path) } }
+
+    /// Watches every directory of the tree, then reads events on a thread of its own.
+    func start() throws {
+        fd = ferry_inotify_init()
+        guard fd >= 0 else { throw SystemCallError("inotify_init1", errno: errno) }
+        guard pipe(&wake) == 0 else { throw SystemCallError("pipe", errno: errno) }
+        watch("")
+        let t = Thread { [self] in readLoop() }
+        t.name = "ferry-watch"
+        t.start()
+        thread = t
+    }
+
+    func stop() {
+        stopping.withLock { $0 = true }
+        var one: UInt8 = 1
+        _ = write(wake[1], &one, 1)
+        while thread?.isFinished == false { usleep(10_000) }
+        close(fd)
+        close(wake[0])
+        close(wake[1])
+    }
+
+    private func absolute(_ rel: String) -> String { rel.isEmpty ? root : root + "/" + rel }
+
+    /// Adds watches on `rel` and every directory beneath it (not through symlinks).
+    private func watch(_ rel: String) {
+        let wd = ferry_inotify_add_watch(fd, RawName.cString(absolute(rel)), Self.mask)
+        if wd < 0 {
+            if errno == ENOENT || errno == ENOTDIR { return }  // gone already: its removal is its own event
+            failures.withLock { $0 += 1 }
+            emit(.subtree(rel))
+            return
+        }
+        if let old = wds[wd], old != rel { paths[old] = nil }
+        wds[wd] = rel
+        paths[rel] = wd
+        guard let dir = opendir(RawName.cString(absolute(rel))) else { return }
+        defer { closedir(dir) }
+        var subdirectories: [String] = []
+        while let ent = readdir(dir) {
+            let name: [UInt8] = withUnsafePointer(to: ent.pointee.d_name) {
+                $0.withMemoryRebound(to: UInt8.self, capacity: 256) {
+                    Array(UnsafeBufferPointer(start: $0, count: strlen(UnsafeRawPointer($0).assumingMemoryBound(to: CChar.self))))
+                }
+            }
+            if name == [46] || name == [46, 46] { continue }
+            let child = rel.isEmpty ? RawName.decode(name) : rel + "/" + RawName.decode(name)
+            var st = stat()
+            if lstat(RawName.cString(absolute(child)), &st) == 0 && st.st_mode & S_IFMT == S_IFDIR { subdirectories.append(child) }
+        }
+        for s in subdirectories { watch(s) }
+    }
+
+    /// Forgets the watches on `rel` and beneath it (moved away or removed).
+    private func unwatch(_ rel: String) {
+        for (path, wd) in paths where path == rel || path.hasPrefix(rel + "/") {
+            _ = ferry_inotify_rm_watch(fd, wd)
+            paths[path] = nil
+            wds[wd] = nil
+        }
+    }
+
+    private func readLoop() {
+        var buffer = [UInt8](repeating: 0, count: 256 << 10)
+        while !stopping.withLock({ $0 }) {
+            var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: wake[0], events: Int16(POLLIN), revents: 0)]
+            let ready = poll(&fds, 2, 1000)
+            if ready <= 0 || fds[1].revents != 0 { continue }
+            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n <= 0 { continue }
+            var at = 0
+            while at + 16 <= n {
+                let (wd, mask, len) = buffer.withUnsafeBytes { b in
+                    (
+                        b.load(fromByteOffset: at, as: Int32.self), b.load(fromByteOffset: at + 4, as: UInt32.self),
+                        Int(b.load(fromByteOffset: at + 12, as: UInt32.self))
+                    )
+                }
+                let nameBytes = Array(buffer[(at + 16)..<min(n, at + 16 + len)].prefix { $0 != 0 })
+                at += 16 + len
+                handle(wd: wd, mask: mask, name: nameBytes)
+            }
+        }
+    }
+
+    private func handle(wd: Int32, mask: UInt32, name: [UInt8]) {
+        if mask & FERRY_IN_Q_OVERFLOW != 0 {
+            // Closes may be among what was lost: no file is known to be open any more (the rescan reads them as
+            // they are; a file still being written changes again and comes back).
+            writing.withLock { $0.removeAll() }
+            emit(.lost("the kernel's inotify queue overflowed (fs.inotify.max_queued_events)"))
+            return
+        }
+        guard let dir = wds[wd] else { return }
+        if mask & FERRY_IN_IGNORED != 0 {
+            wds[wd] = nil
+            if paths[dir] == wd { paths[dir] = nil }
+            return
+        }
+        if mask & FERRY_IN_MOVE_SELF != 0 && dir.isEmpty {
+            emit(.lost("the watched root itself was moved"))
+            return
+        }
+        guard !name.isEmpty else { return }  // an event on the watched directory itself
+        let path = dir.isEmpty ? RawName.decode(name) : dir + "/" + RawName.decode(name)
+        let isDirectory = mask & FERRY_IN_ISDIR != 0
+        if mask & (FERRY_IN_CREATE | FERRY_IN_MOVED_TO) != 0 && isDirectory {
+            watch(path)
+            emit(.subtree(path))
+            return
+        }
+        if mask & FERRY_IN_MOVED_FROM != 0 || mask & FERRY_IN_DELETE != 0 {
+            if isDirectory { unwatch(path) }
+            writing.withLock { _ = $0.remove(path) }
+            emit(.gone(path))
+            return
+        }
+        if mask & FERRY_IN_MODIFY != 0 {
+            writing.withLock { _ = $0.insert(path) }
+            return
+        }
+        if mask & FERRY_IN_CLOSE_WRITE != 0 { writing.withLock { _ = $0.remove(path) } }
+        if mask & (FERRY_IN_CREATE | FERRY_IN_MOVED_TO | FERRY_IN_CLOSE_WRITE | FERRY_IN_ATTRIB) != 0 { emit(.changed(path)) }
+    }
+}

@@ -1,0 +1,257 @@
+import FerryCore
+import FerryTap
+import FerryTesting
+import Foundation
+import Testing
+
+/// An application writing into a live tree (Python, its own process): creates, overwrites, appends, renames
+/// (within and across directories), deletes, makes directories and fills them, and (with `links`) makes hard
+/// links and symlinks. It updates a count of its operations as it goes, and stops when its stop file appears.
+final class TreeWriter {
+    let process: Process
+    let countFile: String
+    let stopFile: String
+
+    init(root: String, seed: UInt64, links: Bool, dir: TempDir, name: String = "writer") throws {
+        countFile = dir.sub("\(name).count")
+        stopFile = dir.sub("\(name).stop")
+        let script = """
+            import os, random, sys, time
+            root, seed, links, count_file, stop = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4], sys.argv[5]
+            rng = random.Random(seed)
+            def files():
+                out = []
+                for d, ds, fs in os.walk(root):
+                    ds[:] = [x for x in ds if x != ".ferry-fence"]
+                    out += [os.path.join(d, f) for f in fs]
+                return out
+            def dirs():
+                out = [root]
+                for d, ds, fs in os.walk(root):
+                    ds[:] = [x for x in ds if x != ".ferry-fence"]
+                    out += [os.path.join(d, x) for x in ds]
+                return out
+            n = 0
+            known, known_dirs = files(), dirs()
+            while not os.path.exists(stop):
+                op = rng.choice(["create", "create", "overwrite", "append", "rename", "move", "delete", "mkdir"] + (["link", "symlink"] if links else []))
+                try:
+                    if op == "create" or (op in ("overwrite", "append", "rename", "move", "delete", "link", "symlink") and not known):
+                        p = os.path.join(rng.choice(known_dirs), "w%d-%d.bin" % (seed % 1000, n))
+                        with open(p, "wb") as f:
+                            f.write(os.urandom(rng.randrange(0, 40000)))
+                        known.append(p)
+                    elif op == "overwrite":
+                        p = rng.choice(known)
+                        if os.path.islink(p): continue
+                        with open(p, "wb") as f:
+                            f.write(os.urandom(rng.randrange(0, 30000)))
+                    elif op == "append":
+                        p = rng.choice(known)
+                        if os.path.islink(p): continue
+                        with open(p, "ab") as f:
+                            f.write(b"appended %d\\n" % n)
+                    elif op in ("rename", "move"):
+                        p = rng.choice(known)
+                        d = os.path.dirname(p) if op == "rename" else rng.choice(known_dirs)
+                        q = os.path.join(d, "r%d-%s" % (n, os.path.basename(p)[-20:]))
+                        os.rename(p, q)
+                        known.remove(p)
+                        known.append(q)
+                    elif op == "delete":
+                        p = rng.choice(known)
+                        os.unlink(p)
+                        known.remove(p)
+                    elif op == "mkdir":
+                        d = os.path.join(rng.choice(known_dirs), "d%d" % n)
+                        os.mkdir(d)
+                        known_dirs.append(d)
+                        for i in range(rng.randrange(1, 6)):
+                            p = os.path.join(d, "f%d.txt" % i)
+                            with open(p, "w") as f:
+                                f.write("new directory file %d %d\\n" % (n, i))
+                            known.append(p)
+                    elif op == "link":
+                        p = rng.choice(known)
+                        if os.path.islink(p): continue
+                        q = os.path.join(rng.choice(known_dirs), "h%d" % n)
+                        os.link(p, q)
+                        known.append(q)
+                    elif op == "symlink":
+                        p = rng.choice(known)
+                        q = os.path.join(os.path.dirname(p), "s%d" % n)
+                        os.symlink(os.path.basename(p), q)
+                        known.append(q)
+                except FileNotFoundError:
+                    known, known_dirs = files(), dirs()
+                n += 1
+                if n % 20 == 0:
+                    with open(count_file + ".tmp", "w") as f:
+                        f.write(str(n))
+                    os.replace(count_file + ".tmp", count_file)
+                time.sleep(0.015)  # pacing of the load (about 50 operations a second), not synchronisation
+            with open(count_file, "w") as f:
+                f.write(str(n))
+            """
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = ["python3", "-c", script, root, String(seed), links ? "1" : "0", countFile, stopFile]
+        p.standardInput = FileHandle.nullDevice
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        process = p
+    }
+
+    var operations: Int { (try? String(contentsOfFile: countFile, encoding: .utf8)).flatMap { Int($0) } ?? 0 }
+
+    /// Waits until `n` more operations were done.
+    func waitOperations(_ n: Int) -> Bool {
+        let target = operations + n
+        return waitUntil(timeout: 120) { operations >= target }
+    }
+
+    /// The freeze: the application stops writing.
+    func stop() {
+        _ = FileManager.default.createFile(atPath: stopFile, contents: nil)
+        process.waitUntilExit()
+    }
+}
+
+/// Every entry of a tree with its metadata, read by Python's os.lstat (independent of ferry): type, mode, size,
+/// mtime (ns, files and directories), symlink target, SHA-256 of files, and the hard-link groups.
+func treeMetadata(_ root: String) throws -> [String: Any] {
+    let out = try pythonOutput(
+        """
+        import hashlib, json, os, stat
+        root = \(String(reflecting: root))
+        entries, groups = {}, {}
+        for d, ds, fs in os.walk(root):
+            for name in ds + fs:
+                p = os.path.join(d, name)
+                rel = os.path.relpath(p, root)
+                st = os.lstat(p)
+                e = {"type": stat.S_IFMT(st.st_mode), "mode": stat.S_IMODE(st.st_mode)}
+                if stat.S_ISREG(st.st_mode):
+                    e["size"] = st.st_size
+                    e["mtime"] = st.st_mtime_ns
+                    e["sha"] = hashlib.sha256(open(p, "rb").read()).hexdigest()
+                    if st.st_nlink > 1: groups.setdefault(st.st_ino, []).append(rel)
+                elif stat.S_ISDIR(st.st_mode):
+                    e["mtime"] = st.st_mtime_ns
+                elif stat.S_ISLNK(st.st_mode):
+                    e["target"] = os.readlink(p)
+                entries[rel] = e
+        print(json.dumps({"entries": entries, "links": sorted(sorted(g) for g in groups.values())}, sort_keys=True))
+        """)
+    return try #require(try JSONSerialization.jsonObject(with: Data(out)) as? [String: Any])
+}
+
+/// Live directory trees through the fs-journal tap: an application keeps writing while `ferry run` copies and
+/// the tap mirrors; after the fenced cutover the destination is the source, checked by tools that are not ferry.
+@Suite(.serialized) struct LiveTreeTests {
+    func plan(_ dir: TempDir, destination: String, extra: String = "") throws -> String {
+        try writePlan(
+            dir.path,
+            """
+            version: 1
+            name: live
+            source: { kind: fs, path: src }
+            destination: \(destination)
+            tap: { kind: fs-journal }
+            state: \(dir.sub("state"))
+            cutover: { max_tap_lag: 30s }
+            \(extra)
+            """)
+    }
+
+    func tap(_ dir: TempDir) -> TapClient { TapClient(socketPath: dir.sub("state/tap/control.sock")) }
+
+    func stopTap(_ dir: TempDir) {
+        if let pid = try? tap(dir).status()?.pid { kill(pid, SIGKILL) }
+    }
+
+    /// Waits until the mirror has applied everything the tap journaled.
+    func drained(_ dir: TempDir) throws -> Bool {
+        try waitUntil(timeout: 120) {
+            guard let s = try tap(dir).status(), let new = s.upstreams.first(where: { $0.name == "new" }) else { return false }
+            return new.cursor == s.head && new.connected
+        }
+    }
+
+    func compareTrees(_ a: String, _ b: String) throws {
+        let diff = try TwoHosts.run(["/usr/bin/diff", "-r", "--no-dereference", a, b])
+        #expect(diff.0 == 0, "diff -r: \(diff.1.prefix(2000))")
+        let (ma, mb) = (try treeMetadata(a), try treeMetadata(b))
+        let ea = try #require(ma["entries"] as? [String: [String: Any]])
+        let eb = try #require(mb["entries"] as? [String: [String: Any]])
+        #expect(
+            Set(ea.keys) == Set(eb.keys),
+            "only in the source: \(Set(ea.keys).subtracting(eb.keys).sorted().prefix(10)); only in the destination: \(Set(eb.keys).subtracting(ea.keys).sorted().prefix(10))"
+        )
+        var differing: [String] = []
+        for (k, v) in ea where (eb[k] as NSDictionary?) != (v as NSDictionary) { differing.append("\(k): \(v) vs \(eb[k] ?? [:])") }
+        #expect(differing.isEmpty, "\(differing.count) entries differ, e.g. \(differing.prefix(3))")
+        #expect((ma["links"] as? [[String]]) == (mb["links"] as? [[String]]), "hard-link groups differ")
+    }
+
+    /// fs → fs while the application writes, with renames across directories, hard links and symlinks; the tap is
+    /// killed with -9 and started again on the way (the tree is rescanned), and then started with a tiny inotify
+    /// queue so that a burst overflows it (rescanned again). After the freeze and the fenced cutover the trees are
+    /// equal: `diff -r` and every entry's metadata.
+    @Test func aLiveTreeMovesToAnotherTreeWithNothingLost() throws {
+        let dir = TempDir("live-fs")
+        var rng = SeededRandom(#function)
+        try TreeGen.make(at: dir.sub("src"), files: 2000, maxSmall: 16 << 10, seed: rng.next())
+        try FileManager.default.createDirectory(atPath: dir.sub("dst"), withIntermediateDirectories: true)
+        let p = try plan(dir, destination: "{ kind: fs, path: dst }")
+        defer { stopTap(dir) }
+        let writer = try TreeWriter(root: dir.sub("src"), seed: rng.next(), links: true, dir: dir)
+        defer { writer.stop() }
+        #expect(writer.waitOperations(40))
+        let run = try Ferry.run(["run", p])
+        #expect(run.status == 0, "\(run.all)")
+        #expect(writer.waitOperations(300))
+        // The mirror keeps up: the tap's lag comes back under a second while the writer goes on.
+        let caughtUp = try waitUntil(timeout: 60) { (try tap(dir).status()?.upstreams.first { $0.name == "new" }?.lagSeconds ?? 99) < 1 }
+        let log = (try? String(contentsOfFile: dir.sub("state/tap/tap.log"), encoding: .utf8)) ?? ""
+        let upstream = String(describing: try tap(dir).status()?.upstreams.last)
+        #expect(caughtUp, "\(upstream); tap log: \(log.suffix(3000))")
+
+        // kill -9 of the tap while the writer goes on; started again, it rescans the whole tree.
+        let pid = try #require(try tap(dir).status()?.pid)
+        kill(pid, SIGKILL)
+        #expect(writer.waitOperations(100))
+        let client = tap(dir)
+        _ = try launchDaemon(Ferry.binary, ["tap", p], log: dir.sub("tap-2.log"), timeout: 20, what: "the tap") { (try? client.status()) != nil }
+        #expect(writer.waitOperations(200))
+        #expect(try String(contentsOfFile: dir.sub("tap-2.log"), encoding: .utf8).contains("did not stop cleanly"))
+
+        // A queue of 16 events for a new tap instance, and a burst of thousands: it overflows, and is rescanned.
+        kill(try #require(try tap(dir).status()?.pid), SIGKILL)
+        let limit = "/proc/sys/fs/inotify/max_queued_events"
+        let saved = try String(contentsOfFile: limit, encoding: .utf8)
+        try "16\n".write(toFile: limit, atomically: false, encoding: .utf8)
+        let started = Result {
+            try launchDaemon(Ferry.binary, ["tap", p], log: dir.sub("tap-3.log"), timeout: 20, what: "the tap") { (try? client.status()) != nil }
+        }
+        try saved.write(toFile: limit, atomically: false, encoding: .utf8)
+        _ = try started.get()
+        _ = try pythonOutput(
+            "root = \(String(reflecting: dir.sub("src/burst")))\nos.mkdir(root)\nfor i in range(3000): open(root + '/b%d' % i, 'w').write('burst %d' % i)"
+        )
+        #expect(waitUntil(timeout: 60) { (try? String(contentsOfFile: dir.sub("tap-3.log"), encoding: .utf8))?.contains("overflowed") == true })
+        #expect(writer.waitOperations(100))
+
+        // The freeze, the journal drained (what the operator sees in `ferry status`: lag 0, nothing spooled),
+        // then the fenced cutover: everything before the fence is at the destination.
+        writer.stop()
+        let isDrained = try drained(dir)
+        let tapLog = (try? String(contentsOfFile: dir.sub("tap-3.log"), encoding: .utf8)) ?? ""
+        #expect(isDrained, "the journal did not drain: \(tapLog.suffix(2000))")
+        let cut = try Ferry.run(["cutover", p])
+        #expect(cut.status == 0 && cut.stdout.contains("[ok] fence-new"), "\(cut.all)")
+        print("writer: \(writer.operations) operations")
+        try compareTrees(dir.sub("src"), dir.sub("dst"))
+    }
+}
