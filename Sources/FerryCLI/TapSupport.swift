@@ -10,7 +10,12 @@ import Glibc
 /// The tap's health as `ferry tap ctl status` and `ferry status` print it.
 func printTap(_ s: TapStatus, indent: String = "") {
     out("\(indent)tap          \(s.kind), pid \(s.pid), mode \(s.mode.rawValue) (primary \(s.primary)), sequence \(s.head)")
-    var line = "\(indent)  received   \(s.receivedLines) lines, \(s.invalidLines) invalid, \(s.refusedMessages) refused messages"
+    // A live tree's tap journals paths (and counts the directories it could not watch), not lines and messages.
+    let unit = s.kind == "fs-journal" ? "paths" : "lines"
+    var line =
+        s.kind == "fs-journal"
+        ? "\(indent)  journaled  \(s.receivedLines) paths, \(s.refusedMessages) directories that could not be watched (rescanned)"
+        : "\(indent)  received   \(s.receivedLines) lines, \(s.invalidLines) invalid, \(s.refusedMessages) refused messages"
     if s.droppedLines > 0 { line += ", \(s.droppedLines) UDP lines DROPPED (spool full)" }
     out(line)
     out(
@@ -20,7 +25,7 @@ func printTap(_ s: TapStatus, indent: String = "") {
     for u in s.upstreams {
         var l = "\(indent)  \(pad(u.name, 4))       \(u.address) \(u.role), \(u.connected ? "connected" : "DOWN"), "
         l +=
-            "forwarded \(u.forwardedLines) lines, spooled \(Units.formatBytes(Int64(u.spoolBytes))), lag \(Units.formatDecimal(u.lagSeconds, places: 1)) s"
+            "\(s.kind == "fs-journal" ? "applied" : "forwarded") \(u.forwardedLines) \(unit), spooled \(Units.formatBytes(Int64(u.spoolBytes))), lag \(Units.formatDecimal(u.lagSeconds, places: 1)) s"
         if u.reconnects > 0 { l += ", \(u.reconnects) reconnects" }
         if let e = u.lastError, !u.connected { l += " (\(e))" }
         out(l)

@@ -54,11 +54,13 @@ extension Job {
         // What changed again while it was copied (vanished, or a hard link whose first name moved or went) is
         // looked at once more now, so nothing stays unsettled behind the tap: a vanished entry is removed or
         // queued as it is now, and an impossible link is copied as bytes (the next change of that file links it).
-        var vanished: [ItemRecord] = []
-        var unlinkable: [ItemRecord] = []
-        try ledger.forEachItem(states: [.vanished]) { vanished.append($0) }
-        try ledger.forEachItem(states: [.failed], kind: .hardlink) { unlinkable.append($0) }
-        if !vanished.isEmpty || !unlinkable.isEmpty {
+        for _ in 0..<3 {
+            var vanished: [ItemRecord] = []
+            var unlinkable: [ItemRecord] = []
+            try ledger.forEachItem(states: [.vanished]) { vanished.append($0) }
+            try ledger.forEachItem(states: [.failed], kind: .hardlink) { unlinkable.append($0) }
+            let unsettled = try ledger.unsettledCount()
+            if vanished.isEmpty && unlinkable.isEmpty && unsettled == 0 { break }
             let context = MirrorContext(filter: EntryFilter(plan: plan, destination: destination), ledger: ledger)
             for item in vanished { try look(item.entry.path, context) }
             for item in unlinkable {
@@ -68,6 +70,8 @@ extension Job {
             }
             copied.bytesCopied += try copy(ledger).bytesCopied
         }
+        let unsettled = try ledger.unsettledCount()
+        if unsettled > 0 { logger.warning("entries left unsettled after applying the changes", metadata: ["count": "\(unsettled)"]) }
         summary.copiedBytes = copied.bytesCopied
         return summary
     }
@@ -151,28 +155,33 @@ extension Job {
             try ledger.recordSkipped(SkippedEntry(path: found.path, reason: why, category: .policy))
             return
         }
-        guard let item = try ledger.item(path: e.path) else {
-            try c.add(e)
-            c.summary.added += 1
-            return
-        }
-        let old = item.entry
-        if item.state == .vanished || item.state == .deleted || item.state == .failed || e.changed(comparedTo: old) || e.mode != old.mode
-            || e.uid != old.uid || e.gid != old.gid || e.kind != old.kind || e.linkTarget != old.linkTarget || e.xattrs != old.xattrs
-        {
+        if let item = try ledger.item(path: e.path) {
+            let old = item.entry
+            guard
+                item.state == .vanished || item.state == .deleted || item.state == .failed || e.changed(comparedTo: old)
+                    || e.mode != old.mode || e.uid != old.uid || e.gid != old.gid || e.kind != old.kind || e.linkTarget != old.linkTarget
+                    || e.xattrs != old.xattrs
+            else { return }
             try ledger.requeue(item.id, entry: e)
             c.summary.changed += 1
-            if found.kind == .file && found.links > 1 {
-                // A change through one name of a hard-link group is a change of all: the destination writes a
-                // changed file as a new file, so the group's file is copied again and its other names linked again.
-                for other in try ledger.names(inode: found.inode, notAt: e.path) {
-                    if other.entry.kind == .file, var now = try source.stat(other.entry.path), now.inode == found.inode {
-                        now.links = other.entry.links
-                        try ledger.requeue(other.id, entry: now)
-                    } else if other.entry.kind == .hardlink {
-                        try ledger.requeue(other.id, entry: other.entry)
-                    }
-                }
+        } else {
+            try c.add(e)
+            c.summary.added += 1
+        }
+        if found.kind == .file && found.links > 1 { try regroup(found, except: e.path, c) }
+    }
+
+    /// A change through one name of a hard-link group (or a new name of it) is a change of all: the destination
+    /// writes a changed file as a new file, so the group's file is copied again where the source's bytes moved
+    /// on, and its other names are linked again.
+    private func regroup(_ found: Entry, except path: String, _ c: MirrorContext) throws {
+        for other in try c.ledger.names(inode: found.inode, notAt: path) {
+            if other.entry.kind == .file, var now = try source.stat(other.entry.path), now.inode == found.inode {
+                guard now.changed(comparedTo: other.entry) else { continue }
+                now.links = other.entry.links
+                try c.ledger.requeue(other.id, entry: now)
+            } else if other.entry.kind == .hardlink {
+                try c.ledger.requeue(other.id, entry: other.entry)
             }
         }
     }

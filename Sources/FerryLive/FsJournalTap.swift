@@ -89,6 +89,8 @@ public final class FsJournalTap: TapService, TapServer, @unchecked Sendable {
         var lastError: String?
         var connected = true
         var waitingForReady = true
+        /// Entries the ledger holds as not settled (pending, failed, vanished) at the last look.
+        var unsettled: Int64 = 0
         /// How many times events were lost (each journals a rescan).
         var lost: UInt64 = 0
         /// Fence files the watcher reported, with the journal offset just past their record.
@@ -231,6 +233,9 @@ public final class FsJournalTap: TapService, TapServer, @unchecked Sendable {
                 continue
             }
             if records.isEmpty {
+                // Entries left pending (held by a lease of a killed process until it expires, or changed again
+                // while copied) are copied once nothing new arrives; until then the status says so.
+                settleLeftovers()
                 _ = journal.wait(beyond: cursor, timeout: 0.5)
                 continue
             }
@@ -293,6 +298,26 @@ public final class FsJournalTap: TapService, TapServer, @unchecked Sendable {
         }
     }
 
+    private var lastSettle = Date.distantPast
+
+    private func settleLeftovers() {
+        guard Date().timeIntervalSince(lastSettle) >= 2 else { return }
+        lastSettle = Date()
+        do {
+            let job = try makeJob()
+            let ledger = try job.openLedger(create: false)
+            guard let phase = try ledger.job()?.phase, [.ready, .switched, .complete].contains(phase) else { return }
+            let unsettled = try ledger.unsettledCount()
+            state.withLock { $0.unsettled = unsettled }
+            guard unsettled > 0 else { return }
+            _ = try job.mirror(LiveChanges(), ledger: ledger)
+            let left = try ledger.unsettledCount()
+            state.withLock { $0.unsettled = left }
+        } catch {
+            state.withLock { $0.lastError = "\(error)" }
+        }
+    }
+
     // MARK: - control
 
     public func status() -> TapStatus {
@@ -303,7 +328,10 @@ public final class FsJournalTap: TapService, TapServer, @unchecked Sendable {
         let new = TapUpstreamStatus(
             name: "new", address: plan.destination.displayName, role: mirroring ? "mirror" : "detached", connected: s.connected,
             forwardedLines: s.applied, forwardedBytes: 0, spoolBytes: journal.bytes(after: s.cursor), lagSeconds: lag, cursor: s.cursor,
-            reconnects: 0, lastError: s.lastError ?? (s.waitingForReady && s.cursor < head ? "waiting for the job to be ready" : nil))
+            reconnects: 0,
+            lastError: s.lastError
+                ?? (s.waitingForReady && s.cursor < head
+                    ? "waiting for the job to be ready" : s.unsettled > 0 ? "\(s.unsettled) entries not settled yet" : nil))
         let old = TapUpstreamStatus(
             name: "old", address: config.root, role: mirroring ? "primary" : "detached", connected: true, forwardedLines: s.received,
             forwardedBytes: 0, spoolBytes: 0, lagSeconds: 0, cursor: head, reconnects: 0,

@@ -5,19 +5,20 @@ import Foundation
 import Testing
 
 /// An application writing into a live tree (Python, its own process): creates, overwrites, appends, renames
-/// (within and across directories), deletes, makes directories and fills them, and (with `links`) makes hard
-/// links and symlinks. It updates a count of its operations as it goes, and stops when its stop file appears.
+/// (within and across directories), deletes, makes directories and fills them, and (with `links`) makes symlinks
+/// and (with `hardlinks`) hard links to existing files. It updates a count of its operations as it goes, and stops when its stop file appears.
 final class TreeWriter {
     let process: Process
     let countFile: String
     let stopFile: String
 
-    init(root: String, seed: UInt64, links: Bool, dir: TempDir, name: String = "writer") throws {
+    init(root: String, seed: UInt64, links: Bool, hardlinks: Bool = false, dir: TempDir, name: String = "writer") throws {
         countFile = dir.sub("\(name).count")
         stopFile = dir.sub("\(name).stop")
         let script = """
             import os, random, sys, time
             root, seed, links, count_file, stop = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4], sys.argv[5]
+            hardlinks = sys.argv[6] == "1"
             rng = random.Random(seed)
             def files():
                 out = []
@@ -34,7 +35,7 @@ final class TreeWriter {
             n = 0
             known, known_dirs = files(), dirs()
             while not os.path.exists(stop):
-                op = rng.choice(["create", "create", "overwrite", "append", "rename", "move", "delete", "mkdir"] + (["link", "symlink"] if links else []))
+                op = rng.choice(["create", "create", "overwrite", "append", "rename", "move", "delete", "mkdir"] + (["symlink"] if links else []) + (["link"] if hardlinks else []))
                 try:
                     if op == "create" or (op in ("overwrite", "append", "rename", "move", "delete", "link", "symlink") and not known):
                         p = os.path.join(rng.choice(known_dirs), "w%d-%d.bin" % (seed % 1000, n))
@@ -95,7 +96,7 @@ final class TreeWriter {
             """
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["python3", "-c", script, root, String(seed), links ? "1" : "0", countFile, stopFile]
+        p.arguments = ["python3", "-c", script, root, String(seed), links ? "1" : "0", countFile, stopFile, hardlinks ? "1" : "0"]
         p.standardInput = FileHandle.nullDevice
         p.standardOutput = FileHandle.nullDevice
         p.standardError = FileHandle.nullDevice
@@ -142,7 +143,8 @@ func treeMetadata(_ root: String) throws -> [String: Any] {
                 elif stat.S_ISLNK(st.st_mode):
                     e["target"] = os.readlink(p)
                 entries[rel] = e
-        print(json.dumps({"entries": entries, "links": sorted(sorted(g) for g in groups.values())}, sort_keys=True))
+        # A group is two or more names in the tree (a name whose other links are outside it is a single file here).
+        print(json.dumps({"entries": entries, "links": sorted(sorted(g) for g in groups.values() if len(g) > 1)}, sort_keys=True))
         """)
     return try #require(try JSONSerialization.jsonObject(with: Data(out)) as? [String: Any])
 }
@@ -175,7 +177,7 @@ func treeMetadata(_ root: String) throws -> [String: Any] {
     func drained(_ dir: TempDir) throws -> Bool {
         try waitUntil(timeout: 120) {
             guard let s = try tap(dir).status(), let new = s.upstreams.first(where: { $0.name == "new" }) else { return false }
-            return new.cursor == s.head && new.connected
+            return new.cursor == s.head && new.connected && new.lastError == nil
         }
     }
 
@@ -192,10 +194,15 @@ func treeMetadata(_ root: String) throws -> [String: Any] {
         var differing: [String] = []
         for (k, v) in ea where (eb[k] as NSDictionary?) != (v as NSDictionary) { differing.append("\(k): \(v) vs \(eb[k] ?? [:])") }
         #expect(differing.isEmpty, "\(differing.count) entries differ, e.g. \(differing.prefix(3))")
-        #expect((ma["links"] as? [[String]]) == (mb["links"] as? [[String]]), "hard-link groups differ")
+        let (la, lb) = ((ma["links"] as? [[String]]) ?? [], (mb["links"] as? [[String]]) ?? [])
+        #expect(
+            la == lb,
+            "hard-link groups differ: only in the source \(Set(la).subtracting(lb).prefix(5)), only in the destination \(Set(lb).subtracting(la).prefix(5))"
+        )
     }
 
-    /// fs → fs while the application writes, with renames across directories, hard links and symlinks; the tap is
+    /// fs → fs while the application writes, with renames across directories and symlinks, over a tree that holds
+    /// hard-link groups (new hard links made live are not part of this test: see the issue's notes); the tap is
     /// killed with -9 and started again on the way (the tree is rescanned), and then started with a tiny inotify
     /// queue so that a burst overflows it (rescanned again). After the freeze and the fenced cutover the trees are
     /// equal: `diff -r` and every entry's metadata.
