@@ -657,15 +657,7 @@ public final class Ledger: Sendable {
     /// A copied (or pending) regular file with this inode, other than at `path`: the first name of a hard-link
     /// group found later.
     public func file(inode: UInt64, notAt path: String) throws -> ItemRecord? {
-        try wrap("read item by inode") {
-            try db.read { db in
-                try Row.fetchOne(
-                    db,
-                    sql: "SELECT * FROM items WHERE inode = ? AND kind = 'file' AND path != ? AND state IN ('pending', 'done') LIMIT 1",
-                    arguments: [Int64(bitPattern: inode), path]
-                ).map(Self.item)
-            }
-        }
+        try names(inode: inode, notAt: path).first { $0.entry.kind == .file }
     }
 
     public func item(id: Int64) throws -> ItemRecord? {

@@ -91,6 +91,9 @@ public final class FsJournalTap: TapService, TapServer, @unchecked Sendable {
         var waitingForReady = true
         /// Entries the ledger holds as not settled (pending, failed, vanished) at the last look.
         var unsettled: Int64 = 0
+        /// A change could not be journaled: the whole tree is rescanned before the mirror counts as caught up.
+        /// (A count: a failure during a rescan still owes the next one.)
+        var rescanOwed = 0
         /// How many times events were lost (each journals a rescan).
         var lost: UInt64 = 0
         /// Fence files the watcher reported, with the journal offset just past their record.
@@ -204,9 +207,13 @@ public final class FsJournalTap: TapService, TapServer, @unchecked Sendable {
         do {
             try record(r)
         } catch {
-            // The journal cannot take it: the change is not lost as long as a rescan follows.
+            // The journal cannot take it: the change is not lost as long as a rescan follows. The mirror rescans
+            // the whole tree with its next batch, and reports the destination behind until it has (so no cutover).
             logger.error("cannot journal a change (\(error)); the tree will be rescanned")
-            state.withLock { $0.lastError = "journal: \(error)" }
+            state.withLock {
+                $0.lastError = "journal: \(error)"
+                $0.rescanOwed += 1
+            }
             _ = FileManager.default.createFile(atPath: runningMarker, contents: nil)
         }
     }
@@ -250,6 +257,8 @@ public final class FsJournalTap: TapService, TapServer, @unchecked Sendable {
                 }
                 state.withLock { $0.waitingForReady = false }
                 var changes = LiveChanges()
+                let owed = state.withLock { $0.rescanOwed }
+                if owed > 0 { changes.subtrees.insert("") }
                 var later: [ChangeRecord] = []
                 for r in records {
                     guard let c = try? JSONDecoder().decode(ChangeRecord.self, from: Data(r.payload)) else {
@@ -278,6 +287,7 @@ public final class FsJournalTap: TapService, TapServer, @unchecked Sendable {
                     $0.applied += UInt64(records.count - later.count)
                     $0.lastError = nil
                     $0.connected = true
+                    $0.rescanOwed -= owed
                 }
                 if summary != MirrorSummary() {
                     logger.info(
@@ -326,7 +336,8 @@ public final class FsJournalTap: TapService, TapServer, @unchecked Sendable {
         let lag = s.cursor < head ? journal.appendedAt(s.cursor).map { max(0, Date().timeIntervalSince1970 - Double($0) / 1000) } ?? 0 : 0
         let mirroring = s.mode == .mirror || s.mode == .cutover
         let new = TapUpstreamStatus(
-            name: "new", address: plan.destination.displayName, role: mirroring ? "mirror" : "detached", connected: s.connected,
+            name: "new", address: plan.destination.displayName, role: mirroring ? "mirror" : "detached",
+            connected: s.connected && s.rescanOwed == 0,
             forwardedLines: s.applied, forwardedBytes: 0, spoolBytes: journal.bytes(after: s.cursor), lagSeconds: lag, cursor: s.cursor,
             reconnects: 0,
             lastError: s.lastError
