@@ -27,7 +27,13 @@ public struct MirrorSummary: Sendable, Equatable {
     public var changed = 0
     public var removed = 0
     public var copiedBytes: Int64 = 0
+    /// Entries the ledger still holds as not settled (pending, failed, vanished) after this application: what
+    /// the tap reports as behind until a later application settles them.
+    public var unsettled: Int64 = 0
     public init() {}
+
+    /// Whether the application changed anything at the destination.
+    public var changedAnything: Bool { added + changed + removed > 0 || copiedBytes > 0 }
 }
 
 extension Job {
@@ -73,6 +79,7 @@ extension Job {
         let unsettled = try ledger.unsettledCount()
         if unsettled > 0 { logger.warning("entries left unsettled after applying the changes", metadata: ["count": "\(unsettled)"]) }
         summary.copiedBytes = copied.bytesCopied
+        summary.unsettled = unsettled
         return summary
     }
 

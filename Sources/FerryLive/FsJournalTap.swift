@@ -288,8 +288,11 @@ public final class FsJournalTap: TapService, TapServer, @unchecked Sendable {
                     $0.lastError = nil
                     $0.connected = true
                     $0.rescanOwed -= owed
+                    // Said at once, not at the next idle look: a drained journal with entries still unsettled is
+                    // not caught up.
+                    $0.unsettled = summary.unsettled
                 }
-                if summary != MirrorSummary() {
+                if summary.changedAnything {
                     logger.info(
                         "mirrored", metadata: ["added": "\(summary.added)", "changed": "\(summary.changed)", "removed": "\(summary.removed)"])
                 }
@@ -320,9 +323,8 @@ public final class FsJournalTap: TapService, TapServer, @unchecked Sendable {
             let unsettled = try ledger.unsettledCount()
             state.withLock { $0.unsettled = unsettled }
             guard unsettled > 0 else { return }
-            _ = try job.mirror(LiveChanges(), ledger: ledger)
-            let left = try ledger.unsettledCount()
-            state.withLock { $0.unsettled = left }
+            let summary = try job.mirror(LiveChanges(), ledger: ledger)
+            state.withLock { $0.unsettled = summary.unsettled }
         } catch {
             state.withLock { $0.lastError = "\(error)" }
         }

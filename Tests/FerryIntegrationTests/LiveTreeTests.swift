@@ -181,6 +181,15 @@ func treeMetadata(_ root: String) throws -> [String: Any] {
         }
     }
 
+    /// The ledger's entries that are not settled (read with Python's sqlite3, not through ferry), for a message.
+    func unsettled(_ dir: TempDir) throws -> String {
+        String(
+            decoding: try pythonOutput(
+                "import sqlite3\ndb = sqlite3.connect(\(String(reflecting: dir.sub("state/ledger.sqlite"))))\n"
+                    + "print(db.execute(\"SELECT path, kind, state, error FROM items WHERE state IN ('pending', 'failed', 'vanished') LIMIT 10\").fetchall())"
+            ), as: UTF8.self)
+    }
+
     func compareTrees(_ a: String, _ b: String) throws {
         let diff = try TwoHosts.run(["/usr/bin/diff", "-r", "--no-dereference", a, b])
         #expect(diff.0 == 0, "diff -r: \(diff.1.prefix(2000))")
@@ -257,7 +266,7 @@ func treeMetadata(_ root: String) throws -> [String: Any] {
         let tapLog = (try? String(contentsOfFile: dir.sub("tap-3.log"), encoding: .utf8)) ?? ""
         #expect(isDrained, "the journal did not drain: \(tapLog.suffix(2000))")
         let cut = try Ferry.run(["cutover", p])
-        #expect(cut.status == 0 && cut.stdout.contains("[ok] fence-new"), "\(cut.all)")
+        #expect(cut.status == 0 && cut.stdout.contains("[ok] fence-new"), "\(cut.all)\nunsettled: \((try? unsettled(dir)) ?? "?")")
         print("writer: \(writer.operations) operations")
         try compareTrees(dir.sub("src"), dir.sub("dst"))
     }
