@@ -18,7 +18,10 @@ public struct FsJournalTapConfig: Sendable {
     public var controlSocket: String
     public var fsync: FsyncPolicy = .interval(1)
 
-    public static let keys: Set<String> = ["spool_dir", "control", "fsync", "fence_timeout"]
+    /// How the tree is watched (`watch:`): fanotify where possible (`auto`, the default), or one of the two.
+    public var watch: WatchBackend = .auto
+
+    public static let keys: Set<String> = ["spool_dir", "control", "fsync", "fence_timeout", "watch"]
 
     public init(plan: Plan) throws {
         guard let tap = plan.tap, tap.kind == "fs-journal" else { throw FerryError(.invalidPlan, "the plan has no fs-journal tap") }
@@ -40,6 +43,12 @@ public struct FsJournalTapConfig: Sendable {
             guard let p = FsyncPolicy.parse(v) else { throw FerryError(.invalidPlan, "tap.fsync: expected always, never or an interval, got '\(v)'") }
             fsync = p
         }
+        if let v = o["watch"] {
+            guard let w = WatchBackend(rawValue: v) else {
+                throw FerryError(.invalidPlan, "tap.watch: expected auto, fanotify or inotify, got '\(v)'")
+            }
+            watch = w
+        }
     }
 }
 
@@ -55,7 +64,7 @@ struct ChangeRecord: Codable, Equatable {
 /// The fs-journal tap: the live tree's changes, journaled and mirrored.
 ///
 /// ```
-/// application ──writes──▶ source tree ──inotify──▶ TreeWatcher ──path records──▶ Journal (durable, first)
+/// application ──writes──▶ source tree ──fanotify/inotify──▶ watcher ──path records──▶ Journal (durable, first)
 ///                                                                                     │ cursor.new
 ///                                                                                     ▼
 ///                                      destination ◀── Job.mirror (catch-up of those paths + the copy phase)
@@ -75,7 +84,7 @@ public final class FsJournalTap: TapService, TapServer, @unchecked Sendable {
     let logger: Logger
     let makeJob: @Sendable () throws -> Job
     let journal: Journal
-    private var watcher: TreeWatcher?
+    private var watcher: (any TreeWatching)?
     private let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     private var control: (any Channel)?
     private var mirrorThread: Thread?
@@ -143,9 +152,13 @@ public final class FsJournalTap: TapService, TapServer, @unchecked Sendable {
             logger.warning("the tap did not stop cleanly last time: the whole tree will be rescanned by metadata")
         }
         _ = FileManager.default.createFile(atPath: runningMarker, contents: Data("\(getpid())\n".utf8))
-        let w = TreeWatcher(root: config.root) { [weak self] event in self?.journal(event) }
-        try w.start()
+        let (w, fallback) = try startWatcher(config.watch, root: config.root) { [weak self] event in self?.journal(event) }
         watcher = w
+        if let fallback {
+            logger.notice(
+                "fanotify is not available, watching with inotify (one watch per directory, up to fs.inotify.max_user_watches)",
+                metadata: ["why": "\(fallback)"])
+        }
         let channel = try ServerBootstrap(group: group)
             .childChannelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
@@ -160,7 +173,7 @@ public final class FsJournalTap: TapService, TapServer, @unchecked Sendable {
         t.start()
         mirrorThread = t
         logger.info(
-            "fs-journal tap watching \(config.root) (\(w.watchedDirectories) directories, inotify); mode \(mode.rawValue)",
+            "fs-journal tap watching \(config.root) (\(w.summary)); mode \(mode.rawValue)",
             metadata: ["failed_watches": "\(w.watchFailures)"])
     }
 
@@ -383,7 +396,7 @@ public final class FsJournalTap: TapService, TapServer, @unchecked Sendable {
         let synced = fsync(fd) == 0
         close(fd)
         guard written == bytes.count, synced else { throw SystemCallError("write", errno: errno, path: path) }
-        // The watcher's own report of the fence file comes after every event before it (inotify keeps order), so
+        // The watcher's own report of the fence file comes after every event before it (the kernel keeps order), so
         // its journal offset covers them all; without it in time (events lost), the fence is journaled here.
         let rel = FenceFile.path(token)
         let deadline = Date().addingTimeInterval(10)

@@ -20,6 +20,47 @@ enum WatchEvent: Equatable {
     case lost(String)
 }
 
+/// How the tap watches the source tree: `auto` is fanotify where the kernel and the privileges allow it, else
+/// inotify.
+public enum WatchBackend: String, Sendable, CaseIterable {
+    case auto, fanotify, inotify
+}
+
+/// A watcher of a directory tree: it reports what changed as `WatchEvent`s, from a thread of its own, in the
+/// order the kernel saw the changes.
+protocol TreeWatching: AnyObject, Sendable {
+    /// What watches, for the log and the status ("fanotify, 1 filesystem", "inotify, 120 directories").
+    var summary: String { get }
+    /// Directories (inotify) or filesystems (fanotify) that could not be watched.
+    var watchFailures: Int { get }
+    /// Whether `path` is open for writing (written since it was last closed).
+    func isBeingWritten(_ path: String) -> Bool
+    func start() throws
+    func stop()
+}
+
+/// Starts the watcher `backend` asks for. With `auto`, fanotify is tried first and inotify is the fallback; the
+/// reason fanotify could not be used is returned with it, for the log.
+func startWatcher(
+    _ backend: WatchBackend, root: String, emit: @escaping @Sendable (WatchEvent) -> Void
+) throws -> (watcher: any TreeWatching, fallback: String?) {
+    if backend != .inotify {
+        let f = FanotifyWatcher(root: root, emit: emit)
+        do {
+            try f.start()
+            return (f, nil)
+        } catch {
+            if backend == .fanotify { throw error }
+            let w = TreeWatcher(root: root, emit: emit)
+            try w.start()
+            return (w, "\(error)")
+        }
+    }
+    let w = TreeWatcher(root: root, emit: emit)
+    try w.start()
+    return (w, nil)
+}
+
 /// Watches a directory tree with inotify: one watch per directory (recursive), added as directories appear.
 /// The number of watches is bounded by `fs.inotify.max_user_watches` (one per directory); a directory that
 /// cannot be watched is reported (`.subtree`, with `watchFailures` counted) so it is rescanned rather than
@@ -27,7 +68,7 @@ enum WatchEvent: Equatable {
 ///
 /// A file is being written between its first IN_MODIFY and its IN_CLOSE_WRITE: `isBeingWritten` says so, and
 /// the mirror leaves such a path for later.
-final class TreeWatcher: @unchecked Sendable {
+final class TreeWatcher: TreeWatching, @unchecked Sendable {
     // @unchecked: `wds` and `paths` are used by the reading thread only (and by `start` before it runs);
     // `writing` and the counters are behind Mutexes.
     let root: String
@@ -53,6 +94,7 @@ final class TreeWatcher: @unchecked Sendable {
 
     var watchFailures: Int { failures.withLock { $0 } }
     var watchedDirectories: Int { wds.count }
+    var summary: String { "inotify, \(watchedDirectories) directories" }
 
     func isBeingWritten(_ path: String) -> Bool { writing.withLock { $0.contains(path) } }
 

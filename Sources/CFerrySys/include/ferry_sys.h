@@ -56,4 +56,43 @@ static const uint32_t FERRY_IN_ONLYDIR = 0x01000000;
 static const uint32_t FERRY_IN_DONT_FOLLOW = 0x02000000;
 static const uint32_t FERRY_IN_EXCL_UNLINK = 0x04000000;
 static const uint32_t FERRY_IN_ISDIR = 0x40000000;
+/// fanotify(7) with FAN_REPORT_DFID_NAME, for the fs-journal tap's watcher: one mark per filesystem, each event
+/// naming its directory by file handle plus the entry's name. `ferry_fanotify_init` returns -1 with errno EPERM
+/// without CAP_SYS_ADMIN and EINVAL before Linux 5.9 (the caller then falls back to inotify).
+int ferry_fanotify_init(void);
+/// Marks the whole filesystem holding `path` for the events in `mask`.
+int ferry_fanotify_mark_filesystem(int fd, const char *path, uint64_t mask);
+/// The filesystem id fanotify reports for the filesystem of `fd` (statfs's f_fsid), or -1.
+int ferry_fsid(int fd, uint64_t *fsid);
+/// One event of a buffer read from a fanotify descriptor.
+struct ferry_fan_event {
+    uint64_t mask;
+    /// statfs's f_fsid of the event's filesystem; 0 with `handle` NULL when the event carries no directory
+    /// (a queue overflow).
+    uint64_t fsid;
+    /// The directory's `struct file_handle`, inside the buffer.
+    const void *handle;
+    /// The entry's name inside that directory (not terminated), or NULL with `name_len` 0 for "." (the
+    /// directory itself).
+    const char *name;
+    unsigned long name_len;
+};
+/// Parses the event at `*offset` in `buf` (of `len` bytes) into `out` and moves `*offset` past it. Returns 1 for
+/// an event, 0 at the end of the buffer, -1 for a malformed one (the rest of the buffer is skipped).
+int ferry_fanotify_next(const unsigned char *buf, unsigned long len, unsigned long *offset, struct ferry_fan_event *out);
+/// The path of the directory `handle` names now (open_by_handle_at through `mount_fd`, then /proc/self/fd), as
+/// the bytes it holds in `out` (not terminated); -1 with errno (ESTALE: the directory is gone, or removed and
+/// only still open somewhere).
+long ferry_handle_path(int mount_fd, const void *handle, char *out, unsigned long size);
+static const uint64_t FERRY_FAN_MODIFY = 0x00000002;
+static const uint64_t FERRY_FAN_ATTRIB = 0x00000004;
+static const uint64_t FERRY_FAN_CLOSE_WRITE = 0x00000008;
+static const uint64_t FERRY_FAN_MOVED_FROM = 0x00000040;
+static const uint64_t FERRY_FAN_MOVED_TO = 0x00000080;
+static const uint64_t FERRY_FAN_CREATE = 0x00000100;
+static const uint64_t FERRY_FAN_DELETE = 0x00000200;
+static const uint64_t FERRY_FAN_DELETE_SELF = 0x00000400;
+static const uint64_t FERRY_FAN_MOVE_SELF = 0x00000800;
+static const uint64_t FERRY_FAN_Q_OVERFLOW = 0x00004000;
+static const uint64_t FERRY_FAN_ONDIR = 0x40000000;
 #endif
