@@ -26,6 +26,7 @@ func printTap(_ s: TapStatus, indent: String = "") {
         var l = "\(indent)  \(pad(u.name, 4))       \(u.address) \(u.role), \(u.connected ? "connected" : "DOWN"), "
         l +=
             "\(s.kind == "fs-journal" ? "applied" : "forwarded") \(u.forwardedLines) \(unit), spooled \(Units.formatBytes(Int64(u.spoolBytes))), lag \(Units.formatDecimal(u.lagSeconds, places: 1)) s"
+        if let n = u.pendingRecords, n > 0 { l += ", \(n) \(unit) to apply" }
         if u.reconnects > 0 { l += ", \(u.reconnects) reconnects" }
         if let e = u.lastError, !u.connected { l += " (\(e))" }
         out(l)

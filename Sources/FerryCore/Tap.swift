@@ -27,10 +27,13 @@ public struct TapUpstreamStatus: Sendable, Codable {
     public var cursor: UInt64
     public var reconnects: UInt64
     public var lastError: String?
+    /// Records accepted but not yet delivered to this upstream (a live tree's tap: paths to look at), where the
+    /// tap counts them.
+    public var pendingRecords: UInt64?
 
     public init(
         name: String, address: String, role: String, connected: Bool, forwardedLines: UInt64, forwardedBytes: UInt64,
-        spoolBytes: UInt64, lagSeconds: Double, cursor: UInt64, reconnects: UInt64, lastError: String?
+        spoolBytes: UInt64, lagSeconds: Double, cursor: UInt64, reconnects: UInt64, lastError: String?, pendingRecords: UInt64? = nil
     ) {
         self.name = name
         self.address = address
@@ -43,6 +46,7 @@ public struct TapUpstreamStatus: Sendable, Codable {
         self.cursor = cursor
         self.reconnects = reconnects
         self.lastError = lastError
+        self.pendingRecords = pendingRecords
     }
 }
 

@@ -428,7 +428,7 @@ public final class Ledger: Sendable {
     /// Streams manifest rows into the ledger in transactions of `batch` rows; marks the snapshot time.
     public final class ManifestWriter {
         let ledger: Ledger
-        var pending: [Entry] = []
+        var pending: [(Entry, ItemState)] = []
         let batch: Int
         let scan: Int64
         init(ledger: Ledger, batch: Int, scan: Int64) {
@@ -436,8 +436,12 @@ public final class Ledger: Sendable {
             self.batch = batch
             self.scan = scan
         }
-        public func add(_ e: Entry) throws {
-            pending.append(e)
+        public func add(_ e: Entry) throws { try add(e, state: .pending) }
+
+        /// Adds an entry in a given state (the reverse of a live tree's cutover records what the fence proved
+        /// equal as done).
+        public func add(_ e: Entry, state: ItemState) throws {
+            pending.append((e, state))
             if pending.count >= batch { try flush() }
         }
         public func flush() throws {
@@ -450,12 +454,12 @@ public final class Ledger: Sendable {
                         sql: """
                             INSERT INTO items (path, kind, size, mtime_ns, mode, inode, uid, gid, link_target, state, scan,
                                 rdev, xattrs)
-                            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)
+                            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                             """)
-                    for e in rows {
+                    for (e, state) in rows {
                         try stmt.execute(arguments: [
                             e.path, e.kind.rawValue, e.size, e.mtimeNs, Int64(e.mode), Int64(bitPattern: e.inode),
-                            Int64(e.uid), Int64(e.gid), e.linkTarget, scan, Int64(bitPattern: e.rdev),
+                            Int64(e.uid), Int64(e.gid), e.linkTarget, state.rawValue, scan, Int64(bitPattern: e.rdev),
                             Ledger.encodeXattrs(e.xattrs),
                         ])
                     }

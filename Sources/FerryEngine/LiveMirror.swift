@@ -83,6 +83,62 @@ extension Job {
         return summary
     }
 
+    /// Makes this job the mirror back of a live tree's fenced cutover (fs → fs): it goes from the new tree to the
+    /// old one, and its ledger comes from a walk of the new tree by metadata, moving no bytes. An entry the
+    /// forward ledger holds as copied with the same metadata is recorded as copied (the fence proved both trees
+    /// equal when the application was switched); anything else (written since) is queued, and what the forward
+    /// ledger holds that the new tree no longer has is removed from the old tree. Then the job is ready, and
+    /// `mirror` applies the changes the new tree's watcher journaled meanwhile. A seed cut short (a crash) is
+    /// started again.
+    public func seedReverse(from forward: Ledger) throws -> (entries: Int, queued: Int, removed: Int) {
+        let ledger = try openLedger(create: true)
+        if let job = try ledger.job(), job.phase == .ready { return (0, 0, 0) }
+        if try ledger.job() == nil {
+            try ledger.createJob(name: plan.name, planIdentity: plan.identity, chunkSize: plan.copy.chunkSize)
+        }
+        try ledger.clearManifest()
+        let writer = ledger.manifestWriter()
+        var filter = EntryFilter(plan: plan, destination: destination)
+        var entries = 0
+        var queued = 0
+        func add(_ e: Entry) throws {
+            let before = try forward.item(path: e.path)
+            let same =
+                before.map { f in
+                    f.state == .done && f.entry.kind == e.kind && f.entry.mode == e.mode && f.entry.linkTarget == e.linkTarget
+                        && (e.kind == .directory || (f.entry.size == e.size && f.entry.mtimeNs == e.mtimeNs))
+                } ?? false
+            entries += 1
+            if !same { queued += 1 }
+            try writer.add(e, state: same ? .done : .pending)
+        }
+        if let top = try source.stat("") { try add(top) }
+        try source.walk(
+            { e in
+                switch filter.classify(e) {
+                case .copy(let kept): try add(kept)
+                case .refuse(let why): try ledger.recordSkipped(SkippedEntry(path: e.path, reason: why, category: .refused))
+                case .skip(let why): try ledger.recordSkipped(SkippedEntry(path: e.path, reason: why, category: .policy))
+                }
+            }, skipped: { s in try? ledger.recordSkipped(s) })
+        // What the old tree still holds that went from the new one after the switch: known here as copied, so
+        // that it can be removed like any entry that left this job's source.
+        try writer.flush()
+        var gone: [Entry] = []
+        try forward.forEachItem(states: [.done]) { item in
+            if try ledger.item(path: item.entry.path) == nil { gone.append(item.entry) }
+        }
+        for e in gone { try writer.add(e, state: .done) }
+        try writer.flush()
+        var removed = 0
+        for e in gone.sorted(by: { $0.path.count > $1.path.count }) where try ledger.item(path: e.path)?.state == .done {
+            removed += try removeGone(e.path, ledger: ledger)
+        }
+        try ledger.finishSnapshot(root: source.displayName, at: Date().timeIntervalSince1970)
+        try ledger.setPhase(.ready, note: "seeded from the new tree after the cutover: \(entries) entries, \(queued) to copy back")
+        return (entries, queued, removed)
+    }
+
     /// The state of one application: the entry filter (its hard-link names), the manifest writer of new entries
     /// (one scan number for all), and the counts.
     final class MirrorContext {

@@ -61,6 +61,11 @@ struct ChangeRecord: Codable, Equatable {
     var bytes: [UInt8] { Array((try? JSONEncoder().encode(self)) ?? Data()) }
 }
 
+/// The tap's mode, shared with the lanes (which apply only in the modes that are theirs).
+final class SharedMode: Sendable {
+    let value = Mutex(TapMode.mirror)
+}
+
 /// The fs-journal tap: the live tree's changes, journaled and mirrored.
 ///
 /// ```
@@ -77,51 +82,54 @@ struct ChangeRecord: Codable, Equatable {
 ///
 /// Gaps are never silent: a queue overflow, a directory that cannot be watched, or a start after the tap did not
 /// stop cleanly (kill -9) journals a rescan (the subtree, or the whole tree), done by metadata like a catch-up.
+///
+/// For an fs → fs move a second lane runs the other way from the cutover on: the new tree is watched from the
+/// moment the tap enters `cutover` mode (before the switch hooks point the application at it), and in `reverse`
+/// mode its changes are mirrored back to the old tree, through a job of the reverse direction whose ledger is
+/// seeded from the new tree by metadata (see `Job.seedReverse`). That is the rollback window: a rollback fences
+/// through the reverse lane. After a rollback the reverse lane is discarded; `ferry complete` stops it.
 public final class FsJournalTap: TapService, TapServer, @unchecked Sendable {
-    // @unchecked: mutable state is behind `state`; the journal, watcher and event loop are thread-safe.
+    // @unchecked: mutable state is behind `state`; the lanes are thread-safe; `reverse` is started and stopped
+    // under `laneLock`.
     let config: FsJournalTapConfig
     let plan: Plan
     let logger: Logger
-    let makeJob: @Sendable () throws -> Job
-    let journal: Journal
-    private var watcher: (any TreeWatching)?
+    let jobs: @Sendable (Plan) throws -> Job
+    let forward: MirrorLane
+    /// The plan of the mirror back (new tree → old tree), for an fs → fs move; nil for other destinations.
+    let reversePlan: Plan?
+    private var reverse: MirrorLane?
+    private let laneLock = NSLock()
     private let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     private var control: (any Channel)?
-    private var mirrorThread: Thread?
+    private let mode = SharedMode()
 
-    struct State {
-        var mode: TapMode = .mirror
-        var cursor: UInt64 = 0
-        var running = true
-        var received: UInt64 = 0
-        var applied: UInt64 = 0
-        var lastError: String?
-        var connected = true
-        var waitingForReady = true
-        /// Entries the ledger holds as not settled (pending, failed, vanished) at the last look.
-        var unsettled: Int64 = 0
-        /// A change could not be journaled: the whole tree is rescanned before the mirror counts as caught up.
-        /// (A count: a failure during a rescan still owes the next one.)
-        var rescanOwed = 0
-        /// How many times events were lost (each journals a rescan).
-        var lost: UInt64 = 0
-        /// Fence files the watcher reported, with the journal offset just past their record.
-        var fenceSeen: [String: UInt64] = [:]
-    }
-    private let state = Mutex(State())
-
-    var cursorFile: String { config.directory + "/cursor.new" }
     var modeFile: String { config.directory + "/mode" }
-    /// Present while the tap runs; found at start, it says the last run did not stop cleanly.
-    var runningMarker: String { config.directory + "/running" }
+    var reverseDirectory: String { config.directory + "/reverse" }
 
-    public init(config: FsJournalTapConfig, plan: Plan, logger: Logger, makeJob: @escaping @Sendable () throws -> Job) throws {
+    public init(config: FsJournalTapConfig, plan: Plan, logger: Logger, jobs: @escaping @Sendable (Plan) throws -> Job) throws {
         self.config = config
         self.plan = plan
         self.logger = logger
-        self.makeJob = makeJob
-        try FileManager.default.createDirectory(atPath: config.directory + "/journal", withIntermediateDirectories: true)
-        journal = try Journal(directory: config.directory + "/journal", fsync: config.fsync)
+        self.jobs = jobs
+        let mode = self.mode
+        forward = try MirrorLane(
+            side: "new", root: config.root, directory: config.directory, cursorName: "cursor.new", backend: config.watch, fsync: config.fsync,
+            logger: logger, makeJob: { try jobs(plan) }, active: { [.mirror, .cutover].contains(mode.value.withLock { $0 }) })
+        reversePlan = Self.reversed(plan)
+    }
+
+    /// The plan of the mirror back for an fs → fs move: the new tree is the source, the old one the destination,
+    /// its own state beneath the job's.
+    static func reversed(_ plan: Plan) -> Plan? {
+        guard plan.destination.kind == "fs", plan.destination.path != nil else { return nil }
+        var r = plan
+        r.name = plan.name + "-reverse"
+        r.source = plan.destination
+        r.destination = plan.source
+        r.tap = nil
+        r.stateDirectory = plan.stateDirectory + "/reverse"
+        return r
     }
 
     /// The tap kind, with how the tap process builds its job (the stores come from the composition root).
@@ -133,32 +141,19 @@ public final class FsJournalTap: TapService, TapServer, @unchecked Sendable {
                 return TapLocation(directory: c.directory, controlSocket: c.controlSocket)
             },
             make: { plan, logger in
-                try FsJournalTap(config: try FsJournalTapConfig(plan: plan), plan: plan, logger: logger) { try jobs(plan, logger) }
+                try FsJournalTap(config: try FsJournalTapConfig(plan: plan), plan: plan, logger: logger) { p in try jobs(p, logger) }
             })
     }
 
     // MARK: - lifecycle
 
     public func start() throws {
-        let cursor = try CursorFile.load(cursorFile) ?? journal.tail
-        let mode = ModeFile.load(modeFile)?.mode ?? .mirror
-        state.withLock {
-            $0.cursor = max(cursor, journal.tail)
-            $0.mode = mode
-        }
-        if FileManager.default.fileExists(atPath: runningMarker) {
-            // The last run ended without stopping (kill -9, a crash): what changed meanwhile was not seen.
-            try record(ChangeRecord(o: "a", p: "the tap did not stop cleanly last time: changes while it was down were not watched"))
-            logger.warning("the tap did not stop cleanly last time: the whole tree will be rescanned by metadata")
-        }
-        _ = FileManager.default.createFile(atPath: runningMarker, contents: Data("\(getpid())\n".utf8))
-        let (w, fallback) = try startWatcher(config.watch, root: config.root) { [weak self] event in self?.journal(event) }
-        watcher = w
-        if let fallback {
-            logger.notice(
-                "fanotify is not available, watching with inotify (one watch per directory, up to fs.inotify.max_user_watches)",
-                metadata: ["why": "\(fallback)"])
-        }
+        let m = ModeFile.load(modeFile)?.mode ?? .mirror
+        mode.value.withLock { $0 = m }
+        try forward.start()
+        // A tap that stopped in cutover or reverse mode watches the new tree again (a kill -9 meanwhile is a
+        // rescan of it, as for the source tree).
+        if m == .cutover || m == .reverse { try startReverse() }
         let channel = try ServerBootstrap(group: group)
             .childChannelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
@@ -168,242 +163,112 @@ public final class FsJournalTap: TapService, TapServer, @unchecked Sendable {
             .bind(unixDomainSocketPath: config.controlSocket, cleanupExistingSocketFile: true).wait()
         chmod(config.controlSocket, 0o600)
         control = channel
-        let t = Thread { [self] in mirrorLoop() }
-        t.name = "ferry-mirror"
-        t.start()
-        mirrorThread = t
         logger.info(
-            "fs-journal tap watching \(config.root) (\(w.summary)); mode \(mode.rawValue)",
-            metadata: ["failed_watches": "\(w.watchFailures)"])
+            "fs-journal tap watching \(config.root) (\(forward.watcherSummary)); mode \(m.rawValue)",
+            metadata: ["failed_watches": "\(forward.watchFailures)"])
     }
 
     public func stop() {
         try? control?.close().wait()
-        watcher?.stop()
-        state.withLock { $0.running = false }
-        while mirrorThread?.isFinished == false { usleep(10_000) }
-        journal.sync()
-        journal.shutdown()
+        forward.stop()
+        laneLock.withLock {
+            reverse?.stop()
+            reverse = nil
+        }
         try? group.syncShutdownGracefully()
-        try? FileManager.default.removeItem(atPath: runningMarker)
     }
 
-    // MARK: - the journal
-
-    @discardableResult
-    private func record(_ r: ChangeRecord) throws -> UInt64 {
-        let end = try journal.append(r.bytes)
-        state.withLock {
-            $0.received += 1
-            if r.o == "c" && r.p.hasPrefix(FenceFile.directory + "/") { $0.fenceSeen[r.p] = end }
-        }
-        return end
-    }
-
-    /// Every event is in the journal before anything else happens with it.
-    private func journal(_ event: WatchEvent) {
-        let r: ChangeRecord
-        switch event {
-        case .changed(let p): r = ChangeRecord(o: "c", p: p)
-        case .gone(let p): r = ChangeRecord(o: "g", p: p)
-        case .subtree(let p): r = ChangeRecord(o: "s", p: p)
-        case .lost(let why):
-            let n = state.withLock {
-                $0.lost += 1
-                return $0.lost
-            }
-            if LogLimit.allows(n) {
-                logger.warning("events lost; the whole tree will be rescanned by metadata", metadata: ["why": "\(why)", "times": "\(n)"])
-            }
-            r = ChangeRecord(o: "a", p: why)
-        }
-        do {
-            try record(r)
-        } catch {
-            // The journal cannot take it: the change is not lost as long as a rescan follows. The mirror rescans
-            // the whole tree with its next batch, and reports the destination behind until it has (so no cutover).
-            logger.error("cannot journal a change (\(error)); the tree will be rescanned")
-            state.withLock {
-                $0.lastError = "journal: \(error)"
-                $0.rescanOwed += 1
-            }
-            _ = FileManager.default.createFile(atPath: runningMarker, contents: nil)
+    /// Starts watching the new tree (the mirror back applies once the mode is `reverse`).
+    private func startReverse() throws {
+        guard let reversePlan else { return }
+        try laneLock.withLock {
+            guard reverse == nil else { return }
+            let mode = self.mode
+            let (jobs, plan) = (self.jobs, self.plan)
+            let lane = try MirrorLane(
+                side: "old", root: reversePlan.source.path!, directory: reverseDirectory, cursorName: "cursor.old", backend: config.watch,
+                fsync: config.fsync, logger: logger, makeJob: { try jobs(reversePlan) }, active: { mode.value.withLock { $0 } == .reverse },
+                prepare: { job in
+                    let forwardLedger = try jobs(plan).openLedger(create: false)
+                    let seeded = try job.seedReverse(from: forwardLedger)
+                    try forwardLedger.recordEvent(
+                        "reverse",
+                        "mirror back seeded from the new tree: \(seeded.entries) entries, \(seeded.queued) to copy back, \(seeded.removed) removed from the old tree"
+                    )
+                })
+            try lane.start()
+            reverse = lane
+            logger.info("watching the new tree for the mirror back", metadata: ["tree": "\(lane.root)", "watch": "\(lane.watcherSummary)"])
         }
     }
 
-    // MARK: - the mirror
-
-    private var isRunning: Bool { state.withLock { $0.running } }
-
-    private func mirrorLoop() {
-        var backoff = 0.2
-        while isRunning {
-            journal.syncIfDue()
-            let (mode, cursor) = state.withLock { ($0.mode, $0.cursor) }
-            guard mode == .mirror || mode == .cutover else {
-                _ = journal.wait(beyond: journal.head, timeout: 0.5)
-                continue
-            }
-            let records: [JournalRecord]
-            do {
-                records = try journal.read(from: cursor, maxBytes: 4 << 20)
-            } catch {
-                state.withLock { $0.lastError = "journal: \(error)" }
-                Thread.sleep(forTimeInterval: 1)
-                continue
-            }
-            if records.isEmpty {
-                // Entries left pending (held by a lease of a killed process until it expires, or changed again
-                // while copied) are copied once nothing new arrives; until then the status says so.
-                settleLeftovers()
-                _ = journal.wait(beyond: cursor, timeout: 0.5)
-                continue
-            }
-            do {
-                let job = try makeJob()
-                let ledger = try job.openLedger(create: false)
-                guard let phase = try ledger.job()?.phase, [.ready, .switched, .complete].contains(phase) else {
-                    // The initial copy (or its verify) is still running: the changes wait in the journal.
-                    state.withLock { $0.waitingForReady = true }
-                    Thread.sleep(forTimeInterval: 0.3)
-                    continue
-                }
-                state.withLock { $0.waitingForReady = false }
-                var changes = LiveChanges()
-                let owed = state.withLock { $0.rescanOwed }
-                if owed > 0 { changes.subtrees.insert("") }
-                var later: [ChangeRecord] = []
-                for r in records {
-                    guard let c = try? JSONDecoder().decode(ChangeRecord.self, from: Data(r.payload)) else {
-                        // A record this tap cannot read: treated as lost events.
-                        changes.subtrees.insert("")
-                        continue
-                    }
-                    switch c.o {
-                    case "c":
-                        if watcher?.isBeingWritten(c.p) == true { later.append(c) } else { changes.paths.insert(c.p) }
-                    case "g": changes.paths.insert(c.p)
-                    case "s": changes.subtrees.insert(c.p)
-                    default: changes.subtrees.insert("")
-                    }
-                }
-                let summary = try job.mirror(changes, ledger: ledger)
-                // A file still open for writing comes back after the others, in the journal (durable), not in memory.
-                for c in later { try record(c) }
-                let end = records.last!.end
-                try CursorFile.encode(end).withUnsafeBytes { b in
-                    try Data(b).write(to: URL(fileURLWithPath: cursorFile), options: .atomic)
-                }
-                journal.release(below: end)
-                state.withLock {
-                    $0.cursor = end
-                    $0.applied += UInt64(records.count - later.count)
-                    $0.lastError = nil
-                    $0.connected = true
-                    $0.rescanOwed -= owed
-                    // Said at once, not at the next idle look: a drained journal with entries still unsettled is
-                    // not caught up.
-                    $0.unsettled = summary.unsettled
-                }
-                if summary.changedAnything {
-                    logger.info(
-                        "mirrored", metadata: ["added": "\(summary.added)", "changed": "\(summary.changed)", "removed": "\(summary.removed)"])
-                }
-                backoff = 0.2
-                if !later.isEmpty { _ = journal.wait(beyond: journal.head, timeout: 0.5) }
-            } catch {
-                // The destination (or the source) failed: the records stay in the journal and are applied again.
-                state.withLock {
-                    $0.lastError = "\(error)"
-                    $0.connected = false
-                }
-                logger.warning("mirroring failed; retrying", metadata: ["error": "\(error)"])
-                Thread.sleep(forTimeInterval: backoff)
-                backoff = min(backoff * 2, 10)
-            }
+    /// Stops the mirror back and forgets it (its journal, cursor and ledger): after a rollback the trees are
+    /// equal again, and the next cutover seeds a new one.
+    private func stopReverse() {
+        laneLock.withLock {
+            reverse?.stop(discard: true)
+            reverse = nil
         }
-    }
-
-    private var lastSettle = Date.distantPast
-
-    private func settleLeftovers() {
-        guard Date().timeIntervalSince(lastSettle) >= 2 else { return }
-        lastSettle = Date()
-        do {
-            let job = try makeJob()
-            let ledger = try job.openLedger(create: false)
-            guard let phase = try ledger.job()?.phase, [.ready, .switched, .complete].contains(phase) else { return }
-            let unsettled = try ledger.unsettledCount()
-            state.withLock { $0.unsettled = unsettled }
-            guard unsettled > 0 else { return }
-            let summary = try job.mirror(LiveChanges(), ledger: ledger)
-            state.withLock { $0.unsettled = summary.unsettled }
-        } catch {
-            state.withLock { $0.lastError = "\(error)" }
-        }
+        if let reversePlan { try? FileManager.default.removeItem(atPath: reversePlan.stateDirectory) }
     }
 
     // MARK: - control
 
     public func status() -> TapStatus {
-        let s = state.withLock { $0 }
-        let head = journal.head
-        let lag = s.cursor < head ? journal.appendedAt(s.cursor).map { max(0, Date().timeIntervalSince1970 - Double($0) / 1000) } ?? 0 : 0
-        let mirroring = s.mode == .mirror || s.mode == .cutover
-        let new = TapUpstreamStatus(
-            name: "new", address: plan.destination.displayName, role: mirroring ? "mirror" : "detached",
-            connected: s.connected && s.rescanOwed == 0,
-            forwardedLines: s.applied, forwardedBytes: 0, spoolBytes: journal.bytes(after: s.cursor), lagSeconds: lag, cursor: s.cursor,
-            reconnects: 0,
-            lastError: s.lastError
-                ?? (s.waitingForReady && s.cursor < head
-                    ? "waiting for the job to be ready" : s.unsettled > 0 ? "\(s.unsettled) entries not settled yet" : nil))
-        let old = TapUpstreamStatus(
-            name: "old", address: config.root, role: mirroring ? "primary" : "detached", connected: true, forwardedLines: s.received,
-            forwardedBytes: 0, spoolBytes: 0, lagSeconds: 0, cursor: head, reconnects: 0,
-            lastError: mirroring ? nil : "not mirrored back (the fs-journal tap mirrors the source tree only)")
+        let m = mode.value.withLock { $0 }
+        let back = laneLock.withLock { reverse }
+        let mirroring = m == .mirror || m == .cutover
+        let new = forward.upstream(address: plan.destination.displayName, role: mirroring ? "mirror" : "primary")
+        let old: TapUpstreamStatus
+        if m == .reverse, let back {
+            old = back.upstream(address: config.root, role: "mirror")
+        } else {
+            old = TapUpstreamStatus(
+                name: "old", address: config.root, role: mirroring ? "primary" : "detached", connected: true,
+                forwardedLines: forward.received, forwardedBytes: 0, spoolBytes: 0, lagSeconds: 0, cursor: forward.journal.head, reconnects: 0,
+                lastError: mirroring || m == .single
+                    ? nil
+                    : reversePlan == nil
+                        ? "not mirrored back (a \(plan.destination.kind) destination is not watched: rollback is refused)"
+                        : "the mirror back is not running")
+        }
+        let head = m == .reverse ? (back?.journal.head ?? 0) : forward.journal.head
+        let spool = m == .reverse ? old.spoolBytes : new.spoolBytes
         return TapStatus(
-            kind: "fs-journal", pid: getpid(), mode: s.mode, primary: mirroring ? "old" : "new", head: head, receivedLines: s.received,
-            invalidLines: 0, refusedMessages: UInt64(watcher?.watchFailures ?? 0), droppedLines: 0, backPressure: false,
-            spoolBytes: journal.bytes(after: s.cursor), spoolLimit: 0, upstreams: [old, new])
+            kind: "fs-journal", pid: getpid(), mode: m, primary: mirroring ? "old" : "new", head: head,
+            receivedLines: forward.received + (back?.received ?? 0), invalidLines: 0,
+            refusedMessages: UInt64(forward.watchFailures + (back?.watchFailures ?? 0)), droppedLines: 0, backPressure: false,
+            spoolBytes: spool, spoolLimit: 0, upstreams: [old, new])
     }
 
     public func setMode(_ m: TapMode) throws -> TapStatus {
+        // The new tree is watched before the application is switched to it (cutover comes before the switch
+        // hooks), so nothing it writes there falls before the watch.
+        if m == .cutover || m == .reverse { try startReverse() }
+        if m == .mirror || m == .single { stopReverse() }
         try ModeFile.store(modeFile, mode: m, primary: m == .mirror || m == .cutover ? "old" : "new")
-        state.withLock { $0.mode = m }
+        mode.value.withLock { $0 = m }
         logger.notice("mode \(m.rawValue)")
         return status()
     }
 
-    /// Writes the fence's file in the source tree and journals it after everything seen before: once the
-    /// mirror's cursor is past it and the destination holds the file, everything before it has been applied.
+    /// Writes the fence's file in the tree the application writes to (the source before the cutover, the new
+    /// tree in `reverse` mode) and returns the journal offset just past its record: once that lane's cursor is
+    /// past it and the other side holds the file, everything before it has been applied.
     public func fence(_ token: FenceToken) throws -> UInt64 {
-        let mode = state.withLock { $0.mode }
-        guard mode == .mirror || mode == .cutover else {
-            throw FerryError(
-                .other,
-                "the fs-journal tap does not mirror the new tree back to the old one (mode \(mode.rawValue)): a rollback "
-                    + "through it cannot be fenced. Copy the new tree back with a plan of the reverse direction")
+        switch mode.value.withLock({ $0 }) {
+        case .mirror, .cutover:
+            return try forward.fence(token)
+        case .reverse:
+            guard let back = laneLock.withLock({ reverse }) else {
+                throw FerryError(
+                    .other,
+                    "the fs-journal tap does not mirror a \(plan.destination.kind) destination back to the old tree: a rollback "
+                        + "through it cannot be fenced. Copy the new side back with a plan of the reverse direction")
+            }
+            return try back.fence(token)
+        case .single:
+            throw FerryError(.other, "the tap is in single mode (the job is complete): nothing is mirrored, so nothing can be fenced")
         }
-        state.withLock { _ = $0.fenceSeen.removeValue(forKey: FenceFile.path(token)) }
-        let dir = config.root + "/" + FenceFile.directory
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        let path = config.root + "/" + FenceFile.path(token)
-        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o644)
-        guard fd >= 0 else { throw SystemCallError("open", errno: errno, path: path) }
-        let bytes = FenceFile.contents(token)
-        let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        let synced = fsync(fd) == 0
-        close(fd)
-        guard written == bytes.count, synced else { throw SystemCallError("write", errno: errno, path: path) }
-        // The watcher's own report of the fence file comes after every event before it (the kernel keeps order), so
-        // its journal offset covers them all; without it in time (events lost), the fence is journaled here.
-        let rel = FenceFile.path(token)
-        let deadline = Date().addingTimeInterval(10)
-        while Date() < deadline {
-            if let seq = state.withLock({ $0.fenceSeen.removeValue(forKey: rel) }) { return seq }
-            usleep(10_000)
-        }
-        return try record(ChangeRecord(o: "c", p: rel))
     }
 }

@@ -11,6 +11,7 @@ final class TreeWriter {
     let process: Process
     let countFile: String
     let stopFile: String
+    let errorFile: String
 
     init(root: String, seed: UInt64, links: Bool, hardlinks: Bool = false, dir: TempDir, name: String = "writer") throws {
         countFile = dir.sub("\(name).count")
@@ -30,7 +31,8 @@ final class TreeWriter {
                 out = [root]
                 for d, ds, fs in os.walk(root):
                     ds[:] = [x for x in ds if x != ".ferry-fence"]
-                    out += [os.path.join(d, x) for x in ds]
+                    # a symlink to a directory is listed with the directories: not a place to write (it may lead out of the tree)
+                    out += [os.path.join(d, x) for x in ds if not os.path.islink(os.path.join(d, x))]
                 return out
             n = 0
             known, known_dirs = files(), dirs()
@@ -55,7 +57,7 @@ final class TreeWriter {
                     elif op in ("rename", "move"):
                         p = rng.choice(known)
                         d = os.path.dirname(p) if op == "rename" else rng.choice(known_dirs)
-                        q = os.path.join(d, "r%d-%s" % (n, os.path.basename(p)[-20:]))
+                        q = os.path.join(d, "r%d-%d-%s" % (seed % 1000, n, os.path.basename(p)[-20:]))
                         os.rename(p, q)
                         known.remove(p)
                         known.append(q)
@@ -64,7 +66,7 @@ final class TreeWriter {
                         os.unlink(p)
                         known.remove(p)
                     elif op == "mkdir":
-                        d = os.path.join(rng.choice(known_dirs), "d%d" % n)
+                        d = os.path.join(rng.choice(known_dirs), "d%d-%d" % (seed % 1000, n))
                         os.mkdir(d)
                         known_dirs.append(d)
                         for i in range(rng.randrange(1, 6)):
@@ -75,12 +77,12 @@ final class TreeWriter {
                     elif op == "link":
                         p = rng.choice(known)
                         if os.path.islink(p): continue
-                        q = os.path.join(rng.choice(known_dirs), "h%d" % n)
+                        q = os.path.join(rng.choice(known_dirs), "h%d-%d" % (seed % 1000, n))
                         os.link(p, q)
                         known.append(q)
                     elif op == "symlink":
                         p = rng.choice(known)
-                        q = os.path.join(os.path.dirname(p), "s%d" % n)
+                        q = os.path.join(os.path.dirname(p), "s%d-%d" % (seed % 1000, n))
                         os.symlink(os.path.basename(p), q)
                         known.append(q)
                 except FileNotFoundError:
@@ -99,17 +101,24 @@ final class TreeWriter {
         p.arguments = ["python3", "-c", script, root, String(seed), links ? "1" : "0", countFile, stopFile, hardlinks ? "1" : "0"]
         p.standardInput = FileHandle.nullDevice
         p.standardOutput = FileHandle.nullDevice
-        p.standardError = FileHandle.nullDevice
+        errorFile = dir.sub("\(name).err")
+        _ = FileManager.default.createFile(atPath: errorFile, contents: nil)
+        p.standardError = FileHandle(forWritingAtPath: errorFile)
         try p.run()
         process = p
     }
+
+    /// What the writer printed on its standard error (a traceback, if it died).
+    var errors: String { (try? String(contentsOfFile: errorFile, encoding: .utf8)) ?? "" }
 
     var operations: Int { (try? String(contentsOfFile: countFile, encoding: .utf8)).flatMap { Int($0) } ?? 0 }
 
     /// Waits until `n` more operations were done.
     func waitOperations(_ n: Int) -> Bool {
         let target = operations + n
-        return waitUntil(timeout: 120) { operations >= target }
+        let done = waitUntil(timeout: 120) { operations >= target || !process.isRunning }
+        if !process.isRunning && operations < target { print("the writer stopped after \(operations) operations: \(errors.suffix(2000))") }
+        return done && operations >= target
     }
 
     /// The freeze: the application stops writing.
@@ -278,6 +287,20 @@ func treeMetadata(_ root: String) throws -> [String: Any] {
         #expect(cut.status == 0 && cut.stdout.contains("[ok] fence-new"), "\(cut.all)\nunsettled: \((try? unsettled(dir)) ?? "?")")
         print("writer: \(writer.operations) operations")
         try compareTrees(dir.sub("src"), dir.sub("dst"))
+
+        // The rollback window: the application now writes into the new tree, and the tap mirrors that back to
+        // the old one. The rollback fences through the mirror back; then the old tree is the new one again.
+        let status = try #require(try tap(dir).status())
+        #expect(status.mode == .reverse, "\(status.mode)")
+        let back = try TreeWriter(root: dir.sub("dst"), seed: rng.next(), links: true, dir: dir, name: "back")
+        defer { back.stop() }
+        #expect(back.waitOperations(300))
+        back.stop()
+        let rollback = try Ferry.run(["rollback", p])
+        #expect(rollback.status == 0, "\(rollback.all)\ntap log: \(tapLog.suffix(2000))")
+        print("writer on the new tree: \(back.operations) operations")
+        try compareTrees(dir.sub("src"), dir.sub("dst"))
+        #expect(try tap(dir).status()?.mode == .mirror)
     }
 
     /// fs → a bucket (SeaweedFS, real S3) while the application writes; the bucket's server is stopped for a while
