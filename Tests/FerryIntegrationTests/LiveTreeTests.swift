@@ -368,4 +368,49 @@ func treeMetadata(_ root: String) throws -> [String: Any] {
         #expect((verdict["differ"] as? [String])?.isEmpty == true, "objects with other bytes: \(verdict)")
         #expect((verdict["files"] as? Int ?? 0) > 1500)
     }
+
+    /// fs → another host (`kind: remote`, `ferry serve` in a second network namespace with a private tmpfs)
+    /// while the application writes: the tap runs on the near host and mirrors through the far host's server.
+    /// After the fenced cutover, Python on the far host hashes every file and finds the source's; the rollback is
+    /// refused with its reason (the far tree cannot be watched from here).
+    @Test func aLiveTreeMovesToAnotherHost() throws {
+        let dir = TempDir("live-remote")
+        var rng = SeededRandom(#function)
+        try TreeGen.make(at: dir.sub("src"), files: 1000, maxSmall: 16 << 10, seed: rng.next())
+        let hosts = try TwoHosts(farRoot: dir.sub("far"))
+        let tokenFile = dir.sub("token")
+        try Data("tok-\(UUID().uuidString)".utf8).write(to: URL(fileURLWithPath: tokenFile))
+        chmod(tokenFile, 0o600)
+        let server = try RemoteHostsTests.FarServer(hosts, token: tokenFile, log: dir.sub("serve.log"), extra: ["--insecure"])
+        defer { server.kill9() }
+        let p = try plan(
+            dir,
+            destination:
+                "{kind: remote, url: \"http://\(hosts.farAddress):8470\", token: \"file:token\", store: {kind: fs, path: \"\(hosts.farRoot)/dst\"}}")
+        defer { stopTap(dir) }
+        let writer = try TreeWriter(root: dir.sub("src"), seed: rng.next(), links: true, dir: dir)
+        defer { writer.stop() }
+        #expect(writer.waitOperations(40))
+        // ferry run (and the tap it starts) on the near host: the far tree is reached over the link only.
+        let run = try Ferry.run(["run", p], prefix: hosts.near)
+        #expect(run.status == 0, "\(run.all)")
+        #expect(writer.waitOperations(300))
+        writer.stop()
+        let isDrained = try drained(dir)
+        let tapLog = (try? String(contentsOfFile: dir.sub("state/tap/tap.log"), encoding: .utf8)) ?? ""
+        #expect(isDrained, "the journal did not drain: \(tapLog.suffix(2000))")
+        let cut = try Ferry.run(["cutover", p], prefix: hosts.near)
+        #expect(cut.status == 0 && cut.stdout.contains("[ok] fence-new"), "\(cut.all)")
+        print("writer: \(writer.operations) operations")
+        let want = try TwoHosts.digests(dir.sub("src"))
+        let got = try hosts.farDigests(hosts.farRoot + "/dst")
+        #expect(want.count > 1000)
+        #expect(
+            got == want,
+            "only here: \(Set(want.keys).subtracting(got.keys).sorted().prefix(5)); only there: \(Set(got.keys).subtracting(want.keys).sorted().prefix(5)); differing: \(want.keys.filter { got[$0] != nil && got[$0] != want[$0] }.prefix(5))"
+        )
+        #expect(!FileManager.default.fileExists(atPath: dir.sub("far/dst")), "the far tree is visible here: it did not cross the link")
+        let back = try Ferry.run(["rollback", p], prefix: hosts.near)
+        #expect(back.status != 0 && back.all.contains("remote"), "\(back.all)")
+    }
 }
