@@ -658,12 +658,6 @@ public final class Ledger: Sendable {
         }
     }
 
-    /// A copied (or pending) regular file with this inode, other than at `path`: the first name of a hard-link
-    /// group found later.
-    public func file(inode: UInt64, notAt path: String) throws -> ItemRecord? {
-        try names(inode: inode, notAt: path).first { $0.entry.kind == .file }
-    }
-
     public func item(id: Int64) throws -> ItemRecord? {
         try wrap("read item") {
             try db.read { db in

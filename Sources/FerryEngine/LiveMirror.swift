@@ -60,7 +60,7 @@ extension Job {
         // What changed again while it was copied (vanished, or a hard link whose first name moved or went) is
         // looked at once more now, so nothing stays unsettled behind the tap: a vanished entry is removed or
         // queued as it is now, and an impossible link is copied as bytes (the next change of that file links it).
-        for _ in 0..<3 {
+        for pass in 0..<3 {
             var vanished: [ItemRecord] = []
             var unlinkable: [ItemRecord] = []
             try ledger.forEachItem(states: [.vanished]) { vanished.append($0) }
@@ -70,10 +70,20 @@ extension Job {
             let context = MirrorContext(filter: EntryFilter(plan: plan, destination: destination), ledger: ledger)
             for item in vanished { try look(item.entry.path, context) }
             for item in unlinkable {
+                if pass < 2 {
+                    // Looked at again: its group's first name is chosen anew from what the ledger and the source
+                    // hold now (the one it was to be linked to may have moved or gone meanwhile).
+                    try look(item.entry.path, context)
+                    continue
+                }
                 guard var now = try source.stat(item.entry.path), now.kind == .file else { continue }
+                logger.warning(
+                    "a new name of a hard-linked file could not be linked at the destination; copied as its own file until the group changes again",
+                    metadata: ["path": "\(RawName.display(item.entry.path))", "error": "\(item.error ?? "?")"])
                 now.links = 1
                 try ledger.requeue(item.id, entry: now)
             }
+            try context.writer?.flush()
             copied.bytesCopied += try copy(ledger).bytesCopied
         }
         let unsettled = try ledger.unsettledCount()
@@ -202,11 +212,15 @@ extension Job {
     /// Queues one entry found in the source when the ledger does not hold it as it is now.
     private func queue(_ found: Entry, _ c: MirrorContext) throws {
         let ledger = c.ledger
-        if found.kind == .file && found.links > 1, c.filter.firstNames[found.inode] == nil,
-            let first = try ledger.file(inode: found.inode, notAt: found.path), (try? source.stat(first.entry.path))??.inode == found.inode
-        {
-            // A new name of a file the tree already holds: a hard link to it, as the snapshot would have found.
-            c.filter.firstNames[found.inode] = first.entry.path
+        if found.kind == .file && found.links > 1, c.filter.firstNames[found.inode] == nil {
+            // A new name of a file the tree already holds: a hard link to it, as the snapshot would have found. Its
+            // first name is the group's file if the ledger has one, else a name already linked at the destination
+            // (the file's own name may have moved or gone, leaving only links).
+            let names = try ledger.names(inode: found.inode, notAt: found.path)
+            let candidates = names.filter { $0.entry.kind == .file } + names.filter { $0.entry.kind == .hardlink && $0.state == .done }
+            if let first = candidates.first(where: { (try? source.stat($0.entry.path))??.inode == found.inode }) {
+                c.filter.firstNames[found.inode] = first.entry.path
+            }
         }
         let e: Entry
         switch c.filter.classify(found) {
@@ -237,14 +251,25 @@ extension Job {
     /// A change through one name of a hard-link group (or a new name of it) is a change of all: the destination
     /// writes a changed file as a new file, so the group's file is copied again where the source's bytes moved
     /// on, and its other names are linked again.
+    ///
+    /// The group is made whole again around its first name (`firstNames`, as `queue` chose it): that name is the
+    /// file (copied again when its bytes moved on, or when it was a link before), and every other name still in
+    /// the group is a link to it, whatever it pointed at before (a first name that moved or went leaves links to
+    /// a name the group no longer has). A name no longer of this inode is left to its own event.
     private func regroup(_ found: Entry, except path: String, _ c: MirrorContext) throws {
+        let first = c.filter.firstNames[found.inode] ?? path
         for other in try c.ledger.names(inode: found.inode, notAt: path) {
-            if other.entry.kind == .file, var now = try source.stat(other.entry.path), now.inode == found.inode {
-                guard now.changed(comparedTo: other.entry) else { continue }
-                now.links = other.entry.links
+            guard var now = try source.stat(other.entry.path), now.inode == found.inode, now.kind == .file else { continue }
+            if other.entry.path == first {
+                if other.entry.kind == .file {
+                    guard now.changed(comparedTo: other.entry) else { continue }
+                    now.links = other.entry.links
+                }
                 try c.ledger.requeue(other.id, entry: now)
-            } else if other.entry.kind == .hardlink {
-                try c.ledger.requeue(other.id, entry: other.entry)
+            } else {
+                now.kind = .hardlink
+                now.linkTarget = first
+                try c.ledger.requeue(other.id, entry: now)
             }
         }
     }

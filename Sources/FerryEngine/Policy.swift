@@ -79,7 +79,8 @@ public struct EntryFilter {
             }
         }
         if e.kind == .file && e.links > 1 && links {
-            if let first = firstNames[e.inode] {
+            // A path seen again (a mirror may look at one twice) is still the first name, never a link to itself.
+            if let first = firstNames[e.inode], first != e.path {
                 e.kind = .hardlink
                 e.linkTarget = first
             } else {

@@ -83,11 +83,13 @@ final class SharedMode: Sendable {
 /// Gaps are never silent: a queue overflow, a directory that cannot be watched, or a start after the tap did not
 /// stop cleanly (kill -9) journals a rescan (the subtree, or the whole tree), done by metadata like a catch-up.
 ///
-/// For an fs → fs move a second lane runs the other way from the cutover on: the new tree is watched from the
-/// moment the tap enters `cutover` mode (before the switch hooks point the application at it), and in `reverse`
-/// mode its changes are mirrored back to the old tree, through a job of the reverse direction whose ledger is
-/// seeded from the new tree by metadata (see `Job.seedReverse`). That is the rollback window: a rollback fences
-/// through the reverse lane. After a rollback the reverse lane is discarded; `ferry complete` stops it.
+/// For an fs → fs move a second lane runs the other way: the new tree is watched from the tap's start (in the
+/// background: a watch of a large tree with inotify takes a while), its changes journaled from `cutover` mode on
+/// (before the switch hooks point the application at it; what the forward mirror itself writes there before is
+/// not journaled), and in `reverse` mode mirrored back to the old tree, through a job of the reverse direction
+/// whose ledger is seeded from the new tree by metadata (see `Job.seedReverse`). That is the rollback window: a
+/// rollback fences through the reverse lane. After a rollback the reverse lane is discarded and armed afresh;
+/// `ferry complete` stops it. A cutover before the new tree is watched is refused (try again in a moment).
 public final class FsJournalTap: TapService, TapServer, @unchecked Sendable {
     // @unchecked: mutable state is behind `state`; the lanes are thread-safe; `reverse` is started and stopped
     // under `laneLock`.
@@ -99,7 +101,10 @@ public final class FsJournalTap: TapService, TapServer, @unchecked Sendable {
     /// The plan of the mirror back (new tree → old tree), for an fs → fs move; nil for other destinations.
     let reversePlan: Plan?
     private var reverse: MirrorLane?
+    /// Why the new tree could not be watched, when it could not.
+    private var reverseError: String?
     private let laneLock = NSLock()
+    private let armLock = NSLock()
     private let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     private var control: (any Channel)?
     private let mode = SharedMode()
@@ -153,7 +158,11 @@ public final class FsJournalTap: TapService, TapServer, @unchecked Sendable {
         try forward.start()
         // A tap that stopped in cutover or reverse mode watches the new tree again (a kill -9 meanwhile is a
         // rescan of it, as for the source tree).
-        if m == .cutover || m == .reverse { try startReverse() }
+        if m == .cutover || m == .reverse {
+            try startReverse()
+        } else if m == .mirror {
+            armReverseInBackground()
+        }
         let channel = try ServerBootstrap(group: group)
             .childChannelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
@@ -171,23 +180,36 @@ public final class FsJournalTap: TapService, TapServer, @unchecked Sendable {
     public func stop() {
         try? control?.close().wait()
         forward.stop()
-        laneLock.withLock {
-            reverse?.stop()
-            reverse = nil
+        armLock.withLock {
+            let lane = laneLock.withLock {
+                let l = reverse
+                reverse = nil
+                return l
+            }
+            lane?.stop()
         }
         try? group.syncShutdownGracefully()
     }
 
-    /// Starts watching the new tree (the mirror back applies once the mode is `reverse`).
-    private func startReverse() throws {
+    /// Starts watching the new tree (the mirror back applies once the mode is `reverse`). One at a time
+    /// (`armLock`), and without holding `laneLock` meanwhile, so the status answers while a large tree is
+    /// being watched.
+    /// `fresh`: whatever an earlier mirror back left (a tap stopped in the middle of discarding it) is removed
+    /// first; the next cutover seeds a new one.
+    private func startReverse(fresh: Bool = false) throws {
         guard let reversePlan else { return }
-        try laneLock.withLock {
-            guard reverse == nil else { return }
+        try armLock.withLock {
+            if laneLock.withLock({ reverse != nil }) { return }
+            if fresh {
+                try? FileManager.default.removeItem(atPath: reverseDirectory)
+                try? FileManager.default.removeItem(atPath: reversePlan.stateDirectory)
+            }
             let mode = self.mode
             let (jobs, plan) = (self.jobs, self.plan)
             let lane = try MirrorLane(
                 side: "old", root: reversePlan.source.path!, directory: reverseDirectory, cursorName: "cursor.old", backend: config.watch,
                 fsync: config.fsync, logger: logger, makeJob: { try jobs(reversePlan) }, active: { mode.value.withLock { $0 } == .reverse },
+                journaling: { [.cutover, .reverse].contains(mode.value.withLock { $0 }) },
                 prepare: { job in
                     let forwardLedger = try jobs(plan).openLedger(create: false)
                     let seeded = try job.seedReverse(from: forwardLedger)
@@ -196,20 +218,48 @@ public final class FsJournalTap: TapService, TapServer, @unchecked Sendable {
                         "mirror back seeded from the new tree: \(seeded.entries) entries, \(seeded.queued) to copy back, \(seeded.removed) removed from the old tree"
                     )
                 })
+            let started = Date()
             try lane.start()
-            reverse = lane
-            logger.info("watching the new tree for the mirror back", metadata: ["tree": "\(lane.root)", "watch": "\(lane.watcherSummary)"])
+            laneLock.withLock {
+                reverse = lane
+                reverseError = nil
+            }
+            logger.info(
+                "watching the new tree for the mirror back",
+                metadata: [
+                    "tree": "\(lane.root)", "watch": "\(lane.watcherSummary)",
+                    "seconds": "\(Units.formatDecimal(Date().timeIntervalSince(started), places: 1))",
+                ])
         }
+    }
+
+    /// Starts watching the new tree on a thread of its own (the control socket answers meanwhile).
+    private func armReverseInBackground() {
+        guard reversePlan != nil else { return }
+        let t = Thread { [self] in
+            do {
+                try startReverse(fresh: true)
+            } catch {
+                laneLock.withLock { reverseError = "\(error)" }
+                logger.error("cannot watch the new tree for the mirror back: \(error)")
+            }
+        }
+        t.name = "ferry-arm-reverse"
+        t.start()
     }
 
     /// Stops the mirror back and forgets it (its journal, cursor and ledger): after a rollback the trees are
     /// equal again, and the next cutover seeds a new one.
     private func stopReverse() {
-        laneLock.withLock {
-            reverse?.stop(discard: true)
-            reverse = nil
+        armLock.withLock {
+            let lane = laneLock.withLock {
+                let l = reverse
+                reverse = nil
+                return l
+            }
+            lane?.stop(discard: true)
+            if let reversePlan { try? FileManager.default.removeItem(atPath: reversePlan.stateDirectory) }
         }
-        if let reversePlan { try? FileManager.default.removeItem(atPath: reversePlan.stateDirectory) }
     }
 
     // MARK: - control
@@ -242,10 +292,28 @@ public final class FsJournalTap: TapService, TapServer, @unchecked Sendable {
     }
 
     public func setMode(_ m: TapMode) throws -> TapStatus {
-        // The new tree is watched before the application is switched to it (cutover comes before the switch
-        // hooks), so nothing it writes there falls before the watch.
-        if m == .cutover || m == .reverse { try startReverse() }
-        if m == .mirror || m == .single { stopReverse() }
+        let was = mode.value.withLock { $0 }
+        switch m {
+        case .cutover:
+            // The new tree is watched before the application is switched to it (cutover comes before the switch
+            // hooks), so nothing it writes there falls before the watch.
+            if reversePlan != nil, let why = laneLock.withLock({ reverse == nil ? reverseError ?? "the watch is still being set up" : nil }) {
+                throw FerryError(
+                    .other,
+                    "the new tree \(reversePlan?.source.path ?? "") is not watched yet for the mirror back (\(why)); the cutover "
+                        + "needs that watch first: run it again in a moment")
+            }
+        case .reverse:
+            try startReverse()
+        case .mirror:
+            // After a rollback (or an aborted cutover) the mirror back starts afresh at the next cutover.
+            if was == .cutover || was == .reverse {
+                stopReverse()
+                armReverseInBackground()
+            }
+        case .single:
+            stopReverse()
+        }
         try ModeFile.store(modeFile, mode: m, primary: m == .mirror || m == .cutover ? "old" : "new")
         mode.value.withLock { $0 = m }
         logger.notice("mode \(m.rawValue)")

@@ -26,6 +26,9 @@ final class MirrorLane: @unchecked Sendable {
     let makeJob: @Sendable () throws -> Job
     /// Whether the tap's mode lets this lane apply its journal now.
     let active: @Sendable () -> Bool
+    /// Whether what the watcher sees is journaled now (a reverse lane journals from the cutover on: before it, the
+    /// only writer of its tree is the forward mirror).
+    let journaling: @Sendable () -> Bool
     /// Run (once) before the first application when the job has no ready ledger yet; nil: wait for the job to
     /// become ready (the initial copy and verify).
     let prepare: (@Sendable (Job) throws -> Void)?
@@ -64,7 +67,7 @@ final class MirrorLane: @unchecked Sendable {
     init(
         side: String, root: String, directory: String, cursorName: String, backend: WatchBackend, fsync: FsyncPolicy, logger: Logger,
         makeJob: @escaping @Sendable () throws -> Job, active: @escaping @Sendable () -> Bool,
-        prepare: (@Sendable (Job) throws -> Void)? = nil
+        journaling: @escaping @Sendable () -> Bool = { true }, prepare: (@Sendable (Job) throws -> Void)? = nil
     ) throws {
         self.side = side
         self.root = root
@@ -74,6 +77,7 @@ final class MirrorLane: @unchecked Sendable {
         self.logger = logger
         self.makeJob = makeJob
         self.active = active
+        self.journaling = journaling
         self.prepare = prepare
         try FileManager.default.createDirectory(atPath: directory + "/journal", withIntermediateDirectories: true)
         journal = try Journal(directory: directory + "/journal", fsync: fsync)
@@ -98,7 +102,7 @@ final class MirrorLane: @unchecked Sendable {
             $0.pending = backlog
             $0.running = true
         }
-        if FileManager.default.fileExists(atPath: runningMarker) {
+        if FileManager.default.fileExists(atPath: runningMarker) && journaling() {
             // The last run ended without stopping (kill -9, a crash): what changed meanwhile was not seen.
             try record(ChangeRecord(o: "a", p: "the tap did not stop cleanly last time: changes while it was down were not watched"))
             logger.warning("the tap did not stop cleanly last time: the whole tree will be rescanned by metadata", metadata: ["tree": "\(root)"])
@@ -146,6 +150,7 @@ final class MirrorLane: @unchecked Sendable {
 
     /// Every event is in the journal before anything else happens with it.
     private func journal(_ event: WatchEvent) {
+        guard journaling() else { return }
         let r: ChangeRecord
         switch event {
         case .changed(let p): r = ChangeRecord(o: "c", p: p)
@@ -315,8 +320,9 @@ final class MirrorLane: @unchecked Sendable {
         guard written == bytes.count, synced else { throw SystemCallError("write", errno: errno, path: path) }
         // The watcher's own report of the fence file comes after every event before it (the kernel keeps order),
         // so its journal offset covers them all; without it in time (events lost), the fence is journaled here.
+        // (Well inside the control client's 10 s.)
         let rel = FenceFile.path(token)
-        let deadline = Date().addingTimeInterval(10)
+        let deadline = Date().addingTimeInterval(5)
         while Date() < deadline {
             if let seq = state.withLock({ $0.fenceSeen.removeValue(forKey: rel) }) { return seq }
             usleep(10_000)

@@ -219,8 +219,8 @@ func treeMetadata(_ root: String) throws -> [String: Any] {
         )
     }
 
-    /// fs → fs while the application writes, with renames across directories and symlinks, over a tree that holds
-    /// hard-link groups (new hard links made live are not part of this test: see the notes); the tap is
+    /// fs → fs while the application writes, with renames across directories, symlinks and new hard links (to
+    /// files of the tree, renamed and deleted later like any name), over a tree that holds hard-link groups; the tap is
     /// killed with -9 and started again on the way (the tree is rescanned), and then started with a tiny inotify
     /// queue so that a burst overflows it (rescanned again). After the freeze and the fenced cutover the trees are
     /// equal: `diff -r` and every entry's metadata.
@@ -238,7 +238,7 @@ func treeMetadata(_ root: String) throws -> [String: Any] {
         try FileManager.default.createDirectory(atPath: dir.sub("dst"), withIntermediateDirectories: true)
         let p = try plan(dir, destination: "{ kind: fs, path: dst }", watch: watch)
         defer { stopTap(dir) }
-        let writer = try TreeWriter(root: dir.sub("src"), seed: rng.next(), links: true, dir: dir)
+        let writer = try TreeWriter(root: dir.sub("src"), seed: rng.next(), links: true, hardlinks: true, dir: dir)
         defer { writer.stop() }
         #expect(writer.waitOperations(40))
         let run = try Ferry.run(["run", p])
@@ -292,7 +292,7 @@ func treeMetadata(_ root: String) throws -> [String: Any] {
         // the old one. The rollback fences through the mirror back; then the old tree is the new one again.
         let status = try #require(try tap(dir).status())
         #expect(status.mode == .reverse, "\(status.mode)")
-        let back = try TreeWriter(root: dir.sub("dst"), seed: rng.next(), links: true, dir: dir, name: "back")
+        let back = try TreeWriter(root: dir.sub("dst"), seed: rng.next(), links: true, hardlinks: true, dir: dir, name: "back")
         defer { back.stop() }
         #expect(back.waitOperations(300))
         back.stop()
