@@ -68,7 +68,10 @@ enum Backends {
             ? { @Sendable in
                 try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
                 let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
-                _ = try spawnDetached(executable: exe, arguments: ["tap", "run", planFile], log: log)
+                let pid = try spawnDetached(executable: exe, arguments: ["tap", "run", planFile], log: log)
+                // Said once, where the operator looks: the tap outlives this command.
+                FileHandle.standardError.write(
+                    Data("ferry: started the tap in the background: pid \(pid), log \(log); `ferry tap ctl \(planFile) status` shows it\n".utf8))
             } : nil
         return TapClient(socketPath: socket, launcher: launcher)
     }

@@ -95,7 +95,7 @@ func out(_ s: String = "") { print(s) }
 
 func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s : s + String(repeating: " ", count: n - s.count) }
 
-func printReport(_ r: VerifyReport, stateDirectory: String, plan: String = "PLAN") {
+func printReport(_ r: VerifyReport, stateDirectory: String, plan: String = "PLAN", tapped: Bool = false) {
     let what = r.mode == "full" ? "full" : "sample \(Units.formatDecimal(r.sample * 100, places: 1))% (round \(r.round))"
     out(
         "verify: \(what), fresh walks of both sides (\(r.sourceEntries) source entries, \(r.destinationEntries) at the "
@@ -139,9 +139,13 @@ func printReport(_ r: VerifyReport, stateDirectory: String, plan: String = "PLAN
         if c.unverifiable > 0 { out("  unverifiable: make the destination entries readable, then `ferry verify \(plan)`") }
     }
     if r.drift.total > 0 {
+        // With a tap, what changed after the snapshot is the tap's to carry (the cutover gates on its lag): a
+        // catch-up walk would add nothing.
         out(
             "source drift since the snapshot: \(r.drift.changed) changed, \(r.drift.added) new, \(r.drift.deleted) removed "
-                + "(`ferry run --catch-up` copies them)")
+                + (tapped
+                    ? "(live writes: the tap carries them, and the cutover waits for its lag; no catch-up is needed)"
+                    : "(`ferry run --catch-up` copies them)"))
     }
     out("report: \(stateDirectory)/verify-\(r.run).json")
 }

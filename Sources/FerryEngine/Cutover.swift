@@ -125,7 +125,11 @@ extension Job {
             if let tap, let s = try? tap.status(), s.mode != .reverse && s.mode != .single { try tap.setMode(.reverse) }
             return .alreadyDone(at: at)
         }
-        let gates = try gates(ledger)
+        var gates = try gates(ledger)
+        // With a tap, entries the mirror is copying right now are pending until it has applied them: that gate
+        // is judged after the fence, which waits for the mirror to apply everything before the freeze.
+        let afterFence = tap != nil && gates.contains { $0.name == "no-pending-catch-up" && !$0.ok } && !force
+        if afterFence { gates.removeAll { $0.name == "no-pending-catch-up" } }
         let failed = gates.filter { !$0.ok }
         if !failed.isEmpty && !force { return .refused(gates: gates) }
         if !failed.isEmpty {
@@ -141,7 +145,23 @@ extension Job {
             } catch {
                 _ = try? tap.setMode(.mirror)
                 try ledger.recordEvent("cutover", "aborted, back to ready: \(error)")
-                throw FerryError(.gateNotMet, "\(error); cutover aborted, the tap is back in mirror mode and the job is ready")
+                shown.append(Gate(name: "fence-new", ok: false, detail: "\(error); cutover aborted, the tap is back in mirror mode"))
+                return .refused(gates: shown)
+            }
+            if afterFence {
+                let unsettled = try waitSettled(ledger)
+                let gate = Gate(
+                    name: "no-pending-catch-up", ok: unsettled == 0,
+                    detail: unsettled == 0
+                        ? "every entry copied (after the fence)"
+                        : "\(unsettled) entries pending, failed or removed from the source after the fence; cutover aborted, the tap is back in mirror mode"
+                )
+                shown.append(gate)
+                if !gate.ok {
+                    _ = try? tap.setMode(.mirror)
+                    try ledger.recordEvent("cutover", "aborted, back to ready: \(gate.detail)")
+                    return .refused(gates: shown)
+                }
             }
         }
         try ledger.recordEvent("cutover", "gates checked; running \(plan.cutover.hooks.count) hooks")
@@ -151,6 +171,18 @@ extension Job {
         try ledger.recordCutover(forced: force && !failed.isEmpty)
         if let tap { try tap.setMode(.reverse) }
         return .done(gates: shown, forced: force && !failed.isEmpty)
+    }
+
+    /// Waits (up to the fence timeout) for the mirror to settle what it is still copying; returns how many
+    /// entries are left unsettled.
+    func waitSettled(_ ledger: Ledger) throws -> Int64 {
+        let timeout = Double(plan.tap?.options["fence_timeout"].flatMap { Units.parseDuration($0) } ?? 60)
+        let deadline = Date().addingTimeInterval(timeout)
+        while true {
+            let n = try ledger.unsettledCount()
+            if n == 0 || Date() >= deadline { return n }
+            Thread.sleep(forTimeInterval: 0.1)
+        }
     }
 
     func runHooks(_ hooks: [String], what: String, forced: Bool, ledger: Ledger, onFailure: () -> Void) throws {

@@ -89,55 +89,53 @@ public final class CarbonTap: TapServer, @unchecked Sendable {
 
     private func bind() throws {
         let maxLine = config.maxLineLength
-        let tcp = try ServerBootstrap(group: group)
-            .serverChannelOption(.backlog, value: 256)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelInitializer { [self] channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(PlaintextHandler(tap: self, maxLine: maxLine))
-                }
-            }
-            .bind(host: config.listen.host, port: config.listen.port).wait()
-        add(tcp)
-        logger.info("listening for plaintext on tcp \(config.listen)")
-        if config.udp {
-            let udp = try DatagramBootstrap(group: group)
-                .channelOption(.socketOption(.so_reuseaddr), value: 1)
-                .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 65536))
-                .channelInitializer { [self] channel in
+        let tcp = try listening(on: "tcp \(config.listen)", what: "carbon plaintext, tap.listen") {
+            try ServerBootstrap(group: group)
+                .serverChannelOption(.backlog, value: 256)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .childChannelInitializer { [self] channel in
                     channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(DatagramHandler(tap: self))
+                        try channel.pipeline.syncOperations.addHandler(PlaintextHandler(tap: self, maxLine: maxLine))
                     }
                 }
                 .bind(host: config.listen.host, port: config.listen.port).wait()
+        }
+        add(tcp)
+        logger.info("listening for plaintext on tcp \(config.listen)")
+        if config.udp {
+            let udp = try listening(on: "udp \(config.listen)", what: "carbon plaintext over UDP, tap.listen") {
+                try DatagramBootstrap(group: group)
+                    .channelOption(.socketOption(.so_reuseaddr), value: 1)
+                    .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 65536))
+                    .channelInitializer { [self] channel in
+                        channel.eventLoop.makeCompletedFuture {
+                            try channel.pipeline.syncOperations.addHandler(DatagramHandler(tap: self))
+                        }
+                    }
+                    .bind(host: config.listen.host, port: config.listen.port).wait()
+            }
             add(udp)
             logger.info("listening for plaintext on udp \(config.listen)")
         }
         if let p = config.listenPickle {
             let maxMessage = config.maxPickleMessage
-            let pickle = try ServerBootstrap(group: group)
-                .serverChannelOption(.backlog, value: 256)
-                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-                .childChannelInitializer { [self] channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(
-                            ByteToMessageHandler(PickleFrameDecoder(maxMessage: maxMessage)))
-                        try channel.pipeline.syncOperations.addHandler(PickleHandler(tap: self))
+            let pickle = try listening(on: "tcp \(p)", what: "carbon pickle, tap.listen_pickle") {
+                try ServerBootstrap(group: group)
+                    .serverChannelOption(.backlog, value: 256)
+                    .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                    .childChannelInitializer { [self] channel in
+                        channel.eventLoop.makeCompletedFuture {
+                            try channel.pipeline.syncOperations.addHandler(
+                                ByteToMessageHandler(PickleFrameDecoder(maxMessage: maxMessage)))
+                            try channel.pipeline.syncOperations.addHandler(PickleHandler(tap: self))
+                        }
                     }
-                }
-                .bind(host: p.host, port: p.port).wait()
+                    .bind(host: p.host, port: p.port).wait()
+            }
             add(pickle)
             logger.info("listening for pickle on tcp \(p)")
         }
-        let control = try ServerBootstrap(group: group)
-            .childChannelInitializer { [self] channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(ControlHandler(handle: { self.handle($0) }))
-                }
-            }
-            .bind(unixDomainSocketPath: config.controlSocket, cleanupExistingSocketFile: true).wait()
-        add(control)
-        chmod(config.controlSocket, 0o600)
+        add(try bindControlSocket(config.controlSocket, group: group, server: self))
         logger.info("control socket \(config.controlSocket)")
     }
 

@@ -163,15 +163,7 @@ public final class FsJournalTap: TapService, TapServer, @unchecked Sendable {
         } else if m == .mirror {
             armReverseInBackground()
         }
-        let channel = try ServerBootstrap(group: group)
-            .childChannelInitializer { [self] channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(ControlHandler(handle: { self.handle($0) }))
-                }
-            }
-            .bind(unixDomainSocketPath: config.controlSocket, cleanupExistingSocketFile: true).wait()
-        chmod(config.controlSocket, 0o600)
-        control = channel
+        control = try bindControlSocket(config.controlSocket, group: group, server: self)
         logger.info(
             "fs-journal tap watching \(config.root) (\(forward.watcherSummary)); mode \(m.rawValue)",
             metadata: ["failed_watches": "\(forward.watchFailures)"])

@@ -94,7 +94,7 @@ public final class RemoteServer: @unchecked Sendable {
     /// Listens on `host:port` (port 0: any free port); returns the port bound.
     @discardableResult
     public func start(host: String, port: Int) throws -> Int {
-        let ch = try bootstrap().bind(host: host, port: port).wait()
+        let ch = try listening(on: "\(host):\(port)", what: "ferry serve --listen") { try bootstrap().bind(host: host, port: port).wait() }
         channel.withLock { $0 = ch }
         let bound = ch.localAddress?.port ?? port
         logger.info("ferry serve listening", metadata: ["address": "\(host):\(bound)", "root": "\(canonicalRoot)"])
@@ -103,7 +103,9 @@ public final class RemoteServer: @unchecked Sendable {
 
     /// Listens on a unix socket (the far end of an SSH forward), created 0600.
     public func start(unixSocket path: String) throws {
-        let ch = try bootstrap().bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).wait()
+        let ch = try listening(on: path, what: "ferry serve's unix socket") {
+            try bootstrap().bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).wait()
+        }
         chmod(path, 0o600)
         channel.withLock { $0 = ch }
         logger.info("ferry serve listening", metadata: ["socket": "\(path)", "root": "\(canonicalRoot)"])

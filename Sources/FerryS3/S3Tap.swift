@@ -198,39 +198,34 @@ public final class S3Tap: TapServer, @unchecked Sendable {
         t.name = "ferry-s3-tap-mirror"
         t.start()
         let maxBody = config.maxBody
-        let http = try ServerBootstrap(group: group)
-            .serverChannelOption(.backlog, value: 256)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelInitializer { [self] channel in
-                channel.eventLoop.makeCompletedFuture {
-                    // Over the connection limit: closed at once, before anything is read or buffered.
-                    guard
-                        self.connections.withLock({ n in
-                            guard n < self.config.maxConnections else { return false }
-                            n += 1
-                            return true
-                        })
-                    else {
-                        // Closed as soon as it is active (an unregistered channel cannot be closed yet).
-                        try channel.pipeline.syncOperations.addHandler(CloseOnActive())
-                        return
+        let http = try listening(on: "\(config.listen)", what: "the S3 endpoint, tap.listen") {
+            try ServerBootstrap(group: group)
+                .serverChannelOption(.backlog, value: 256)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .childChannelInitializer { [self] channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        // Over the connection limit: closed at once, before anything is read or buffered.
+                        guard
+                            self.connections.withLock({ n in
+                                guard n < self.config.maxConnections else { return false }
+                                n += 1
+                                return true
+                            })
+                        else {
+                            // Closed as soon as it is active (an unregistered channel cannot be closed yet).
+                            try channel.pipeline.syncOperations.addHandler(CloseOnActive())
+                            return
+                        }
+                        channel.closeFuture.whenComplete { _ in self.connections.withLock { $0 -= 1 } }
+                        let timeout = TimeAmount.milliseconds(Int64(self.config.headerTimeout * 1000))
+                        try channel.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: timeout))
+                        try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                        try channel.pipeline.syncOperations.addHandler(S3ProxyHandler(tap: self, maxBody: maxBody))
                     }
-                    channel.closeFuture.whenComplete { _ in self.connections.withLock { $0 -= 1 } }
-                    let timeout = TimeAmount.milliseconds(Int64(self.config.headerTimeout * 1000))
-                    try channel.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: timeout))
-                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-                    try channel.pipeline.syncOperations.addHandler(S3ProxyHandler(tap: self, maxBody: maxBody))
                 }
-            }
-            .bind(host: config.listen.host, port: config.listen.port).wait()
-        let control = try ServerBootstrap(group: group)
-            .childChannelInitializer { [self] channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(ControlHandler(handle: { self.handle($0) }))
-                }
-            }
-            .bind(unixDomainSocketPath: config.controlSocket, cleanupExistingSocketFile: true).wait()
-        chmod(config.controlSocket, 0o600)
+                .bind(host: config.listen.host, port: config.listen.port).wait()
+        }
+        let control = try bindControlSocket(config.controlSocket, group: group, server: self)
         lock.lock()
         channels = [http, control]
         lock.unlock()

@@ -1,5 +1,7 @@
+import FerryCore
 import Foundation
 public import NIOCore
+import NIOPosix
 
 /// A `host:port` pair.
 public struct HostPort: Sendable, Equatable, CustomStringConvertible {
@@ -25,6 +27,22 @@ public struct HostPort: Sendable, Equatable, CustomStringConvertible {
     }
 
     public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+}
+
+/// Binds a tap's control socket at `path` (mode 0600: the tap's user only), serving `server`'s requests on
+/// `group`. A failure names the socket.
+public func bindControlSocket(_ path: String, group: any EventLoopGroup, server: any TapServer & Sendable) throws -> any Channel {
+    let channel = try listening(on: path, what: "the tap's control socket") {
+        try ServerBootstrap(group: group)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(ControlHandler(handle: { server.handle($0) }))
+                }
+            }
+            .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).wait()
+    }
+    chmod(path, 0o600)
+    return channel
 }
 
 /// The control socket: one JSON request per line, one JSON response per line.

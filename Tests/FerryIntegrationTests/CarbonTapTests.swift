@@ -564,7 +564,9 @@ final class LiveLoad: @unchecked Sendable {
         #expect(up)
         let aborted = try Ferry.run(["cutover", h.plan])
         #expect(aborted.status == 4, "\(aborted.all)")
-        #expect(aborted.stderr.contains("fence marker"), "\(aborted.stderr)")
+        // The gate table is printed, the fence's line failing with its reason.
+        #expect(aborted.stdout.contains("[FAIL] fence-new") && aborted.stdout.contains("fence marker"), "\(aborted.all)")
+        #expect(aborted.stdout.contains("[ok] verify-clean"), "\(aborted.stdout)")
         #expect(try h.status().mode == .mirror, "an aborted cutover must leave the tap mirroring")
         let status = try Ferry.run(["status", h.plan, "--json"])
         #expect(status.stdout.contains("\"phase\" : \"ready\""), "\(status.stdout)")

@@ -27,10 +27,10 @@ struct RunCommand: ParsableCommand {
             case .alreadyDone(let why):
                 out(why)
             case .ready(let report):
-                printReport(report, stateDirectory: p.stateDirectory, plan: plan)
+                printReport(report, stateDirectory: p.stateDirectory, plan: plan, tapped: p.tap != nil)
                 out("job '\(p.name)' is ready for cutover: `ferry cutover \(plan)`")
             case .mismatches(let report):
-                printReport(report, stateDirectory: p.stateDirectory, plan: plan)
+                printReport(report, stateDirectory: p.stateDirectory, plan: plan, tapped: p.tap != nil)
                 throw ExitCode(Exit.mismatch)
             }
         }

@@ -16,7 +16,7 @@ struct VerifyCommand: ParsableCommand {
         try guarded {
             let job = try makeJob(p, global)
             let report = try job.verifyOnly()
-            if json { try writeJSON(report) } else { printReport(report, stateDirectory: p.stateDirectory, plan: plan) }
+            if json { try writeJSON(report) } else { printReport(report, stateDirectory: p.stateDirectory, plan: plan, tapped: p.tap != nil) }
             if !report.ok { throw ExitCode(Exit.mismatch) }
         }
     }
