@@ -188,6 +188,9 @@ final class TreeWatcher: TreeWatching, @unchecked Sendable {
             // Closes may be among what was lost: no file is known to be open any more (the rescan reads them as
             // they are; a file still being written changes again and comes back).
             writing.withLock { $0.removeAll() }
+            // Directories made while events were lost are not watched yet: every directory is watched again
+            // (an existing watch is kept), then the whole tree is rescanned.
+            watch("")
             emit(.lost("the kernel's inotify queue overflowed (fs.inotify.max_queued_events)"))
             return
         }
