@@ -30,9 +30,7 @@ final class FanotifyWatcher: TreeWatching, @unchecked Sendable {
     /// Directory handles already turned into paths; forgotten when any directory moves or goes.
     private var paths: [[UInt8]: [UInt8]] = [:]
     private let writing = Mutex<Set<String>>([])
-    private let stopping = Mutex(false)
-    private var thread: Thread?
-    private var wake: [Int32] = [-1, -1]
+    private var reader: EventReader?
 
     static let mask: UInt64 =
         FERRY_FAN_MODIFY | FERRY_FAN_ATTRIB | FERRY_FAN_CLOSE_WRITE | FERRY_FAN_MOVED_FROM | FERRY_FAN_MOVED_TO | FERRY_FAN_CREATE
@@ -69,28 +67,20 @@ final class FanotifyWatcher: TreeWatching, @unchecked Sendable {
                 guard m >= 0 else { throw SystemCallError("open", errno: errno, path: point) }
                 try mark(point, fd: m)
             }
-            guard pipe(&wake) == 0 else { throw SystemCallError("pipe", errno: errno) }
+            let r = EventReader(fd: fd)
+            try r.start { [self] bytes in events(bytes) }
+            reader = r
         } catch {
             close(fd)
             for m in mounts.values where m != rootFd { close(m) }
             if rootFd >= 0 { close(rootFd) }
             throw error
         }
-        let t = Thread { [self] in readLoop() }
-        t.name = "ferry-watch"
-        t.start()
-        thread = t
     }
 
     func stop() {
-        stopping.withLock { $0 = true }
-        var one: UInt8 = 1
-        _ = write(wake[1], &one, 1)
-        while thread?.isFinished == false { usleep(10_000) }
-        close(fd)
+        reader?.stop()
         for m in Set(mounts.values).union([rootFd]) { close(m) }
-        close(wake[0])
-        close(wake[1])
     }
 
     private func mark(_ path: String, fd dirFd: Int32) throws {
@@ -150,30 +140,21 @@ final class FanotifyWatcher: TreeWatching, @unchecked Sendable {
         return RawName.decode(out)
     }
 
-    private func readLoop() {
-        var buffer = [UInt8](repeating: 0, count: 256 << 10)
-        while !stopping.withLock({ $0 }) {
-            var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: wake[0], events: Int16(POLLIN), revents: 0)]
-            let ready = poll(&fds, 2, 1000)
-            if ready <= 0 || fds[1].revents != 0 { continue }
-            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n <= 0 { continue }
-            buffer.withUnsafeBytes { b in
-                let base = b.baseAddress!.assumingMemoryBound(to: UInt8.self)
-                var offset: UInt = 0
-                var event = ferry_fan_event()
-                while true {
-                    let r = ferry_fanotify_next(base, UInt(n), &offset, &event)
-                    if r == 0 { break }
-                    if r < 0 {
-                        // Not what this kernel should send: what the buffer held is treated as lost.
-                        writing.withLock { $0.removeAll() }
-                        emit(.lost("an fanotify event could not be read"))
-                        continue
-                    }
-                    handle(event)
-                }
+    /// The fanotify events of one read.
+    private func events(_ buffer: UnsafeRawBufferPointer) {
+        let base = buffer.baseAddress!.assumingMemoryBound(to: UInt8.self)
+        var offset: UInt = 0
+        var event = ferry_fan_event()
+        while true {
+            let r = ferry_fanotify_next(base, UInt(buffer.count), &offset, &event)
+            if r == 0 { break }
+            if r < 0 {
+                // Not what this kernel should send: what the buffer held is treated as lost.
+                writing.withLock { $0.removeAll() }
+                emit(.lost("an fanotify event could not be read"))
+                continue
             }
+            handle(event)
         }
     }
 

@@ -275,12 +275,17 @@ final class MirrorLane: @unchecked Sendable {
 
     /// The job's ledger once it may be mirrored into: ready (or later) after the initial copy, or prepared here.
     private func readyLedger(_ job: Job) throws -> Ledger? {
-        if let prepare, !Ledger.exists(in: job.plan.stateDirectory) || (try? job.openLedger(create: false).job()?.phase) != .ready {
-            try prepare(job)
+        func open() throws -> (Ledger, Phase?)? {
+            guard Ledger.exists(in: job.plan.stateDirectory) else { return nil }
+            let ledger = try job.openLedger(create: false)
+            return (ledger, try ledger.job()?.phase)
         }
-        guard Ledger.exists(in: job.plan.stateDirectory) else { return nil }
-        let ledger = try job.openLedger(create: false)
-        guard let phase = try ledger.job()?.phase, [.ready, .switched, .complete].contains(phase) else { return nil }
+        var found = try open()
+        if let prepare, found?.1 != .ready {
+            try prepare(job)
+            found = try open()
+        }
+        guard let (ledger, phase) = found, let phase, [.ready, .switched, .complete].contains(phase) else { return nil }
         return ledger
     }
 

@@ -61,6 +61,46 @@ func startWatcher(
     return (w, nil)
 }
 
+/// Reads a kernel notification descriptor (inotify, fanotify) on a thread of its own until `stop`: the bytes of
+/// each read go to `handle`, on that thread. A pipe wakes the thread for `stop`, which closes the descriptor.
+final class EventReader: @unchecked Sendable {
+    // @unchecked: `wake` and `thread` are set by `start` and read by `stop`, which the owner calls in turn.
+    private let fd: Int32
+    private var wake: [Int32] = [-1, -1]
+    private let stopping = Mutex(false)
+    private var thread: Thread?
+
+    init(fd: Int32) { self.fd = fd }
+
+    func start(_ handle: @escaping @Sendable (UnsafeRawBufferPointer) -> Void) throws {
+        guard pipe(&wake) == 0 else { throw SystemCallError("pipe", errno: errno) }
+        let t = Thread { [self] in
+            var buffer = [UInt8](repeating: 0, count: 256 << 10)
+            while !stopping.withLock({ $0 }) {
+                var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: wake[0], events: Int16(POLLIN), revents: 0)]
+                let ready = poll(&fds, 2, 1000)
+                if ready <= 0 || fds[1].revents != 0 { continue }
+                let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+                if n <= 0 { continue }
+                buffer.withUnsafeBytes { handle(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+            }
+        }
+        t.name = "ferry-watch"
+        t.start()
+        thread = t
+    }
+
+    func stop() {
+        stopping.withLock { $0 = true }
+        var one: UInt8 = 1
+        _ = write(wake[1], &one, 1)
+        while thread?.isFinished == false { usleep(10_000) }
+        close(fd)
+        close(wake[0])
+        close(wake[1])
+    }
+}
+
 /// Watches a directory tree with inotify: one watch per directory (recursive), added as directories appear.
 /// The number of watches is bounded by `fs.inotify.max_user_watches` (one per directory); a directory that
 /// cannot be watched is reported (`.subtree`, with `watchFailures` counted) so it is rescanned rather than
@@ -78,9 +118,7 @@ final class TreeWatcher: TreeWatching, @unchecked Sendable {
     private var paths: [String: Int32] = [:]
     private let writing = Mutex<Set<String>>([])
     private let failures = Mutex<Int>(0)
-    private let stopping = Mutex(false)
-    private var thread: Thread?
-    private var wake: [Int32] = [-1, -1]
+    private var reader: EventReader?
 
     static let mask: UInt32 =
         FERRY_IN_MODIFY | FERRY_IN_ATTRIB | FERRY_IN_CLOSE_WRITE | FERRY_IN_MOVED_FROM | FERRY_IN_MOVED_TO | FERRY_IN_CREATE
@@ -102,23 +140,18 @@ final class TreeWatcher: TreeWatching, @unchecked Sendable {
     func start() throws {
         fd = ferry_inotify_init()
         guard fd >= 0 else { throw SystemCallError("inotify_init1", errno: errno) }
-        guard pipe(&wake) == 0 else { throw SystemCallError("pipe", errno: errno) }
         watch("")
-        let t = Thread { [self] in readLoop() }
-        t.name = "ferry-watch"
-        t.start()
-        thread = t
+        let r = EventReader(fd: fd)
+        do {
+            try r.start { [self] bytes in events(bytes) }
+        } catch {
+            close(fd)
+            throw error
+        }
+        reader = r
     }
 
-    func stop() {
-        stopping.withLock { $0 = true }
-        var one: UInt8 = 1
-        _ = write(wake[1], &one, 1)
-        while thread?.isFinished == false { usleep(10_000) }
-        close(fd)
-        close(wake[0])
-        close(wake[1])
-    }
+    func stop() { reader?.stop() }
 
     private func absolute(_ rel: String) -> String { rel.isEmpty ? root : root + "/" + rel }
 
@@ -160,26 +193,17 @@ final class TreeWatcher: TreeWatching, @unchecked Sendable {
         }
     }
 
-    private func readLoop() {
-        var buffer = [UInt8](repeating: 0, count: 256 << 10)
-        while !stopping.withLock({ $0 }) {
-            var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: wake[0], events: Int16(POLLIN), revents: 0)]
-            let ready = poll(&fds, 2, 1000)
-            if ready <= 0 || fds[1].revents != 0 { continue }
-            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n <= 0 { continue }
-            var at = 0
-            while at + 16 <= n {
-                let (wd, mask, len) = buffer.withUnsafeBytes { b in
-                    (
-                        b.load(fromByteOffset: at, as: Int32.self), b.load(fromByteOffset: at + 4, as: UInt32.self),
-                        Int(b.load(fromByteOffset: at + 12, as: UInt32.self))
-                    )
-                }
-                let nameBytes = Array(buffer[(at + 16)..<min(n, at + 16 + len)].prefix { $0 != 0 })
-                at += 16 + len
-                handle(wd: wd, mask: mask, name: nameBytes)
-            }
+    /// The inotify events of one read.
+    private func events(_ buffer: UnsafeRawBufferPointer) {
+        let n = buffer.count
+        var at = 0
+        while at + 16 <= n {
+            let wd = buffer.load(fromByteOffset: at, as: Int32.self)
+            let mask = buffer.load(fromByteOffset: at + 4, as: UInt32.self)
+            let len = Int(buffer.load(fromByteOffset: at + 12, as: UInt32.self))
+            let nameBytes = Array(buffer[(at + 16)..<min(n, at + 16 + len)].prefix { $0 != 0 })
+            at += 16 + len
+            handle(wd: wd, mask: mask, name: nameBytes)
         }
     }
 
