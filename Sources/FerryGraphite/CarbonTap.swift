@@ -27,12 +27,17 @@ public final class CarbonTap: TapServer, @unchecked Sendable {
     private var channels: [any Channel] = []
     private var parked: [any Channel] = []
     private var pressure = false
+    /// Whether the SPOOL FULL error was logged for the current episode (pressure can start at an append).
+    private var announced = false
     private var received: UInt64 = 0
     private var invalid: UInt64 = 0
     private var refused: UInt64 = 0
     private var dropped: UInt64 = 0
     private var invalidLogged = 0
     private var spoolError: String?
+    /// The lowest settled offset the maintenance thread last saw: an append judges the spool's use against it,
+    /// so the limit holds senders back at once, not a quarter second (and megabytes) later.
+    private var settledLow: UInt64 = 0
     /// Data read from senders that are gone (or from UDP) while the spool could not write: retried in order by
     /// the maintenance thread, never dropped while it stays under `maxAdopted`.
     private var adopted: [([UInt8], Int)] = []
@@ -65,6 +70,7 @@ public final class CarbonTap: TapServer, @unchecked Sendable {
         }
         group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, min(4, System.coreCount)))
         applyAttachment()
+        settledLow = [old, new].filter(\.isAttached).map(\.settled).min() ?? journal.head
     }
 
     // MARK: - lifecycle
@@ -182,13 +188,16 @@ public final class CarbonTap: TapServer, @unchecked Sendable {
             journal.release(below: low)
             let used = journal.head - low
             lock.lock()
+            settledLow = low
             let was = pressure
             let now = used >= config.spoolLimit ? true : (used < config.spoolLimit / 10 * 9 ? false : was)
             pressure = now
+            let announce = now && !announced
+            announced = now
             let wake = was && !now ? parked : []
             if !now { parked.removeAll() }
             lock.unlock()
-            if now && !was {
+            if announce {
                 let behind = fed.filter { $0.settled == low }.map(\.name).joined(separator: ", ")
                 logger.error(
                     "SPOOL FULL: \(Units.formatBytes(Int64(used))) spooled for \(behind) (spool_limit \(Units.formatBytes(Int64(config.spoolLimit)))); senders are held back until it drains, UDP datagrams are dropped and counted"
@@ -232,8 +241,10 @@ public final class CarbonTap: TapServer, @unchecked Sendable {
             if first { logger.error("SPOOL WRITE FAILED (\(error)): senders are held back until it can write again") }
             throw error
         }
+        let head = journal.head
         lock.lock()
         received += UInt64(lines)
+        if head - min(settledLow, head) >= config.spoolLimit { pressure = true }
         let recovered = spoolError != nil
         spoolError = nil
         lock.unlock()
