@@ -22,6 +22,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio", from: "2.90.0"),
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         .executableTarget(name: "ferry", dependencies: ["FerryCLI"], swiftSettings: strict),
@@ -29,7 +31,9 @@ let package = Package(
             name: "FerryCLI",
             dependencies: [
                 "FerryCore", "CFerrySys", "FerryEngine", "FerryLocal", "FerryGraphite", "FerryS3", "FerryTap", "FerryRemote", "FerryLive",
+                "FerryObserve",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict
@@ -43,9 +47,23 @@ let package = Package(
             swiftSettings: strict
         ),
         .target(
+            name: "FerryObserve",
+            dependencies: [
+                "FerryCore", "FerryTap",
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            swiftSettings: strict
+        ),
+        .target(
             name: "FerryEngine",
             dependencies: [
                 "FerryCore", "FerryDigest",
+                .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -68,6 +86,7 @@ let package = Package(
             name: "FerryRemote",
             dependencies: [
                 "FerryCore", "FerryDigest", "FerryHTTP", "FerryZstd",
+                .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

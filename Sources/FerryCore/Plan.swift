@@ -11,6 +11,8 @@ public struct Plan: Sendable {
     public var copy: CopySpec
     public var verify: VerifySpec
     public var cutover: CutoverSpec
+    /// Where the Prometheus endpoints listen (none by default).
+    public var metrics = MetricsSpec()
     /// Absolute path of the state directory (ledger, reports).
     public var stateDirectory: String
     /// Where each field's value stands in the plan file ("destination.credentials" → line, column), so that the
@@ -149,4 +151,20 @@ public struct CutoverSpec: Sendable {
     public var rollbackHooks: [String] = []
     public var rollbackWindow: Double? = nil
     public init() {}
+}
+
+/// `metrics:`: Prometheus endpoints of `ferry run` and of the plan's tap.
+public struct MetricsSpec: Sendable {
+    /// `host:port` of `ferry run`'s endpoint.
+    public var listen: String?
+    /// `host:port` of the tap's endpoint (`ferry tap run`): the tap is its own process.
+    public var tapListen: String?
+    /// How long `ferry run` keeps serving after the job's last phase, so a last scrape sees the totals.
+    public var linger: Double = 0
+
+    public init(listen: String? = nil, tapListen: String? = nil, linger: Double = 0) {
+        self.listen = listen
+        self.tapListen = tapListen
+        self.linger = linger
+    }
 }

@@ -138,6 +138,7 @@ public struct PlanLoader: Sendable {
             at: "",
             allowed: [
                 "version", "name", "source", "destination", "snapshot", "tap", "copy", "verify", "cutover", "state", "exclude",
+                "metrics",
             ],
             required: ["version", "name", "source", "destination"]
         )
@@ -344,6 +345,23 @@ public struct PlanLoader: Sendable {
             }
         }
 
+        var metrics = MetricsSpec()
+        if let node = fields["metrics"], let map = ctx.mapping(node, "metrics") {
+            let f = ctx.fields(map, at: "metrics", allowed: ["listen", "tap_listen", "linger"], required: [])
+            for key in ["listen", "tap_listen"] {
+                guard let v = f[key], let s = ctx.nonEmptyString(v, "metrics.\(key)") else { continue }
+                guard Self.isHostPort(s) else {
+                    ctx.fail(v, "metrics.\(key)", "expected HOST:PORT such as 127.0.0.1:9108 (port 0 picks a free one), got \"\(s)\"")
+                    continue
+                }
+                if key == "listen" { metrics.listen = s } else { metrics.tapListen = s }
+            }
+            if let l = metrics.listen, l == metrics.tapListen, !l.hasSuffix(":0") {
+                ctx.fail(f["tap_listen"], "metrics.tap_listen", "the tap is its own process: it cannot listen on \(l) too")
+            }
+            if let v = f["linger"], let d = ctx.duration(v, "metrics.linger") { metrics.linger = d }
+        }
+
         var stateDirectory = ctx.resolve(".ferry/\(name)")
         if let v = fields["state"], let s = ctx.nonEmptyString(v, "state") { stateDirectory = ctx.resolve(s) }
 
@@ -405,8 +423,16 @@ public struct PlanLoader: Sendable {
             version: version, name: name, file: absolutePath, source: source, destination: destination,
             snapshot: snapshot, tap: tap, copy: copy, verify: verify, cutover: cutover,
             stateDirectory: stateDirectory)
+        plan.metrics = metrics
         plan.locations = ctx.locations
         return plan
+    }
+
+    /// `HOST:PORT` (`[v6]:PORT`), port 0 to 65535.
+    static func isHostPort(_ s: String) -> Bool {
+        guard let colon = s.lastIndex(of: ":"), let port = Int(s[s.index(after: colon)...]), (0..<65536).contains(port) else { return false }
+        let host = s[..<colon]
+        return !host.isEmpty && !host.contains(" ")
     }
 
     /// The kind a side really holds: the carried kind for a store on another host, else its own.

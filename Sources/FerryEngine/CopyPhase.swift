@@ -460,6 +460,7 @@ final class CopyPhase: @unchecked Sendable {
                 id, ChunkRecord(index: chunk.index, offset: chunk.offset, length: chunk.length, sha256: digest.hex))
             sentThisAttempt += chunk.length
             progress.add(bytes: chunk.length)
+            progress.addChunk()
             summary.withLock { $0.bytesCopied += chunk.length }
         }
         if let now = changedSince(entry, reader) {

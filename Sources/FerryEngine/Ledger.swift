@@ -324,6 +324,7 @@ public final class Ledger: Sendable {
                 try Self.event(db, "phase", note.map { "\(phase.rawValue): \($0)" } ?? phase.rawValue)
             }
         }
+        ProgressMetrics.record(phase: phase)
     }
 
     public func setLastError(_ message: String?) throws {
@@ -388,6 +389,7 @@ public final class Ledger: Sendable {
                 try Self.event(db, "cutover", forced ? "cutover done (forced past unmet gates)" : "cutover done")
             }
         }
+        ProgressMetrics.record(phase: .switched)
     }
 
     /// Records that the tap was armed at `seq` before the snapshot.
@@ -410,6 +412,7 @@ public final class Ledger: Sendable {
                 try Self.event(db, "rollback", "rolled back to the old side")
             }
         }
+        ProgressMetrics.record(phase: .ready)
     }
 
     public func recordComplete() throws {
@@ -421,6 +424,7 @@ public final class Ledger: Sendable {
                 try Self.event(db, "complete", "job complete")
             }
         }
+        ProgressMetrics.record(phase: .complete)
     }
 
     // MARK: - manifest
@@ -482,6 +486,7 @@ public final class Ledger: Sendable {
                 try Self.event(db, "snapshot", "manifest of \(n) entries taken from \(root)")
             }
         }
+        ProgressMetrics.record(phase: .copy)
     }
 
     public func clearManifest() throws {

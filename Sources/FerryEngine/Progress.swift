@@ -1,3 +1,4 @@
+import CoreMetrics
 import FerryCore
 import Foundation
 import Synchronization
@@ -20,6 +21,7 @@ public final class ProgressTracker: Sendable {
 
     private let counters = Mutex(Counters())
     private let output: ProgressOutput
+    private let metrics = ProgressMetrics()
 
     public enum ProgressOutput: Sendable {
         case terminal
@@ -40,6 +42,8 @@ public final class ProgressTracker: Sendable {
             $0.filesDone = filesDone
             $0.bytesDone = bytesDone
         }
+        metrics.begin(phase: phase)
+        publish()
     }
 
     public func add(files: Int64 = 0, bytes: Int64 = 0) {
@@ -48,9 +52,31 @@ public final class ProgressTracker: Sendable {
             $0.bytesDone += bytes
             $0.bytesThisRun += bytes
         }
+        metrics.add(files: files, bytes: bytes)
     }
 
-    public func addFailed() { counters.withLock { $0.failed += 1 } }
+    public func addFailed() {
+        counters.withLock { $0.failed += 1 }
+        metrics.failed.increment()
+    }
+
+    /// A chunk of a large file is durable at the destination and in the ledger.
+    public func addChunk() { metrics.chunks.increment() }
+
+    /// Sets the metrics' gauges from the counters (the reporter calls it every tick).
+    public func publish() {
+        let c = counters.withLock { c in
+            let now = DispatchTime.now().uptimeNanoseconds
+            let dt = Double(now - c.lastSample.at) / 1e9
+            if dt >= 0.5 {
+                let inst = Double(c.bytesThisRun - c.lastSample.bytes) / dt
+                c.rate = c.rate == 0 ? inst : 0.7 * c.rate + 0.3 * inst
+                c.lastSample = (now, c.bytesThisRun)
+            }
+            return c
+        }
+        metrics.publish(filesDone: c.filesDone, filesTotal: c.filesTotal, bytesDone: c.bytesDone, bytesTotal: c.bytesTotal, rate: c.rate)
+    }
 
     /// Un-counts bytes of an attempt that was thrown away (the file changed while it was copied).
     public func retract(bytes: Int64) {
@@ -112,6 +138,7 @@ public final class ProgressTracker: Sendable {
             var lastBeat: UInt64 = 0
             while stopSignal.wait(timeout: .now() + tick) == .timedOut {
                 let now = DispatchTime.now().uptimeNanoseconds
+                publish()
                 if Double(now - lastPrint) / 1e9 >= interval - 0.01 {
                     lastPrint = now
                     switch output {
@@ -133,6 +160,7 @@ public final class ProgressTracker: Sendable {
             stopSignal.signal()
             stopped.wait()
             heartbeat?()
+            publish()
             switch output {
             case .terminal: FileHandle.standardError.write(Data(("\r\u{1B}[K" + line(final: true) + "\n").utf8))
             case .log: FileHandle.standardError.write(Data((timestamp() + " " + line(final: true) + "\n").utf8))
@@ -145,4 +173,59 @@ public final class ProgressTracker: Sendable {
         let f = ISO8601DateFormatter()
         return f.string(from: Date())
     }
+}
+
+/// The progress counters as swift-metrics (a no-op unless the process installed a backend: `metrics.listen`).
+final class ProgressMetrics: Sendable {
+    let filesDone = Gauge(label: Telemetry.filesDone)
+    let filesTotal = Gauge(label: Telemetry.filesPlanned)
+    let filesPending = Gauge(label: Telemetry.filesPending)
+    let bytesDone = Gauge(label: Telemetry.bytesDone)
+    let bytesTotal = Gauge(label: Telemetry.bytesPlanned)
+    let bytesPending = Gauge(label: Telemetry.bytesPending)
+    let rate = Gauge(label: Telemetry.throughput)
+    let lastProgress = Gauge(label: Telemetry.lastProgress)
+    let chunks = Counter(label: Telemetry.chunksCommitted)
+    let failed = Counter(label: Telemetry.errors, dimensions: [("kind", "entry")])
+    /// Per phase (copy, verify): the counters of what this process did.
+    private let processed = Mutex<(phase: String, files: Counter?, bytes: Counter?)>(("", nil, nil))
+
+    init() {
+        lastProgress.record(Date().timeIntervalSince1970)
+    }
+
+    func begin(phase: String) {
+        let name = String(phase.prefix { $0 != ":" })
+        processed.withLock { p in
+            guard p.phase != name else { return }
+            p = (
+                name, Counter(label: Telemetry.filesProcessed, dimensions: [("phase", name)]),
+                Counter(label: Telemetry.bytesProcessed, dimensions: [("phase", name)])
+            )
+        }
+    }
+
+    func add(files: Int64, bytes: Int64) {
+        let (f, b) = processed.withLock { ($0.files, $0.bytes) }
+        if files > 0 { f?.increment(by: files) }
+        if bytes > 0 { b?.increment(by: bytes) }
+        if files > 0 || bytes > 0 { lastProgress.record(Date().timeIntervalSince1970) }
+    }
+
+    func publish(filesDone: Int64, filesTotal: Int64, bytesDone: Int64, bytesTotal: Int64, rate: Double) {
+        self.filesDone.record(filesDone)
+        self.filesTotal.record(filesTotal)
+        filesPending.record(max(0, filesTotal - filesDone))
+        self.bytesDone.record(bytesDone)
+        self.bytesTotal.record(bytesTotal)
+        bytesPending.record(max(0, bytesTotal - bytesDone))
+        self.rate.record(max(0, rate))
+    }
+
+    /// The job's phase as a labelled gauge: 1 for `phase`, 0 for the others.
+    static func record(phase: Phase) {
+        for p in Phase.allCases { Gauge(label: Telemetry.phase, dimensions: [("phase", p.rawValue)]).record(p == phase ? 1 : 0) }
+    }
+
+    static func record(verifyMismatches n: Int) { Gauge(label: Telemetry.verifyMismatches).record(n) }
 }

@@ -202,6 +202,7 @@ final class VerifyPhase: @unchecked Sendable {
         try ledger.finishVerify(
             id: runID, filesChecked: a.files, bytesChecked: a.bytes, failures: a.failures.map { ($0.0, $0.1, $0.2) },
             mismatches: a.mismatches, drift: a.drift.total, ok: report.ok, reportPath: reportPath)
+        ProgressMetrics.record(verifyMismatches: Int(a.mismatches))
         return report
     }
 

@@ -1,3 +1,4 @@
+import CoreMetrics
 import FerryCore
 import Foundation
 import NIOCore
@@ -84,6 +85,7 @@ final class RemoteRequestHandler: ChannelInboundHandler {
             var headers: [String: String] = [:]
             for (k, v) in h.headers { headers[k.lowercased()] = v }
             let request = ServerRequest(operation: RemoteServer.operation(h.uri), headers: headers, body: body)
+            ServeMetrics.request(request.operation, bodyBytes: body.count)
             body = []
             let release = held
             held = 0
@@ -128,6 +130,7 @@ final class RemoteRequestHandler: ChannelInboundHandler {
     func refuse(_ context: ChannelHandlerContext, _ status: Int, _ code: String, _ message: String) {
         rejected = true
         body = []
+        ServeMetrics.refused.increment()
         server.release(held)
         held = 0
         server.logRefusal(message, context.channel.remoteAddress.map { "\($0)" } ?? "?")
@@ -158,5 +161,23 @@ final class RemoteRequestHandler: ChannelInboundHandler {
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         context.close(promise: nil)
+    }
+}
+
+/// `ferry serve`'s metrics (no-ops unless `--metrics-listen` installed a backend).
+enum ServeMetrics {
+    static let operations: Set<String> = [
+        "hello", "walk", "stat", "read", "hash", "op", "writer/open", "writer/write", "writer/put", "writer/durable",
+        "writer/publish", "writer/discard", "merge", "compare", "fence", "remove", "points",
+    ]
+    static let refused = Counter(label: Telemetry.errors, dimensions: [("kind", "request")])
+    static let bytesIn = Counter(label: Telemetry.serveBytesIn)
+
+    /// Counts an answered request under its operation; any name a client made up counts as "other" (a label
+    /// per made-up name would let a client grow the registry without bound).
+    static func request(_ operation: String, bodyBytes: Int) {
+        let name = operations.contains(operation) ? operation : "other"
+        Counter(label: Telemetry.serveRequests, dimensions: [("operation", name)]).increment()
+        if bodyBytes > 0 { bytesIn.increment(by: bodyBytes) }
     }
 }

@@ -149,6 +149,21 @@ import Testing
         #expect(d3.first?.field == "verify.mode")
     }
 
+    @Test func metricsEndpointsAreHostPortsAndTheTapsIsItsOwn() throws {
+        let dir = TempDir()
+        let d = diagnostics(try base(dir) + "metrics: { listen: 9108 }\n", in: dir)
+        #expect(d.first?.field == "metrics.listen")
+        #expect(d.first?.message.contains("HOST:PORT") == true)
+        #expect(d.first?.line != nil)
+        let d2 = diagnostics(try base(dir) + "metrics: { listen: \"127.0.0.1:9108\", tap_listen: \"127.0.0.1:9108\" }\n", in: dir)
+        #expect(d2.first?.field == "metrics.tap_listen")
+        let d3 = diagnostics(try base(dir) + "metrics: { listen: \"127.0.0.1:9108\", scrape: 1s }\n", in: dir)
+        #expect(d3.first?.field == "metrics.scrape")
+        let d4 = diagnostics(try base(dir) + "metrics: { listen: \"127.0.0.1:9108\", linger: soon }\n", in: dir)
+        #expect(d4.first?.field == "metrics.linger")
+        #expect(diagnostics(try base(dir) + "metrics: { listen: \"127.0.0.1:0\", tap_listen: \"[::1]:9109\", linger: 15s }\n", in: dir).isEmpty)
+    }
+
     @Test func badNameAndDuplicateKeys() throws {
         let dir = TempDir()
         let d = diagnostics(try base(dir).replacingOccurrences(of: "name: t", with: "name: ../evil"), in: dir)

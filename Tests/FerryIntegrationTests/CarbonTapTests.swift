@@ -370,6 +370,49 @@ func missing(_ want: [String: [Int: Double]], in got: [String: [Int: Double]]) -
         #expect(logAfter - logBefore < 64 << 10, "the log grew by \(logAfter - logBefore) bytes for 50,004 refused messages")
     }
 
+    @Test func theTapsPrometheusEndpointCountsWhatItAcceptedAndDelivered() throws {
+        let h = try TapHarness(extraPlan: "metrics: { tap_listen: \"127.0.0.1:0\" }")
+        try h.startTap()
+        var at: String?
+        #expect(
+            waitUntil(timeout: 20) {
+                at = MetricsTests.address(in: h.dir.sub("tap.log"), after: "metrics on", prefix: "http://")
+                return at != nil
+            })
+        let addr = try #require(at)
+        let base = Int(Date().timeIntervalSince1970) - 600
+        var sent = Sent()
+        let sender = try LineSender(port: h.listenPort)
+        try sender.send(sent.batch(series: (0..<7).map { "prom.s\($0)" }, times: base..<(base + 43)) + "not a carbon line\n")
+        try h.waitDelivered(received: sent.lines)
+        // The sampler looks once a second: await the scrape that shows every line, then check the rest of it.
+        func value(_ scrape: String, _ series: String) -> Double? {
+            scrape.split(separator: "\n").first { $0.hasPrefix(series + " ") }.flatMap { Double($0.split(separator: " ").last ?? "") }
+        }
+        var scrape = ""
+        #expect(
+            waitUntil(timeout: 20) {
+                scrape = MetricsTests.get("http://\(addr)/metrics") ?? ""
+                return value(scrape, "ferry_tap_received_total") == Double(sent.lines)
+            })
+        #expect(value(scrape, "ferry_tap_received_total") == Double(sent.lines), "\(scrape)")
+        #expect(value(scrape, "ferry_tap_forwarded_total{upstream=\"old\"}") == Double(sent.lines))
+        #expect(value(scrape, "ferry_tap_forwarded_total{upstream=\"new\"}") == Double(sent.lines))
+        #expect(value(scrape, "ferry_errors_total{kind=\"invalid\"}") == 1)
+        #expect(value(scrape, "ferry_tap_lag_seconds{upstream=\"new\"}") == 0)
+        #expect(value(scrape, "ferry_tap_mode{mode=\"mirror\"}") == 1)
+        #expect(
+            value(
+                scrape,
+                "ferry_build_info{version=\"\(try Ferry.run(["--version"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines))\",process=\"tap\"}"
+            ) == 1)
+        let lint = try MetricsTests.sh(["promtool", "check", "metrics"], input: Data(scrape.utf8))
+        #expect(lint.status == 0, "promtool check metrics: \(lint.out)")
+        for m in Telemetry.catalog where m.exportedBy.contains("tap") {
+            #expect(scrape.contains("# HELP \(m.name) "), "\(m.name) is not in the tap's scrape")
+        }
+    }
+
     @Test func aReturningUpstreamIsReplayedAtReplayRate() throws {
         let h = try TapHarness(extraTap: "  replay_rate: 1000/s")
         try h.startTap()

@@ -21,6 +21,14 @@ struct RunCommand: ParsableCommand {
                 try runDry(p)
                 return
             }
+            let metrics = try startMetrics(p.metrics.listen, process: "run", logger: global.logger())
+            defer {
+                if let metrics {
+                    // A last scrape should see the totals: hold the endpoint for metrics.linger.
+                    if p.metrics.linger > 0 { Thread.sleep(forTimeInterval: p.metrics.linger) }
+                    metrics.stop()
+                }
+            }
             let job = try makeJob(p, global)
             Interruption.install()
             switch try job.run(RunOptions(catchUp: catchUp, repair: repair)) {

@@ -27,6 +27,7 @@ struct ServeCommand: ParsableCommand {
     @Flag(name: .long, help: "Allow plain HTTP on an address other than loopback (the token then travels in clear).") var insecure = false
     @Option(name: .long, help: "Connections at once.") var maxConnections = 64
     @Option(name: .long, help: "The largest chunk accepted, e.g. 64MiB.") var maxChunk = "64MiB"
+    @Option(name: .long, help: "HOST:PORT of a Prometheus endpoint (GET /metrics; port 0: any free port).") var metricsListen: String?
     @OptionGroup var global: GlobalOptions
 
     func run() throws {
@@ -62,6 +63,8 @@ struct ServeCommand: ParsableCommand {
             }
             config.maxChunk = Int(chunk)
             let logger = global.logger()
+            let metrics = try startMetrics(metricsListen, process: "serve", logger: logger)
+            defer { metrics?.stop() }
             let server = try RemoteServer(config: config, opener: Backends.serve, logger: logger)
             if stdioSession {
                 // The session ends when the job's side closes stdin (its ssh ended): stop as on SIGTERM.

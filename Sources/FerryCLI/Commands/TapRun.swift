@@ -23,9 +23,12 @@ struct TapRun: ParsableCommand {
         try guarded {
             guard let kind = try Backends.tapKind(p) else { throw FerryError(.invalidPlan, "the plan has no tap section") }
             let logger = global.logger()
+            let metrics = try startMetrics(p.metrics.tapListen, process: "tap", logger: logger)
+            defer { metrics?.stop() }
+            let tap = try kind.make(p, logger)
             // One lifecycle for every tap (FerryTap's TapHost): started, then stopped gracefully on SIGTERM or
             // SIGINT by swift-service-lifecycle.
-            try TapHost.runUntilSignalled(try kind.make(p, logger), logger: logger)
+            try TapHost.runUntilSignalled(metrics == nil ? tap : ObservedTap(tap), logger: logger)
         }
     }
 }
