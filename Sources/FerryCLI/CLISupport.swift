@@ -11,20 +11,34 @@ struct GlobalOptions: ParsableArguments {
     @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error.")
     var logLevel: String = "info"
 
-    @Flag(name: .long, help: "No progress output.")
+    @Flag(name: .long, help: "No progress output and no info or notice lines: warnings and errors only.")
     var quiet = false
 
+    @Option(name: .long, help: "Log lines as text (the message first) or json (one object per line).")
+    var logFormat: String = "text"
+
     func logger() -> Logger {
-        var l = Logger(label: "ferry") { StreamLogHandler.standardError(label: $0) }
-        l.logLevel = Logger.Level(rawValue: logLevel) ?? .info
+        let format = LogFormat(rawValue: logFormat) ?? .text
+        var l = Logger(label: "ferry") { _ in FerryLogHandler(format: format) }
+        let level = Logger.Level(rawValue: logLevel) ?? .info
+        l.logLevel = quiet ? max(level, .warning) : level
         return l
+    }
+
+    mutating func validate() throws {
+        guard Logger.Level(rawValue: logLevel) != nil else {
+            throw ValidationError("--log-level: expected one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", ")), got \(logLevel)")
+        }
+        guard LogFormat(rawValue: logFormat) != nil else {
+            throw ValidationError("--log-format: expected text or json, got \(logFormat)")
+        }
     }
 
     func progressOutput() -> ProgressTracker.ProgressOutput {
         if quiet { return .none }
         if isatty(2) == 1 { return .terminal }
         let interval = ProcessInfo.processInfo.environment["FERRY_PROGRESS_INTERVAL"].flatMap(Double.init) ?? 5
-        return .log(interval: interval)
+        return LogFormat(rawValue: logFormat) == .json ? .json(interval: interval) : .log(interval: interval)
     }
 }
 

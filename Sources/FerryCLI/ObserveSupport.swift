@@ -11,7 +11,6 @@ func startMetrics(_ listen: String?, process: String, logger: Logger) throws -> 
     guard let listen else { return nil }
     let endpoint = try MetricsEndpoint(listen: listen, logger: logger)
     Gauge(label: Telemetry.buildInfo, dimensions: [("version", ferryVersion), ("process", process)]).record(1)
-    FileHandle.standardError.write(Data("ferry: metrics on http://\(endpoint.address)/metrics\n".utf8))
     return endpoint
 }
 

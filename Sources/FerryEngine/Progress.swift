@@ -26,6 +26,8 @@ public final class ProgressTracker: Sendable {
     public enum ProgressOutput: Sendable {
         case terminal
         case log(interval: Double)
+        /// As `log`, one JSON object per line (`--log-format json`).
+        case json(interval: Double)
         case none
     }
 
@@ -124,7 +126,7 @@ public final class ProgressTracker: Sendable {
         let interval: Double
         switch output {
         case .terminal: interval = 0.25
-        case .log(let i): interval = i
+        case .log(let i), .json(let i): interval = i
         case .none: interval = 2
         }
         let output = self.output
@@ -143,7 +145,8 @@ public final class ProgressTracker: Sendable {
                     lastPrint = now
                     switch output {
                     case .terminal: FileHandle.standardError.write(Data(("\r\u{1B}[K" + line()).utf8))
-                    case .log: FileHandle.standardError.write(Data((timestamp() + " " + line() + "\n").utf8))
+                    case .log: FileHandle.standardError.write(Data((line() + "  [progress \(timestamp())]\n").utf8))
+                    case .json: FileHandle.standardError.write(Data((jsonLine() + "\n").utf8))
                     case .none: break
                     }
                 }
@@ -163,10 +166,27 @@ public final class ProgressTracker: Sendable {
             publish()
             switch output {
             case .terminal: FileHandle.standardError.write(Data(("\r\u{1B}[K" + line(final: true) + "\n").utf8))
-            case .log: FileHandle.standardError.write(Data((timestamp() + " " + line(final: true) + "\n").utf8))
+            case .log: FileHandle.standardError.write(Data((line(final: true) + "  [progress \(timestamp())]\n").utf8))
+            case .json: FileHandle.standardError.write(Data((jsonLine(final: true) + "\n").utf8))
             case .none: break
             }
         }
+    }
+
+    /// The progress as one JSON object: what `line` says, as numbers.
+    func jsonLine(final: Bool = false) -> String {
+        _ = line(final: final)  // updates the rate estimate
+        let c = counters.withLock { $0 }
+        let elapsed = Double(DispatchTime.now().uptimeNanoseconds - c.started) / 1e9
+        let object: [String: Any] = [
+            "time": timestamp(), "level": "info", "message": final ? "progress (phase done)" : "progress", "module": "FerryEngine",
+            "phase": c.phase, "files_done": c.filesDone, "files_planned": c.filesTotal, "bytes_done": c.bytesDone,
+            "bytes_planned": c.bytesTotal, "failed": c.failed,
+            "bytes_per_second": (final && elapsed > 0 ? Double(c.bytesThisRun) / elapsed : c.rate).rounded(),
+            "elapsed_seconds": (elapsed * 1000).rounded() / 1000,
+        ]
+        let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data()
+        return String(decoding: data, as: UTF8.self)
     }
 
     private func timestamp() -> String {

@@ -3,6 +3,8 @@ import Foundation
 
 /// What `ferry status` shows, read from the ledger only (safe while a run works in another process).
 public struct StatusReport: Codable, Sendable {
+    /// The version of this JSON shape (docs/status-json.md); bumped when a field changes meaning or goes away.
+    public static let currentSchema = 1
     public struct Runner: Codable, Sendable {
         public var pid: Int
         public var alive: Bool
@@ -10,6 +12,7 @@ public struct StatusReport: Codable, Sendable {
         public var liveBytesDone: Int64
         public var liveFilesDone: Int64
     }
+    public var schemaVersion = StatusReport.currentSchema
     public var job: String
     public var plan: String
     public var phase: String

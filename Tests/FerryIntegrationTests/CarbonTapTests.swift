@@ -613,6 +613,13 @@ final class LiveLoad: @unchecked Sendable {
         #expect(try h.status().mode == .mirror, "an aborted cutover must leave the tap mirroring")
         let status = try Ferry.run(["status", h.plan, "--json"])
         #expect(status.stdout.contains("\"phase\" : \"ready\""), "\(status.stdout)")
+        // The JSON names its schema, carries the tap's section, and every key it prints is documented.
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(status.stdout.utf8)) as? [String: Any])
+        #expect(json["schema_version"] as? Int == 1)
+        let tap = try #require(json["tap"] as? [String: Any], "\(status.stdout)")
+        #expect((tap["upstreams"] as? [[String: Any]])?.count == 2)
+        let undocumented = StatusSchema.undocumentedKeys(json)
+        #expect(undocumented.isEmpty, "docs/status-json.md does not list \(undocumented)")
         #expect(status.stdout.contains("\"cutover_at\"") == false || status.stdout.contains("\"cutover_at\" : null"))
     }
 

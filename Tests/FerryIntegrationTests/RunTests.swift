@@ -61,6 +61,43 @@ import Testing
         #expect((j["bytes_done"] as? Int).map(Int64.init) == s.treeBytes())
     }
 
+    @Test func logLinesAreJSONOnRequestStartWithTheMessageOtherwiseAndQuietLeavesWarningsOnly() throws {
+        let s = try Scenario()
+        try TreeGen.make(at: s.source, files: 20, large: [])
+        let json = try s.ferry("run", "PLAN", "--log-format", "json")
+        #expect(json.status == 0, "\(json.all)")
+        let lines = json.stderr.split(separator: "\n")
+        #expect(!lines.isEmpty)
+        var messages: [String] = []
+        for line in lines {
+            let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
+            #expect(object != nil, "not a JSON object: \(line)")
+            if let o = object {
+                #expect(o["level"] is String && o["time"] is String, "\(line)")
+                messages.append(o["message"] as? String ?? "")
+            }
+        }
+        #expect(messages.contains("snapshot taken"), "\(messages)")
+        #expect(messages.contains("progress (phase done)"), "\(messages)")
+
+        // Text: the message first, the level and time after it.
+        let again = try Scenario()
+        try TreeGen.make(at: again.source, files: 20, large: [])
+        let text = try again.ferry("run", "PLAN")
+        let snapshot = text.stderr.split(separator: "\n").first { $0.contains("snapshot taken") }
+        #expect(snapshot?.hasPrefix("snapshot taken") == true && snapshot?.contains("[info ") == true, "\(text.stderr)")
+
+        // --quiet: no progress, no info or notice lines; the result still goes to stdout.
+        let quiet = try Scenario()
+        try TreeGen.make(at: quiet.source, files: 20, large: [])
+        let q = try quiet.ferry("run", "PLAN", "--quiet")
+        #expect(q.status == 0)
+        #expect(!q.stderr.contains("[info ") && !q.stderr.contains("[notice ") && !q.stderr.contains("[progress "), "\(q.stderr)")
+        #expect(q.stdout.contains("result: CLEAN"), "\(q.stdout)")
+        let bad = try quiet.ferry("status", "PLAN", "--log-format", "xml")
+        #expect(bad.status != 0 && bad.stderr.contains("--log-format: expected text or json"), "\(bad.all)")
+    }
+
     @Test func dryRunWritesNothing() throws {
         let s = try Scenario()
         try TreeGen.make(at: s.source, files: 200, large: [3 * 1_048_576])

@@ -71,3 +71,37 @@ func waitUntil(timeout: Double = 60, _ condition: () -> Bool) -> Bool {
     }
     return condition()
 }
+
+/// The keys docs/status-json.md documents (the backticked names in its tables' first column).
+enum StatusSchema {
+    static func documented() -> Set<String> {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let page = (try? String(contentsOf: root.appendingPathComponent("docs/status-json.md"), encoding: .utf8)) ?? ""
+        var keys = Set<String>()
+        for line in page.split(separator: "\n") where line.hasPrefix("| `") {
+            let first = line.split(separator: "|").first ?? ""
+            for part in first.split(separator: "`", omittingEmptySubsequences: false).enumerated() where part.offset % 2 == 1 {
+                keys.insert(String(part.element))
+            }
+        }
+        return keys
+    }
+
+    /// Keys of `json` (recursively, through objects and lists) that the page does not list.
+    static func undocumentedKeys(_ json: Any) -> [String] {
+        let known = documented()
+        var missing = Set<String>()
+        func visit(_ v: Any) {
+            if let o = v as? [String: Any] {
+                for (k, x) in o {
+                    if !known.contains(k) { missing.insert(k) }
+                    visit(x)
+                }
+            } else if let a = v as? [Any] {
+                a.forEach(visit)
+            }
+        }
+        visit(json)
+        return missing.sorted()
+    }
+}

@@ -19,6 +19,7 @@ struct StatusCommand: ParsableCommand {
             guard let s = try job.status() else {
                 if json {
                     struct NotStarted: Encodable {
+                        var schemaVersion = StatusReport.currentSchema
                         var job: String
                         var phase = "not-started"
                         var tap: TapStatus?
@@ -55,7 +56,17 @@ struct StatusCommand: ParsableCommand {
             out("files        \(files)")
             out("bytes        \(Units.formatBytes(s.bytesDone)) / \(Units.formatBytes(s.bytesTotal)) (\(pct)%)")
             if let r = s.runner, r.alive {
-                out("live         \(r.liveFilesDone) files, \(Units.formatBytes(r.liveBytesDone)) (this run's counters)")
+                // The runner's counters lead the ledger by what is written but not yet committed (a group commits
+                // once its bytes are durable): shown as that difference, so the two never seem to disagree. In
+                // the verify phase they count the verify's own progress.
+                if s.phase == Phase.copy.rawValue {
+                    let files = max(0, r.liveFilesDone - s.filesDone), bytes = max(0, r.liveBytesDone - s.bytesDone)
+                    if files > 0 || bytes > 0 {
+                        out("in flight    \(files) files, \(Units.formatBytes(bytes)) written, not yet committed to the ledger")
+                    }
+                } else if s.phase == Phase.verify.rawValue {
+                    out("verifying    \(r.liveFilesDone) files, \(Units.formatBytes(r.liveBytesDone)) checked so far")
+                }
             }
             out("other        \(s.directories) directories, \(s.symlinks) symlinks, \(s.skipped) refused entries")
             if s.wireBytes > 0 {
