@@ -351,6 +351,7 @@ public final class Job {
         defer {
             stop()
             record()
+            sampleRecorder(ledger)(true)
             try? ledger.heartbeat(pid: nil, bytesDone: 0, filesDone: 0)
         }
         return try body(phase)
@@ -368,12 +369,39 @@ public final class Job {
     private func heartbeat(_ ledger: Ledger, _ record: @escaping @Sendable () -> Void) -> @Sendable () -> Void {
         let pid = Int(getpid())
         let progress = self.progress
+        let sampler = sampleRecorder(ledger)
         return {
             let s = progress.snapshot
             try? ledger.heartbeat(pid: pid, bytesDone: s.bytesDone, filesDone: s.filesDone)
             record()
+            sampler(false)
         }
     }
+
+    /// Keeps a progress sample in the ledger at the first call, every `sampleInterval` seconds after, and
+    /// whenever `force` (a phase's end); with a tap, its spool and largest lag too.
+    func sampleRecorder(_ ledger: Ledger) -> @Sendable (_ force: Bool) -> Void {
+        let progress = self.progress
+        let tap = self.tap
+        let last = Mutex<Double>(0)
+        return { force in
+            let now = Date().timeIntervalSince1970
+            let due = last.withLock { t in
+                guard force || now - t >= Self.sampleInterval else { return false }
+                t = now
+                return true
+            }
+            guard due else { return }
+            var sample = progress.sample(at: now)
+            if let status = try? tap?.status() {
+                sample.tapSpoolBytes = status.spoolBytes
+                sample.tapLagSeconds = status.upstreams.filter { $0.role != "detached" }.map(\.lagSeconds).max()
+            }
+            try? ledger.addSample(sample)
+        }
+    }
+
+    static let sampleInterval: Double = 5
 
     /// Adds to the ledger what the stores moved across a network since it last did (each heartbeat, and once
     /// more as a phase ends).
@@ -411,6 +439,7 @@ public final class Job {
             defer {
                 stop()
                 record()
+                sampleRecorder(ledger)(true)
                 try? ledger.heartbeat(pid: nil, bytesDone: 0, filesDone: 0)
             }
             report = try phase.run()

@@ -81,6 +81,33 @@ public struct ChunkRecord: Sendable, Equatable {
     }
 }
 
+/// The progress at one moment, kept in the ledger every few seconds while a phase runs.
+public struct ProgressSample: Sendable, Codable {
+    public var at: Double
+    public var phase: String
+    public var filesDone: Int64
+    public var filesPlanned: Int64
+    public var bytesDone: Int64
+    public var bytesPlanned: Int64
+    public var tapSpoolBytes: UInt64?
+    /// The largest lag among the tap's fed upstreams.
+    public var tapLagSeconds: Double?
+
+    public init(
+        at: Double, phase: String, filesDone: Int64, filesPlanned: Int64, bytesDone: Int64, bytesPlanned: Int64,
+        tapSpoolBytes: UInt64? = nil, tapLagSeconds: Double? = nil
+    ) {
+        self.at = at
+        self.phase = phase
+        self.filesDone = filesDone
+        self.filesPlanned = filesPlanned
+        self.bytesDone = bytesDone
+        self.bytesPlanned = bytesPlanned
+        self.tapSpoolBytes = tapSpoolBytes
+        self.tapLagSeconds = tapLagSeconds
+    }
+}
+
 public struct VerifyRunRecord: Sendable, Codable {
     public var id: Int64
     public var startedAt: Double
@@ -252,6 +279,21 @@ public final class Ledger: Sendable {
                     ALTER TABLE job ADD COLUMN partial_tag TEXT;
                     ALTER TABLE items ADD COLUMN rdev INTEGER NOT NULL DEFAULT 0;
                     ALTER TABLE items ADD COLUMN xattrs BLOB;
+                    """)
+        }
+        m.registerMigration("v4-samples") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE samples (
+                        at REAL NOT NULL,
+                        phase TEXT NOT NULL,
+                        files_done INTEGER NOT NULL,
+                        files_planned INTEGER NOT NULL,
+                        bytes_done INTEGER NOT NULL,
+                        bytes_planned INTEGER NOT NULL,
+                        tap_spool_bytes INTEGER,
+                        tap_lag_seconds REAL
+                    );
                     """)
         }
         registerLeaseMigration(&m)
@@ -879,6 +921,53 @@ public final class Ledger: Sendable {
                     sample: r["sample"], round: r["round"], filesChecked: r["files_checked"],
                     bytesChecked: r["bytes_checked"], mismatches: r["mismatches"], drift: r["drift"],
                     ok: (r["ok"] as Int) != 0, reportPath: r["report_path"])
+            }
+        }
+    }
+
+    /// Every finished verify round, oldest first.
+    public func verifyRuns() throws -> [VerifyRunRecord] {
+        try wrap("read verify") {
+            try db.read { db in
+                try Row.fetchAll(db, sql: "SELECT * FROM verify_runs WHERE finished_at IS NOT NULL ORDER BY id").map { r in
+                    VerifyRunRecord(
+                        id: r["id"], startedAt: r["started_at"], finishedAt: r["finished_at"], mode: r["mode"],
+                        sample: r["sample"], round: r["round"], filesChecked: r["files_checked"],
+                        bytesChecked: r["bytes_checked"], mismatches: r["mismatches"], drift: r["drift"],
+                        ok: (r["ok"] as Int) != 0, reportPath: r["report_path"])
+                }
+            }
+        }
+    }
+
+    // MARK: - samples
+
+    /// Records one progress sample (the HTML report draws throughput, spool and lag from them).
+    public func addSample(_ s: ProgressSample) throws {
+        try wrap("record sample") {
+            try db.write { db in
+                try db.execute(
+                    sql: """
+                        INSERT INTO samples (at, phase, files_done, files_planned, bytes_done, bytes_planned, tap_spool_bytes,
+                        tap_lag_seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                        """,
+                    arguments: [
+                        s.at, s.phase, s.filesDone, s.filesPlanned, s.bytesDone, s.bytesPlanned, s.tapSpoolBytes.map(Int64.init(clamping:)),
+                        s.tapLagSeconds,
+                    ])
+            }
+        }
+    }
+
+    public func samples() throws -> [ProgressSample] {
+        try wrap("read samples") {
+            try db.read { db in
+                try Row.fetchAll(db, sql: "SELECT * FROM samples ORDER BY rowid").map { r in
+                    ProgressSample(
+                        at: r["at"], phase: r["phase"], filesDone: r["files_done"], filesPlanned: r["files_planned"],
+                        bytesDone: r["bytes_done"], bytesPlanned: r["bytes_planned"],
+                        tapSpoolBytes: (r["tap_spool_bytes"] as Int64?).map { UInt64(max(0, $0)) }, tapLagSeconds: r["tap_lag_seconds"])
+                }
             }
         }
     }

@@ -88,6 +88,15 @@ public final class ProgressTracker: Sendable {
         }
     }
 
+    /// The counters as a ledger sample.
+    public func sample(at time: Double) -> ProgressSample {
+        counters.withLock {
+            ProgressSample(
+                at: time, phase: String($0.phase.prefix { $0 != ":" }), filesDone: $0.filesDone, filesPlanned: $0.filesTotal,
+                bytesDone: $0.bytesDone, bytesPlanned: $0.bytesTotal)
+        }
+    }
+
     public var snapshot: (filesDone: Int64, bytesDone: Int64, bytesThisRun: Int64) {
         counters.withLock { ($0.filesDone, $0.bytesDone, $0.bytesThisRun) }
     }
