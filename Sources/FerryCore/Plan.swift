@@ -130,6 +130,9 @@ public struct CopySpec: Sendable {
     /// How long a worker's lease on a page of files holds without renewal (a worker killed with kill -9 has its
     /// files taken over by the others after this).
     public var leaseTTL: Double = 30
+    /// Headers set on every object uploaded to an S3 destination (`copy.headers`), names lower-cased, in plan
+    /// order. They win over what ferry would set (the type from the extension) and over carried S3 metadata.
+    public var headers: [(name: String, value: String)] = []
     public init() {}
 }
 
@@ -150,6 +153,9 @@ public struct CutoverSpec: Sendable {
     /// Run by `ferry rollback`, in order, before the tap switches back to the old side.
     public var rollbackHooks: [String] = []
     public var rollbackWindow: Double? = nil
+    /// The dotted prefix of the fence marker's name (`<namespace>.<job>`: a metric, a bucket key's last part, a
+    /// fence file's name).
+    public var fenceNamespace: String = FenceToken.defaultNamespace
     public init() {}
 }
 

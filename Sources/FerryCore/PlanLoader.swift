@@ -204,8 +204,42 @@ public struct PlanLoader: Sendable {
                 map, at: "copy",
                 allowed: [
                     "chunk_size", "concurrency", "bandwidth", "compression", "compression_level", "point_codec", "symlinks", "specials", "lease_ttl",
+                    "headers",
                 ],
                 required: [])
+            if let v = f["headers"] {
+                if let m = v.mapping {
+                    for (k, value) in m {
+                        let key = k.string ?? ""
+                        let name = key.lowercased()
+                        let field = "copy.headers.\(key)"
+                        guard let text = value.string, !text.isEmpty, text.allSatisfy({ $0.isASCII && $0 >= " " && $0 != "\u{7f}" }) else {
+                            ctx.fail(value, field, "expected a non-empty value of printable ASCII characters")
+                            continue
+                        }
+                        guard
+                            Self.settableHeaders.contains(name)
+                                || (name.hasPrefix("x-amz-meta-") && name.count > 11 && !name.hasPrefix("x-amz-meta-ferry-")
+                                    && name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-") }))
+                        else {
+                            ctx.fail(
+                                k, field,
+                                "cannot set header '\(key)': allowed are \(Self.settableHeaders.sorted().joined(separator: ", ")) and x-amz-meta-NAME (not x-amz-meta-ferry-*, which is ferry's own)"
+                            )
+                            continue
+                        }
+                        if copy.headers.contains(where: { $0.name == name }) {
+                            ctx.fail(k, field, "header '\(name)' is given twice (names are case-insensitive)")
+                            continue
+                        }
+                        copy.headers.append((name, text))
+                    }
+                } else {
+                    ctx.fail(
+                        v, "copy.headers",
+                        "expected a mapping of header names to values, e.g. { Cache-Control: \"public, max-age=315576000, immutable\" }")
+                }
+            }
             if let v = f["symlinks"], let s = ctx.string(v, "copy.symlinks") {
                 if let policy = CopySpec.SymlinkPolicy(rawValue: s) {
                     copy.symlinks = policy
@@ -326,7 +360,21 @@ public struct PlanLoader: Sendable {
         var cutover = CutoverSpec()
         if let node = fields["cutover"], let map = ctx.mapping(node, "cutover") {
             let f = ctx.fields(
-                map, at: "cutover", allowed: ["max_verify_age", "max_tap_lag", "hooks", "rollback_hooks", "rollback_window"], required: [])
+                map, at: "cutover", allowed: ["max_verify_age", "max_tap_lag", "hooks", "rollback_hooks", "rollback_window", "fence_namespace"],
+                required: [])
+            if let v = f["fence_namespace"], let s = ctx.nonEmptyString(v, "cutover.fence_namespace") {
+                let parts = s.split(separator: ".", omittingEmptySubsequences: false)
+                if s.count > 100
+                    || parts.contains(where: { $0.isEmpty || !$0.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_" || $0 == "-") } }
+                    )
+                {
+                    ctx.fail(
+                        v, "cutover.fence_namespace",
+                        "expected dotted words of letters, digits, '_' or '-' (a metric name prefix such as ops.ferry), got \"\(s)\"")
+                } else {
+                    cutover.fenceNamespace = s
+                }
+            }
             if let v = f["max_verify_age"], let d = ctx.duration(v, "cutover.max_verify_age") { cutover.maxVerifyAge = d }
             if let v = f["max_tap_lag"], let d = ctx.duration(v, "cutover.max_tap_lag") { cutover.maxTapLag = d }
             if let v = f["rollback_window"], let d = ctx.duration(v, "cutover.rollback_window") {
@@ -400,6 +448,11 @@ public struct PlanLoader: Sendable {
                 ctx.fail(stateNode, "state", "the state directory \(state) must not be the \(side) \(root) or inside it")
             }
         }
+        if let destination, !copy.headers.isEmpty, destination.kind != "s3" {
+            ctx.fail(
+                fields["copy"], "copy.headers",
+                "only an s3 destination keeps headers on its objects (this one is \(destination.kind)); remove copy.headers")
+        }
         if let destination, let schema = storeKinds[carried(destination)] ?? storeKinds[destination.kind] {
             if copy.symlinks == .copy && !schema.holdsLinks {
                 ctx.fail(
@@ -427,6 +480,11 @@ public struct PlanLoader: Sendable {
         plan.locations = ctx.locations
         return plan
     }
+
+    /// The standard headers `copy.headers` may set on uploaded objects (besides x-amz-meta-*).
+    static let settableHeaders: Set<String> = [
+        "cache-control", "content-type", "content-disposition", "content-encoding", "content-language", "expires",
+    ]
 
     /// `HOST:PORT` (`[v6]:PORT`), port 0 to 65535.
     static func isHostPort(_ s: String) -> Bool {

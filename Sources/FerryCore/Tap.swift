@@ -123,9 +123,13 @@ public struct FenceToken: Sendable, Codable, Equatable {
         self.issuedAt = issuedAt
     }
 
-    /// A new fence for a job's cutover or rollback.
-    public static func forJob(_ job: String, now: Int) -> FenceToken {
-        FenceToken(name: "ferry.fence." + job.replacingOccurrences(of: ".", with: "_"), serial: Int.random(in: 1...999_999_999), issuedAt: now)
+    /// The default `cutover.fence_namespace`.
+    public static let defaultNamespace = "ferry.fence"
+
+    /// A new fence for a job's cutover or rollback, named `<namespace>.<job>`.
+    public static func forJob(_ job: String, now: Int, namespace: String = defaultNamespace) -> FenceToken {
+        FenceToken(
+            name: namespace + "." + job.replacingOccurrences(of: ".", with: "_"), serial: Int.random(in: 1...999_999_999), issuedAt: now)
     }
 }
 

@@ -86,7 +86,7 @@ extension Job {
     @discardableResult
     func fence(_ tap: any TapControl, side: String, store: (any Store)?, ledger: Ledger) throws -> Gate {
         let timeout = Double(plan.tap?.options["fence_timeout"].flatMap { Units.parseDuration($0) } ?? 60)
-        let token = FenceToken.forJob(plan.name, now: Int(Date().timeIntervalSince1970))
+        let token = FenceToken.forJob(plan.name, now: Int(Date().timeIntervalSince1970), namespace: plan.cutover.fenceNamespace)
         let metric = token.name
         let seq = try tap.fence(token)
         try ledger.recordEvent("fence", "marker \(metric)=\(token.serial) at \(token.issuedAt) sent to \(side) (sequence \(seq))")

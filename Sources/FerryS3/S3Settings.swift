@@ -46,10 +46,10 @@ public struct S3Settings: Sendable {
 }
 
 extension S3Store {
-    public convenience init(_ s: S3Settings, partSize: Int64) {
+    public convenience init(_ s: S3Settings, partSize: Int64, headers: [(name: String, value: String)] = []) {
         self.init(
             endpoint: s.endpoint, region: s.region, bucket: s.bucket, prefix: s.prefix, credentials: s.credentials, partSize: partSize,
-            addressing: s.addressing)
+            addressing: s.addressing, headers: headers)
     }
 
     /// `kind: s3`: a bucket (and key prefix) on an S3-compatible endpoint.
@@ -68,6 +68,6 @@ extension S3Store {
             problems.append(e.message)
         }
         guard problems.isEmpty, let settings else { throw FerryError(.invalidPlan, problems.joined(separator: "; ")) }
-        return S3Store(settings, partSize: ctx.plan.copy.chunkSize)
+        return S3Store(settings, partSize: ctx.plan.copy.chunkSize, headers: ctx.role == .destination ? ctx.plan.copy.headers : [])
     }
 }

@@ -74,11 +74,14 @@ public final class S3Store: Store, ChecksumProviding, FenceChecking, ChunkSizing
     }
 
     public let addressing: S3Addressing
+    /// `copy.headers`: set on every object this store uploads (lower-case names), winning over the rest.
+    public let planHeaders: [(name: String, value: String)]
 
     public init(
         endpoint: String, region: String, bucket: String, prefix: String, credentials: S3Credentials, partSize: Int64,
-        addressing: S3Addressing = .path, maxParts: Int64 = 10_000
+        addressing: S3Addressing = .path, maxParts: Int64 = 10_000, headers: [(name: String, value: String)] = []
     ) {
+        self.planHeaders = headers
         self.maxParts = maxParts
         self.addressing = addressing
         self.endpoint = endpoint
@@ -309,13 +312,15 @@ public final class S3Store: Store, ChecksumProviding, FenceChecking, ChunkSizing
         }
     }
 
-    /// The headers of a new object: carried metadata (S3 sources) wins over what a file suggests (the type from
-    /// the extension, the mtime).
+    /// The headers of a new object: the plan's `copy.headers` win, then carried metadata (S3 sources), then what
+    /// a file suggests (the type from the extension, the mtime).
     func headers(for entry: Entry, sha256: String?, carried: [String: String] = [:]) -> [(String, String)] {
         var h: [(String, String)] = []
-        if carried["content-type"] == nil { h.append(("Content-Type", Self.contentType(entry.path))) }
+        let set = Set(planHeaders.map(\.name))
+        if carried["content-type"] == nil && !set.contains("content-type") { h.append(("Content-Type", Self.contentType(entry.path))) }
         if carried["x-amz-meta-mtime"] == nil { h.append(("x-amz-meta-mtime", Self.formatNs(entry.mtimeNs))) }
-        h += carried.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
+        h += carried.filter { !set.contains($0.key) }.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
+        h += planHeaders.map { ($0.name, $0.value) }
         if let sha256 { h.append(("x-amz-meta-ferry-sha256", sha256)) }
         return h
     }

@@ -164,6 +164,19 @@ import Testing
         #expect(diagnostics(try base(dir) + "metrics: { listen: \"127.0.0.1:0\", tap_listen: \"[::1]:9109\", linger: 15s }\n", in: dir).isEmpty)
     }
 
+    @Test func copyHeadersNeedABucketAndFenceNamespacesAreDottedWords() throws {
+        let dir = TempDir()
+        let d = diagnostics(try base(dir) + "copy: { headers: { Cache-Control: \"max-age=60\" } }\n", in: dir)
+        #expect(d.first?.field == "copy.headers")
+        #expect(d.first?.message.contains("only an s3 destination") == true, "\(d)")
+        let d2 = diagnostics(try base(dir) + "copy: { headers: [ a ] }\n", in: dir)
+        #expect(d2.first?.field == "copy.headers")
+        let d3 = diagnostics(try base(dir) + "cutover: { fence_namespace: \"ops..x\" }\n", in: dir)
+        #expect(d3.first?.field == "cutover.fence_namespace")
+        let ok = try parse(try base(dir) + "cutover: { fence_namespace: ops.migration }\n", in: dir).get()
+        #expect(ok.cutover.fenceNamespace == "ops.migration")
+    }
+
     @Test func badNameAndDuplicateKeys() throws {
         let dir = TempDir()
         let d = diagnostics(try base(dir).replacingOccurrences(of: "name: t", with: "name: ../evil"), in: dir)

@@ -22,6 +22,58 @@ import Testing
         return String(decoding: out, as: UTF8.self)
     }
 
+    @Test func copyHeadersAreSetOnEveryUploadedObject() throws {
+        let weed = try SeaweedFS()
+        _ = try mediaBucket(weed)
+        let dir = TempDir("ferry-s3-headers")
+        let src = dir.sub("src")
+        try TreeGen.write(src + "/media_attachments/a.png", size: 3000, seed: 1)
+        try TreeGen.write(src + "/cache/b.mp4", size: 6 * 1_048_576, seed: 2)  // multipart at a 5 MiB part size
+        let plan = try writePlan(
+            dir.path,
+            """
+            version: 1
+            name: up
+            source:      { kind: fs, path: src }
+            destination: { kind: s3, endpoint: "\(weed.endpoint)", region: us-east-1, bucket: media, credentials: "env:MEDIA_" }
+            copy:
+              chunk_size: 5MiB
+              headers: { Cache-Control: "public, max-age=315576000, immutable", X-Amz-Meta-Origin: "old-server" }
+            """)
+        let env = ["MEDIA_ACCESS_KEY_ID": weed.accessKey, "MEDIA_SECRET_ACCESS_KEY": weed.secretKey]
+        let r = try Ferry.run(["run", plan], environment: env)
+        #expect(r.status == 0, "\(r.all)")
+        // Read back with boto3: the plan's headers on both objects, the type still from the extension.
+        let out = try boto(
+            weed, bucket: "media",
+            """
+            for k in ["media_attachments/a.png", "cache/b.mp4"]:
+                h = s3.head_object(Bucket=B, Key=k)
+                print(k, h.get("CacheControl"), h["Metadata"].get("origin"), h["ContentType"], sep="|")
+            """)
+        let lines = out.split(separator: "\n").map(String.init)
+        #expect(lines.contains("media_attachments/a.png|public, max-age=315576000, immutable|old-server|image/png"), "\(out)")
+        #expect(lines.contains("cache/b.mp4|public, max-age=315576000, immutable|old-server|video/mp4"), "\(out)")
+
+        // Headers a bucket store cannot take from a plan are refused where they stand.
+        let bad = try writePlan(
+            dir.path,
+            """
+            version: 1
+            name: bad
+            source:      { kind: fs, path: src }
+            destination: { kind: s3, endpoint: "\(weed.endpoint)", region: us-east-1, bucket: media, credentials: "env:MEDIA_" }
+            copy:
+              chunk_size: 5MiB
+              headers: { Authorization: "x", X-Amz-Meta-Ferry-Sha256: "y" }
+            """, name: "bad.yml")
+        let refused = try Ferry.run(["plan", "check", bad], environment: env)
+        #expect(refused.status == 2, "\(refused.all)")
+        #expect(
+            refused.stderr.contains("copy.headers.Authorization") && refused.stderr.contains("copy.headers.X-Amz-Meta-Ferry-Sha256"),
+            "\(refused.stderr)")
+    }
+
     @Test func aBucketDestinationSkipsSymlinksByDefaultAndRefusesRawNames() throws {
         let weed = try SeaweedFS()
         _ = try mediaBucket(weed)

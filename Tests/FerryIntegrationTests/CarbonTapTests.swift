@@ -633,6 +633,7 @@ final class LiveLoad: @unchecked Sendable {
                   max_verify_age: 1h
                   max_tap_lag: 30s
                   rollback_window: 1h
+                  fence_namespace: ops.migration
                   hooks: [ "echo cutover >> \(hooks.sub("log"))" ]
                   rollback_hooks: [ "echo rollback >> \(hooks.sub("log"))" ]
                 """)
@@ -706,6 +707,11 @@ final class LiveLoad: @unchecked Sendable {
         #expect(differing.isEmpty, "series differing between old and new: \(differing)")
         #expect(Set(gotOld.keys) == Set(gotNew.keys))
         #expect(try String(contentsOfFile: hooks.sub("log"), encoding: .utf8) == "cutover\nrollback\n")
+        // The fence markers live under the plan's namespace, nowhere else.
+        for storage in [h.new.storage, h.old.storage] {
+            #expect(FileManager.default.fileExists(atPath: storage + "/ops/migration/live-metrics.wsp"), "no marker in \(storage)")
+            #expect(!FileManager.default.fileExists(atPath: storage + "/ferry"), "a marker outside the namespace in \(storage)")
+        }
 
         // Cut over again and finish: the tap then feeds the new side only.
         let again = try Ferry.run(["cutover", h.plan])
@@ -715,5 +721,23 @@ final class LiveLoad: @unchecked Sendable {
         let final = try h.status()
         #expect(final.mode == .single && final.primary == "new")
         #expect(final.upstreams.first { $0.name == "old" }?.role == "detached")
+
+        // ferry events shows the ledger's event log as it is: compared with the table read by Python's sqlite3.
+        let events = try Ferry.run(["events", h.plan, "--json"])
+        #expect(events.status == 0, "\(events.all)")
+        let parsed = try #require(try JSONSerialization.jsonObject(with: Data(events.stdout.utf8)) as? [String: Any])
+        let list = (parsed["events"] as? [[String: Any]]) ?? []
+        let shown = list.map { "\($0["kind"] as? String ?? "")|\($0["message"] as? String ?? "")" }
+        let oracle = try MetricsTests.sh([
+            "python3", "-c",
+            "import sqlite3, sys\nfor k, m in sqlite3.connect(sys.argv[1]).execute('SELECT kind, message FROM events ORDER BY id'): print(k + '|' + m)",
+            h.dir.sub("state/ledger.sqlite"),
+        ])
+        #expect(shown == oracle.out.split(separator: "\n").map(String.init), "ferry events: \(shown)")
+        for kind in ["tap", "snapshot", "fence", "cutover", "cutover-hook", "rollback", "rollback-hook", "complete"] {
+            #expect(list.contains { $0["kind"] as? String == kind }, "no \(kind) event in \(shown)")
+        }
+        let table = try Ferry.run(["events", h.plan, "--kind", "rollback"])
+        #expect(table.stdout.contains("rolled back to the old side"), "\(table.all)")
     }
 }
