@@ -269,6 +269,13 @@ public protocol Merging: Store {
     func merge(_ path: String, from source: any Store, until: Int, now: Int) throws -> Int?
 }
 
+/// A store that can describe an object's layout in a few words (a Whisper file's aggregation and archives), so
+/// a dry run can warn when the source's and the destination's differ.
+public protocol SchemaDescribing: Store {
+    /// The layout of `path`, or nil when it is not such an object.
+    func schema(_ path: String) throws -> String?
+}
+
 /// A store whose parity is proven value by value rather than byte by byte (metric files: the destination keeps
 /// receiving live points, so its bytes legitimately differ).
 public protocol PointComparing: Store {

@@ -42,6 +42,26 @@ public struct Inventory: Codable, Sendable {
     public var topLevel: [TopLevel] = []
     public var probeBytesPerSecond: Double = 0
     public var probeSecondsPerFile: Double = 0
+    /// The destination, probed read-only: seconds per metadata request (a stat, a HEAD), and the error when it
+    /// cannot be reached (wrong credentials, a refused connection).
+    public var destinationSecondsPerRequest: Double = 0
+    public var destinationRequests: Int = 0
+    public var destinationError: String?
+    /// The destination's root does not exist yet (the run creates it): nothing there to probe or merge into.
+    public var destinationMissing = false
+    /// A destination that merges (metric trees): how many source files already exist there and will be merged,
+    /// and the measured cost of one merge (reading both files, and writing the destination's back).
+    public var merging: Bool = false
+    public var toMerge: Int64 = 0
+    public var mergeSecondsPerFile: Double = 0
+    /// Files present on both sides whose layout (Whisper archives, aggregation) differs: compared on up to 200 of
+    /// them; the first few are listed.
+    public var schemasCompared: Int = 0
+    public var schemaDifferences: Int = 0
+    public var schemaExamples: [String] = []
+    /// The parts of the estimate, in seconds: streaming the bytes, the per-file cost at the source, the
+    /// destination's requests, the merges.
+    public var estimateParts: [String: Double] = [:]
     public var estimatedSeconds: Double = 0
 }
 
@@ -66,6 +86,9 @@ public enum DryRun {
         var top: [String: (Int64, Int64)] = [:]
         var largest: [Inventory.Largest] = []
         var smallSample: [String] = []
+        let merger = destination is any Merging
+        inv.merging = merger
+        var overlap: [String] = []
         try source.walk(
             { found in
                 let e: Entry
@@ -104,6 +127,19 @@ public enum DryRun {
                         if largest.count > 10 { largest.removeLast() }
                     }
                     if e.size < 1 << 20 && smallSample.count < 200 { smallSample.append(e.path) }
+                    // A merging destination: every file is looked up there (a stat, read-only), to count merges.
+                    if merger && inv.destinationError == nil && !inv.destinationMissing {
+                        do {
+                            if try destination.stat(e.path) != nil {
+                                inv.toMerge += 1
+                                if overlap.count < 200 { overlap.append(e.path) }
+                            }
+                        } catch let e as SystemCallError where e.errno == ENOENT {
+                            inv.destinationMissing = true  // no destination yet: nothing to merge into
+                        } catch {
+                            inv.destinationError = "\(error)"
+                        }
+                    }
                 }
             },
             skipped: { s in
@@ -123,8 +159,82 @@ public enum DryRun {
         var rate = probe.bytesPerSecond * Double(max(1, min(concurrency, 2)))
         if let bw = bandwidth { rate = min(rate, Double(bw)) }
         let perFile = probe.secondsPerFile / Double(max(1, concurrency))
-        inv.estimatedSeconds = (rate > 0 ? Double(inv.bytes) / rate : 0) + Double(inv.files) * perFile
+        let lanes = Double(max(1, concurrency))
+        if inv.destinationError == nil && !inv.destinationMissing {
+            let d = probeDestination(destination, paths: smallSample + largest.map(\.path), seconds: probeSeconds / 2)
+            inv.destinationSecondsPerRequest = d.secondsPerRequest
+            inv.destinationRequests = d.requests
+            inv.destinationError = d.error
+        }
+        let copied = max(0, inv.files - inv.toMerge)
+        var parts: [String: Double] = [
+            "bytes": rate > 0 ? Double(inv.bytes) / rate : 0,
+            "source per file": Double(inv.files) * perFile,
+            // A copied file costs the destination about two requests (its creation, and publishing it).
+            "destination per file": Double(copied) * 2 * inv.destinationSecondsPerRequest / lanes,
+        ]
+        if merger && inv.toMerge > 0 {
+            inv.mergeSecondsPerFile = measureMerge(source: source, destination: destination, paths: overlap, seconds: probeSeconds / 2)
+            parts["merges"] = Double(inv.toMerge) * inv.mergeSecondsPerFile / lanes
+        }
+        if let a = source as? any SchemaDescribing, let b = destination as? any SchemaDescribing {
+            for path in overlap {
+                guard let sa = try? a.schema(path), let sb = try? b.schema(path) else { continue }
+                inv.schemasCompared += 1
+                if sa != sb {
+                    inv.schemaDifferences += 1
+                    if inv.schemaExamples.count < 5 { inv.schemaExamples.append("\(RawName.display(path)): source \(sa), destination \(sb)") }
+                }
+            }
+        }
+        inv.estimateParts = parts
+        inv.estimatedSeconds = parts.values.reduce(0, +)
         return inv
+    }
+
+    /// Times metadata requests at the destination (a stat each; a HEAD for a bucket): read-only, at most
+    /// `seconds` long. The first failure is the destination's error (credentials, a refused connection).
+    static func probeDestination(
+        _ destination: any Store, paths: [String], seconds: Double
+    ) -> (secondsPerRequest: Double, requests: Int, error: String?) {
+        func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
+        let start = now()
+        var n = 0
+        for path in paths.isEmpty ? [".ferry-probe"] : paths {
+            do {
+                _ = try destination.stat(path)
+            } catch let e as SystemCallError where e.errno == ENOENT {
+                return (0, n, nil)  // the destination's root does not exist yet: the run creates it
+            } catch {
+                return (0, n, "\(error)")
+            }
+            n += 1
+            if now() - start >= seconds { break }
+        }
+        return (n > 0 ? (now() - start) / Double(n) : 0, n, nil)
+    }
+
+    /// The cost of one merge, measured on files present on both sides: reading the source's and the destination's
+    /// copies whole, counted twice (a merge reads both and writes the destination's back). Read-only.
+    static func measureMerge(source: any Store, destination: any Store, paths: [String], seconds: Double) -> Double {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
+        defer { buffer.deallocate() }
+        func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
+        func readAll(_ store: any Store, _ path: String) {
+            guard let r = try? store.openReader(path) else { return }
+            defer { r.close() }
+            var off: Int64 = 0
+            while let n = try? r.read(into: buffer, at: off), n > 0 { off += Int64(n) }
+        }
+        let start = now()
+        var files = 0
+        for path in paths {
+            readAll(source, path)
+            readAll(destination, path)
+            files += 1
+            if now() - start >= seconds { break }
+        }
+        return files > 0 ? 2 * (now() - start) / Double(files) : 0
     }
 
     /// Reads the largest files for about half the budget (streaming rate) and small files for the rest

@@ -204,3 +204,33 @@ extension WhisperTreeStore: FenceChecking {
         return w.value(a, at: interval) == Double(token.serial)
     }
 }
+
+extension WhisperTreeStore: SchemaDescribing {
+    /// Seconds in carbon's retention style: the largest unit that divides them (`30d`, `6h`, `90m`, `45s`).
+    static func retention(_ seconds: Int) -> String {
+        for (unit, n) in [("y", 31_536_000), ("w", 604_800), ("d", 86_400), ("h", 3_600), ("m", 60)] where seconds >= n && seconds % n == 0 {
+            return "\(seconds / n)\(unit)"
+        }
+        return "\(seconds)s"
+    }
+
+    /// `aggregation xff=F 60s:1d,...` from the header only (16 bytes, then 12 per archive).
+    public func schema(_ path: String) throws -> String? {
+        guard let r = try tree.openReader(path) else { return nil }
+        defer { r.close() }
+        let head = try r.read(count: 16, at: 0)
+        guard head.count == 16 else { return nil }
+        func u32(_ b: [UInt8], _ o: Int) -> UInt32 { b[o..<(o + 4)].reduce(0) { $0 << 8 | UInt32($1) } }
+        let count = Int(u32(head, 12))
+        guard count > 0, count <= 64 else { return nil }
+        let infos = try r.read(count: 12 * count, at: 16)
+        guard infos.count == 12 * count else { return nil }
+        let aggregation = Aggregation(rawValue: u32(head, 0)).map { "\($0)" } ?? "aggregation \(u32(head, 0))"
+        let xff = Float(bitPattern: u32(head, 8))
+        let archives = (0..<count).map { i -> String in
+            let step = Int(u32(infos, 12 * i + 4)), points = Int(u32(infos, 12 * i + 8))
+            return "\(step)s:\(Self.retention(step * points))"
+        }
+        return "\(aggregation) xff=\(xff) " + archives.joined(separator: ",")
+    }
+}

@@ -41,6 +41,14 @@ import Testing
               headers: { Cache-Control: "public, max-age=315576000, immutable", X-Amz-Meta-Origin: "old-server" }
             """)
         let env = ["MEDIA_ACCESS_KEY_ID": weed.accessKey, "MEDIA_SECRET_ACCESS_KEY": weed.secretKey]
+        // The dry run probes the bucket (read-only): with a wrong secret it says so and fails, naming no secret.
+        let wrongSecret = "wrong-secret-\(UInt32.random(in: 1000...9999))"
+        let wrong = try Ferry.run(
+            ["run", plan, "--dry-run"], environment: ["MEDIA_ACCESS_KEY_ID": weed.accessKey, "MEDIA_SECRET_ACCESS_KEY": wrongSecret])
+        #expect(wrong.status == 3 && wrong.stdout.contains("destination  CANNOT BE REACHED"), "\(wrong.all)")
+        #expect(!wrong.all.contains(wrongSecret))
+        let dry = try Ferry.run(["run", plan, "--dry-run"], environment: env)
+        #expect(dry.status == 0 && dry.stdout.contains("destination  probed read-only"), "\(dry.all)")
         let r = try Ferry.run(["run", plan], environment: env)
         #expect(r.status == 0, "\(r.all)")
         // Read back with boto3: the plan's headers on both objects, the type still from the extension.

@@ -5,6 +5,50 @@ import Testing
 /// The metric-store story end to end through `ferry run`: history merged into live files, checked with the
 /// reference `whisper` package.
 @Suite(.serialized) struct MetricMigrationTests {
+    @Test func aDryRunCountsTheMergesAndWarnsOfDifferentSchemas() throws {
+        let dir = TempDir("ferry-metrics-dry")
+        let src = dir.sub("old/whisper")
+        let dst = dir.sub("new/whisper")
+        // Files made by the reference whisper package: 30 on the old side; 9 of them exist on the new side, 2 of
+        // those with other archives (finer retention) and 1 with another aggregation.
+        let template = dir.sub("tpl.wsp")
+        try WhisperOracle.run(["create", template, "60:1440,600:4320", "0.5", "average"])
+        let finer = dir.sub("finer.wsp")
+        try WhisperOracle.run(["create", finer, "10:8640,600:4320", "0.5", "average"])
+        let summed = dir.sub("sum.wsp")
+        try WhisperOracle.run(["create", summed, "60:1440,600:4320", "0.5", "sum"])
+        let fm = FileManager.default
+        for i in 0..<30 {
+            let rel = "host\(i % 3)/m\(i).wsp"
+            try fm.createDirectory(atPath: PathUtil_dir(src + "/" + rel), withIntermediateDirectories: true)
+            try fm.copyItem(atPath: template, toPath: src + "/" + rel)
+            if i < 9 {
+                try fm.createDirectory(atPath: PathUtil_dir(dst + "/" + rel), withIntermediateDirectories: true)
+                try fm.copyItem(atPath: i < 2 ? finer : i == 2 ? summed : template, toPath: dst + "/" + rel)
+            }
+        }
+        let plan = try writePlan(
+            dir.path,
+            """
+            version: 1
+            name: metrics
+            source:      { kind: whisper, path: old/whisper }
+            destination: { kind: whisper, path: new/whisper }
+            """)
+        let listing = { (try? fm.subpathsOfDirectory(atPath: dst).sorted()) ?? [] }
+        let was = listing()
+        let dry = try Ferry.run(["run", plan, "--dry-run"])
+        #expect(dry.status == 0, "\(dry.all)")
+        #expect(dry.stdout.contains("merges       9 of 30 files already exist at the destination and will be merged"), "\(dry.stdout)")
+        #expect(dry.stdout.contains("WARNING      3 of 9 files compared differ in schema"), "\(dry.stdout)")
+        #expect(
+            dry.stdout.contains("host0/m0.wsp: source average xff=0.5 60s:1d,600s:30d, destination average xff=0.5 10s:1d,600s:30d"), "\(dry.stdout)")
+        #expect(dry.stdout.contains("destination  probed read-only"), "\(dry.stdout)")
+        #expect(dry.stdout.contains("merges "), "the estimate names its merge part: \(dry.stdout)")
+        #expect(listing() == was, "a dry run wrote at the destination")
+        #expect(!fm.fileExists(atPath: dir.sub(".ferry/metrics/ledger.sqlite")))
+    }
+
     @Test func runMergesHistoryIntoLiveFilesAndVerifiesPointByPoint() throws {
         let dir = TempDir("ferry-metrics")
         let src = dir.sub("old/whisper")

@@ -84,6 +84,31 @@ struct RunCommand: ParsableCommand {
         out(
             "read probe   \(Units.formatBytes(Int64(inv.probeBytesPerSecond)))/s, "
                 + "\(Units.formatDecimal(inv.probeSecondsPerFile * 1000, places: 2)) ms per file")
+        if let e = inv.destinationError {
+            out("destination  CANNOT BE REACHED: \(e)")
+        } else if inv.destinationMissing || inv.destinationRequests == 0 {
+            out("destination  does not exist yet (the run creates it): nothing to probe")
+        } else {
+            out(
+                "destination  probed read-only: \(inv.destinationRequests) requests, "
+                    + "\(Units.formatDecimal(inv.destinationSecondsPerRequest * 1000, places: 2)) ms each")
+        }
+        if inv.merging {
+            out(
+                "merges       \(inv.toMerge) of \(inv.files) files already exist at the destination and will be merged"
+                    + (inv.toMerge > 0 ? " (\(Units.formatDecimal(inv.mergeSecondsPerFile * 1000, places: 2)) ms each, measured)" : ""))
+        }
+        if inv.schemaDifferences > 0 {
+            out("WARNING      \(inv.schemaDifferences) of \(inv.schemasCompared) files compared differ in schema between source and destination:")
+            for e in inv.schemaExamples { out("  \(e)") }
+            out("             merged points follow the destination's archives (finer source points are aggregated or lost)")
+        } else if inv.schemasCompared > 0 {
+            out("schemas      \(inv.schemasCompared) files compared: source and destination match")
+        }
+        let parts = inv.estimateParts.filter { $0.value > 0 }.sorted { $0.value > $1.value }
+            .map { "\($0.key) \(Units.formatDuration($0.value))" }.joined(separator: ", ")
         out("estimate     about \(Units.formatDuration(inv.estimatedSeconds)) (concurrency \(p.copy.concurrency), bandwidth \(bw))")
+        if !parts.isEmpty { out("             \(parts)") }
+        if inv.destinationError != nil { throw ExitCode(Exit.failure) }
     }
 }
