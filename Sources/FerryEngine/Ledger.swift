@@ -916,26 +916,23 @@ public final class Ledger: Sendable {
                     let r = try Row.fetchOne(
                         db, sql: "SELECT * FROM verify_runs WHERE finished_at IS NOT NULL ORDER BY id DESC LIMIT 1")
                 else { return nil }
-                return VerifyRunRecord(
-                    id: r["id"], startedAt: r["started_at"], finishedAt: r["finished_at"], mode: r["mode"],
-                    sample: r["sample"], round: r["round"], filesChecked: r["files_checked"],
-                    bytesChecked: r["bytes_checked"], mismatches: r["mismatches"], drift: r["drift"],
-                    ok: (r["ok"] as Int) != 0, reportPath: r["report_path"])
+                return Self.verifyRun(r)
             }
         }
+    }
+
+    static func verifyRun(_ r: Row) -> VerifyRunRecord {
+        VerifyRunRecord(
+            id: r["id"], startedAt: r["started_at"], finishedAt: r["finished_at"], mode: r["mode"], sample: r["sample"], round: r["round"],
+            filesChecked: r["files_checked"], bytesChecked: r["bytes_checked"], mismatches: r["mismatches"], drift: r["drift"],
+            ok: (r["ok"] as Int) != 0, reportPath: r["report_path"])
     }
 
     /// Every finished verify round, oldest first.
     public func verifyRuns() throws -> [VerifyRunRecord] {
         try wrap("read verify") {
             try db.read { db in
-                try Row.fetchAll(db, sql: "SELECT * FROM verify_runs WHERE finished_at IS NOT NULL ORDER BY id").map { r in
-                    VerifyRunRecord(
-                        id: r["id"], startedAt: r["started_at"], finishedAt: r["finished_at"], mode: r["mode"],
-                        sample: r["sample"], round: r["round"], filesChecked: r["files_checked"],
-                        bytesChecked: r["bytes_checked"], mismatches: r["mismatches"], drift: r["drift"],
-                        ok: (r["ok"] as Int) != 0, reportPath: r["report_path"])
-                }
+                try Row.fetchAll(db, sql: "SELECT * FROM verify_runs WHERE finished_at IS NOT NULL ORDER BY id").map(Self.verifyRun)
             }
         }
     }

@@ -17,6 +17,15 @@ public final class ProgressTracker: Sendable {
         var started = DispatchTime.now().uptimeNanoseconds
         var rate: Double = 0
         var lastSample: (at: UInt64, bytes: Int64) = (DispatchTime.now().uptimeNanoseconds, 0)
+
+        /// Smooths the rate over samples at least half a second apart.
+        mutating func updateRate(now: UInt64) {
+            let dt = Double(now - lastSample.at) / 1e9
+            guard dt >= 0.5 else { return }
+            let inst = Double(bytesThisRun - lastSample.bytes) / dt
+            rate = rate == 0 ? inst : 0.7 * rate + 0.3 * inst
+            lastSample = (now, bytesThisRun)
+        }
     }
 
     private let counters = Mutex(Counters())
@@ -68,13 +77,7 @@ public final class ProgressTracker: Sendable {
     /// Sets the metrics' gauges from the counters (the reporter calls it every tick).
     public func publish() {
         let c = counters.withLock { c in
-            let now = DispatchTime.now().uptimeNanoseconds
-            let dt = Double(now - c.lastSample.at) / 1e9
-            if dt >= 0.5 {
-                let inst = Double(c.bytesThisRun - c.lastSample.bytes) / dt
-                c.rate = c.rate == 0 ? inst : 0.7 * c.rate + 0.3 * inst
-                c.lastSample = (now, c.bytesThisRun)
-            }
+            c.updateRate(now: DispatchTime.now().uptimeNanoseconds)
             return c
         }
         metrics.publish(filesDone: c.filesDone, filesTotal: c.filesTotal, bytesDone: c.bytesDone, bytesTotal: c.bytesTotal, rate: c.rate)
@@ -105,12 +108,7 @@ public final class ProgressTracker: Sendable {
     func line(final: Bool = false) -> String {
         counters.withLock { c in
             let now = DispatchTime.now().uptimeNanoseconds
-            let dt = Double(now - c.lastSample.at) / 1e9
-            if dt >= 0.5 {
-                let inst = Double(c.bytesThisRun - c.lastSample.bytes) / dt
-                c.rate = c.rate == 0 ? inst : 0.7 * c.rate + 0.3 * inst
-                c.lastSample = (now, c.bytesThisRun)
-            }
+            c.updateRate(now: now)
             let elapsed = Double(now - c.started) / 1e9
             let fraction =
                 c.bytesTotal > 0 ? Double(c.bytesDone) / Double(c.bytesTotal) : (c.filesTotal > 0 ? Double(c.filesDone) / Double(c.filesTotal) : 1)

@@ -42,6 +42,21 @@ import Testing
         return nil
     }
 
+    /// Starts `process` with its stderr in `log` (created empty), and waits for the address the log names on a
+    /// line with `marker` after `prefix`; nil when none came within 30 s.
+    static func launch(_ process: Process, log: String, marker: String, prefix: String) throws -> String? {
+        _ = FileManager.default.createFile(atPath: log, contents: nil)
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
+        try process.run()
+        var at: String?
+        _ = waitUntil(timeout: 30) {
+            at = address(in: log, after: marker, prefix: prefix)
+            return at != nil
+        }
+        return at
+    }
+
     /// One Prometheus instant query's values, by the series' labels (rendered `k=v,...`).
     static func query(_ prom: String, _ expr: String) throws -> [String: Double] {
         let q = expr.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? expr
@@ -90,43 +105,26 @@ import Testing
           - job_name: ferry
             file_sd_configs: [ { files: ["\(promDir)/targets.json"] } ]
         """.write(toFile: promDir + "/prometheus.yml", atomically: true, encoding: .utf8)
-        let promLog = promDir + "/log"
-        _ = FileManager.default.createFile(atPath: promLog, contents: nil)
         let prom = Process()
         prom.executableURL = URL(fileURLWithPath: "/usr/bin/prometheus")
         prom.arguments = [
             "--config.file=\(promDir)/prometheus.yml", "--storage.tsdb.path=\(promDir)/data", "--web.listen-address=127.0.0.1:0",
         ]
-        prom.standardOutput = FileHandle.nullDevice
-        prom.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: promLog))
-        try prom.run()
         defer {
-            prom.terminate()
-            prom.waitUntilExit()
+            if prom.isRunning {
+                prom.terminate()
+                prom.waitUntilExit()
+            }
         }
-        var promAt: String?
-        #expect(
-            waitUntil(timeout: 30) {
-                promAt = Self.address(in: promLog, after: "Listening on", prefix: "address=")
-                return promAt != nil
-            })
+        let promAt = try Self.launch(prom, log: promDir + "/log", marker: "Listening on", prefix: "address=")
         let api = try #require(promAt)
 
         #expect(waitUntil(timeout: 30) { Self.get("http://\(api)/-/ready") != nil })
 
         let log = s.dir.sub("run.log")
-        _ = FileManager.default.createFile(atPath: log, contents: nil)
         let p = Ferry.process(["run", s.plan])
-        p.standardOutput = FileHandle.nullDevice
-        p.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
-        try p.run()
         defer { if p.isRunning { p.terminate() } }
-        var target: String?
-        #expect(
-            waitUntil(timeout: 30) {
-                target = Self.address(in: log, after: "metrics on", prefix: "http://")
-                return target != nil
-            })
+        let target = try Self.launch(p, log: log, marker: "metrics on", prefix: "http://")
         let ferryAt = try #require(target)
 
         let targets = "[{\"targets\": [\"\(ferryAt)\"]}]"
@@ -179,26 +177,18 @@ import Testing
     @Test func theMetricsEndpointRefusesWhatIsNotAScrapeAndSurvivesAFlood() throws {
         let dir = TempDir("ferry-metrics")
         try FileManager.default.createDirectory(atPath: dir.sub("root"), withIntermediateDirectories: true)
-        let log = dir.sub("serve.log")
-        _ = FileManager.default.createFile(atPath: log, contents: nil)
         try "0123456789abcdef0123456789".write(toFile: dir.sub("token"), atomically: true, encoding: .utf8)
         let p = Ferry.process([
             "serve", "--listen", "127.0.0.1:0", "--root", dir.sub("root"), "--token-file", dir.sub("token"), "--metrics-listen",
             "127.0.0.1:0",
         ])
-        p.standardOutput = FileHandle.nullDevice
-        p.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
-        try p.run()
         defer {
-            p.terminate()
-            p.waitUntilExit()
+            if p.isRunning {
+                p.terminate()
+                p.waitUntilExit()
+            }
         }
-        var at: String?
-        #expect(
-            waitUntil(timeout: 30) {
-                at = Self.address(in: log, after: "metrics on", prefix: "http://")
-                return at != nil
-            })
+        let at = try Self.launch(p, log: dir.sub("serve.log"), marker: "metrics on", prefix: "http://")
         let addr = try #require(at)
         let notFound = try Self.sh(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://\(addr)/other"])
         #expect(notFound.out == "404")
