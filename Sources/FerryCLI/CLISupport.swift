@@ -17,8 +17,11 @@ struct GlobalOptions: ParsableArguments {
     @Option(name: .long, help: "Log lines as text (the message first) or json (one object per line).")
     var logFormat: String = "text"
 
+    /// `--log-format` (validated before any command runs).
+    var format: LogFormat { LogFormat(rawValue: logFormat) ?? .text }
+
     func logger() -> Logger {
-        let format = LogFormat(rawValue: logFormat) ?? .text
+        let format = self.format
         var l = Logger(label: "ferry") { _ in FerryLogHandler(format: format) }
         let level = Logger.Level(rawValue: logLevel) ?? .info
         l.logLevel = quiet ? max(level, .warning) : level
@@ -38,7 +41,7 @@ struct GlobalOptions: ParsableArguments {
         if quiet { return .none }
         if isatty(2) == 1 { return .terminal }
         let interval = ProcessInfo.processInfo.environment["FERRY_PROGRESS_INTERVAL"].flatMap(Double.init) ?? 5
-        return LogFormat(rawValue: logFormat) == .json ? .json(interval: interval) : .log(interval: interval)
+        return format == .json ? .json(interval: interval) : .log(interval: interval)
     }
 }
 

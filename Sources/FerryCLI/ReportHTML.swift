@@ -35,11 +35,6 @@ enum ReportHTML {
         return out
     }
 
-    static func time(_ t: Double) -> String {
-        let f = ISO8601DateFormatter()
-        return f.string(from: Date(timeIntervalSince1970: t))
-    }
-
     /// The phases in order with their durations, from the ledger's events: the job's creation starts the
     /// snapshot, the snapshot's event starts the copy, each `phase` event starts the phase it names. A phase
     /// entered more than once (a catch-up, a repair) adds up.
@@ -49,7 +44,7 @@ enum ReportHTML {
             switch e.kind {
             case "job": marks.append((e.at, "snapshot"))
             case "snapshot": marks.append((e.at, "copy"))
-            case "phase": marks.append((e.at, String(e.message.prefix { $0 != ":" })))
+            case "phase": marks.append((e.at, phaseName(e.message)))
             case "cutover" where e.message.hasPrefix("cutover done"): marks.append((e.at, "switched"))
             case "rollback": marks.append((e.at, "ready"))
             case "complete": marks.append((e.at, "complete"))
@@ -108,6 +103,8 @@ enum ReportHTML {
 
     static func render(_ d: ReportData) -> String {
         let p = d.plan
+        let iso = ISO8601DateFormatter()
+        func time(_ t: Double) -> String { iso.string(from: Date(timeIntervalSince1970: t)) }
         var h = """
             <!DOCTYPE html>
             <html lang="en"><head><meta charset="utf-8"><title>ferry report: \(escape(p.name))</title>

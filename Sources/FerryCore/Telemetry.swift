@@ -62,7 +62,8 @@ public enum Telemetry {
         Metric(name: bytesPending, kind: .gauge, labels: [], help: "Bytes the current phase has still to do", exportedBy: ["run"]),
         Metric(
             name: bytesProcessed, kind: .counter, labels: ["phase"],
-            help: "Bytes this process copied or verified (an attempt thrown away is not counted)", exportedBy: ["run"]),
+            help: "Bytes this process copied or verified, attempts thrown away included (a file that changed while copied counts again)",
+            exportedBy: ["run"]),
         Metric(
             name: filesProcessed, kind: .counter, labels: ["phase"], help: "Files this process copied or verified",
             exportedBy: ["run"]),

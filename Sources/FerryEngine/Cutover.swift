@@ -85,7 +85,7 @@ extension Job {
     /// took the marker and everything before it), and the line says so.
     @discardableResult
     func fence(_ tap: any TapControl, side: String, store: (any Store)?, ledger: Ledger) throws -> Gate {
-        let timeout = Double(plan.tap?.options["fence_timeout"].flatMap { Units.parseDuration($0) } ?? 60)
+        let timeout = fenceTimeout
         let token = FenceToken.forJob(plan.name, now: Int(Date().timeIntervalSince1970), namespace: plan.cutover.fenceNamespace)
         let metric = token.name
         let seq = try tap.fence(token)
@@ -173,10 +173,13 @@ extension Job {
         return .done(gates: shown, forced: force && !failed.isEmpty)
     }
 
+    /// `tap.fence_timeout`: how long a fence, and the mirror's settling after it, may take.
+    var fenceTimeout: Double { Double(plan.tap?.options["fence_timeout"].flatMap { Units.parseDuration($0) } ?? 60) }
+
     /// Waits (up to the fence timeout) for the mirror to settle what it is still copying; returns how many
     /// entries are left unsettled.
     func waitSettled(_ ledger: Ledger) throws -> Int64 {
-        let timeout = Double(plan.tap?.options["fence_timeout"].flatMap { Units.parseDuration($0) } ?? 60)
+        let timeout = fenceTimeout
         let deadline = Date().addingTimeInterval(timeout)
         while true {
             let n = try ledger.unsettledCount()

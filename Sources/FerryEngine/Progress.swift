@@ -95,7 +95,7 @@ public final class ProgressTracker: Sendable {
     public func sample(at time: Double) -> ProgressSample {
         counters.withLock {
             ProgressSample(
-                at: time, phase: String($0.phase.prefix { $0 != ":" }), filesDone: $0.filesDone, filesPlanned: $0.filesTotal,
+                at: time, phase: phaseName($0.phase), filesDone: $0.filesDone, filesPlanned: $0.filesTotal,
                 bytesDone: $0.bytesDone, bytesPlanned: $0.bytesTotal)
         }
     }
@@ -182,8 +182,10 @@ public final class ProgressTracker: Sendable {
 
     /// The progress as one JSON object: what `line` says, as numbers.
     func jsonLine(final: Bool = false) -> String {
-        _ = line(final: final)  // updates the rate estimate
-        let c = counters.withLock { $0 }
+        let c = counters.withLock { c in
+            c.updateRate(now: DispatchTime.now().uptimeNanoseconds)
+            return c
+        }
         let elapsed = Double(DispatchTime.now().uptimeNanoseconds - c.started) / 1e9
         let object: [String: Any] = [
             "time": timestamp(), "level": "info", "message": final ? "progress (phase done)" : "progress", "module": "FerryEngine",
@@ -201,6 +203,10 @@ public final class ProgressTracker: Sendable {
         return f.string(from: Date())
     }
 }
+
+/// A phase's name without its detail: `verify: listing` and `ready: 0 mismatches` (an event's text) are
+/// `verify` and `ready`.
+public func phaseName(_ text: String) -> String { String(text.prefix { $0 != ":" }) }
 
 /// The progress counters as swift-metrics (a no-op unless the process installed a backend: `metrics.listen`).
 final class ProgressMetrics: Sendable {
@@ -222,7 +228,7 @@ final class ProgressMetrics: Sendable {
     }
 
     func begin(phase: String) {
-        let name = String(phase.prefix { $0 != ":" })
+        let name = phaseName(phase)
         processed.withLock { p in
             guard p.phase != name else { return }
             p = (
