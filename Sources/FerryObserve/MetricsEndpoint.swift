@@ -28,8 +28,8 @@ public enum Observe {
 }
 
 /// `GET /metrics` over plain HTTP/1.1, in Prometheus' text format. Unauthenticated, so bounded: 32
-/// connections at most (more are closed at once), 10 s to send a request, heads limited by the HTTP decoder,
-/// bodies ignored, one answer per connection.
+/// connections at most (a new one closes the oldest), 10 s to send a request, heads limited by the HTTP
+/// decoder, bodies ignored, one answer per connection.
 public final class MetricsEndpoint: Sendable {
     public let address: String
     private let group: MultiThreadedEventLoopGroup
@@ -44,7 +44,9 @@ public final class MetricsEndpoint: Sendable {
             throw FerryError(.invalidPlan, "metrics.listen: expected HOST:PORT, got \"\(listen)\"")
         }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let connections = Mutex(0)
+        // The open connections, oldest first. At the limit the oldest is closed to admit the newest: a flood of
+        // silent connections cannot lock a scrape out until their idle timeout (a scrape takes milliseconds).
+        let open = Mutex<[any Channel]>([])
         do {
             channel = try listening(on: hp.description, what: "the metrics endpoint") {
                 try ServerBootstrap(group: group)
@@ -52,16 +54,13 @@ public final class MetricsEndpoint: Sendable {
                     .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                     .childChannelInitializer { channel in
                         channel.eventLoop.makeCompletedFuture {
-                            let admitted = connections.withLock { n in
-                                guard n < Self.maxConnections else { return false }
-                                n += 1
-                                return true
+                            let evicted = open.withLock { list -> (any Channel)? in
+                                list.append(channel)
+                                return list.count > Self.maxConnections ? list.removeFirst() : nil
                             }
-                            guard admitted else {
-                                channel.close(promise: nil)
-                                return
-                            }
-                            channel.closeFuture.whenComplete { _ in connections.withLock { $0 -= 1 } }
+                            evicted?.close(promise: nil)
+                            let id = ObjectIdentifier(channel)
+                            channel.closeFuture.whenComplete { _ in open.withLock { $0.removeAll { ObjectIdentifier($0) == id } } }
                             try channel.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: .seconds(10)))
                             try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
                             try channel.pipeline.syncOperations.addHandler(MetricsHandler(registry: registry))

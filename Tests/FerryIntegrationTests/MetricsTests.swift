@@ -197,11 +197,15 @@ import Testing
         // A header far past any scrape's (and past the HTTP decoder's 80 KiB), and 200 connections that send nothing: the endpoint still answers.
         let huge = String(repeating: "a", count: 100_000)
         let big = try Self.sh(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "X-Big: \(huge)", "http://\(addr)/metrics"])
-        #expect(big.out != "200", "a 100 KB header was answered with \(big.out)")
-        let flood = try Self.sh([
+        #expect(big.out == "400", "a 100 KB header was answered with \(big.out)")
+        // 200 connections that send nothing, held open while a scrape is made: the scrape is answered (the
+        // oldest silent connections make room), and the endpoint still answers once they are gone.
+        let flood = Process()
+        flood.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        flood.arguments = [
             "python3", "-c",
             """
-            import socket, sys, time
+            import socket, sys
             host, port = sys.argv[1].rsplit(':', 1)
             socks = []
             for _ in range(200):
@@ -209,12 +213,23 @@ import Testing
                     socks.append(socket.create_connection((host, int(port)), timeout=2))
                 except OSError:
                     pass
-            print(len(socks))
-            time.sleep(1)
+            print(len(socks), flush=True)
+            sys.stdin.read()
             """,
             addr,
-        ])
-        #expect(flood.status == 0, "\(flood.out)")
+        ]
+        let floodOut = Pipe()
+        let floodIn = Pipe()
+        flood.standardOutput = floodOut
+        flood.standardInput = floodIn
+        try flood.run()
+        let opened = String(decoding: floodOut.fileHandleForReading.availableData, as: UTF8.self)
+        #expect(!opened.isEmpty, "the flood did not start")
+        let during = Self.get("http://\(addr)/metrics") ?? ""
+        #expect(during.contains("# TYPE"), "a scrape during the flood (\(opened) connections open) was not answered")
+        try floodIn.fileHandleForWriting.close()
+        flood.waitUntilExit()
+        #expect(flood.terminationStatus == 0)
         let after = Self.get("http://\(addr)/metrics") ?? ""
         #expect(after.contains("# TYPE"), "the endpoint stopped answering after the flood: \(after.prefix(200))")
         #expect(p.isRunning)
