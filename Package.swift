@@ -33,6 +33,8 @@ let package = Package(
                 "FerryCore", "CFerrySys", "FerryEngine", "FerryLocal", "FerryGraphite", "FerryS3", "FerryTap", "FerryRemote", "FerryLive",
                 "FerryObserve",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Logging", package: "swift-log"),
             ],

@@ -1,3 +1,5 @@
+import Foundation
+
 /// A validated migration plan. Paths are absolute: the loader resolves them against the plan file's directory.
 public struct Plan: Sendable {
     public var version: Int
@@ -119,8 +121,13 @@ public struct CopySpec: Sendable {
     public var exclude: [String] = []
     public var chunkSize: Int64 = 8 * 1_048_576
     public var concurrency: Int = 4
-    /// Bytes per second, or nil for unlimited.
-    public var bandwidth: Int64? = nil
+    /// `copy.bandwidth`: one rate, or a timetable of rates by time of day.
+    public var bandwidthSchedule: BandwidthSchedule = .constant(nil)
+    /// Bytes per second in force now, or nil for unlimited. Setting it sets one rate for the whole day.
+    public var bandwidth: Int64? {
+        get { bandwidthSchedule.rate(at: Date()) }
+        set { bandwidthSchedule = .constant(newValue) }
+    }
     /// How chunks travel between hosts (a remote store): `zstd` or `none`.
     public var compression: String = "zstd"
     /// The zstd level for `compression: zstd`.

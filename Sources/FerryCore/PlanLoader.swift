@@ -273,10 +273,9 @@ public struct PlanLoader: Sendable {
                 }
             }
             if let v = f["bandwidth"], let s = ctx.string(v, "copy.bandwidth") {
-                switch Units.parseRate(s) {
-                case .success(let rate): copy.bandwidth = rate
-                case .failure:
-                    ctx.fail(v, "copy.bandwidth", "expected a rate such as 50MiB/s, or off, got \"\(s)\"")
+                switch BandwidthSchedule.parse(s) {
+                case .success(let schedule): copy.bandwidthSchedule = schedule
+                case .failure(let e): ctx.fail(v, "copy.bandwidth", e.message + " (a timetable is \"08:00,20MiB/s 23:00,off\")")
                 }
             }
             if let v = f["lease_ttl"], let s = ctx.string(v, "copy.lease_ttl") {

@@ -29,7 +29,8 @@ final class CopyPhase: @unchecked Sendable {
     let destination: any Store
     let ledger: Ledger
     let chunkSize: Int64
-    let concurrency: Int
+    let steering: Steering
+    /// Paces local writes; nil when a store across a network paces its own wire bytes through it instead.
     let throttle: Throttle?
     let progress: ProgressTracker
     let logger: Logger
@@ -46,31 +47,34 @@ final class CopyPhase: @unchecked Sendable {
     var worker = "local"
     /// How long a lease holds without renewal; renewed every third of it while this process works.
     var leaseTTL: Double = 30
-    private let fatal = Mutex<(any Error)?>(nil)
+    private let fatal: FatalError
     private let summary = Mutex(CopySummary())
 
     init(
-        source: any Store, destination: any Store, ledger: Ledger, chunkSize: Int64, concurrency: Int,
-        bandwidth: Int64?, progress: ProgressTracker, logger: Logger
+        source: any Store, destination: any Store, ledger: Ledger, chunkSize: Int64, steering: Steering,
+        progress: ProgressTracker, logger: Logger
     ) {
         self.source = source
         self.destination = destination
         self.ledger = ledger
         self.chunkSize = chunkSize
-        self.concurrency = concurrency
-        // A store across a network paces its own wire bytes (compressed); otherwise the logical bytes are paced.
-        let limit = bandwidth.map { Throttle(bytesPerSecond: $0) }
-        let paced = [source, destination].compactMap { $0 as? any WirePacing }
-        if let limit { for store in paced { store.pace { limit.acquire($0) } } }
-        self.throttle = paced.isEmpty ? limit : nil
+        self.steering = steering
         self.progress = progress
         self.logger = logger
+        // A store across a network paces its own wire bytes (compressed); otherwise the logical bytes are paced.
+        // The rate is the one in force (the plan's timetable, or `ferry ctl throttle`), looked up as the bytes go.
+        let fatal = FatalError()
+        self.fatal = fatal
+        let limit = Throttle(steering: steering) { Interruption.requested || fatal.isSet }
+        let paced = [source, destination].compactMap { $0 as? any WirePacing }
+        for store in paced { store.pace { limit.acquire($0) } }
+        self.throttle = paced.isEmpty ? limit : nil
     }
 
-    var stopped: Bool { Interruption.requested || fatal.withLock { $0 != nil } }
+    var stopped: Bool { Interruption.requested || fatal.isSet }
 
     func stop(_ error: any Error) {
-        fatal.withLock { if $0 == nil { $0 = error } }
+        fatal.set(error)
     }
 
     /// The whole copy in one process: the files, then what comes after them.
@@ -100,9 +104,11 @@ final class CopyPhase: @unchecked Sendable {
         }
         renewer.name = "ferry-lease-renew"
         renewer.start()
-        runThreads(concurrency, name: "ferry-copy") { [self] _ in copyWorker() }
+        // Threads beyond the concurrency in force wait parked, so `ferry ctl concurrency` can raise it live.
+        steering.beginCopy()
+        runThreads(max(steering.planConcurrency, Steering.maxConcurrency), name: "ferry-copy") { [self] in copyWorker($0) }
         finished.signal()
-        if let error = fatal.withLock({ $0 }) {
+        if let error = fatal.error {
             try? ledger.release(worker: worker)
             throw error
         }
@@ -129,7 +135,7 @@ final class CopyPhase: @unchecked Sendable {
         // before every page cost a scan of the state index per 128 files.
         let limit = try remaining.withLock { left in
             if left < 0 { left = try ledger.pendingFiles() }
-            return max(1, min(128, left / (4 * concurrency)))
+            return max(1, min(128, left / (4 * steering.effectiveConcurrency)))
         }
         let page = try ledger.lease(limit: limit, worker: worker, ttl: leaseTTL, now: Date().timeIntervalSince1970)
         remaining.withLock { $0 = page.isEmpty ? -1 : max(0, $0 - page.count) }
@@ -146,22 +152,44 @@ final class CopyPhase: @unchecked Sendable {
         var bytes: Int64 = 0
     }
 
-    private func copyWorker() {
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(chunkSize), alignment: 4096)
-        defer { buffer.deallocate() }
+    /// Copy thread `index`: page after page while it is within the concurrency in force; its buffer is
+    /// allocated when it first works.
+    private func copyWorker(_ index: Int) {
+        var buffer: UnsafeMutableRawBufferPointer?
+        defer { buffer?.deallocate() }
         let hasher = SHA256Hasher()
         var group = Group()
+        let halted: () -> Bool = { [self] in stopped }
         do {
-            while !stopped {
-                let page = try claim()
-                if page.isEmpty { break }
-                for item in page {
-                    if stopped { break }
-                    try copyFile(item, buffer: buffer, hasher: hasher, group: &group)
-                    if group.bytes >= chunkSize || group.done.count >= Self.groupFiles {
-                        try commit(&group)
-                    }
+            while steering.enter(index, halted) {
+                let page: [ItemRecord]
+                do { page = try claim() } catch {
+                    steering.leave(drained: false)
+                    throw error
                 }
+                if page.isEmpty {
+                    steering.leave(drained: true)
+                    break
+                }
+                let chunkBuffer =
+                    buffer ?? UnsafeMutableRawBufferPointer.allocate(byteCount: Int(chunkSize), alignment: 4096)
+                buffer = chunkBuffer
+                do {
+                    for item in page {
+                        steering.holdWhilePaused(halted)
+                        if stopped { break }
+                        try copyFile(item, buffer: chunkBuffer, hasher: hasher, group: &group)
+                        if group.bytes >= chunkSize || group.done.count >= Self.groupFiles {
+                            try commit(&group)
+                        }
+                    }
+                    // A thread that parks for a lower concurrency records what it copied first.
+                    if index >= steering.effectiveConcurrency { try commit(&group) }
+                } catch {
+                    steering.leave(drained: false)
+                    throw error
+                }
+                steering.leave(drained: false)
             }
             try commit(&group)
         } catch {

@@ -48,6 +48,14 @@ extension Job {
                 name: "no-pending-catch-up", ok: unsettled == 0,
                 detail: unsettled == 0 ? "every entry copied" : "\(unsettled) entries pending, failed or removed from the source"))
         if let tap { gates.append(contentsOf: tapGates(tap, job: job)) }
+        let control = try ledger.controlSettings()
+        let since = control.postponedAt.map { " at \(ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: $0)))" } ?? ""
+        gates.append(
+            Gate(
+                name: "not-postponed", ok: !control.postponed,
+                detail: control.postponed
+                    ? "postponed by `ferry ctl postpone`\(since); `ferry ctl \(plan.file) unpostpone` releases it"
+                    : "no postpone flag set"))
         return gates
     }
 

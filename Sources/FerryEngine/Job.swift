@@ -34,6 +34,8 @@ public final class Job {
     public var tap: (any TapControl)?
     /// The source at its live path (not the snapshot): where a rollback's fence must land.
     public var liveSource: (any Store)?
+    /// The live controls (`ferry ctl`): pause, rate, concurrency. The run follows the ledger's settings.
+    public let steering: Steering
     /// The stores' network counters as last added to the ledger (they count for the life of the stores).
     let wireMark = WireMark()
 
@@ -44,6 +46,7 @@ public final class Job {
         self.destination = destination
         self.logger = logger
         self.progress = progress
+        self.steering = Steering(schedule: plan.copy.bandwidthSchedule, concurrency: plan.copy.concurrency)
     }
 
     var readRoot: String { plan.snapshot.path ?? plan.source.path ?? "" }
@@ -76,6 +79,8 @@ public final class Job {
             return early
         }
         try ledger.registerWorker(worker, pid: Int(getpid()), now: Date().timeIntervalSince1970)
+        let stopFollowing = followControl(ledger)
+        defer { stopFollowing() }
         do {
             while true {
                 let summary = try copyFiles(ledger)
@@ -341,7 +346,7 @@ public final class Job {
         let chunkSize = try ledger.job()?.chunkSize ?? plan.copy.chunkSize
         let phase = CopyPhase(
             source: source, destination: destination, ledger: ledger, chunkSize: chunkSize,
-            concurrency: plan.copy.concurrency, bandwidth: plan.copy.bandwidth, progress: progress, logger: logger)
+            steering: steering, progress: progress, logger: logger)
         if let at = try ledger.job()?.snapshotAt { phase.snapshotTime = Int(at) }
         phase.partialTag = try ledger.partialTag()
         phase.worker = worker

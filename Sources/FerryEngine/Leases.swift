@@ -45,6 +45,10 @@ extension Ledger: WorkLeasing {
                     ALTER TABLE job ADD COLUMN wire_logical INTEGER NOT NULL DEFAULT 0;
                     """)
         }
+        m.registerMigration("v6-control") { db in
+            try db.execute(
+                sql: "CREATE TABLE control (id INTEGER PRIMARY KEY CHECK (id = 1), settings TEXT NOT NULL, updated_at REAL NOT NULL)")
+        }
     }
 
     /// A write transaction that takes the write lock first (BEGIN IMMEDIATE): two processes leasing at once

@@ -39,6 +39,8 @@ public struct StatusReport: Codable, Sendable {
     /// Bytes that crossed a network (a remote store), and the logical bytes they carried.
     public var wireBytes: Int64 = 0
     public var wireLogical: Int64 = 0
+    /// What `ferry ctl` has set (pause, throttle, concurrency, postpone).
+    public var control: ControlSettings = ControlSettings()
 }
 
 extension Job {
@@ -67,6 +69,6 @@ extension Job {
             runner: runner, lastVerify: try ledger.lastVerify(),
             cutoverAt: job.cutoverAt.map { iso.string(from: Date(timeIntervalSince1970: $0)) },
             cutoverForced: job.cutoverForced, lastError: job.lastError, skipped: Int(try ledger.countSkipped().refused), tap: nil,
-            wireBytes: job.wireBytes, wireLogical: job.wireLogical)
+            wireBytes: job.wireBytes, wireLogical: job.wireLogical, control: try ledger.controlSettings())
     }
 }

@@ -20,29 +20,12 @@ func runThreads(_ count: Int, name: String, _ body: @escaping @Sendable (Int) ->
     group.wait()
 }
 
-/// A token bucket shared by all workers: `acquire(n)` blocks until `n` bytes may be sent under the rate.
-final class Throttle: Sendable {
-    private let rate: Double
-    private let burst: Double
-    private let state: Mutex<(tokens: Double, last: UInt64)>
-
-    init(bytesPerSecond: Int64) {
-        rate = Double(bytesPerSecond)
-        burst = max(Double(bytesPerSecond) / 4, 256 * 1024)
-        state = Mutex((0, DispatchTime.now().uptimeNanoseconds))
-    }
-
-    func acquire(_ bytes: Int) {
-        // Reserve now (the balance may go negative), then wait out the debt: fair and lock-free while waiting.
-        let wait: Double = state.withLock { s in
-            let now = DispatchTime.now().uptimeNanoseconds
-            s.tokens = min(burst, s.tokens + Double(now - s.last) / 1e9 * rate)
-            s.last = now
-            s.tokens -= Double(bytes)
-            return s.tokens < 0 ? -s.tokens / rate : 0
-        }
-        if wait > 0 { Thread.sleep(forTimeInterval: wait) }
-    }
+/// The first error that stops a phase, shared by its threads.
+final class FatalError: Sendable {
+    private let state = Mutex<(any Error)?>(nil)
+    func set(_ e: any Error) { state.withLock { if $0 == nil { $0 = e } } }
+    var error: (any Error)? { state.withLock { $0 } }
+    var isSet: Bool { error != nil }
 }
 
 /// Deterministic rotating sample: each verify round takes a different slice of the key space, so successive

@@ -65,6 +65,46 @@ extension TapServer {
     }
 }
 
+/// Sends `request` to the unix socket at `path` and returns the answer: up to its first newline with
+/// `untilNewline`, else until the server closes. nil when nothing listens there (no socket, or a stale one).
+public func unixExchange(_ path: String, _ request: [UInt8], timeout: Double, what: String, untilNewline: Bool) throws -> [UInt8]? {
+    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    guard fd >= 0 else { throw SystemCallError("socket", errno: errno) }
+    defer { close(fd) }
+    var addr = sockaddr_un()
+    addr.sun_family = sa_family_t(AF_UNIX)
+    let bytes = Array(path.utf8)
+    guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
+        throw FerryError(.invalidPlan, "\(what) socket path too long (max 107 bytes): \(path)")
+    }
+    withUnsafeMutableBytes(of: &addr.sun_path) { p in
+        for (i, b) in bytes.enumerated() { p[i] = b }
+    }
+    let ok = withUnsafePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+    }
+    if ok != 0 {
+        if errno == ENOENT || errno == ECONNREFUSED { return nil }
+        throw SystemCallError("connect", errno: errno, path: path)
+    }
+    var tv = timeval(tv_sec: Int(timeout), tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    let sent = request.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+    guard sent == request.count else { throw FerryError(.other, "\(what): request not sent (\(String(cString: strerror(errno))))") }
+    var reply: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 65536)
+    while !(untilNewline && reply.contains(0x0A)) {
+        let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, 65536, 0) }
+        if n < 0 && errno == EINTR { continue }
+        if n == 0 && !untilNewline { break }
+        guard n > 0 else { throw FerryError(.other, "\(what): no answer from \(path) within \(Int(timeout)) s") }
+        reply.append(contentsOf: chunk[0..<n])
+        guard reply.count <= 1 << 20 else { throw FerryError(.other, "\(what): answer from \(path) is over 1 MiB") }
+    }
+    return reply
+}
+
 /// The engine's and `ferry tap ctl`'s handle on a tap process, through its control socket. `arm()` starts the
 /// tap (detached, in its own session) when nothing answers on the socket.
 public struct TapClient: TapControl {
@@ -80,41 +120,10 @@ public struct TapClient: TapControl {
     }
 
     public func request(_ req: ControlRequest) throws -> ControlResponse? {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw SystemCallError("socket", errno: errno) }
-        defer { close(fd) }
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(socketPath.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
-            throw FerryError(.invalidPlan, "tap control socket path too long (max 107 bytes): \(socketPath)")
-        }
-        withUnsafeMutableBytes(of: &addr.sun_path) { p in
-            for (i, b) in bytes.enumerated() { p[i] = b }
-        }
-        let ok = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        if ok != 0 {
-            if errno == ENOENT || errno == ECONNREFUSED { return nil }
-            throw SystemCallError("connect", errno: errno, path: socketPath)
-        }
-        var tv = timeval(tv_sec: Int(timeout), tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         var line = try JSONEncoder().encode(req)
         line.append(0x0A)
-        let sent = line.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-        guard sent == line.count else { throw FerryError(.other, "tap control: request not sent (\(String(cString: strerror(errno))))") }
-        var reply: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while !reply.contains(0x0A) {
-            let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, 65536, 0) }
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { throw FerryError(.other, "tap control: no answer from \(socketPath) within \(Int(timeout)) s") }
-            reply.append(contentsOf: chunk[0..<n])
-        }
-        let body = reply[..<reply.firstIndex(of: 0x0A)!]
+        guard let reply = try unixExchange(socketPath, Array(line), timeout: timeout, what: "tap control", untilNewline: true) else { return nil }
+        let body = reply[..<(reply.firstIndex(of: 0x0A) ?? reply.endIndex)]
         return try JSONDecoder().decode(ControlResponse.self, from: Data(body))
     }
 

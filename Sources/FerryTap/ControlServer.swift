@@ -36,6 +36,7 @@ public func bindControlSocket(_ path: String, group: any EventLoopGroup, server:
         try ServerBootstrap(group: group)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(OwnerOnlyHandler())
                     try channel.pipeline.syncOperations.addHandler(ControlHandler(handle: { server.handle($0) }))
                 }
             }
@@ -43,6 +44,52 @@ public func bindControlSocket(_ path: String, group: any EventLoopGroup, server:
     }
     chmod(path, 0o600)
     return channel
+}
+
+/// First on a control socket's connection: the peer (SO_PEERCRED) must be this process's own user. Anyone
+/// else is told so and disconnected before a byte of theirs is read. The socket's mode (0600) refuses them first;
+/// this holds when a umask or a chmod has opened it.
+public final class OwnerOnlyHandler: ChannelInboundHandler {
+    public typealias InboundIn = ByteBuffer
+    public typealias OutboundOut = ByteBuffer
+    private var allowed = false
+
+    public init() {}
+
+    /// SO_PEERCRED's `struct ucred`, field for field (pid_t, uid_t, gid_t).
+    public struct PeerCredentials: Sendable {
+        public var pid: Int32 = 0
+        public var uid: UInt32 = 0
+        public var gid: UInt32 = 0
+    }
+
+    /// The peer's credentials, when the channel can tell. Call it on the channel's event loop.
+    public static func peer(_ channel: any Channel) -> PeerCredentials? {
+        guard let provider = channel as? any SocketOptionProvider else { return nil }
+        let out = NIOLoopBoundBox<PeerCredentials?>(nil, eventLoop: channel.eventLoop)
+        // On the channel's own event loop the option is read at once: the future is complete on return.
+        let future: EventLoopFuture<PeerCredentials> = provider.unsafeGetSocketOption(
+            level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_PEERCRED))
+        future.whenSuccess { out.value = $0 }
+        return out.value
+    }
+
+    public func channelActive(context: ChannelHandlerContext) {
+        let me = geteuid()
+        guard let cred = Self.peer(context.channel), cred.uid == me else {
+            let who = Self.peer(context.channel).map { "uid \($0.uid)" } ?? "an unknown user"
+            let text = "error: refused: \(who) is not the owner of this socket (uid \(me))\n"
+            let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+            context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: text))).whenComplete { _ in bound.value.close(promise: nil) }
+            return
+        }
+        allowed = true
+        context.fireChannelActive()
+    }
+
+    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if allowed { context.fireChannelRead(data) }
+    }
 }
 
 /// The control socket: one JSON request per line, one JSON response per line.

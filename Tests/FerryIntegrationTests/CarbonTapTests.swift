@@ -406,7 +406,7 @@ func missing(_ want: [String: [Int: Double]], in got: [String: [Int: Double]]) -
                 scrape,
                 "ferry_build_info{version=\"\(try Ferry.run(["--version"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines))\",process=\"tap\"}"
             ) == 1)
-        let lint = try MetricsTests.sh(["promtool", "check", "metrics"], input: Data(scrape.utf8))
+        let lint = try sh(["promtool", "check", "metrics"], input: Data(scrape.utf8))
         #expect(lint.status == 0, "promtool check metrics: \(lint.out)")
         for m in Telemetry.catalog where m.exportedBy.contains("tap") {
             #expect(scrape.contains("# HELP \(m.name) "), "\(m.name) is not in the tap's scrape")
@@ -728,7 +728,7 @@ final class LiveLoad: @unchecked Sendable {
         let parsed = try #require(try JSONSerialization.jsonObject(with: Data(events.stdout.utf8)) as? [String: Any])
         let list = (parsed["events"] as? [[String: Any]]) ?? []
         let shown = list.map { "\($0["kind"] as? String ?? "")|\($0["message"] as? String ?? "")" }
-        let oracle = try MetricsTests.sh([
+        let oracle = try sh([
             "python3", "-c",
             "import sqlite3, sys\nfor k, m in sqlite3.connect(sys.argv[1]).execute('SELECT kind, message FROM events ORDER BY id'): print(k + '|' + m)",
             h.dir.sub("state/ledger.sqlite"),

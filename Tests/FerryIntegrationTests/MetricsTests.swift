@@ -6,26 +6,6 @@ import Testing
 /// Prometheus, for real: Debian's prometheus scrapes a paced `ferry run` on loopback, and the test asks its
 /// HTTP API what it saw. The expected totals come from the test's own walk of the tree it wrote.
 @Suite(.serialized) struct MetricsTests {
-    /// Runs a command, returning its stdout (and its status).
-    static func sh(_ args: [String], input: Data? = nil) throws -> (status: Int32, out: String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = args
-        let o = Pipe()
-        p.standardOutput = o
-        p.standardError = o
-        let i = Pipe()
-        p.standardInput = input == nil ? FileHandle.nullDevice : i
-        try p.run()
-        if let input {
-            i.fileHandleForWriting.write(input)
-            try? i.fileHandleForWriting.close()
-        }
-        let data = o.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: data, as: UTF8.self))
-    }
-
     static func get(_ url: String) -> String? {
         guard let r = try? sh(["curl", "-sf", "--max-time", "5", url]), r.status == 0 else { return nil }
         return r.out
@@ -138,7 +118,7 @@ import Testing
                 scrape = Self.get("http://\(ferryAt)/metrics") ?? ""
                 return scrape.contains("ferry_bytes_processed_total{phase=\"copy\"}")
             })
-        let lint = try Self.sh(["promtool", "check", "metrics"], input: Data(scrape.utf8))
+        let lint = try sh(["promtool", "check", "metrics"], input: Data(scrape.utf8))
         #expect(lint.status == 0, "promtool check metrics: \(lint.out)")
         // Every metric of a run is there from the start, but the verify's result (no verify has run yet).
         for m in Telemetry.catalog where m.exportedBy.contains("run") && m.name != Telemetry.verifyMismatches {
@@ -190,13 +170,13 @@ import Testing
         }
         let at = try Self.launch(p, log: dir.sub("serve.log"), marker: "metrics on", prefix: "http://")
         let addr = try #require(at)
-        let notFound = try Self.sh(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://\(addr)/other"])
+        let notFound = try sh(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://\(addr)/other"])
         #expect(notFound.out == "404")
-        let post = try Self.sh(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-d", "x", "http://\(addr)/metrics"])
+        let post = try sh(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-d", "x", "http://\(addr)/metrics"])
         #expect(post.out == "405")
         // A header far past any scrape's (and past the HTTP decoder's 80 KiB), and 200 connections that send nothing: the endpoint still answers.
         let huge = String(repeating: "a", count: 100_000)
-        let big = try Self.sh(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "X-Big: \(huge)", "http://\(addr)/metrics"])
+        let big = try sh(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "X-Big: \(huge)", "http://\(addr)/metrics"])
         #expect(big.out == "400", "a 100 KB header was answered with \(big.out)")
         // 200 connections that send nothing, held open while a scrape is made: the scrape is answered (the
         // oldest silent connections make room), and the endpoint still answers once they are gone.

@@ -65,7 +65,7 @@ import Testing
         try chromium.run()
         chromium.waitUntilExit()
         #expect(chromium.terminationStatus == 0)
-        let check = try MetricsTests.sh([
+        let check = try sh([
             "python3", "-c",
             """
             import struct, sys, zlib

@@ -62,6 +62,26 @@ final class Scenario: @unchecked Sendable {
     }
 }
 
+/// Runs a command, returning its stdout (and its status).
+func sh(_ args: [String], input: Data? = nil) throws -> (status: Int32, out: String) {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    p.arguments = args
+    let o = Pipe()
+    p.standardOutput = o
+    p.standardError = o
+    let i = Pipe()
+    p.standardInput = input == nil ? FileHandle.nullDevice : i
+    try p.run()
+    if let input {
+        i.fileHandleForWriting.write(input)
+        try? i.fileHandleForWriting.close()
+    }
+    let data = o.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+}
+
 /// Waits (polling, bounded) until `condition` holds; returns whether it did.
 func waitUntil(timeout: Double = 60, _ condition: () -> Bool) -> Bool {
     let deadline = Date().addingTimeInterval(timeout)

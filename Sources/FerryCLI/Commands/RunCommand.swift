@@ -31,6 +31,8 @@ struct RunCommand: ParsableCommand {
             }
             let job = try makeJob(p, global)
             Interruption.install()
+            let control = JobControlServer.start(job, logger: global.logger())
+            defer { control?.stop() }
             switch try job.run(RunOptions(catchUp: catchUp, repair: repair)) {
             case .alreadyDone(let why):
                 out(why)

@@ -83,6 +83,15 @@ struct StatusCommand: ParsableCommand {
             }
             out("cutover      \(s.cutoverAt.map { "done at \($0)\(s.cutoverForced ? " (forced)" : "")" } ?? "not yet")")
             if let e = s.lastError { out("last error   \(e)") }
+            let c = s.control
+            if c != ControlSettings() {
+                var set: [String] = []
+                if c.paused { set.append("PAUSED") }
+                if let t = c.throttle { set.append("throttle \(t == 0 ? "off" : Units.formatBytes(t) + "/s")") }
+                if let n = c.concurrency { set.append("concurrency \(n)") }
+                if c.postponed { set.append("cutover POSTPONED") }
+                if !set.isEmpty { out("ferry ctl    " + set.joined(separator: ", ") + " (`ferry ctl \(plan) status`)") }
+            }
             if let t = tapStatus {
                 printTap(t)
             } else if p.tap != nil {
