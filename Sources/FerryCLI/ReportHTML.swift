@@ -15,6 +15,8 @@ struct ReportData {
     var verifies: [VerifyRunRecord]
     var samples: [ProgressSample]
     var generatedAt: Date
+    /// The last `ferry rehearse` of this plan, when there is one.
+    var rehearsal: Rehearsal? = nil
 }
 
 /// One self-contained HTML page (inline CSS, inline SVG, no scripts, no external assets).
@@ -35,32 +37,7 @@ enum ReportHTML {
         return out
     }
 
-    /// The phases in order with their durations, from the ledger's events: the job's creation starts the
-    /// snapshot, the snapshot's event starts the copy, each `phase` event starts the phase it names. A phase
-    /// entered more than once (a catch-up, a repair) adds up.
-    static func phaseDurations(_ d: ReportData) -> [(phase: String, seconds: Double, open: Bool)] {
-        var marks: [(Double, String)] = []
-        for e in d.events {
-            switch e.kind {
-            case "job": marks.append((e.at, "snapshot"))
-            case "snapshot": marks.append((e.at, "copy"))
-            case "phase": marks.append((e.at, phaseName(e.message)))
-            case "cutover" where e.message.hasPrefix("cutover done"): marks.append((e.at, "switched"))
-            case "rollback": marks.append((e.at, "ready"))
-            case "complete": marks.append((e.at, "complete"))
-            default: break
-            }
-        }
-        var order: [String] = []
-        var total: [String: Double] = [:]
-        for (i, m) in marks.enumerated() {
-            if total[m.1] == nil { order.append(m.1) }
-            let end = i + 1 < marks.count ? marks[i + 1].0 : m.0
-            total[m.1, default: 0] += max(0, end - m.0)
-        }
-        let last = marks.last?.1
-        return order.map { ($0, total[$0] ?? 0, $0 == last) }
-    }
+    static func phaseDurations(_ d: ReportData) -> [(phase: String, seconds: Double, open: Bool)] { PhaseTimeline.durations(d.events) }
 
     /// A line chart: `series` as (x, y) in data units, drawn into a fixed viewBox with labelled axes.
     static func chart(title: String, unit: (Double) -> String, series: [(label: String, color: String, points: [(Double, Double)])]) -> String {
@@ -201,7 +178,26 @@ enum ReportHTML {
             h += "<tr><td>\(escape(time(e.at)))</td><td>\(escape(e.kind))</td><td>\(escape(e.message))</td></tr>"
         }
         h += "</table>"
-        h += "<h2>Rehearsal</h2><p class=\"muted\">No rehearsal projection is recorded for this job.</p>"
+        h += "<h2>Rehearsal</h2>"
+        if let r = d.rehearsal {
+            h += "<p>Rehearsed on staging \(escape(time(r.at))): \(r.staging.files) files, \(escape(Units.formatBytes(r.staging.bytes))); "
+            h += "production \(r.production.files) files, \(escape(Units.formatBytes(r.production.bytes))) (a dry run).</p>"
+            h += "<table id=\"rehearsal\"><tr><th>phase</th><th>staging s</th><th>projected s</th><th>basis</th></tr>"
+            for p in r.phases {
+                h += "<tr><td>\(escape(p.name))</td><td class=\"num\">\(String(format: "%.2f", p.stagingSeconds))</td>"
+                h +=
+                    "<td class=\"num\" id=\"projected-\(escape(p.name))\">\(String(format: "%.2f", p.projectedSeconds))</td><td>\(escape(p.basis))</td></tr>"
+            }
+            h +=
+                "<tr><th>total</th><td></td><td class=\"num\" id=\"projected-total\">\(String(format: "%.2f", r.projectedSeconds))</td><td></td></tr></table>"
+            var notes: [String] = []
+            if let w = r.cutoverWindowSeconds { notes.append("cutover window (freeze → switch) \(String(format: "%.2f", w)) s") }
+            if let i = r.ingestRecordsPerSecond { notes.append("tap ingest \(String(format: "%.1f", i)) records/s") }
+            if let n = r.spoolNeededBytes { notes.append("tap spool needed \(Units.formatBytes(Int64(n)))") }
+            if !notes.isEmpty { h += "<p>\(escape(notes.joined(separator: "; ")))</p>" }
+        } else {
+            h += "<p class=\"muted\">No rehearsal projection is recorded for this job (`ferry rehearse` records one).</p>"
+        }
         h += "</body></html>\n"
         return h
     }

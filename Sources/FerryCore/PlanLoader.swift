@@ -748,3 +748,35 @@ public struct PlanLoader: Sendable {
         }
     }
 }
+
+extension PlanLoader {
+    /// The plan's text with `key.path=value` overrides applied (`ferry rehearse --set`): each dotted path names a
+    /// mapping key (created when missing), and the value is read as YAML (`2`, `/staging/dst`, `{kind: fs}`).
+    public static func applyOverrides(_ text: String, _ sets: [String]) throws(PlanError) -> String {
+        func fail(_ why: String) -> PlanError {
+            PlanError(diagnostics: [PlanDiagnostic(file: "--set", line: nil, column: nil, field: "", message: why)])
+        }
+        let composed: Node?
+        do { composed = try Yams.compose(yaml: text) } catch { throw fail("the plan is not YAML: \(error)") }
+        guard var root = composed, root.mapping != nil else { throw fail("the plan is not a YAML mapping") }
+        for set in sets {
+            guard let eq = set.firstIndex(of: "=") else { throw fail("\"\(set)\" is not key.path=value") }
+            let path = set[..<eq].split(separator: ".", omittingEmptySubsequences: false).map(String.init)
+            guard !path.isEmpty, !path.contains(where: \.isEmpty) else { throw fail("\"\(set)\": the key path is empty or has an empty part") }
+            let valueText = String(set[set.index(after: eq)...])
+            let value: Node
+            do { value = try Yams.compose(yaml: valueText) ?? Node("") } catch { throw fail("\"\(set)\": the value is not YAML: \(error)") }
+            func put(_ node: Node, _ keys: ArraySlice<String>) throws(PlanError) -> Node {
+                guard let key = keys.first else { return value }
+                guard var mapping = node.mapping else {
+                    throw fail("\"\(set)\": \(path.prefix(path.count - keys.count).joined(separator: ".")) is not a mapping")
+                }
+                let child = mapping[Node(key)] ?? Node.mapping(Node.Mapping([]))
+                mapping[Node(key)] = try put(child, keys.dropFirst())
+                return Node.mapping(mapping)
+            }
+            root = try put(root, path[...])
+        }
+        do { return try Yams.serialize(node: root) } catch { throw fail("cannot write the plan with its overrides: \(error)") }
+    }
+}

@@ -7,8 +7,9 @@ public final class TempDir: @unchecked Sendable {
     // @unchecked: immutable after init.
     public let path: String
 
-    public init(_ label: String = "ferry-test") {
-        let base = ProcessInfo.processInfo.environment["FERRY_TEST_TMP"] ?? NSTemporaryDirectory()
+    /// Under `base`, or $FERRY_TEST_TMP, or the system's temporary directory.
+    public init(_ label: String = "ferry-test", base: String? = nil) {
+        let base = base ?? ProcessInfo.processInfo.environment["FERRY_TEST_TMP"] ?? NSTemporaryDirectory()
         var template = ((base.hasSuffix("/") ? base : base + "/") + "\(label)-XXXXXX").utf8CString
         let p = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
         precondition(p != nil, "mkdtemp failed")

@@ -252,4 +252,33 @@ import Testing
         #expect(d.description == "plan.yml:5:21: copy.chunk_size: at least 5MiB")
         #expect(PlanLoader.diagnostic("no field here", plan: plan, displayPath: "plan.yml").description == "plan.yml: no field here")
     }
+
+    /// `ferry rehearse --set`: dotted keys into flow and block mappings, values read as YAML, precise errors.
+    @Test func overridesSetNestedKeysAndRefuseNonsense() throws {
+        let text = """
+            version: 1
+            name: job
+            source: { kind: fs, path: /data }
+            destination: { kind: fs, path: /new }
+            copy:
+              concurrency: 4
+            """
+        let staging = TempDir("ferry-overrides")
+        let out = try PlanLoader.applyOverrides(
+            text, ["source.path=\(staging.path)", "copy.concurrency=2", "verify.mode=sample", "verify.sample=5%", "state=/s"])
+        let plan = try loader.parse(out, displayPath: "plan.yml", absolutePath: "/etc/ferry/plan.yml")
+        #expect(plan.source.path == staging.path)
+        #expect(plan.destination.path == "/new")
+        #expect(plan.copy.concurrency == 2)
+        #expect(plan.verify.mode == .sample)
+        #expect(plan.stateDirectory == "/s")
+        for (bad, why) in [("source.path.x=1", "source.path is not a mapping"), ("nokey", "is not key.path=value"), ("a..b=1", "empty part")] {
+            do {
+                _ = try PlanLoader.applyOverrides(text, [bad])
+                Issue.record("\(bad) was taken")
+            } catch {
+                #expect(error.diagnostics.first?.message.contains(why) == true, "\(bad): \(error.diagnostics)")
+            }
+        }
+    }
 }

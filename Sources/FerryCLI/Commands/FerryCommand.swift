@@ -16,7 +16,8 @@ public struct FerryCommand: ParsableCommand {
         version: ferryVersion,
         subcommands: [
             PlanCommand.self, RunCommand.self, VerifyCommand.self, StatusCommand.self, CutoverCommand.self,
-            RollbackCommand.self, CompleteCommand.self, CtlCommand.self, EventsCommand.self, ReportCommand.self, TapCommand.self, ServeCommand.self,
+            RollbackCommand.self, CompleteCommand.self, CtlCommand.self, RehearseCommand.self, EventsCommand.self, ReportCommand.self,
+            TapCommand.self, ServeCommand.self,
             MetricsCommand.self,
         ]
     )

@@ -25,7 +25,8 @@ struct ReportCommand: ParsableCommand {
             let data = ReportData(
                 plan: p, job: job, counts: try ledger.counts(), directories: other.directories, symlinks: other.symlinks,
                 refused: skipped.refused, skippedByPolicy: skipped.policy, events: try ledger.events(limit: 100_000),
-                verifies: try ledger.verifyRuns(), samples: try ledger.samples(), generatedAt: Date())
+                verifies: try ledger.verifyRuns(), samples: try ledger.samples(), generatedAt: Date(),
+                rehearsal: Rehearsal.load(from: p.stateDirectory))
             let page = ReportHTML.render(data)
             do {
                 try Data(page.utf8).write(to: URL(fileURLWithPath: html), options: .atomic)
