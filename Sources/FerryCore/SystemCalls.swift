@@ -18,3 +18,52 @@ public enum SystemCalls {
         }
     }
 }
+
+/// Runs `body`, which starts a child process, with no signal blocked in this thread. A child inherits the mask
+/// of the thread that starts it, and the threads of an event loop or a worker pool block SIGTERM and SIGINT: a
+/// child started from one (an ssh tunnel, a hook) could then not be stopped, and waiting for it would hang.
+public func withDefaultSignalMask<T>(_ body: () throws -> T) rethrows -> T {
+    var empty = sigset_t()
+    sigemptyset(&empty)
+    var old = sigset_t()
+    pthread_sigmask(SIG_SETMASK, &empty, &old)
+    defer { pthread_sigmask(SIG_SETMASK, &old, nil) }
+    return try body()
+}
+
+/// Runs `argv` (its first element an absolute path) to its end, with `environment`, stdin from /dev/null and
+/// stdout on this process's stderr; returns its exit status (128 + N when signal N ended it). posix_spawn, no
+/// signal blocked in the child, then waitpid on that pid: Foundation's Process missed the exit of a short
+/// child (a hook) while a long-lived one (an ssh tunnel) ran, and waited forever.
+public func runToExit(_ argv: [String], environment: [String: String]) throws -> Int32 {
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+    posix_spawn_file_actions_adddup2(&actions, 2, 1)
+    var attr = posix_spawnattr_t()
+    posix_spawnattr_init(&attr)
+    defer { posix_spawnattr_destroy(&attr) }
+    var empty = sigset_t()
+    sigemptyset(&empty)
+    posix_spawnattr_setsigmask(&attr, &empty)
+    var defaults = sigset_t()
+    sigemptyset(&defaults)
+    for s in [SIGTERM, SIGINT, SIGHUP, SIGPIPE, SIGQUIT] { sigaddset(&defaults, s) }
+    posix_spawnattr_setsigdefault(&attr, &defaults)
+    posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+    let args = argv.map { strdup($0) } + [nil]
+    let env = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+    defer {
+        args.forEach { free($0) }
+        env.forEach { free($0) }
+    }
+    var pid = pid_t()
+    let rc = posix_spawn(&pid, argv[0], &actions, &attr, args, env)
+    guard rc == 0 else { throw SystemCallError("posix_spawn", errno: rc, path: argv[0]) }
+    var status: Int32 = 0
+    while waitpid(pid, &status, 0) < 0 {
+        guard errno == EINTR else { throw SystemCallError("waitpid", errno: errno, path: argv[0]) }
+    }
+    return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+}

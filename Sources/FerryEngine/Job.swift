@@ -199,20 +199,14 @@ public final class Job {
 
     func ledgerlessRunHook(_ command: String, what: String, environment: [String: String]) throws {
         logger.info("running \(what)", metadata: ["command": "\(command)"])
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/bin/sh")
-        p.arguments = ["-c", command]
-        p.environment = environment
-        p.standardInput = FileHandle.nullDevice
-        p.standardOutput = FileHandle.standardError
+        let status: Int32
         do {
-            try p.run()
+            status = try runToExit(["/bin/sh", "-c", command], environment: environment)
         } catch {
             throw FerryError(.hookFailed, "\(what) could not start: \(command)", underlying: error)
         }
-        p.waitUntilExit()
-        if p.terminationReason != .exit || p.terminationStatus != 0 {
-            let how = p.terminationReason == .exit ? "exit status \(p.terminationStatus)" : "signal \(p.terminationStatus)"
+        if status != 0 {
+            let how = status > 128 ? "signal \(status - 128)" : "exit status \(status)"
             throw FerryError(.hookFailed, "\(what) failed (\(how)): \(command)")
         }
     }

@@ -64,7 +64,7 @@ public final class SSHTunnel: @unchecked Sendable {
         p.standardOutput = output
         p.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
         do {
-            try p.run()
+            try withDefaultSignalMask { try p.run() }
         } catch {
             throw FerryError(.other, "cannot start \(target.command.first ?? "ssh")", underlying: error)
         }
@@ -112,7 +112,11 @@ public final class SSHTunnel: @unchecked Sendable {
     private func close(locked: Bool) {
         try? stdin?.fileHandleForWriting.close()
         if let p = process, p.isRunning {
+            // ssh ends when its stdin closes; SIGTERM, then SIGKILL if it has not within 5 s: never a hang here.
             p.terminate()
+            let deadline = Date().addingTimeInterval(5)
+            while p.isRunning && Date() < deadline { usleep(10_000) }
+            if p.isRunning { kill(p.processIdentifier, SIGKILL) }
             p.waitUntilExit()
         }
         if let dir = socketDirectory { try? FileManager.default.removeItem(atPath: dir) }

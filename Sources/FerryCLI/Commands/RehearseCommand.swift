@@ -297,14 +297,11 @@ struct DestinationImage {
         if FileManager.default.fileExists(atPath: image.backup) {
             throw FerryError(.stateConflict, "a previous rehearsal's copy of the staging destination is at \(image.backup): restore or remove it")
         }
-        let cp = Process()
-        cp.executableURL = URL(fileURLWithPath: "/bin/cp")
-        cp.arguments = ["-a", "--reflink=auto", "--", path, image.backup]
-        try cp.run()
-        cp.waitUntilExit()
-        guard cp.terminationStatus == 0 else {
+        // cp's output goes to this process's stderr.
+        let status = try runToExit(["/bin/cp", "-a", "--reflink=auto", "--", path, image.backup], environment: ProcessInfo.processInfo.environment)
+        guard status == 0 else {
             try? FileManager.default.removeItem(atPath: image.backup)
-            throw FerryError(.other, "cannot copy the staging destination \(path) aside before the rehearsal (cp -a exited \(cp.terminationStatus))")
+            throw FerryError(.other, "cannot copy the staging destination \(path) aside before the rehearsal (cp -a exited \(status))")
         }
         return image
     }

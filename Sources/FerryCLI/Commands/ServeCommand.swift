@@ -46,7 +46,7 @@ struct ServeCommand: ParsableCommand {
             }
             let token: RemoteToken
             if stdioSession {
-                guard let line = readLine(strippingNewline: true) else { throw FerryError(.invalidPlan, "--stdio-session: no token on stdin") }
+                guard let line = Self.stdinLine(timeout: 30) else { throw FerryError(.invalidPlan, "--stdio-session: no token on stdin") }
                 token = try RemoteToken(line)
             } else if let tokenFile {
                 token = try RemoteToken.fromFile(tokenFile, field: "--token-file")
@@ -68,13 +68,45 @@ struct ServeCommand: ParsableCommand {
             let server = try RemoteServer(config: config, opener: Backends.serve, logger: logger)
             if stdioSession {
                 // The session ends when the job's side closes stdin (its ssh ended): stop as on SIGTERM.
+                // Only a true end of file ends it: sshd may hand over a non-blocking stdin, where a read that finds
+                // nothing yet (EAGAIN) is no end (seen on a far host in its own namespaces).
                 Thread {
-                    while readLine() != nil {}
+                    var buffer = [UInt8](repeating: 0, count: 4096)
+                    while true {
+                        let n = buffer.withUnsafeMutableBytes { read(0, $0.baseAddress, $0.count) }
+                        if n > 0 { continue }
+                        if n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) {
+                            var fds = pollfd(fd: 0, events: Int16(POLLIN), revents: 0)
+                            _ = poll(&fds, 1, 1000)
+                            continue
+                        }
+                        break
+                    }
                     kill(getpid(), SIGTERM)
                 }.start()
             }
             try TapHost.runUntilSignalled(ServeService(server: server, address: address, socket: socket), logger: logger)
         }
+    }
+
+    /// One line from stdin (fd 0, unbuffered, blocking or not) within `timeout` seconds; nil at end of file.
+    static func stdinLine(timeout: Double) -> String? {
+        var bytes: [UInt8] = []
+        let deadline = Date().addingTimeInterval(timeout)
+        var byte: UInt8 = 0
+        while bytes.count < 4096 && Date() < deadline {
+            let n = read(0, &byte, 1)
+            if n == 1 {
+                if byte == 0x0A { return String(decoding: bytes, as: UTF8.self) }
+                bytes.append(byte)
+            } else if n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) {
+                var fds = pollfd(fd: 0, events: Int16(POLLIN), revents: 0)
+                _ = poll(&fds, 1, 200)
+            } else {
+                break
+            }
+        }
+        return nil
     }
 
     static func isLoopback(_ host: String) -> Bool {
