@@ -31,16 +31,22 @@ public func withDefaultSignalMask<T>(_ body: () throws -> T) rethrows -> T {
     return try body()
 }
 
-/// Runs `argv` (its first element an absolute path) to its end, with `environment`, stdin from /dev/null and
-/// stdout on this process's stderr; returns its exit status (128 + N when signal N ended it). posix_spawn, no
-/// signal blocked in the child, then waitpid on that pid: Foundation's Process missed the exit of a short
-/// child (a hook) while a long-lived one (an ssh tunnel) ran, and waited forever.
-public func runToExit(_ argv: [String], environment: [String: String]) throws -> Int32 {
+/// Runs `argv` (its first element an absolute path) to its end, with `environment` and stdin from /dev/null;
+/// stdout and stderr go to the file `output` when given, else stdout joins this process's stderr. Returns the
+/// exit status (128 + N when signal N ended it). posix_spawn, no signal blocked in the child, then waitpid on
+/// that pid: Foundation's Process missed the exit of a short child (a hook) while a long-lived one (an ssh
+/// tunnel) ran, and waited forever.
+public func runToExit(_ argv: [String], environment: [String: String], output: String? = nil) throws -> Int32 {
     var actions = posix_spawn_file_actions_t()
     posix_spawn_file_actions_init(&actions)
     defer { posix_spawn_file_actions_destroy(&actions) }
     posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-    posix_spawn_file_actions_adddup2(&actions, 2, 1)
+    if let output {
+        posix_spawn_file_actions_addopen(&actions, 1, output, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+    } else {
+        posix_spawn_file_actions_adddup2(&actions, 2, 1)
+    }
     var attr = posix_spawnattr_t()
     posix_spawnattr_init(&attr)
     defer { posix_spawnattr_destroy(&attr) }

@@ -96,18 +96,8 @@ extension RemoteHostsTests {
         let server = try FarServer(hosts, token: try token(dir), log: dir.sub("serve.log"), extra: ["--insecure"])
         defer { server.kill9() }
 
-        // History on the old host: series that get live points too, and series that only have history.
-        let now = Int(Date().timeIntervalSince1970)
-        let live = ["live.host0.load", "live.host1.load", "live.fresh.load"]
-        var history: [String: [Int: Double]] = [:]
-        for name in ["live.host0.load", "live.host1.load", "hist.only.a"] {
-            let path = oldCarbon.storage + "/" + name.replacingOccurrences(of: ".", with: "/") + ".wsp"
-            try FileManager.default.createDirectory(atPath: PathUtil.directory(of: path), withIntermediateDirectories: true)
-            try WhisperOracle.run(["create", path, "1:7200", "0", "average"])
-            let pts = (0..<600).map { (now - 3000 + $0 * 2, Double($0) * 1.5) }
-            try WhisperOracle.run(["update", path, "\(now)", try WhisperOracle.pointsFile(dir.sub("pts.json"), pts)])
-            history[name] = Dictionary(uniqueKeysWithValues: pts)
-        }
+        let live = Self.liveSeries
+        let history = try Self.oldHistory(oldCarbon, dir)
         let tapPort = freePorts(1)[0]
         let control = dir.sub("control.sock")
         let plan = try writePlan(
@@ -175,12 +165,7 @@ extension RemoteHostsTests {
         var expectNew = sent
         for (k, v) in history { expectNew[k, default: [:]].merge(v) { live, _ in live } }
         func settled(_ prefix: [String], _ root: String) throws -> [String: [Int: Double]] {
-            var seen: [String: [Int: Double]] = [:]
-            _ = try waitUntil(timeout: 60) {
-                seen = try WhisperOracle.treePoints(root, prefix: prefix)
-                return expectNew.allSatisfy { name, pts in pts.allSatisfy { seen[name]?[$0.key] == $0.value } }
-            }
-            return seen
+            try Self.settledPoints(expectNew, prefix: prefix, root: root)
         }
         let gotNew = try settled(hosts.far, farWhisper)
         let gotOld = try settled([], oldCarbon.storage)
@@ -286,5 +271,36 @@ extension RemoteHostsTests {
         #expect(elapsed < 10, "paced at the logical bytes (17 MiB at 1 MiB/s): \(elapsed) s")
         #expect(elapsed > 0.6, "not paced at all: 1 MiB of random bytes at 1 MiB/s took \(elapsed) s")
         #expect(try hosts.farDigests(hosts.farRoot + "/dst") == (try TwoHosts.digests(dir.sub("src"))))
+    }
+}
+
+extension RemoteHostsTests {
+    /// The live load's series: two with history on the old host, one new.
+    static let liveSeries = ["live.host0.load", "live.host1.load", "live.fresh.load"]
+
+    /// History on the old host, made by the reference whisper package: series that get live points too, and
+    /// one with history only (600 points each, every 2 s up to now).
+    static func oldHistory(_ oldCarbon: CarbonCache, _ dir: TempDir) throws -> [String: [Int: Double]] {
+        let now = Int(Date().timeIntervalSince1970)
+        var history: [String: [Int: Double]] = [:]
+        for name in ["live.host0.load", "live.host1.load", "hist.only.a"] {
+            let path = oldCarbon.storage + "/" + name.replacingOccurrences(of: ".", with: "/") + ".wsp"
+            try FileManager.default.createDirectory(atPath: PathUtil.directory(of: path), withIntermediateDirectories: true)
+            try WhisperOracle.run(["create", path, "1:7200", "0", "average"])
+            let pts = (0..<600).map { (now - 3000 + $0 * 2, Double($0) * 1.5) }
+            try WhisperOracle.run(["update", path, "\(now)", try WhisperOracle.pointsFile(dir.sub("pts.json"), pts)])
+            history[name] = Dictionary(uniqueKeysWithValues: pts)
+        }
+        return history
+    }
+
+    /// A tree's points (read on its host through `prefix`) once they hold `expect`, or as they are after 60 s.
+    static func settledPoints(_ expect: [String: [Int: Double]], prefix: [String], root: String) throws -> [String: [Int: Double]] {
+        var seen: [String: [Int: Double]] = [:]
+        _ = try waitUntil(timeout: 60) {
+            seen = try WhisperOracle.treePoints(root, prefix: prefix)
+            return expect.allSatisfy { name, pts in pts.allSatisfy { seen[name]?[$0.key] == $0.value } }
+        }
+        return seen
     }
 }

@@ -1,3 +1,4 @@
+import FerryCore
 import FerryTesting
 import Foundation
 import Testing
@@ -59,7 +60,9 @@ struct Runbook {
             let log = cwd + "/.runbook-block-\(block.line).log"
             // bash's $0 is the working directory: it goes there first (posix_spawn has no portable chdir).
             let script = "cd -- \"$0\"\n" + block.text
-            let status = try Self.spawnAndWait(prefix + ["/bin/bash", "-euo", "pipefail", "-c", script, cwd], env: env, log: log)
+            // posix_spawn and waitpid on the block's pid: a block that leaves a daemon behind (`nohup ... &`) made
+            // Foundation's Process.waitUntilExit miss the block's own exit.
+            let status = try runToExit(prefix + ["/bin/bash", "-euo", "pipefail", "-c", script, cwd], environment: env, output: log)
             let output = String(decoding: FileManager.default.contents(atPath: log) ?? Data(), as: UTF8.self)
             print("--- \(name):\(block.line): \(block.firstCommand)\n\(output)")
             guard status == 0 else {
@@ -70,36 +73,6 @@ struct Runbook {
     }
 
     struct RunbookFailed: Error {}
-
-    /// posix_spawn and waitpid on that pid: a block that leaves a daemon behind (`nohup ... &`) made Foundation's
-    /// Process.waitUntilExit miss the block's own exit.
-    static func spawnAndWait(_ args: [String], env: [String: String], log: String) throws -> Int32 {
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, log, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        var attr = posix_spawnattr_t()
-        posix_spawnattr_init(&attr)
-        defer { posix_spawnattr_destroy(&attr) }
-        var empty = sigset_t()
-        sigemptyset(&empty)
-        posix_spawnattr_setsigmask(&attr, &empty)
-        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK))
-        let argv = args.map { strdup($0) } + [nil]
-        let envp = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
-        defer {
-            argv.forEach { free($0) }
-            envp.forEach { free($0) }
-        }
-        var pid = pid_t()
-        let rc = posix_spawn(&pid, args[0], &actions, &attr, argv, envp)
-        guard rc == 0 else { throw TwoHosts.Failed(description: "cannot start \(args[0]): \(String(cString: strerror(rc)))") }
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-        return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
-    }
 
     /// Kills what a runbook left running from `dir` (a tap started with nohup, or detached by `ferry run`).
     static func killProcesses(under dir: String) {

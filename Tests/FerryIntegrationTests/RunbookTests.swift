@@ -25,18 +25,8 @@ extension RemoteHostsTests {
         let oldCarbon = try CarbonCache(name: "carbon-old", retentions: "1s:2h", prefix: hosts.near)
         defer { oldCarbon.kill() }
 
-        // History on the old host: series that get live points too, and one with history only.
-        let now = Int(Date().timeIntervalSince1970)
-        let live = ["live.host0.load", "live.host1.load", "live.fresh.load"]
-        var history: [String: [Int: Double]] = [:]
-        for name in ["live.host0.load", "live.host1.load", "hist.only.a"] {
-            let path = oldCarbon.storage + "/" + name.replacingOccurrences(of: ".", with: "/") + ".wsp"
-            try FileManager.default.createDirectory(atPath: PathUtil.directory(of: path), withIntermediateDirectories: true)
-            try WhisperOracle.run(["create", path, "1:7200", "0", "average"])
-            let pts = (0..<600).map { (now - 3000 + $0 * 2, Double($0) * 1.5) }
-            try WhisperOracle.run(["update", path, "\(now)", try WhisperOracle.pointsFile(dir.sub("pts.json"), pts)])
-            history[name] = Dictionary(uniqueKeysWithValues: pts)
-        }
+        let live = Self.liveSeries
+        let history = try Self.oldHistory(oldCarbon, dir)
         let tapPort = freePorts(1)[0]
         let hooks = dir.sub("hooks.log")
         let site = [
@@ -78,12 +68,7 @@ extension RemoteHostsTests {
         var expectNew = sent
         for (k, v) in history { expectNew[k, default: [:]].merge(v) { live, _ in live } }
         func settled(_ prefix: [String], _ root: String) throws -> [String: [Int: Double]] {
-            var seen: [String: [Int: Double]] = [:]
-            _ = try waitUntil(timeout: 60) {
-                seen = try WhisperOracle.treePoints(root, prefix: prefix)
-                return expectNew.allSatisfy { name, pts in pts.allSatisfy { seen[name]?[$0.key] == $0.value } }
-            }
-            return seen
+            try Self.settledPoints(expectNew, prefix: prefix, root: root)
         }
         let gapsNew = missing(expectNew, in: try settled(hosts.far, farWhisper))
         #expect(gapsNew.isEmpty, "the new host misses \(gapsNew.count) points, e.g. \(gapsNew.prefix(5))")
