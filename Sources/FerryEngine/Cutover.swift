@@ -243,14 +243,38 @@ extension Job {
         if let tap { try tap.setMode(.mirror) }
     }
 
-    /// Ends the job after a cutover: the tap stops mirroring to the old side.
-    public func complete() throws {
+    /// Ends the job after a cutover: the tap stops mirroring to the old side, once the old side has every write
+    /// the tap took until now (within `tap.fence_timeout`); `force` ends it without what is still queued, recorded.
+    public func complete(force: Bool = false) throws {
         let lock = try JobLock(stateDirectory: plan.stateDirectory)
         defer { withExtendedLifetime(lock) {} }
         let ledger = try openLedger(create: false)
         guard let job = try ledger.job() else { throw FerryError(.stateConflict, "no job yet: nothing to complete") }
         guard job.phase == .switched || job.phase == .complete else {
             throw FerryError(.stateConflict, "the job is \(job.phase.rawValue): `ferry complete` follows `ferry cutover`")
+        }
+        if let tap, job.phase != .complete, let start = try tap.status(), start.mode != .single {
+            // Nothing the tap accepted is left behind on a side it still feeds: wait for both to reach its head.
+            let deadline = Date().addingTimeInterval(fenceTimeout)
+            var behind: [TapUpstreamStatus] = []
+            while true {
+                guard let s = try tap.status() else { throw FerryError(.gateNotMet, "the tap stopped while `ferry complete` waited for it") }
+                behind = s.upstreams.filter { $0.role != "detached" && $0.cursor < start.head }
+                if behind.isEmpty || Date() >= deadline { break }
+                Thread.sleep(forTimeInterval: 0.1)
+            }
+            if !behind.isEmpty {
+                let what = behind.map {
+                    "\($0.name) (\($0.address), \($0.connected ? "connected" : "DOWN"), lag \(Units.formatDecimal($0.lagSeconds, places: 1)) s)"
+                }.joined(separator: ", ")
+                guard force else {
+                    throw FerryError(
+                        .gateNotMet,
+                        "not every write the tap took has reached \(what) within tap.fence_timeout; run `ferry complete` again "
+                            + "once it has, or `ferry complete --force` to end the job without them (recorded)")
+                }
+                try ledger.recordEvent("complete", "forced: writes the tap still held for \(what) are not delivered")
+            }
         }
         if job.phase != .complete { try ledger.recordComplete() }
         if let tap, (try? tap.status())?.mode != .single { try tap.setMode(.single) }

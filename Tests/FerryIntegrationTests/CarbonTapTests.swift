@@ -716,7 +716,20 @@ final class LiveLoad: @unchecked Sendable {
         // Cut over again and finish: the tap then feeds the new side only.
         let again = try Ferry.run(["cutover", h.plan])
         #expect(again.status == 0, "\(again.all)")
-        let complete = try Ferry.run(["complete", h.plan])
+        // A side that is down holds `ferry complete` back (exit 4, naming it: the tap still holds writes for it);
+        // --force ends the job without them, recorded in the ledger.
+        h.old.kill()
+        let late = try LineSender(port: h.listenPort)
+        try late.send("late.point 1 \(Int(Date().timeIntervalSince1970))\n")
+        #expect(
+            waitUntil(timeout: 20) {
+                guard let s = try? h.status(), let old = s.upstreams.first(where: { $0.name == "old" }) else { return false }
+                return old.cursor < s.head && !old.connected
+            }, "the old side never fell behind")
+        let held = try Ferry.run(["complete", h.plan])
+        #expect(held.status == 4 && held.stderr.contains("not every write the tap took has reached old"), "\(held.all)")
+        #expect(try h.status().mode == .reverse, "a refused complete changed the tap")
+        let complete = try Ferry.run(["complete", h.plan, "--force"])
         #expect(complete.status == 0, "\(complete.all)")
         let final = try h.status()
         #expect(final.mode == .single && final.primary == "new")
@@ -737,6 +750,7 @@ final class LiveLoad: @unchecked Sendable {
         for kind in ["tap", "snapshot", "fence", "cutover", "cutover-hook", "rollback", "rollback-hook", "complete"] {
             #expect(list.contains { $0["kind"] as? String == kind }, "no \(kind) event in \(shown)")
         }
+        #expect(shown.contains { $0.hasPrefix("complete|forced: writes the tap still held for old") }, "\(shown)")
         let table = try Ferry.run(["events", h.plan, "--kind", "rollback"])
         #expect(table.stdout.contains("rolled back to the old side"), "\(table.all)")
     }
