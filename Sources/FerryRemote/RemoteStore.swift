@@ -17,6 +17,12 @@ public struct RemoteEndpoint: Sendable {
     /// Over SSH: the tunnel that starts the far `ferry serve` and gives the socket to connect through.
     public var tunnel: SSHTunnel?
 
+    /// Where the far side is, as the plan says it: `ssh://user@host` over SSH (not the tunnel's local URL).
+    public var displayURL: String {
+        guard let t = tunnel?.target else { return baseURL }
+        return "ssh://\(t.destination)" + (t.port.map { ":\($0)" } ?? "")
+    }
+
     public init(baseURL: String, token: RemoteToken, caFile: String? = nil, unixSocket: String? = nil) {
         self.baseURL = baseURL
         self.token = token
@@ -56,7 +62,7 @@ public class RemoteStore: Store, RangeHashing, WirePacing, @unchecked Sendable {
     let firstContactWindow: Double = 5
     private let reached = Mutex(false)
 
-    public var displayName: String { "remote:\(endpoint.baseURL)/\(ref.kind):\(ref.path)" }
+    public var displayName: String { "remote:\(endpoint.displayURL)/\(ref.kind):\(ref.path)" }
 
     /// `kind` is the far store's kind, `path` its directory on the far host, `role` what it is opened for.
     public required init(

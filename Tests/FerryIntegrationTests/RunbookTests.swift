@@ -75,6 +75,11 @@ extension RemoteHostsTests {
         let gapsOld = missing(sent, in: try settled([], oldCarbon.storage))
         #expect(gapsOld.isEmpty, "the old host misses \(gapsOld.count) points, e.g. \(gapsOld.prefix(5))")
         #expect((try? String(contentsOfFile: hooks, encoding: .utf8)) == "cutover\nrollback\ncutover\n")
+        // The fence was read back through ssh, and the gate line names the host as the plan does.
+        let cutoverLog = try String(
+            contentsOfFile: dir.sub(".runbook-block-\(try #require(runbook.blocks.first { $0.firstCommand.hasPrefix("ferry cutover") }).line).log"),
+            encoding: .utf8)
+        #expect(cutoverLog.contains("read back from remote:ssh://root@\(hosts.farAddress)/whisper:"), "\(cutoverLog)")
         #expect(FileManager.default.fileExists(atPath: dir.sub("state.report.html")))
     }
 }
