@@ -56,22 +56,19 @@ public enum ControlCommand: Sendable, Equatable {
 extension Ledger {
     /// What `ferry ctl` has set (the defaults when nothing was).
     public func controlSettings() throws -> ControlSettings {
-        try wrap("read control settings") {
-            try db.read { db in
-                guard let text = try String.fetchOne(db, sql: "SELECT settings FROM control WHERE id = 1") else { return ControlSettings() }
-                return try JSONDecoder().decode(ControlSettings.self, from: Data(text.utf8))
-            }
-        }
+        try wrap("read control settings") { try db.read { try Self.controlSettings($0) } }
+    }
+
+    static func controlSettings(_ db: Database) throws -> ControlSettings {
+        guard let text = try String.fetchOne(db, sql: "SELECT settings FROM control WHERE id = 1") else { return ControlSettings() }
+        return try JSONDecoder().decode(ControlSettings.self, from: Data(text.utf8))
     }
 
     /// Changes the settings in one transaction and records `event` in the event log.
     func updateControlSettings(event: String, _ change: (inout ControlSettings) -> Void) throws -> ControlSettings {
         try wrap("record control settings") {
             try db.write { db in
-                var s = ControlSettings()
-                if let text = try String.fetchOne(db, sql: "SELECT settings FROM control WHERE id = 1") {
-                    s = try JSONDecoder().decode(ControlSettings.self, from: Data(text.utf8))
-                }
+                var s = try Self.controlSettings(db)
                 change(&s)
                 let text = String(decoding: try JSONEncoder().encode(s), as: UTF8.self)
                 try db.execute(
@@ -113,21 +110,13 @@ extension Job {
             _ = try update("resumed") { $0.paused = false }
             return "resumed\(later)"
         case .throttle(let t):
-            let s = try update(
-                {
-                    switch t {
-                    case .plan: return "throttle back to copy.bandwidth (\(plan.copy.bandwidthSchedule))"
-                    case .unlimited: return "throttle off (unlimited)"
-                    case .rate(let r): return "throttle \(Units.formatBytes(r))/s"
-                    }
-                }()
-            ) { s in
+            let (event, value): (String, Int64?) =
                 switch t {
-                case .plan: s.throttle = nil
-                case .unlimited: s.throttle = 0
-                case .rate(let r): s.throttle = r
+                case .plan: ("throttle back to copy.bandwidth (\(plan.copy.bandwidthSchedule))", nil)
+                case .unlimited: ("throttle off (unlimited)", 0)
+                case .rate(let r): ("throttle \(Units.formatBytes(r))/s", r)
                 }
-            }
+            let s = try update(event) { $0.throttle = value }
             return "rate limit now \(rateText(s))\(later)"
         case .concurrency(let n):
             let s = try update(n.map { "concurrency \($0)" } ?? "concurrency back to copy.concurrency (\(plan.copy.concurrency))") {
@@ -151,10 +140,10 @@ extension Job {
 
     /// The rate in force now and where it comes from.
     func rateText(_ s: ControlSettings) -> String {
-        let now = plan.copy.bandwidthSchedule.rate(at: Date()).map { Units.formatBytes($0) + "/s" } ?? "unlimited"
+        let now = s.rate(plan.copy.bandwidthSchedule, at: Date()).map { Units.formatBytes($0) + "/s" } ?? "unlimited"
         switch s.throttle {
-        case .some(0): return "unlimited (ferry ctl throttle off)"
-        case .some(let r): return "\(Units.formatBytes(r))/s (ferry ctl throttle)"
+        case .some(0): return "\(now) (ferry ctl throttle off)"
+        case .some: return "\(now) (ferry ctl throttle)"
         case .none:
             return plan.copy.bandwidthSchedule.isTimetable
                 ? "\(now) (copy.bandwidth timetable \(plan.copy.bandwidthSchedule))" : "\(now) (copy.bandwidth)"

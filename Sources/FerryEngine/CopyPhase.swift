@@ -65,13 +65,13 @@ final class CopyPhase: @unchecked Sendable {
         // The rate is the one in force (the plan's timetable, or `ferry ctl throttle`), looked up as the bytes go.
         let fatal = FatalError()
         self.fatal = fatal
-        let limit = Throttle(steering: steering) { Interruption.requested || fatal.isSet }
+        let limit = Throttle(steering: steering) { fatal.halted }
         let paced = [source, destination].compactMap { $0 as? any WirePacing }
         for store in paced { store.pace { limit.acquire($0) } }
         self.throttle = paced.isEmpty ? limit : nil
     }
 
-    var stopped: Bool { Interruption.requested || fatal.isSet }
+    var stopped: Bool { fatal.halted }
 
     func stop(_ error: any Error) {
         fatal.set(error)
@@ -162,34 +162,27 @@ final class CopyPhase: @unchecked Sendable {
         let halted: () -> Bool = { [self] in stopped }
         do {
             while steering.enter(index, halted) {
-                let page: [ItemRecord]
-                do { page = try claim() } catch {
-                    steering.leave(drained: false)
-                    throw error
-                }
+                // Counted as running for this page only: left on every way out of it (a throw included).
+                var noneLeft = false
+                defer { steering.leave(drained: noneLeft) }
+                let page = try claim()
                 if page.isEmpty {
-                    steering.leave(drained: true)
+                    noneLeft = true
                     break
                 }
                 let chunkBuffer =
                     buffer ?? UnsafeMutableRawBufferPointer.allocate(byteCount: Int(chunkSize), alignment: 4096)
                 buffer = chunkBuffer
-                do {
-                    for item in page {
-                        steering.holdWhilePaused(halted)
-                        if stopped { break }
-                        try copyFile(item, buffer: chunkBuffer, hasher: hasher, group: &group)
-                        if group.bytes >= chunkSize || group.done.count >= Self.groupFiles {
-                            try commit(&group)
-                        }
+                for item in page {
+                    steering.holdWhilePaused(halted)
+                    if stopped { break }
+                    try copyFile(item, buffer: chunkBuffer, hasher: hasher, group: &group)
+                    if group.bytes >= chunkSize || group.done.count >= Self.groupFiles {
+                        try commit(&group)
                     }
-                    // A thread that parks for a lower concurrency records what it copied first.
-                    if index >= steering.effectiveConcurrency { try commit(&group) }
-                } catch {
-                    steering.leave(drained: false)
-                    throw error
                 }
-                steering.leave(drained: false)
+                // A thread that parks for a lower concurrency records what it copied first.
+                if index >= steering.effectiveConcurrency { try commit(&group) }
             }
             try commit(&group)
         } catch {

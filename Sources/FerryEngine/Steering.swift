@@ -14,6 +14,13 @@ public struct ControlSettings: Codable, Sendable, Equatable {
     public var postponed = false
     public var postponedAt: Double? = nil
     public init() {}
+
+    /// The rate in force at `date` under these settings: the throttle when set (0 is unlimited), else the
+    /// plan's `schedule`. nil is unlimited.
+    public func rate(_ schedule: BandwidthSchedule, at date: Date) -> Int64? {
+        if let t = throttle { return t == 0 ? nil : t }
+        return schedule.rate(at: date)
+    }
 }
 
 /// A job's live controls inside one process: the copy threads ask it before every chunk (pause, rate) and
@@ -52,11 +59,7 @@ public final class Steering: @unchecked Sendable {
     public var effectiveConcurrency: Int { locked { settings.concurrency ?? planConcurrency } }
 
     /// The rate in force at `date`: `ferry ctl throttle` when set, else the plan's timetable. nil is unlimited.
-    public func rate(at date: Date) -> Int64? {
-        let throttle = locked { settings.throttle }
-        if let t = throttle { return t == 0 ? nil : t }
-        return schedule.rate(at: date)
-    }
+    public func rate(at date: Date) -> Int64? { current.rate(schedule, at: date) }
 
     /// The rate now, looked up at most twice a second (the copy threads ask before every chunk).
     func rateNow() -> Int64? {

@@ -26,6 +26,8 @@ final class FatalError: Sendable {
     func set(_ e: any Error) { state.withLock { if $0 == nil { $0 = e } } }
     var error: (any Error)? { state.withLock { $0 } }
     var isSet: Bool { error != nil }
+    /// Whether the phase's threads should stop: an error, or the operator's interrupt.
+    var halted: Bool { Interruption.requested || isSet }
 }
 
 /// Deterministic rotating sample: each verify round takes a different slice of the key space, so successive
