@@ -102,6 +102,10 @@ extension Job {
             _ = try update("paused") { $0.paused = true }
             guard live else { return "paused\(later)" }
             let t = steering.awaitParked(timeout: 10)
+            if t.running == 0 {
+                // A verify (or the steps around the copy) goes on: only the copy holds.
+                return "paused: no copy thread is working now; the copy holds before its next chunk until `resume`"
+            }
             if t.parked < t.running {
                 return "pausing: \(t.parked) of \(t.running) copy threads parked, the others finish the chunk they hold"
             }
