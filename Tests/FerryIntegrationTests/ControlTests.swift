@@ -6,14 +6,7 @@ import Testing
 /// of the tree, partial files included) are the oracle for pause, resume and throttle.
 @Suite struct ControlTests {
     /// Bytes under `dir` as the filesystem reports them (partial files included).
-    static func bytesOnDisk(_ dir: String) -> Int64 {
-        var total: Int64 = 0
-        for p in (FileManager.default.enumerator(atPath: dir)?.allObjects as? [String]) ?? [] {
-            var st = stat()
-            if lstat(dir + "/" + p, &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG { total += Int64(st.st_size) }
-        }
-        return total
-    }
+    static func bytesOnDisk(_ dir: String) -> Int64 { regularFileBytes(under: dir) }
 
     static func ctl(_ s: Scenario, _ words: String...) throws -> Ferry.Result { try Ferry.run(["ctl", s.plan] + words) }
 
@@ -118,14 +111,14 @@ import Testing
             return try sh(prefix + ["/usr/bin/python3", "-c", client, sock], input: Data(hex.utf8)).out
                 .trimmingCharacters(in: .whitespacesAndNewlines)
         }
-        // Another user: the socket's mode refuses the connection outright.
-        #expect(try send(Array("pause\n".utf8), as: "65534") == "connect: PermissionError")
-        // Opened by mistake (a chmod, a umask): the server itself still refuses a peer that is not its owner.
+        // Another user, with every directory on the way open to it: the socket's own mode refuses the connection.
         var dir = (sock as NSString).deletingLastPathComponent
         while dir.count > 1 {
             chmod(dir, 0o755)
             dir = (dir as NSString).deletingLastPathComponent
         }
+        #expect(try send(Array("pause\n".utf8), as: "65534") == "connect: PermissionError")
+        // Opened by mistake (a chmod, a umask): the server itself still refuses a peer that is not its owner.
         chmod(sock, 0o666)
         let refused = try send(Array("pause\n".utf8), as: "65534")
         #expect(refused.hasPrefix("error: refused: uid 65534 is not the owner of this socket (uid 0)"), "\(refused)")

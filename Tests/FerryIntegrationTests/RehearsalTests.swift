@@ -23,6 +23,12 @@ import Testing
         return r.out
     }
 
+    /// The projection `ferry rehearse` saved in the production plan's state dir, as JSON.
+    static func savedProjection(_ dir: TempDir) throws -> [String: Any] {
+        try #require(
+            JSONSerialization.jsonObject(with: try Data(contentsOf: URL(fileURLWithPath: dir.sub("state/rehearsal.json")))) as? [String: Any])
+    }
+
     /// A tree of `count` files of the sizes real media stores hold (mostly small), in 20 directories.
     static func tree(_ root: String, count: Int, rng: inout SeededRandom) throws {
         let sizes = [700, 4000, 12000, 30000, 90000]
@@ -66,8 +72,7 @@ import Testing
         for line in ["projected production timeline", "production  300 files", "copy", "verify", "cutover window", "restored"] {
             #expect(r.stdout.contains(line), "no '\(line)' in:\n\(r.stdout)")
         }
-        let saved = try #require(
-            JSONSerialization.jsonObject(with: try Data(contentsOf: URL(fileURLWithPath: dir.sub("state/rehearsal.json")))) as? [String: Any])
+        let saved = try Self.savedProjection(dir)
         #expect((saved["production"] as? [String: Any])?["files"] as? Int == 300)
         #expect((saved["phases"] as? [[String: Any]])?.map { $0["name"] as? String } == ["snapshot", "copy", "verify"])
         // The hooks saw the rehearsal; staging's destination is as it was; production was not written.
@@ -115,8 +120,7 @@ import Testing
             let r = try Ferry.run(["rehearse", plan, "--set", "source.path=staging", "--set", "destination.path=staging-dst"])
             #expect(r.status == 0, "\(r.all)")
             print(r.stdout)
-            let saved = try #require(
-                JSONSerialization.jsonObject(with: try Data(contentsOf: URL(fileURLWithPath: dir.sub("state/rehearsal.json")))) as? [String: Any])
+            let saved = try Self.savedProjection(dir)
             let phases = try #require(saved["phases"] as? [[String: Any]])
             projections.append(phases.compactMap { $0["projectedSeconds"] as? Double }.reduce(0, +))
             #expect((saved["production"] as? [String: Any])?["files"] as? Int == 8000)

@@ -273,6 +273,8 @@ final class Uploader {
             JSONSerialization.jsonObject(with: try Data(contentsOf: URL(fileURLWithPath: dir.sub("state/job/rehearsal.json")))) as? [String: Any])
         #expect((saved["production"] as? [String: Any])?["files"] as? Int == 200)
         #expect(saved["restored"] as? Bool == true)
+        // Staging's destination did not exist before: the test's own look finds it gone again.
+        #expect(!FileManager.default.fileExists(atPath: dir.sub("staging/new")), "the staging destination was not put back")
         #expect(!FileManager.default.fileExists(atPath: dir.sub("production/new")), "the rehearsal wrote to production")
         let page = try String(contentsOfFile: dir.sub("state/job-rehearsal.html"), encoding: .utf8)
         #expect(page.contains("id=\"projected-total\""))

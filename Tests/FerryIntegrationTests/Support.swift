@@ -45,15 +45,7 @@ final class Scenario: @unchecked Sendable {
 
     func resetAudit() { try? FileManager.default.removeItem(atPath: auditLog) }
 
-    func treeBytes() -> Int64 {
-        let fm = FileManager.default
-        var total: Int64 = 0
-        for p in (fm.enumerator(atPath: source)?.allObjects as? [String]) ?? [] {
-            var st = stat()
-            if lstat(source + "/" + p, &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG { total += Int64(st.st_size) }
-        }
-        return total
-    }
+    func treeBytes() -> Int64 { regularFileBytes(under: source) }
 
     func parity() -> [String] { TreeCompare.differences(source, destination) }
 
@@ -80,6 +72,16 @@ func sh(_ args: [String], input: Data? = nil) throws -> (status: Int32, out: Str
     let data = o.fileHandleForReading.readDataToEndOfFile()
     p.waitUntilExit()
     return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+}
+
+/// The bytes of the regular files under `dir` (lstat: links are not followed), counted by the test itself.
+func regularFileBytes(under dir: String) -> Int64 {
+    var total: Int64 = 0
+    for p in (FileManager.default.enumerator(atPath: dir)?.allObjects as? [String]) ?? [] {
+        var st = stat()
+        if lstat(dir + "/" + p, &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG { total += Int64(st.st_size) }
+    }
+    return total
 }
 
 /// Waits (polling, bounded) until `condition` holds; returns whether it did.

@@ -57,16 +57,15 @@ struct RehearseCommand: ParsableCommand {
                 measured = try rehearse(job, logger: logger)
             } catch {
                 stopTap(job)
-                let back = (try? image.restore()) ?? false
+                let back = (try? image.restore()) != nil
                 printError(
                     "the rehearsal stopped: \(error); staging's destination \(back ? "was restored" : "could NOT be restored (\(image.path))")")
                 throw error
             }
             stopTap(job)
-            let restored = try image.restore()
+            try image.restore()
             let rehearsal = try project(
-                production: production, staging: staging, stagingName: stagingName, prodInv: prodInv, stagInv: stagInv, measured: measured,
-                restored: restored)
+                production: production, staging: staging, stagingName: stagingName, prodInv: prodInv, stagInv: stagInv, measured: measured)
             try rehearsal.save(in: production.stateDirectory)
             try rehearsal.save(in: staging.stateDirectory)
             for line in rehearsal.lines { out(line) }
@@ -197,7 +196,7 @@ struct RehearseCommand: ParsableCommand {
     }
 
     func project(
-        production: Plan, staging: Plan, stagingName: String, prodInv: Inventory, stagInv: Inventory, measured: Measured, restored: Bool
+        production: Plan, staging: Plan, stagingName: String, prodInv: Inventory, stagInv: Inventory, measured: Measured
     ) throws -> Rehearsal {
         let ledger = try Ledger(stateDirectory: staging.stateDirectory, create: false)
         let durations = PhaseTimeline.durations(try ledger.events(limit: 100_000))
@@ -220,7 +219,7 @@ struct RehearseCommand: ParsableCommand {
         var r = Rehearsal(
             at: Date().timeIntervalSince1970, productionPlan: production.file, stagingPlan: stagingName, staging: stagingCounts,
             production: prodCounts, phases: phases, cutoverWindowSeconds: measured.cutoverSeconds, rollbackSeconds: measured.rollbackSeconds,
-            restored: restored)
+            restored: true)  // saved only once the destination is back
         if let i = measured.ingest, i.seconds > 0 {
             let rate = Double(i.lines) / i.seconds
             r.ingestRecordsPerSecond = rate
@@ -306,8 +305,8 @@ struct DestinationImage {
         return image
     }
 
-    /// Puts the destination back as it was; true when it is.
-    func restore() throws -> Bool {
+    /// Puts the destination back as it was (or throws, saying where it is).
+    func restore() throws {
         let fm = FileManager.default
         let trash = path + ".ferry-rehearsal-after"
         try? fm.removeItem(atPath: trash)
@@ -322,6 +321,5 @@ struct DestinationImage {
             }
         }
         try? fm.removeItem(atPath: trash)
-        return true
     }
 }
