@@ -84,7 +84,8 @@ extension RemoteHostsTests {
     }
 }
 
-/// Python and boto3 (an independent S3 client) as the users of a Mastodon: PUTs through `endpoint` until the
+/// Python and boto3 (an independent S3 client, retrying as Mastodon's SDK does: the tap answers SlowDown while it
+/// switches sides) as the users of a Mastodon: PUTs through `endpoint` until the
 /// stop file appears, logging each upload that succeeded as `key sha256`.
 final class Uploader {
     let log: String
@@ -99,7 +100,7 @@ final class Uploader {
             from botocore.config import Config
             endpoint, bucket, key, secret, prefix, log, stop = sys.argv[1:8]
             s3 = boto3.client("s3", endpoint_url=endpoint, region_name="auto", aws_access_key_id=key,
-                aws_secret_access_key=secret, config=Config(retries={"max_attempts": 1}, s3={"addressing_style": "path"}))
+                aws_secret_access_key=secret, config=Config(retries={"max_attempts": 5, "mode": "standard"}, s3={"addressing_style": "path"}))
             out = open(log, "a", buffering=1)
             n = 0
             while not os.path.exists(stop):
