@@ -23,6 +23,10 @@
 
 int ferry_syncfs(int fd) { return syncfs(fd); }
 
+int ferry_start_writeback(int fd, long long offset, long long length) {
+    return sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE);
+}
+
 int ferry_inotify_init(void) { return inotify_init1(IN_CLOEXEC); }
 int ferry_inotify_add_watch(int fd, const char *path, uint32_t mask) { return inotify_add_watch(fd, path, mask); }
 int ferry_inotify_rm_watch(int fd, int wd) { return inotify_rm_watch(fd, wd); }

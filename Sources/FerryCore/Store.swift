@@ -170,6 +170,13 @@ public protocol PointLayoutAccepting: AnyObject {
     func accept(pointRuns: [ByteRange])
 }
 
+/// A writer whose bytes the store's `syncAll` makes durable along with everything else written to it (a file on a
+/// local filesystem: `syncfs` covers it), so the copy may leave a chunk to the next group sync instead of syncing
+/// it on its own. `startWriteback` starts writing a range out now (`sync_file_range`), so that sync waits less.
+public protocol SyncCoveredWriter: ObjectWriter {
+    func startWriteback(offset: Int64, length: Int64)
+}
+
 /// A writer that can use the SHA-256 the engine already computed for the bytes it writes (an S3 payload hash,
 /// a stored object hash), so no byte is hashed twice.
 public protocol DigestAwareWriter: ObjectWriter {

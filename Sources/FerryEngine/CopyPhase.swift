@@ -18,10 +18,11 @@ public struct CopySummary: Sendable {
 
 /// The copy phase: every pending manifest item is copied chunk by chunk, each chunk SHA-256'd as it is read.
 ///
-/// Small files (one chunk) are written under a partial name, renamed into place, and committed in groups: one
-/// `syncAll` makes a whole group durable before one ledger transaction records it. Large files are written into
-/// a partial file chunk by chunk; each chunk is made durable and then recorded, so a resumed run continues after
-/// the last committed chunk. A file whose metadata changes while it is read is thrown away and copied again;
+/// Small files (one chunk) are written under a partial name and renamed into place; large files are written
+/// into a partial file chunk by chunk, so a resumed run continues after the last recorded chunk. A copy thread
+/// collects what it finished in a group of at most one chunk's bytes and hands it to the `GroupCommitter`, which
+/// makes the groups of every thread durable with one `syncAll` and then records them in one ledger transaction,
+/// while the threads go on copying (a chunk the store's sync does not cover is made durable by its writer first). A file whose metadata changes while it is read is thrown away and copied again;
 /// one that keeps changing is marked failed, never published half-copied.
 final class CopyPhase: @unchecked Sendable {
     // @unchecked: the stores and ledger are Sendable; the only shared mutable state is behind Mutexes.
@@ -40,8 +41,10 @@ final class CopyPhase: @unchecked Sendable {
     var partialTag = "0"
     func token(_ id: Int64) -> String { "\(partialTag).\(id)" }
     static let maxAttempts = 3
-    /// Small files per group commit, at most; a group also closes when it holds `chunkSize` bytes.
+    /// Small files per group, at most; a group also closes before it would hold more than `chunkSize` bytes, and
+    /// once it has been open for `groupSeconds`.
     static let groupFiles = 5000
+    static let groupSeconds = 0.5
 
     /// This process's name in the ledger's leases (`host:pid:random`).
     var worker = "local"
@@ -49,6 +52,8 @@ final class CopyPhase: @unchecked Sendable {
     var leaseTTL: Double = 30
     private let fatal: FatalError
     private let summary = Mutex(CopySummary())
+    /// Records the copy threads' groups once durable; set while `copyFiles` runs.
+    private var committer: GroupCommitter?
 
     init(
         source: any Store, destination: any Store, ledger: Ledger, chunkSize: Int64, steering: Steering,
@@ -104,9 +109,17 @@ final class CopyPhase: @unchecked Sendable {
         }
         renewer.name = "ferry-lease-renew"
         renewer.start()
+        // Groups handed over and not yet recorded hold at most one chunk per planned copy thread: with the group
+        // each thread is filling, a kill costs at most two chunks per thread.
+        let committer = GroupCommitter(budget: chunkSize * Int64(steering.planConcurrency)) { [self] in try record($0) }
+        self.committer = committer
+        committer.start()
         // Threads beyond the concurrency in force wait parked, so `ferry ctl concurrency` can raise it live.
         steering.beginCopy()
         runThreads(max(steering.planConcurrency, Steering.maxConcurrency), name: "ferry-copy") { [self] in copyWorker($0) }
+        do { try committer.flush() } catch { stop(error) }
+        committer.close()
+        self.committer = nil
         finished.signal()
         if let error = fatal.error {
             try? ledger.release(worker: worker)
@@ -147,10 +160,7 @@ final class CopyPhase: @unchecked Sendable {
 
     // MARK: - worker
 
-    struct Group {
-        var done: [(id: Int64, chunks: [ChunkRecord], entry: Entry?)] = []
-        var bytes: Int64 = 0
-    }
+    typealias Group = CommitGroup
 
     /// Copy thread `index`: page after page while it is within the concurrency in force; its buffer is
     /// allocated when it first works.
@@ -177,32 +187,60 @@ final class CopyPhase: @unchecked Sendable {
                     steering.holdWhilePaused(halted)
                     if stopped { break }
                     try copyFile(item, buffer: chunkBuffer, hasher: hasher, group: &group)
-                    if group.bytes >= chunkSize || group.done.count >= Self.groupFiles {
-                        try commit(&group)
-                    }
+                    if group.done.count >= Self.groupFiles || openTooLong(group) { try hand(&group) }
                 }
-                // A thread that parks for a lower concurrency records what it copied first.
-                if index >= steering.effectiveConcurrency { try commit(&group) }
+                // A thread that parks for a lower concurrency hands over what it copied first.
+                if index >= steering.effectiveConcurrency { try hand(&group) }
             }
-            try commit(&group)
+            try hand(&group)
         } catch {
             stop(error)
-            // What was written is complete: commit it if the destination still takes a sync.
-            try? commit(&group)
+            // What was written is complete: record it if the destination still takes a sync.
+            try? hand(&group)
+            try? committer?.flush()
         }
     }
 
-    /// Makes the group durable with one sync, then records it in one transaction.
-    private func commit(_ group: inout Group) throws {
-        guard !group.done.isEmpty else { return }
+    private func openTooLong(_ group: Group) -> Bool {
+        group.openedAt > 0 && Double(DispatchTime.now().uptimeNanoseconds - group.openedAt) / 1e9 >= Self.groupSeconds
+    }
+
+    /// Hands the group to the committer (it is recorded once durable) and starts a new one.
+    private func hand(_ group: inout Group) throws {
+        let full = group
+        group = Group()
+        guard let committer else { return try record([full]) }
+        try committer.submit(full)
+    }
+
+    /// Makes room for `bytes` more in the group: hands it over first when they would take it past a chunk.
+    private func makeRoom(_ bytes: Int64, in group: inout Group) throws {
+        if group.bytes > 0 && group.bytes + bytes > chunkSize { try hand(&group) }
+    }
+
+    /// Makes the groups durable with one sync, then records them in one transaction (the committer's round).
+    private func record(_ groups: [Group]) throws {
+        let done = groups.flatMap(\.done)
+        let partial = groups.flatMap(\.partialChunks)
+        guard !done.isEmpty || !partial.isEmpty else { return }
         try destinationCall("sync") { try destination.syncAll() }
-        let lost = try ledger.commit(group.done, worker: worker)
+        let lost = Set(try ledger.commit(done, partialChunks: partial, worker: worker))
         if !lost.isEmpty {
             // This worker's lease expired and another took the files over: its commit counts, not this one.
             logger.warning("\(lost.count) files were taken over by another worker after this one's lease expired; its copies count")
         }
-        summary.withLock { $0.filesCopied += Int64(group.done.count - lost.count) }
-        group = Group()
+        let copied = done.filter { !lost.contains($0.id) }.count
+        summary.withLock { $0.filesCopied += Int64(copied) }
+    }
+
+    /// A large file's attempt ends without publishing: its chunks not yet recorded are dropped from the group
+    /// (the partial file is thrown away), and those handed over are recorded first, so that the requeue that
+    /// follows clears every chunk row of this attempt.
+    private func abandon(_ id: Int64, group: inout Group) throws {
+        let before = group.partialChunks.count
+        group.partialChunks.removeAll { $0.id == id }
+        if group.partialChunks.count != before && group.isEmpty { group = Group() }
+        try committer?.flush()
     }
 
     /// Copies one file; source problems mark the item, destination problems throw (they stop the run).
@@ -213,6 +251,7 @@ final class CopyPhase: @unchecked Sendable {
         {
             // No bytes through ferry and no chunk hashes: verify proves it by reading both sides.
             group.done.append((item.id, [], nil))
+            group.note(bytes: 0)
             progress.add(files: 1, bytes: item.entry.size)
             summary.withLock { $0.bytesCopied += item.entry.size }
             return
@@ -287,6 +326,7 @@ final class CopyPhase: @unchecked Sendable {
         }
         guard let merged else { return false }
         group.done.append((item.id, [], nil))
+        group.note(bytes: 0)
         progress.add(files: 1, bytes: item.entry.size)
         summary.withLock {
             $0.merged += 1
@@ -400,6 +440,7 @@ final class CopyPhase: @unchecked Sendable {
         hasher.update(data)
         let digest = hasher.finish()
         let token = token(id)
+        try makeRoom(Int64(size), in: &group)
         guard let writer = try destinationCall("create", { try destination.openWriter(for: entry, token: token, resume: false) })
         else { throw FerryError(.destinationIO, "cannot create \(entry.path) at the destination") }
         if let why = carryMetadata(reader, writer) { return .unreadable(why) }
@@ -410,7 +451,7 @@ final class CopyPhase: @unchecked Sendable {
         try destinationCall("publish") { try writer.publish(entry) }
         let chunks = size > 0 ? [ChunkRecord(index: 0, offset: 0, length: Int64(size), sha256: digest.hex)] : []
         group.done.append((id, chunks, nil))
-        group.bytes += Int64(size)
+        group.note(bytes: Int64(size))
         progress.add(files: 1, bytes: Int64(size))
         summary.withLock { $0.bytesCopied += Int64(size) }
         return .copied
@@ -452,6 +493,11 @@ final class CopyPhase: @unchecked Sendable {
                 "resuming file after committed chunks",
                 metadata: ["path": "\(RawName.display(entry.path))", "committed": "\(committed.count)/\(layout.count)"])
         }
+        // Every chunk's digest, for a writer that sends the list at publish (recorded ones and this attempt's).
+        var digests = committed.mapValues(\.sha256)
+        // A chunk the destination's sync covers waits for the next group sync; any other is made durable by its
+        // writer before it goes in the group.
+        let covered = writer as? any SyncCoveredWriter
         for chunk in layout where committed[chunk.index] == nil {
             if stopped { return .interrupted }
             let window = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(chunk.length)])
@@ -460,12 +506,14 @@ final class CopyPhase: @unchecked Sendable {
             case .success(let count): n = count
             case .failure(let why):
                 writer.discard()
+                try abandon(id, group: &group)
                 try ledger.requeue(id)
                 progress.retract(bytes: sentThisAttempt)
                 return .unreadable(why)
             }
             if n != Int(chunk.length) {
                 writer.discard()
+                try abandon(id, group: &group)
                 progress.retract(bytes: sentThisAttempt)
                 var now = changedSince(entry, reader) ?? entry
                 if now.size == entry.size { now.size = chunk.offset + Int64(n) }
@@ -474,11 +522,18 @@ final class CopyPhase: @unchecked Sendable {
             let data = UnsafeRawBufferPointer(window)
             hasher.update(data)
             let digest = hasher.finish()
+            try makeRoom(chunk.length, in: &group)
             throttle?.acquire(n)
             try destinationCall("write") { try Self.write(writer, data, at: chunk.offset, digest: digest.hex) }
-            try destinationCall("fdatasync") { try writer.makeDurable() }
-            try ledger.commitChunk(
-                id, ChunkRecord(index: chunk.index, offset: chunk.offset, length: chunk.length, sha256: digest.hex))
+            if let covered {
+                covered.startWriteback(offset: chunk.offset, length: chunk.length)
+            } else {
+                try destinationCall("fdatasync") { try writer.makeDurable() }
+            }
+            let record = ChunkRecord(index: chunk.index, offset: chunk.offset, length: chunk.length, sha256: digest.hex)
+            group.partialChunks.append((id, record))
+            group.note(bytes: chunk.length)
+            digests[chunk.index] = digest.hex
             sentThisAttempt += chunk.length
             progress.add(bytes: chunk.length)
             progress.addChunk()
@@ -486,17 +541,17 @@ final class CopyPhase: @unchecked Sendable {
         }
         if let now = changedSince(entry, reader) {
             writer.discard()
+            try abandon(id, group: &group)
             progress.retract(bytes: sentThisAttempt + alreadyDone)
             return .changed(now)
         }
         if let w = writer as? any DigestAwareWriter {
-            w.accept(chunkDigests: try ledger.chunks(of: id).sorted { $0.index < $1.index }.map(\.sha256))
+            w.accept(chunkDigests: layout.map { digests[$0.index] ?? "" })
         }
         try destinationCall("publish") { try writer.publish(entry) }
         progress.add(files: 1)
+        // Recorded done with the group, after the sync that makes the rename durable.
         group.done.append((id, [], nil))
-        // The rename must be durable before the ledger says done: commit now rather than with a later group.
-        try commit(&group)
         return .copied
     }
 

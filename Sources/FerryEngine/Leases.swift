@@ -99,21 +99,34 @@ extension Ledger: WorkLeasing {
     }
 
     public func commit(_ done: [(id: Int64, chunks: [ChunkRecord], entry: Entry?)], worker: String) throws -> [Int64] {
-        guard !done.isEmpty else { return [] }
+        try commit(done, partialChunks: [], worker: worker)
+    }
+
+    /// One group commit: the durable chunks of files still being written (`partialChunks`, so a resumed run
+    /// continues after them) and the finished files, in one transaction, for the files whose lease `worker`
+    /// still holds. Returns the ids it no longer held, which were not recorded.
+    public func commit(
+        _ done: [(id: Int64, chunks: [ChunkRecord], entry: Entry?)], partialChunks: [(id: Int64, chunk: ChunkRecord)], worker: String
+    ) throws -> [Int64] {
+        guard !done.isEmpty || !partialChunks.isEmpty else { return [] }
         return try immediate("commit files") { db in
             // A lease is ours while its row names us: a worker that takes over an expired lease replaces the row,
             // so only one of two workers can commit a file.
+            let ids = Set(done.map(\.id)).union(partialChunks.map(\.id))
             let held = try Int64.fetchSet(
-                db, sql: "SELECT item_id FROM leases WHERE worker = ? AND item_id IN (\(done.map { String($0.id) }.joined(separator: ",")))",
+                db, sql: "SELECT item_id FROM leases WHERE worker = ? AND item_id IN (\(ids.map(String.init).joined(separator: ",")))",
                 arguments: [worker])
             let ins = try db.cachedStatement(sql: "INSERT OR REPLACE INTO chunks (item_id, idx, offset, length, sha256) VALUES (?, ?, ?, ?, ?)")
             let upd = try db.cachedStatement(
                 sql: "UPDATE items SET state = 'done', error = NULL, committed_by = ?, commits = commits + 1 WHERE id = ?")
             let del = try db.cachedStatement(sql: "DELETE FROM leases WHERE item_id = ?")
-            var lost: [Int64] = []
+            for (id, c) in partialChunks where held.contains(id) {
+                try ins.execute(arguments: [id, c.index, c.offset, c.length, c.sha256])
+            }
+            var lost: Set<Int64> = []
             for item in done {
                 guard held.contains(item.id) else {
-                    lost.append(item.id)
+                    lost.insert(item.id)
                     continue
                 }
                 for c in item.chunks { try ins.execute(arguments: [item.id, c.index, c.offset, c.length, c.sha256]) }
@@ -121,7 +134,8 @@ extension Ledger: WorkLeasing {
                 try upd.execute(arguments: [worker, item.id])
                 try del.execute(arguments: [item.id])
             }
-            return lost
+            lost.formUnion(partialChunks.map(\.id).filter { !held.contains($0) })
+            return lost.sorted()
         }
     }
 

@@ -778,13 +778,25 @@ public final class Ledger: Sendable {
         }
     }
 
-    /// Records one durable chunk of a large file.
-    public func commitChunk(_ itemID: Int64, _ c: ChunkRecord) throws {
-        try wrap("commit chunk") {
-            try db.write { db in
-                try db.execute(
-                    sql: "INSERT OR REPLACE INTO chunks (item_id, idx, offset, length, sha256) VALUES (?, ?, ?, ?, ?)",
-                    arguments: [itemID, c.index, c.offset, c.length, c.sha256])
+    /// The items with these ids and each one's chunk checksums in index order, in one read (a verify page).
+    public func itemsWithChunks(ids: [Int64]) throws -> [Int64: (ItemRecord, [ChunkRecord])] {
+        guard !ids.isEmpty else { return [:] }
+        let list = ids.map(String.init).joined(separator: ",")
+        return try wrap("read items and chunks") {
+            try db.read { db in
+                var out: [Int64: (ItemRecord, [ChunkRecord])] = [:]
+                let items = try Row.fetchCursor(db, sql: "SELECT * FROM items WHERE id IN (\(list))")
+                while let r = try items.next() {
+                    let item = Self.item(r)
+                    out[item.id] = (item, [])
+                }
+                let rows = try Row.fetchCursor(
+                    db, sql: "SELECT item_id, idx, offset, length, sha256 FROM chunks WHERE item_id IN (\(list)) ORDER BY item_id, idx")
+                while let r = try rows.next() {
+                    let id: Int64 = r[0]
+                    out[id]?.1.append(ChunkRecord(index: r[1], offset: r[2], length: r[3], sha256: r[4]))
+                }
+                return out
             }
         }
     }

@@ -161,9 +161,11 @@ final class VerifyPhase: @unchecked Sendable {
                         return p
                     }
                     if page.isEmpty { break }
+                    // The page's items and chunk checksums in one read of the ledger.
+                    let records = try ledger.itemsWithChunks(ids: page.map(\.item))
                     for c in page {
-                        guard let item = try ledger.item(id: c.item) else { continue }
-                        let problem = try checkContent(item, sampled: c.sampled, buffer: buffer, hasher: hasher)
+                        guard let (item, chunks) = records[c.item] else { continue }
+                        let problem = try checkContent(item, chunks: chunks, sampled: c.sampled, buffer: buffer, hasher: hasher)
                         acc.withLock { a in
                             if let problem {
                                 a.problem("differs", item.entry.path, problem, item: item.id)
@@ -406,9 +408,8 @@ final class VerifyPhase: @unchecked Sendable {
     /// ledger's chunk ranges, and nothing past the end): then every point is the source's, and only digests
     /// cross the network. A file merged into, or written since by a live carbon, differs and is compared point
     /// by point.
-    private func sameBytesAsCopied(_ item: ItemRecord) throws -> Bool {
+    private func sameBytesAsCopied(_ item: ItemRecord, chunks: [ChunkRecord]) throws -> Bool {
         guard let far = destination as? any RangeHashing else { return false }
-        let chunks = try ledger.chunks(of: item.id).sorted { $0.index < $1.index }
         guard !chunks.isEmpty, chunks.reduce(Int64(0), { $0 + $1.length }) == item.entry.size else { return false }
         let ranges = chunks.map { ByteRange(offset: $0.offset, length: $0.length) } + [ByteRange(offset: item.entry.size, length: 1)]
         guard let digests = try? far.digests(of: item.entry.path, ranges: ranges), digests.count == ranges.count else { return false }
@@ -417,14 +418,15 @@ final class VerifyPhase: @unchecked Sendable {
     }
 
     /// Returns a problem description, or nil when the content matches.
+    /// `chunks` are the item's chunk checksums from the ledger, in index order.
     private func checkContent(
-        _ item: ItemRecord, sampled content: Bool, buffer: UnsafeMutableRawBufferPointer, hasher: SHA256Hasher
+        _ item: ItemRecord, chunks: [ChunkRecord], sampled content: Bool, buffer: UnsafeMutableRawBufferPointer, hasher: SHA256Hasher
     ) throws -> String? {
         let e = item.entry
         if let points = destination as? any PointComparing {
             // Metric files: the destination keeps live points, so parity is proven value by value.
             guard content else { return nil }
-            if try sameBytesAsCopied(item) { return nil }
+            if try sameBytesAsCopied(item, chunks: chunks) { return nil }
             do {
                 // With a tap, the last seconds before the snapshot are still on their way to the new side through
                 // it (its lag gates cover them): points are compared up to the snapshot less max_tap_lag.
@@ -439,15 +441,13 @@ final class VerifyPhase: @unchecked Sendable {
         guard content else {
             // Outside the sample: a hash stored beside the object still proves a single-chunk file.
             if let sums = destination as? any ChecksumProviding {
-                let chunks = try ledger.chunks(of: item.id)
                 if chunks.count == 1, let stored = try? sums.storedSHA256(e.path) {
                     if stored != chunks[0].sha256 { return "stored SHA-256 differs from the source's" }
                     acc.withLock { $0.byHash += 1 }
                     return nil
                 }
                 if chunks.count > 1, let (size, stored) = try? sums.storedChunkListSHA256(e.path),
-                    size == chunks.sorted(by: { $0.index < $1.index })[0].length,
-                    let want = SHA256Hasher.chunkListDigest(chunks.sorted { $0.index < $1.index }.map(\.sha256))
+                    size == chunks[0].length, let want = SHA256Hasher.chunkListDigest(chunks.map(\.sha256))
                 {
                     if stored != want.hex { return "stored SHA-256 of the chunk list differs from the source's" }
                     acc.withLock { $0.byHash += 1 }
@@ -457,7 +457,6 @@ final class VerifyPhase: @unchecked Sendable {
             if e.size > 0 { acc.withLock { $0.unverified += 1 } }
             return nil
         }
-        let chunks = try ledger.chunks(of: item.id)
         if chunks.isEmpty && e.size > 0 {
             // Copied server-side (no bytes through ferry, no chunk hashes): read both sides.
             return compareBothSides(e, buffer: buffer, hasher: hasher)

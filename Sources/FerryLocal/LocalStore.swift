@@ -622,7 +622,7 @@ final class LocalReader: ObjectReader {
     }
 }
 
-final class LocalWriter: ObjectWriter, MetadataAccepting {
+final class LocalWriter: ObjectWriter, MetadataAccepting, SyncCoveredWriter {
     private let dirFD: Int32
     private var fd: Int32
     private let tmpName: String
@@ -677,6 +677,11 @@ final class LocalWriter: ObjectWriter, MetadataAccepting {
             try SystemCalls.pwriteAll(fd, bytes, at: offset, what: RawName.display(path))
         }
         zeroFrom = max(zeroFrom, offset + Int64(bytes.count))
+    }
+
+    func startWriteback(offset: Int64, length: Int64) {
+        // Advisory: a filesystem without it leaves the writeback to the group sync.
+        _ = ferry_start_writeback(fd, offset, length)
     }
 
     func makeDurable() throws {

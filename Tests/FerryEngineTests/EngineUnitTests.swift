@@ -51,11 +51,15 @@ import Testing
         #expect(c.files["pending"] == 3)
 
         let a = try #require(try ledger.item(path: "a"))
-        try ledger.commitChunk(a.id, ChunkRecord(index: 0, offset: 0, length: 4, sha256: "x"))
+        // Committed through a lease, as every copy commits: a chunk of a file still being written first.
+        #expect(try ledger.lease(limit: 10, worker: "w", ttl: 30, now: 100).map(\.id).contains(a.id))
+        let chunk0 = ChunkRecord(index: 0, offset: 0, length: 4, sha256: "x")
+        #expect(try ledger.commit([], partialChunks: [(a.id, chunk0)], worker: "other") == [a.id], "not its lease: not recorded")
+        #expect(try ledger.counts().partialBytes == 0)
+        #expect(try ledger.commit([], partialChunks: [(a.id, chunk0)], worker: "w").isEmpty)
         c = try ledger.counts()
         #expect(c.partialBytes == 4, "committed chunks of a pending file count as progress")
-        // Committed through a lease, as every copy commits.
-        #expect(try ledger.lease(limit: 10, worker: "w", ttl: 30, now: 100).map(\.id).contains(a.id))
+        #expect(try ledger.item(id: a.id)?.state == .pending)
         #expect(try ledger.commit([(a.id, [ChunkRecord(index: 1, offset: 4, length: 4, sha256: "y")], nil)], worker: "w").isEmpty)
         #expect(try ledger.item(id: a.id)?.state == .done)
         #expect(try ledger.chunks(of: a.id).map(\.index) == [0, 1])

@@ -6,6 +6,9 @@
 /// syncfs(2): glibc declares it only under _GNU_SOURCE, which Swift's Glibc module does not set.
 int ferry_syncfs(int fd);
 
+/// sync_file_range(2) with SYNC_FILE_RANGE_WRITE: starts writing a range back without waiting (_GNU_SOURCE too).
+int ferry_start_writeback(int fd, long long offset, long long length);
+
 /// UTIME_OMIT and UTIME_NOW are macros Swift cannot import.
 long ferry_utime_omit(void);
 

@@ -1,0 +1,112 @@
+import FerryCore
+import Foundation
+
+/// What a copy thread finished and has not recorded yet: published files and durable-to-be chunks of files still
+/// being written, with the bytes they hold.
+struct CommitGroup {
+    var done: [(id: Int64, chunks: [ChunkRecord], entry: Entry?)] = []
+    /// Chunks of large files still being written: recorded after the sync, so a resumed run continues after them.
+    var partialChunks: [(id: Int64, chunk: ChunkRecord)] = []
+    var bytes: Int64 = 0
+    /// When the first entry went in (uptime nanoseconds), for closing a group that fills slowly.
+    var openedAt: UInt64 = 0
+
+    var isEmpty: Bool { done.isEmpty && partialChunks.isEmpty }
+
+    mutating func note(bytes n: Int64) {
+        if openedAt == 0 { openedAt = DispatchTime.now().uptimeNanoseconds }
+        bytes += n
+    }
+}
+
+/// Makes the copy threads' finished work durable and records it, off the copy threads.
+///
+/// A copy thread hands a closed group over and goes on copying. The committer takes every group handed over
+/// since its last round, makes them durable with one `round` (the destination's `syncAll`, then one ledger
+/// transaction). The order "durable at the destination, then recorded in the ledger" holds for every entry;
+/// the destination writes back while the threads copy, and one sync covers the groups of all threads.
+///
+/// Handing over waits while more than `budget` bytes are handed over and not yet recorded, so what a `kill -9`
+/// costs (work to do again) stays bounded by the chunks in flight, never by the dataset.
+final class GroupCommitter: @unchecked Sendable {
+    // @unchecked: every mutable field is guarded by `condition`.
+    private let condition = NSCondition()
+    private var queued: [CommitGroup] = []
+    private var waitingBytes: Int64 = 0
+    private var busy = false
+    private var closed = false
+    private var failure: (any Error)?
+    private var thread: Thread?
+    private let budget: Int64
+    private let round: ([CommitGroup]) throws -> Void
+
+    /// `round` makes a batch of groups durable and records it; it runs on the committer's own thread.
+    init(budget: Int64, round: @escaping ([CommitGroup]) throws -> Void) {
+        self.budget = budget
+        self.round = round
+    }
+
+    func start() {
+        let t = Thread { [self] in loop() }
+        t.name = "ferry-commit"
+        t.start()
+        thread = t
+    }
+
+    /// Hands `group` over (nothing when it is empty), then waits while the bytes waiting to be recorded exceed
+    /// the budget. Throws the error that stopped the committer.
+    func submit(_ group: CommitGroup) throws {
+        condition.lock()
+        defer { condition.unlock() }
+        if let failure { throw failure }
+        guard !group.isEmpty else { return }
+        queued.append(group)
+        waitingBytes += group.bytes
+        condition.broadcast()
+        while waitingBytes > budget && failure == nil { condition.wait() }
+        if let failure { throw failure }
+    }
+
+    /// Waits until everything handed over is recorded; throws the error that stopped the committer.
+    func flush() throws {
+        condition.lock()
+        defer { condition.unlock() }
+        while (!queued.isEmpty || busy) && failure == nil { condition.wait() }
+        if let failure { throw failure }
+    }
+
+    /// Ends the committer thread once what is queued is done (or dropped after a failure: it is not recorded,
+    /// so a resumed run copies it again).
+    func close() {
+        condition.lock()
+        closed = true
+        condition.broadcast()
+        while thread != nil && (busy || !queued.isEmpty) && failure == nil { condition.wait() }
+        condition.unlock()
+    }
+
+    private func loop() {
+        condition.lock()
+        while true {
+            while queued.isEmpty && !closed { condition.wait() }
+            if queued.isEmpty { break }
+            let batch = queued
+            queued = []
+            busy = true
+            let failed = failure != nil
+            condition.unlock()
+            var error: (any Error)?
+            if !failed {
+                do { try round(batch) } catch let e { error = e }
+            }
+            condition.lock()
+            busy = false
+            if let error, failure == nil { failure = error }
+            waitingBytes -= batch.reduce(0) { $0 + $1.bytes }
+            condition.broadcast()
+        }
+        thread = nil
+        condition.broadcast()
+        condition.unlock()
+    }
+}
