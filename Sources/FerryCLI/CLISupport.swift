@@ -116,7 +116,7 @@ func printReport(_ r: VerifyReport, stateDirectory: String, plan: String = "PLAN
     let what = r.mode == "full" ? "full" : "sample \(Units.formatDecimal(r.sample * 100, places: 1))% (round \(r.round))"
     out(
         "verify: \(what), fresh walks of both sides (\(r.sourceEntries) source entries, \(r.destinationEntries) at the "
-            + "destination), \(r.filesContentChecked) files hashed (\(Units.formatBytes(r.bytesChecked))) in \(Units.formatDuration(r.seconds))")
+            + "destination), \(r.filesContentChecked) files hashed (\(Units.formatBytes(r.bytesChecked))) in \(Units.formatElapsed(r.seconds))")
     if r.filesCheckedByStoredHash > 0 { out("proven by stored SHA-256 (not read back): \(r.filesCheckedByStoredHash) files") }
     if r.filesUnverified > 0 {
         out("not content-checked this round (outside the sample): \(r.filesUnverified) files; later rounds cover them")

@@ -91,6 +91,11 @@ public enum Units {
     }
 
     /// `1h02m03s`, `4m05s`, `12s`.
+    /// How long something took: as `formatDuration`, with tenths under ten seconds (a fast verify said "in 0s").
+    public static func formatElapsed(_ seconds: Double) -> String {
+        seconds.isFinite && seconds >= 0 && seconds < 9.95 ? String(format: "%.1fs", seconds) : formatDuration(seconds)
+    }
+
     public static func formatDuration(_ seconds: Double) -> String {
         guard seconds.isFinite, seconds >= 0 else { return "?" }
         var s = Int64(seconds.rounded())

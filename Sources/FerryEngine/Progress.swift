@@ -122,7 +122,7 @@ public final class ProgressTracker: Sendable {
             let bar = String(repeating: "=", count: filled) + (filled < width ? ">" : "") + String(repeating: " ", count: max(0, width - filled - 1))
             var s = "\(c.phase) [\(bar)] \(pct)%  \(c.filesDone)/\(c.filesTotal) files  "
             s += "\(Units.formatBytes(c.bytesDone))/\(Units.formatBytes(c.bytesTotal))  \(Units.formatBytes(Int64(rate)))/s"
-            s += final ? "  in \(Units.formatDuration(elapsed))" : "  ETA \(eta)"
+            s += final ? "  in \(Units.formatElapsed(elapsed))" : "  ETA \(eta)"
             if c.failed > 0 { s += "  failed \(c.failed)" }
             return s
         }

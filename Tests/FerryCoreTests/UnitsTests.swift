@@ -46,6 +46,9 @@ import Testing
         #expect(Units.formatBytes(1_572_864) == "1.50 MiB")
         #expect(Units.formatDuration(3723) == "1h02m03s")
         #expect(Units.formatDuration(65) == "1m05s")
+        #expect(Units.formatElapsed(0.43) == "0.4s")
+        #expect(Units.formatElapsed(9.96) == "10s")
+        #expect(Units.formatElapsed(65) == "1m05s")
     }
 
     @Test func pathSafety() {
