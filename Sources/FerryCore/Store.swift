@@ -170,6 +170,14 @@ public protocol PointLayoutAccepting: AnyObject {
     func accept(pointRuns: [ByteRange])
 }
 
+/// A store that can hand over a file already at the destination that is exactly what publishing an entry would
+/// leave (its size, mtime, mode, owner and extended attributes, one name), so the copy can compare its bytes and
+/// record it without writing: what an interrupted run published but had not recorded yet, or an earlier copy.
+public protocol ExistingCopyFinding {
+    /// A reader on that file; nil when there is none, or it differs in any of those.
+    func identicalCandidate(for entry: Entry) throws -> (any ObjectReader)?
+}
+
 /// A writer whose bytes the store's `syncAll` makes durable along with everything else written to it (a file on a
 /// local filesystem: `syncfs` covers it), so the copy may leave a chunk to the next group sync instead of syncing
 /// it on its own. `startWriteback` starts writing a range out now (`sync_file_range`), so that sync waits less.

@@ -14,6 +14,9 @@ public struct CopySummary: Sendable {
     /// Files merged into existing destination objects (metric stores) and the values they gained.
     public var merged: Int64 = 0
     public var valuesMerged: Int64 = 0
+    /// Files found already at the destination exactly as the copy would leave them (an interrupted run's): recorded
+    /// without being written.
+    public var filesFound: Int64 = 0
 }
 
 /// The copy phase: every pending manifest item is copied chunk by chunk, each chunk SHA-256'd as it is read.
@@ -109,9 +112,14 @@ final class CopyPhase: @unchecked Sendable {
         }
         renewer.name = "ferry-lease-renew"
         renewer.start()
-        // Groups handed over and not yet recorded hold at most one chunk per planned copy thread: with the group
-        // each thread is filling, a kill costs at most two chunks per thread.
-        let committer = GroupCommitter(budget: chunkSize * Int64(steering.planConcurrency)) { [self] in try record($0) }
+        // A round makes at least `roundBytes` durable (or what waited `roundSeconds`): each sync of a filesystem
+        // flushes its journal and the disk's cache, so fewer, larger rounds write back faster. Small files waiting
+        // in a round are found at the destination by a resumed run and not written again; a large file has at most
+        // two chunks waiting.
+        let roundBytes = max(chunkSize * Int64(steering.planConcurrency), 64 << 20)
+        let committer = GroupCommitter(budget: 2 * roundBytes, roundBytes: roundBytes, roundSeconds: 0.25) { [self] in
+            try record($0)
+        }
         self.committer = committer
         committer.start()
         // Threads beyond the concurrency in force wait parked, so `ferry ctl concurrency` can raise it live.
@@ -229,8 +237,8 @@ final class CopyPhase: @unchecked Sendable {
             // This worker's lease expired and another took the files over: its commit counts, not this one.
             logger.warning("\(lost.count) files were taken over by another worker after this one's lease expired; its copies count")
         }
-        let copied = done.filter { !lost.contains($0.id) }.count
-        summary.withLock { $0.filesCopied += Int64(copied) }
+        let copied = done.map(\.id).filter { !lost.contains($0) }
+        summary.withLock { $0.filesCopied += Int64(copied.count) }
     }
 
     /// A large file's attempt ends without publishing: its chunks not yet recorded are dropped from the group
@@ -441,6 +449,15 @@ final class CopyPhase: @unchecked Sendable {
         let digest = hasher.finish()
         let token = token(id)
         try makeRoom(Int64(size), in: &group)
+        let chunks = size > 0 ? [ChunkRecord(index: 0, offset: 0, length: Int64(size), sha256: digest.hex)] : []
+        if try alreadyThere(entry, buffer: buffer) {
+            // Recorded with the group, after the sync that makes it durable; nothing is written.
+            group.done.append((id, chunks, nil))
+            group.note(bytes: Int64(size))
+            progress.add(files: 1, bytes: Int64(size))
+            summary.withLock { $0.filesFound += 1 }
+            return .copied
+        }
         guard let writer = try destinationCall("create", { try destination.openWriter(for: entry, token: token, resume: false) })
         else { throw FerryError(.destinationIO, "cannot create \(entry.path) at the destination") }
         if let why = carryMetadata(reader, writer) { return .unreadable(why) }
@@ -449,12 +466,27 @@ final class CopyPhase: @unchecked Sendable {
             try destinationCall("write") { try Self.write(writer, data, at: 0, digest: digest.hex) }
         }
         try destinationCall("publish") { try writer.publish(entry) }
-        let chunks = size > 0 ? [ChunkRecord(index: 0, offset: 0, length: Int64(size), sha256: digest.hex)] : []
         group.done.append((id, chunks, nil))
         group.note(bytes: Int64(size))
         progress.add(files: 1, bytes: Int64(size))
         summary.withLock { $0.bytesCopied += Int64(size) }
         return .copied
+    }
+
+    /// Whether the destination already holds exactly this file (metadata as publishing would leave it, and the
+    /// bytes the source's, which are in `buffer`): what an interrupted run published and did not record is then
+    /// recorded without being written again. Compared in the buffer's unused half; a file too big for it is
+    /// written as usual.
+    private func alreadyThere(_ entry: Entry, buffer: UnsafeMutableRawBufferPointer) throws -> Bool {
+        let size = Int(entry.size)
+        guard let finder = destination as? any ExistingCopyFinding, 2 * size + 1 <= buffer.count,
+            let existing = try? finder.identicalCandidate(for: entry)
+        else { return false }
+        defer { existing.close() }
+        // One byte more than expected: a file that grew since it was looked at is not this one.
+        let theirs = UnsafeMutableRawBufferPointer(rebasing: buffer[size..<(2 * size + 1)])
+        guard (try? existing.read(into: theirs, at: 0)) == size else { return false }
+        return size == 0 || memcmp(buffer.baseAddress!, theirs.baseAddress!, size) == 0
     }
 
     private func copyLarge(
@@ -498,6 +530,7 @@ final class CopyPhase: @unchecked Sendable {
         // A chunk the destination's sync covers waits for the next group sync; any other is made durable by its
         // writer before it goes in the group.
         let covered = writer as? any SyncCoveredWriter
+        var unrecorded = 0
         for chunk in layout where committed[chunk.index] == nil {
             if stopped { return .interrupted }
             let window = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(chunk.length)])
@@ -523,6 +556,12 @@ final class CopyPhase: @unchecked Sendable {
             hasher.update(data)
             let digest = hasher.finish()
             try makeRoom(chunk.length, in: &group)
+            if unrecorded >= 2 {
+                // At most two chunks of a file wait to be recorded: what a kill costs stays two chunks a thread.
+                try hand(&group)
+                try committer?.flush()
+                unrecorded = 0
+            }
             throttle?.acquire(n)
             try destinationCall("write") { try Self.write(writer, data, at: chunk.offset, digest: digest.hex) }
             if let covered {
@@ -533,6 +572,7 @@ final class CopyPhase: @unchecked Sendable {
             let record = ChunkRecord(index: chunk.index, offset: chunk.offset, length: chunk.length, sha256: digest.hex)
             group.partialChunks.append((id, record))
             group.note(bytes: chunk.length)
+            unrecorded += 1
             digests[chunk.index] = digest.hex
             sentThisAttempt += chunk.length
             progress.add(bytes: chunk.length)
@@ -550,8 +590,11 @@ final class CopyPhase: @unchecked Sendable {
         }
         try destinationCall("publish") { try writer.publish(entry) }
         progress.add(files: 1)
-        // Recorded done with the group, after the sync that makes the rename durable.
+        // Recorded now (one round of the committer), not with a later group: a kill before it would find the
+        // partial file gone and copy the whole file again.
         group.done.append((id, [], nil))
+        try hand(&group)
+        try committer?.flush()
         return .copied
     }
 

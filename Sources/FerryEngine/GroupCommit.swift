@@ -23,26 +23,38 @@ struct CommitGroup {
 ///
 /// A copy thread hands a closed group over and goes on copying. The committer takes every group handed over
 /// since its last round, makes them durable with one `round` (the destination's `syncAll`, then one ledger
-/// transaction). The order "durable at the destination, then recorded in the ledger" holds for every entry;
+/// transaction). A round starts once `roundBytes` wait, once the oldest group waited `roundSeconds`, or at once
+/// when a thread asks (`flush`). The order "durable at the destination, then recorded in the ledger" holds for every entry;
 /// the destination writes back while the threads copy, and one sync covers the groups of all threads.
 ///
 /// Handing over waits while more than `budget` bytes are handed over and not yet recorded, so what a `kill -9`
-/// costs (work to do again) stays bounded by the chunks in flight, never by the dataset.
+/// costs stays bounded, never by the dataset (and a resumed run finds the small files of a lost round at the
+/// destination, and records them without writing them again).
 final class GroupCommitter: @unchecked Sendable {
     // @unchecked: every mutable field is guarded by `condition`.
     private let condition = NSCondition()
     private var queued: [CommitGroup] = []
     private var waitingBytes: Int64 = 0
+    private var waitingFiles = 0
+    /// A round starts once this many files wait; handing over waits beyond four times as many (memory stays
+    /// bounded with empty files too).
+    static let roundFiles = 5000
     private var busy = false
     private var closed = false
     private var failure: (any Error)?
     private var thread: Thread?
+    private var urgent = 0
+    private var firstQueuedAt: Date?
     private let budget: Int64
+    private let roundBytes: Int64
+    private let roundSeconds: Double
     private let round: ([CommitGroup]) throws -> Void
 
     /// `round` makes a batch of groups durable and records it; it runs on the committer's own thread.
-    init(budget: Int64, round: @escaping ([CommitGroup]) throws -> Void) {
+    init(budget: Int64, roundBytes: Int64 = 0, roundSeconds: Double = 0, round: @escaping ([CommitGroup]) throws -> Void) {
         self.budget = budget
+        self.roundBytes = roundBytes
+        self.roundSeconds = roundSeconds
         self.round = round
     }
 
@@ -60,10 +72,12 @@ final class GroupCommitter: @unchecked Sendable {
         defer { condition.unlock() }
         if let failure { throw failure }
         guard !group.isEmpty else { return }
+        if queued.isEmpty { firstQueuedAt = Date() }
         queued.append(group)
         waitingBytes += group.bytes
+        waitingFiles += group.done.count
         condition.broadcast()
-        while waitingBytes > budget && failure == nil { condition.wait() }
+        while (waitingBytes > budget || waitingFiles > 4 * Self.roundFiles) && failure == nil { condition.wait() }
         if let failure { throw failure }
     }
 
@@ -71,6 +85,9 @@ final class GroupCommitter: @unchecked Sendable {
     func flush() throws {
         condition.lock()
         defer { condition.unlock() }
+        urgent += 1
+        defer { urgent -= 1 }
+        condition.broadcast()
         while (!queued.isEmpty || busy) && failure == nil { condition.wait() }
         if let failure { throw failure }
     }
@@ -90,6 +107,11 @@ final class GroupCommitter: @unchecked Sendable {
         while true {
             while queued.isEmpty && !closed { condition.wait() }
             if queued.isEmpty { break }
+            // Gather: a round is worth its sync once enough waits, or something waited long enough.
+            let due = (firstQueuedAt ?? Date()).addingTimeInterval(roundSeconds)
+            while waitingBytes < roundBytes && waitingFiles < Self.roundFiles && urgent == 0 && !closed && Date() < due {
+                _ = condition.wait(until: due)
+            }
             let batch = queued
             queued = []
             busy = true
@@ -103,6 +125,7 @@ final class GroupCommitter: @unchecked Sendable {
             busy = false
             if let error, failure == nil { failure = error }
             waitingBytes -= batch.reduce(0) { $0 + $1.bytes }
+            waitingFiles -= batch.reduce(0) { $0 + $1.done.count }
             condition.broadcast()
         }
         thread = nil

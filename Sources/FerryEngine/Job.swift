@@ -89,7 +89,7 @@ public final class Job {
                     metadata: [
                         "files": "\(summary.filesCopied)", "bytes": "\(summary.bytesCopied)", "failed": "\(summary.failed)",
                         "vanished": "\(summary.vanished)", "merged": "\(summary.merged)",
-                        "values_merged": "\(summary.valuesMerged)",
+                        "values_merged": "\(summary.valuesMerged)", "found": "\(summary.filesFound)",
                     ])
                 let outcome: RunResult? = try JobLock.coordinate(plan.stateDirectory, step: "verify", logger: logger) {
                     guard let phase = try ledger.job()?.phase, phase == .copy else {

@@ -11,7 +11,9 @@ import Darwin
 /// A directory tree on a local filesystem. Every path is resolved component by component from the root's
 /// descriptor with `O_NOFOLLOW`, so no symbolic link in the tree, old or swapped in later, leads a read or a
 /// write outside it.
-public final class LocalStore: Store, HardLinking, SpecialMaking, SubtreeWalking, FenceChecking, @unchecked Sendable {
+public final class LocalStore: Store, HardLinking, SpecialMaking, SubtreeWalking, FenceChecking, ExistingCopyFinding,
+    @unchecked Sendable
+{
     // @unchecked: the root path is immutable; the cached root descriptor is behind a Mutex.
     public let root: String
     public var displayName: String { "fs:\(root)" }
@@ -371,6 +373,29 @@ public final class LocalStore: Store, HardLinking, SpecialMaking, SubtreeWalking
     }
 
     // MARK: - reading
+
+    public func identicalCandidate(for entry: Entry) throws -> (any ObjectReader)? {
+        // A destination that takes over existing files its own way (a live tree's) decides at publish.
+        guard onExisting == nil, entry.kind == .file else { return nil }
+        guard let (dfd, name) = try openParent(of: entry.path, create: false) else { return nil }
+        defer { close(dfd) }
+        let c = RawName.cString(name)
+        var st = Glibc.stat()
+        guard fstatat(dfd, c, &st, AT_SYMLINK_NOFOLLOW) == 0, let e = Self.entry(entry.path, st), e.kind == .file, e.links == 1,
+            e.size == entry.size, e.mtimeNs == entry.mtimeNs, e.mode == entry.mode,
+            !isRoot || (e.uid == entry.uid && e.gid == entry.gid),
+            Self.readXattrs(dfd, c).sorted(by: { $0.name < $1.name }) == entry.xattrs.sorted(by: { $0.name < $1.name })
+        else { return nil }
+        let fd = retryEINTR { openat(dfd, c, O_RDONLY | O_NOFOLLOW | O_CLOEXEC) }
+        guard fd >= 0 else { return nil }
+        let reader = LocalReader(fd: fd, path: entry.path)
+        // The very file that was checked (not one renamed into its place since).
+        guard let now = try? reader.currentEntry(), now.inode == UInt64(st.st_ino) else {
+            reader.close()
+            return nil
+        }
+        return reader
+    }
 
     public func openReader(_ path: String) throws -> (any ObjectReader)? {
         guard let fd = try openDescriptor(path, O_RDONLY) else { return nil }

@@ -304,3 +304,36 @@ import Testing
         #expect(s.bytesWritten() == s.treeBytes(), "nothing committed before the stop was sent again (\(before) before)")
     }
 }
+
+extension FaultTests {
+    /// A destination that already holds a file exactly as the copy would leave it (an interrupted run published it
+    /// and was killed before recording it, or an earlier copy) has it recorded without being written; a file that
+    /// differs in a byte or in its mode is written again.
+    @Test func filesAlreadyAtTheDestinationAreRecordedWithoutBeingWrittenAgain() throws {
+        let s = try Scenario(chunkSize: "1MiB", concurrency: 2)
+        try TreeGen.make(at: s.source, files: 120, maxSmall: 48 * 1024, large: [3 << 20])
+        #expect(try s.ferry("run", "PLAN").status == 0)
+        // A new job over the same destination: a fresh ledger, nothing recorded.
+        try FileManager.default.removeItem(atPath: s.state)
+        s.resetAudit()
+        let changedBytes = "d3/e3/f3.dat", changedMode = "d4/e4/f4.dat"
+        let bytesPath = s.destination + "/" + changedBytes
+        let mtime = try #require(try FileManager.default.attributesOfItem(atPath: bytesPath)[.modificationDate] as? Date)
+        let h = try #require(FileHandle(forUpdatingAtPath: bytesPath))
+        try h.write(contentsOf: Data([0x5A, 0x5A]))
+        try h.close()
+        try FileManager.default.setAttributes([.modificationDate: mtime], ofItemAtPath: bytesPath)
+        #expect(chmod(s.destination + "/" + changedMode, 0o600) == 0)
+        #expect(s.parity() != [], "the destination differs before the second run")
+
+        let r = try s.ferry("run", "PLAN")
+        #expect(r.status == 0, "\(r.all)")
+        #expect(s.parity() == [])
+        func size(_ p: String) throws -> Int64 {
+            try #require(try FileManager.default.attributesOfItem(atPath: s.source + "/" + p)[.size] as? Int64)
+        }
+        // Written again: the two that differ, and the large file (compared only when it fits a chunk buffer twice).
+        let expected = try size(changedBytes) + size(changedMode) + size("large/big-0.bin")
+        #expect(s.bytesWritten() == expected, "wrote \(s.bytesWritten()) bytes; \(expected) differ or are large")
+    }
+}
