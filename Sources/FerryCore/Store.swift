@@ -185,6 +185,19 @@ public protocol SyncCoveredWriter: ObjectWriter {
     func startWriteback(offset: Int64, length: Int64)
 }
 
+/// A store whose partial objects survive a crash as what was written into them (partial files), and whose
+/// writers, reopened with `resume`, can read that back: a resumed copy compares a chunk written but not yet
+/// recorded with the source's instead of writing it again.
+public protocol PartialsKept {}
+
+/// A writer that reads back what its partial object holds (see `PartialsKept`).
+public protocol PartialReading: ObjectWriter {
+    /// How many bytes the partial held when it was opened.
+    var keptBytes: Int64 { get }
+    /// Up to `buffer.count` bytes of the partial at `offset` (fewer at its end).
+    func readPartial(into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws -> Int
+}
+
 /// A writer that can use the SHA-256 the engine already computed for the bytes it writes (an S3 payload hash,
 /// a stored object hash), so no byte is hashed twice.
 public protocol DigestAwareWriter: ObjectWriter {

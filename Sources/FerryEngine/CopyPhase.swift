@@ -489,6 +489,18 @@ final class CopyPhase: @unchecked Sendable {
         return size == 0 || memcmp(buffer.baseAddress!, theirs.baseAddress!, size) == 0
     }
 
+    /// Whether the partial file already holds `data` at `offset` (an interrupted run wrote it and was killed
+    /// before recording it). `scratch` is allocated on first use, a chunk for this file.
+    private func sameAsKept(
+        _ data: UnsafeRawBufferPointer, at offset: Int64, in kept: any PartialReading, scratch: inout ChunkBuffer?, size: Int64
+    ) throws -> Bool {
+        let buffer = scratch ?? ChunkBuffer(UnsafeMutableRawBufferPointer(start: nil, count: 0), atLeast: size)
+        scratch = buffer
+        let window = UnsafeMutableRawBufferPointer(rebasing: buffer.buffer[0..<data.count])
+        let n = try destinationCall("read the partial file") { try kept.readPartial(into: window, at: offset) }
+        return n == data.count && memcmp(window.baseAddress!, data.baseAddress!, data.count) == 0
+    }
+
     private func copyLarge(
         _ id: Int64, _ entry: Entry, reader: any ObjectReader, buffer: UnsafeMutableRawBufferPointer,
         hasher: SHA256Hasher, group: inout Group
@@ -507,13 +519,19 @@ final class CopyPhase: @unchecked Sendable {
             try ledger.requeue(id)
             committed = [:]
         }
+        // A partial file kept by a store that keeps them is reopened even with no chunk recorded: what it holds
+        // beyond the recorded chunks is compared with the source, not written again.
+        let keepsPartials = destination is any PartialsKept
         var writer = try destinationCall("open partial") {
-            try destination.openWriter(for: entry, token: token, resume: !committed.isEmpty)
+            try destination.openWriter(for: entry, token: token, resume: keepsPartials || !committed.isEmpty)
         }
-        if writer == nil && !committed.isEmpty {
-            logger.info("partial file missing at the destination; starting the file over", metadata: ["path": "\(RawName.display(entry.path))"])
-            try ledger.requeue(id)
-            committed = [:]
+        if writer == nil {
+            if !committed.isEmpty {
+                logger.info(
+                    "partial file missing at the destination; starting the file over", metadata: ["path": "\(RawName.display(entry.path))"])
+                try ledger.requeue(id)
+                committed = [:]
+            }
             writer = try destinationCall("create") { try destination.openWriter(for: entry, token: token, resume: false) }
         }
         guard let writer else { throw FerryError(.destinationIO, "cannot create \(entry.path) at the destination") }
@@ -530,7 +548,11 @@ final class CopyPhase: @unchecked Sendable {
         // A chunk the destination's sync covers waits for the next group sync; any other is made durable by its
         // writer before it goes in the group.
         let covered = writer as? any SyncCoveredWriter
-        var unrecorded = 0
+        // What an interrupted run wrote past the recorded chunks, read back into a second buffer (while this file
+        // is copied) and compared with the source.
+        let kept = writer as? any PartialReading
+        var compareBuffer: ChunkBuffer?
+        defer { withExtendedLifetime(compareBuffer) {} }
         for chunk in layout where committed[chunk.index] == nil {
             if stopped { return .interrupted }
             let window = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(chunk.length)])
@@ -556,14 +578,14 @@ final class CopyPhase: @unchecked Sendable {
             hasher.update(data)
             let digest = hasher.finish()
             try makeRoom(chunk.length, in: &group)
-            if unrecorded >= 2 {
-                // At most two chunks of a file wait to be recorded: what a kill costs stays two chunks a thread.
-                try hand(&group)
-                try committer?.flush()
-                unrecorded = 0
+            if let kept, chunk.offset + chunk.length <= kept.keptBytes,
+                try sameAsKept(data, at: chunk.offset, in: kept, scratch: &compareBuffer, size: itemChunk)
+            {
+                // Already in the partial file: recorded after the group's sync, not written again.
+            } else {
+                throttle?.acquire(n)
+                try destinationCall("write") { try Self.write(writer, data, at: chunk.offset, digest: digest.hex) }
             }
-            throttle?.acquire(n)
-            try destinationCall("write") { try Self.write(writer, data, at: chunk.offset, digest: digest.hex) }
             if let covered {
                 covered.startWriteback(offset: chunk.offset, length: chunk.length)
             } else {
@@ -572,7 +594,6 @@ final class CopyPhase: @unchecked Sendable {
             let record = ChunkRecord(index: chunk.index, offset: chunk.offset, length: chunk.length, sha256: digest.hex)
             group.partialChunks.append((id, record))
             group.note(bytes: chunk.length)
-            unrecorded += 1
             digests[chunk.index] = digest.hex
             sentThisAttempt += chunk.length
             progress.add(bytes: chunk.length)

@@ -11,7 +11,7 @@ import Darwin
 /// A directory tree on a local filesystem. Every path is resolved component by component from the root's
 /// descriptor with `O_NOFOLLOW`, so no symbolic link in the tree, old or swapped in later, leads a read or a
 /// write outside it.
-public final class LocalStore: Store, HardLinking, SpecialMaking, SubtreeWalking, FenceChecking, ExistingCopyFinding,
+public final class LocalStore: Store, HardLinking, SpecialMaking, SubtreeWalking, FenceChecking, ExistingCopyFinding, PartialsKept,
     @unchecked Sendable
 {
     // @unchecked: the root path is immutable; the cached root descriptor is behind a Mutex.
@@ -435,7 +435,7 @@ public final class LocalStore: Store, HardLinking, SpecialMaking, SubtreeWalking
     public func openWriter(for entry: Entry, token: String, resume: Bool) throws -> (any ObjectWriter)? {
         guard let (dfd, name) = try openParent(of: entry.path, create: true) else { return nil }
         let tmp = Self.partialName(token)
-        let flags = O_WRONLY | O_NOFOLLOW | O_CLOEXEC | (resume ? 0 : O_CREAT | O_TRUNC)
+        let flags = O_RDWR | O_NOFOLLOW | O_CLOEXEC | (resume ? 0 : O_CREAT | O_TRUNC)
         let fd = retryEINTR { openat(dfd, tmp, flags, 0o600) }
         if fd < 0 {
             let e = errno
@@ -647,7 +647,7 @@ final class LocalReader: ObjectReader {
     }
 }
 
-final class LocalWriter: ObjectWriter, MetadataAccepting, SyncCoveredWriter {
+final class LocalWriter: ObjectWriter, MetadataAccepting, SyncCoveredWriter, PartialReading {
     private let dirFD: Int32
     private var fd: Int32
     private let tmpName: String
@@ -667,7 +667,10 @@ final class LocalWriter: ObjectWriter, MetadataAccepting, SyncCoveredWriter {
         self.path = path
         var st = Glibc.stat()
         zeroFrom = fstat(fd, &st) == 0 ? Int64(st.st_size) : Int64.max
+        keptBytes = zeroFrom == Int64.max ? 0 : zeroFrom
     }
+
+    let keptBytes: Int64
 
     deinit {
         if fd >= 0 { Glibc.close(fd) }
@@ -702,6 +705,20 @@ final class LocalWriter: ObjectWriter, MetadataAccepting, SyncCoveredWriter {
             try SystemCalls.pwriteAll(fd, bytes, at: offset, what: RawName.display(path))
         }
         zeroFrom = max(zeroFrom, offset + Int64(bytes.count))
+    }
+
+    func readPartial(into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws -> Int {
+        var done = 0
+        while done < buffer.count {
+            let n = pread(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw SystemCallError("read the partial file", errno: errno, path: RawName.display(path))
+            }
+            if n == 0 { break }
+            done += n
+        }
+        return done
     }
 
     func startWriteback(offset: Int64, length: Int64) {
