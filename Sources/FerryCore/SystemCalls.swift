@@ -17,6 +17,22 @@ public enum SystemCalls {
             done += n
         }
     }
+
+    /// Reads up to `buffer.count` bytes at `offset` (pread, retried on EINTR and after short reads); fewer only at
+    /// the end of the file. `what` names the file in the error.
+    public static func preadFully(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer, at offset: Int64, what: String) throws -> Int {
+        var done = 0
+        while done < buffer.count {
+            let n = pread(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw SystemCallError("read", errno: errno, path: what)
+            }
+            if n == 0 { break }
+            done += n
+        }
+        return done
+    }
 }
 
 /// Runs `body`, which starts a child process, with no signal blocked in this thread. A child inherits the mask

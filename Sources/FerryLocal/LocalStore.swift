@@ -618,17 +618,7 @@ final class LocalReader: ObjectReader {
     deinit { close() }
 
     func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws -> Int {
-        var done = 0
-        while done < buffer.count {
-            let n = pread(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw SystemCallError("read", errno: errno, path: RawName.display(path))
-            }
-            if n == 0 { break }
-            done += n
-        }
-        return done
+        try SystemCalls.preadFully(fd, into: buffer, at: offset, what: RawName.display(path))
     }
 
     func currentEntry() throws -> Entry {
@@ -708,17 +698,7 @@ final class LocalWriter: ObjectWriter, MetadataAccepting, SyncCoveredWriter, Par
     }
 
     func readPartial(into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws -> Int {
-        var done = 0
-        while done < buffer.count {
-            let n = pread(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw SystemCallError("read the partial file", errno: errno, path: RawName.display(path))
-            }
-            if n == 0 { break }
-            done += n
-        }
-        return done
+        try SystemCalls.preadFully(fd, into: buffer, at: offset, what: RawName.display(path) + " (partial file)")
     }
 
     func startWriteback(offset: Int64, length: Int64) {

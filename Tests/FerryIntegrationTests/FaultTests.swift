@@ -38,7 +38,10 @@ import Testing
         #expect(s.parity() == [])
         let written = s.bytesWritten()
         let bound = total + kills * 2 * concurrency * chunk
-        #expect(written >= total)
+        // What a killed run wrote is found at the destination and not written again, so every byte is written
+        // about once; the shim logs a write just after it, so a kill can fall between the two (one write of at
+        // most a chunk per kill goes uncounted).
+        #expect(written >= total - kills * chunk)
         #expect(written <= bound, "wrote \(written) bytes for a \(total)-byte tree after \(kills) kills (bound \(bound))")
     }
 
