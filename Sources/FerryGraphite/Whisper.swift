@@ -225,7 +225,11 @@ public struct Whisper: Sendable {
 
     /// The value held for `interval` (aligned) in archive `a`, or nil when its slot holds another time.
     public func value(_ a: WhisperArchive, at interval: Int) -> Double? {
-        let base = baseInterval(a)
+        value(a, at: interval, base: baseInterval(a))
+    }
+
+    /// As `value(_:at:)`, with the archive's base interval already read (a loop over one archive reads it once).
+    @inline(__always) func value(_ a: WhisperArchive, at interval: Int, base: Int) -> Double? {
         if base == 0 { return nil }
         let (t, v) = point(at: slotOffset(a, base: base, interval: interval))
         return t == interval ? v : nil

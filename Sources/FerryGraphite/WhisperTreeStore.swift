@@ -104,16 +104,16 @@ public final class WhisperTreeStore: Store, Merging, PointComparing, @unchecked 
             if let window { oldest = max(oldest, until - window) }
             var t = oldest - Whisper.mod(oldest, step) + step
             let last = min(until, now) - Whisper.mod(min(until, now), step)
+            let base = dst.baseInterval(a)
+            let fromBase = src.baseInterval(from)
             while t <= last {
                 let want =
                     from.secondsPerPoint == step
-                    ? src.value(from, at: t)
+                    ? src.value(from, at: t, base: fromBase)
                     : src.aggregate(from, into: t, step: step, method: dst.aggregation, xff: dst.xFilesFactor)
                 // A slot already holding a newer lap has rolled past t at the destination: nothing to compare.
-                let lapped =
-                    dst.baseInterval(a) != 0
-                    && dst.point(at: dst.slotOffset(a, base: dst.baseInterval(a), interval: t)).0 > t
-                if let want, !lapped { tally.compare("\(step)s@\(t)", want: want, got: dst.value(a, at: t)) }
+                let lapped = base != 0 && dst.point(at: dst.slotOffset(a, base: base, interval: t)).0 > t
+                if let want, !lapped { tally.compare("\(step)s@\(t)", want: want, got: dst.value(a, at: t, base: base)) }
                 t += step
             }
         }
@@ -175,16 +175,17 @@ struct PointTally {
     var differing = 0
     var examples: [String] = []
 
-    /// One source value against the destination's (nil: the destination has none).
-    mutating func compare(_ label: String, want: Double, got: Double?) {
+    /// One source value against the destination's (nil: the destination has none). The label is only built for
+    /// an example (it was most of a point verify's time).
+    mutating func compare(_ label: @autoclosure () -> String, want: Double, got: Double?) {
         guard let got else {
             missing += 1
-            if examples.count < 3 { examples.append("\(label): missing at the destination") }
+            if examples.count < 3 { examples.append("\(label()): missing at the destination") }
             return
         }
         if got.bitPattern != want.bitPattern && !(got.isNaN && want.isNaN) {
             differing += 1
-            if examples.count < 3 { examples.append("\(label): source \(want), destination \(got)") }
+            if examples.count < 3 { examples.append("\(label()): source \(want), destination \(got)") }
         }
     }
 
