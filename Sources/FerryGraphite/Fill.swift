@@ -124,11 +124,17 @@ extension Whisper {
         guard !touchedBelow.isEmpty else { return 0 }
         let lower = archives[index]
         let higher = archives[index - 1]
-        let written = Set(writtenHere)
-        var intervals = Set<Int>()
-        for t in touchedBelow { intervals.insert(t - Self.mod(t, lower.secondsPerPoint)) }
+        // Sorted arrays walked side by side, not sets: hashing every interval was most of a merge's time.
+        let written = writtenHere.sorted()
+        let intervals = touchedBelow.map { $0 - Self.mod($0, lower.secondsPerPoint) }.sorted()
         var count = 0
-        for start in intervals.sorted() where !written.contains(start) {
+        var w = 0
+        var previous: Int?
+        for start in intervals {
+            if start == previous { continue }
+            previous = start
+            while w < written.count && written[w] < start { w += 1 }
+            if w < written.count && written[w] == start { continue }
             guard let current = value(lower, at: start) else { continue }  // a gap was the fill's job, not ours
             guard let v = aggregate(higher, into: start, step: lower.secondsPerPoint, method: aggregation, xff: xFilesFactor)
             else { continue }
