@@ -106,6 +106,10 @@ public final class WhisperTreeStore: Store, Merging, PointComparing, @unchecked 
             let last = min(until, now) - Whisper.mod(min(until, now), step)
             let base = dst.baseInterval(a)
             let fromBase = src.baseInterval(from)
+            if from.secondsPerPoint == step {
+                comparePointsSameStep(src, from, fromBase: fromBase, dst, a, base: base, from: t, through: last, into: &tally)
+                continue
+            }
             while t <= last {
                 let want =
                     from.secondsPerPoint == step
@@ -118,6 +122,44 @@ public final class WhisperTreeStore: Store, Merging, PointComparing, @unchecked 
             }
         }
         return tally.verdict
+    }
+}
+
+extension WhisperTreeStore {
+    /// Two archives of one step compared slot by slot from `first` through `last` (aligned): the slot offsets
+    /// advance and wrap instead of being divided out for every point, and each slot is read once. The same
+    /// rules as the general loop: a source point is compared where the source holds that time, unless the
+    /// destination's slot holds a newer lap.
+    func comparePointsSameStep(
+        _ src: Whisper, _ from: WhisperArchive, fromBase: Int, _ dst: Whisper, _ a: WhisperArchive, base: Int,
+        from first: Int, through last: Int, into tally: inout PointTally
+    ) {
+        guard fromBase != 0, first <= last else { return }
+        let size = Whisper.pointSize
+        let step = a.secondsPerPoint
+        var sOff = src.slotOffset(from, base: fromBase, interval: first)
+        let sEnd = from.offset + from.points * size
+        var dOff = base != 0 ? dst.slotOffset(a, base: base, interval: first) : 0
+        let dEnd = a.offset + a.points * size
+        var t = first
+        while t <= last {
+            let (st, want) = src.point(at: sOff)
+            if st == t {
+                if base == 0 {
+                    tally.compare("\(step)s@\(t)", want: want, got: nil)
+                } else {
+                    let (dt, got) = dst.point(at: dOff)
+                    if dt <= t { tally.compare("\(step)s@\(t)", want: want, got: dt == t ? got : nil) }
+                }
+            }
+            t += step
+            sOff += size
+            if sOff == sEnd { sOff = from.offset }
+            if base != 0 {
+                dOff += size
+                if dOff == dEnd { dOff = a.offset }
+            }
+        }
     }
 }
 
