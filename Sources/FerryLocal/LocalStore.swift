@@ -443,7 +443,7 @@ public final class LocalStore: Store, HardLinking, SpecialMaking, SubtreeWalking
             if resume && e == ENOENT { return nil }
             throw SystemCallError("create", errno: e, path: RawName.display(PathUtil.directory(of: entry.path)) + "/" + tmp)
         }
-        let w = LocalWriter(dirFD: dfd, fd: fd, tmpName: tmp, finalName: name, path: entry.path)
+        let w = LocalWriter(dirFD: dfd, fd: fd, tmpName: tmp, finalName: name, path: entry.path, size: resume ? nil : 0)
         if let onExisting {
             let dir = root + "/" + PathUtil.directory(of: entry.path)
             let existing = root + "/" + entry.path
@@ -648,16 +648,21 @@ final class LocalWriter: ObjectWriter, MetadataAccepting, SyncCoveredWriter, Par
     private var zeroFrom: Int64
     /// The mtime carried by a bucket source (`x-amz-meta-mtime`), applied instead of the listing's.
     private var carriedMtimeNs: Int64?
+    /// The partial file's size as written so far (-1: unknown); publish truncates only when it is not the entry's.
+    private var fileSize: Int64
 
-    init(dirFD: Int32, fd: Int32, tmpName: String, finalName: String, path: String) {
+    /// `size`: what the partial holds, when the caller knows it (0 for one it just created); else it is looked up.
+    init(dirFD: Int32, fd: Int32, tmpName: String, finalName: String, path: String, size: Int64? = nil) {
         self.dirFD = dirFD
         self.fd = fd
         self.tmpName = tmpName
         self.finalName = finalName
         self.path = path
         var st = Glibc.stat()
-        zeroFrom = fstat(fd, &st) == 0 ? Int64(st.st_size) : Int64.max
-        keptBytes = zeroFrom == Int64.max ? 0 : zeroFrom
+        let known = size ?? (fstat(fd, &st) == 0 ? Int64(st.st_size) : nil)
+        zeroFrom = known ?? Int64.max
+        keptBytes = known ?? 0
+        fileSize = known ?? -1
     }
 
     let keptBytes: Int64
@@ -690,9 +695,11 @@ final class LocalWriter: ObjectWriter, MetadataAccepting, SyncCoveredWriter, Par
             for run in Bytes.nonZeroRuns(bytes, offset: offset) {
                 try SystemCalls.pwriteAll(
                     fd, UnsafeRawBufferPointer(rebasing: bytes[run]), at: offset + Int64(run.lowerBound), what: RawName.display(path))
+                if fileSize >= 0 { fileSize = max(fileSize, offset + Int64(run.upperBound)) }
             }
         } else {
             try SystemCalls.pwriteAll(fd, bytes, at: offset, what: RawName.display(path))
+            if fileSize >= 0 { fileSize = max(fileSize, offset + Int64(bytes.count)) }
         }
         zeroFrom = max(zeroFrom, offset + Int64(bytes.count))
     }
@@ -711,7 +718,9 @@ final class LocalWriter: ObjectWriter, MetadataAccepting, SyncCoveredWriter, Par
     }
 
     func publish(_ entry: Entry) throws {
-        if ftruncate(fd, off_t(entry.size)) != 0 { throw SystemCallError("truncate", errno: errno, path: RawName.display(path)) }
+        if fileSize != entry.size, ftruncate(fd, off_t(entry.size)) != 0 {
+            throw SystemCallError("truncate", errno: errno, path: RawName.display(path))
+        }
         var entry = entry
         if let carriedMtimeNs { entry.mtimeNs = carriedMtimeNs }
         try LocalStore.applyMetadata(fd: fd, entry, path: path)
