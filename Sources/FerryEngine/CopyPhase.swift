@@ -25,8 +25,9 @@ public struct CopySummary: Sendable {
 /// into a partial file chunk by chunk, so a resumed run continues after the last recorded chunk. A copy thread
 /// collects what it finished in a group of at most one chunk's bytes and hands it to the `GroupCommitter`, which
 /// makes the groups of every thread durable with one `syncAll` and then records them in one ledger transaction,
-/// while the threads go on copying (a chunk the store's sync does not cover is made durable by its writer first). A file whose metadata changes while it is read is thrown away and copied again;
-/// one that keeps changing is marked failed, never published half-copied.
+/// while the threads go on copying (a chunk the store's sync does not cover is made durable by its writer
+/// first). A file whose metadata changes while it is read is thrown away and copied again; one that keeps
+/// changing is marked failed, never published half-copied.
 final class CopyPhase: @unchecked Sendable {
     // @unchecked: the stores and ledger are Sendable; the only shared mutable state is behind Mutexes.
     let source: any Store
@@ -112,14 +113,17 @@ final class CopyPhase: @unchecked Sendable {
         }
         renewer.name = "ferry-lease-renew"
         renewer.start()
-        // A round makes at least `roundBytes` durable (or what waited `roundSeconds`): each sync of a filesystem
-        // flushes its journal and the disk's cache, so fewer, larger rounds write back faster. Small files waiting
-        // in a round are found at the destination by a resumed run and not written again; a large file has at most
-        // two chunks waiting.
-        let roundBytes = max(chunkSize * Int64(steering.planConcurrency), 64 << 20)
-        let committer = GroupCommitter(budget: 2 * roundBytes, roundBytes: roundBytes, roundSeconds: 0.25) { [self] in
-            try record($0)
-        }
+        // Where a resumed run finds what a lost round held (a local tree: its files at the destination, its chunks
+        // in the partial files), a round gathers at least `roundBytes` (or what waited 0.25 s): each sync of a
+        // filesystem flushes its journal and the disk's cache, so fewer, larger rounds write back faster.
+        // Elsewhere (a bucket, a remote store) what a lost round held is sent again, so a round starts at once and
+        // at most one chunk per planned thread waits: a kill costs the chunks in flight, as it always did.
+        let recoverable = destination is any ExistingCopyFinding && destination is any PartialsKept
+        let perThreads = chunkSize * Int64(steering.planConcurrency)
+        let roundBytes = recoverable ? max(perThreads, 64 << 20) : 0
+        let committer = GroupCommitter(
+            budget: recoverable ? 2 * roundBytes : perThreads, roundBytes: roundBytes, roundSeconds: recoverable ? 0.25 : 0
+        ) { [self] in try record($0) }
         self.committer = committer
         committer.start()
         // Threads beyond the concurrency in force wait parked, so `ferry ctl concurrency` can raise it live.
@@ -450,7 +454,7 @@ final class CopyPhase: @unchecked Sendable {
         let token = token(id)
         try makeRoom(Int64(size), in: &group)
         let chunks = size > 0 ? [ChunkRecord(index: 0, offset: 0, length: Int64(size), sha256: digest.hex)] : []
-        if try alreadyThere(entry, buffer: buffer) {
+        if !(reader is any MetadataCarrying), try alreadyThere(entry, buffer: buffer) {
             // Recorded with the group, after the sync that makes it durable; nothing is written.
             group.done.append((id, chunks, nil))
             group.note(bytes: Int64(size))
@@ -476,7 +480,8 @@ final class CopyPhase: @unchecked Sendable {
     /// Whether the destination already holds exactly this file (metadata as publishing would leave it, and the
     /// bytes the source's, which are in `buffer`): what an interrupted run published and did not record is then
     /// recorded without being written again. Compared in the buffer's unused half; a file too big for it is
-    /// written as usual.
+    /// written as usual. Not asked for a source that carries metadata of its own (a bucket's mtime header): what
+    /// publishing would leave then is not the entry's metadata.
     private func alreadyThere(_ entry: Entry, buffer: UnsafeMutableRawBufferPointer) throws -> Bool {
         let size = Int(entry.size)
         guard let finder = destination as? any ExistingCopyFinding, 2 * size + 1 <= buffer.count,
@@ -551,6 +556,9 @@ final class CopyPhase: @unchecked Sendable {
         // What an interrupted run wrote past the recorded chunks, read back into a second buffer (while this file
         // is copied) and compared with the source.
         let kept = writer as? any PartialReading
+        // Chunks of this file handed over and not yet recorded; a writer whose partial cannot be read back keeps
+        // at most two, since a resumed run would send them again.
+        var unrecorded = 0
         var compareBuffer: ChunkBuffer?
         defer { withExtendedLifetime(compareBuffer) {} }
         for chunk in layout where committed[chunk.index] == nil {
@@ -578,6 +586,11 @@ final class CopyPhase: @unchecked Sendable {
             hasher.update(data)
             let digest = hasher.finish()
             try makeRoom(chunk.length, in: &group)
+            if kept == nil && unrecorded >= 2 {
+                try hand(&group)
+                try committer?.flush()
+                unrecorded = 0
+            }
             if let kept, chunk.offset + chunk.length <= kept.keptBytes,
                 try sameAsKept(data, at: chunk.offset, in: kept, scratch: &compareBuffer, size: itemChunk)
             {
@@ -594,6 +607,7 @@ final class CopyPhase: @unchecked Sendable {
             let record = ChunkRecord(index: chunk.index, offset: chunk.offset, length: chunk.length, sha256: digest.hex)
             group.partialChunks.append((id, record))
             group.note(bytes: chunk.length)
+            unrecorded += 1
             digests[chunk.index] = digest.hex
             sentThisAttempt += chunk.length
             progress.add(bytes: chunk.length)

@@ -24,8 +24,8 @@ struct CommitGroup {
 /// A copy thread hands a closed group over and goes on copying. The committer takes every group handed over
 /// since its last round, makes them durable with one `round` (the destination's `syncAll`, then one ledger
 /// transaction). A round starts once `roundBytes` wait, once the oldest group waited `roundSeconds`, or at once
-/// when a thread asks (`flush`). The order "durable at the destination, then recorded in the ledger" holds for every entry;
-/// the destination writes back while the threads copy, and one sync covers the groups of all threads.
+/// when a thread asks (`flush`). The order "durable at the destination, then recorded in the ledger" holds for
+/// every entry; the destination writes back while the threads copy, and one sync covers the groups of all threads.
 ///
 /// Handing over waits while more than `budget` bytes are handed over and not yet recorded, so what a `kill -9`
 /// costs stays bounded, never by the dataset (and a resumed run finds the small files of a lost round at the
@@ -51,7 +51,7 @@ final class GroupCommitter: @unchecked Sendable {
     private let round: ([CommitGroup]) throws -> Void
 
     /// `round` makes a batch of groups durable and records it; it runs on the committer's own thread.
-    init(budget: Int64, roundBytes: Int64 = 0, roundSeconds: Double = 0, round: @escaping ([CommitGroup]) throws -> Void) {
+    init(budget: Int64, roundBytes: Int64, roundSeconds: Double, round: @escaping ([CommitGroup]) throws -> Void) {
         self.budget = budget
         self.roundBytes = roundBytes
         self.roundSeconds = roundSeconds
