@@ -105,16 +105,13 @@ public final class WhisperTreeStore: Store, Merging, PointComparing, @unchecked 
             var t = oldest - Whisper.mod(oldest, step) + step
             let last = min(until, now) - Whisper.mod(min(until, now), step)
             let base = dst.baseInterval(a)
-            let fromBase = src.baseInterval(from)
             if from.secondsPerPoint == step {
-                comparePointsSameStep(src, from, fromBase: fromBase, dst, a, base: base, from: t, through: last, into: &tally)
+                comparePointsSameStep(src, from, fromBase: src.baseInterval(from), dst, a, base: base, from: t, through: last, into: &tally)
                 continue
             }
+            // A finer source archive, aggregated by the destination's rules.
             while t <= last {
-                let want =
-                    from.secondsPerPoint == step
-                    ? src.value(from, at: t, base: fromBase)
-                    : src.aggregate(from, into: t, step: step, method: dst.aggregation, xff: dst.xFilesFactor)
+                let want = src.aggregate(from, into: t, step: step, method: dst.aggregation, xff: dst.xFilesFactor)
                 // A slot already holding a newer lap has rolled past t at the destination: nothing to compare.
                 let lapped = base != 0 && dst.point(at: dst.slotOffset(a, base: base, interval: t)).0 > t
                 if let want, !lapped { tally.compare("\(step)s@\(t)", want: want, got: dst.value(a, at: t, base: base)) }
