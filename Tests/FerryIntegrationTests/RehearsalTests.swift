@@ -98,7 +98,9 @@ import Testing
 
     /// The projection is checked against the real run's time, so both must measure the projection, not the
     /// machine's noise. On tmpfs (no disk: this VM's sync latency alone moved the same copy between 3.1 and 6.0 s),
-    /// and each side is the faster of two tries: other suites run beside this one and steal the CPU at random.
+    /// and each side is the faster of three tries, taken in turn (rehearsal, run, rehearsal, run, ...): other suites
+    /// run beside this one and steal the CPU at random, and in bursts; two rehearsals first and two runs after
+    /// once met the busy start of the suite on one side only (projected 4.4 s against 2.3 s).
     @Test func theProjectionMeetsALargerRunOfTheSameShapeWithin25Percent() throws {
         let shm = "/dev/shm"
         try #require(access(shm, W_OK) == 0, "this test needs a writable tmpfs at /dev/shm")
@@ -116,7 +118,8 @@ import Testing
             state: state
             """)
         var projections: [Double] = []
-        for _ in 0..<2 {
+        var actuals: [Double] = []
+        for attempt in 0..<3 {
             let r = try Ferry.run(["rehearse", plan, "--set", "source.path=staging", "--set", "destination.path=staging-dst"])
             #expect(r.status == 0, "\(r.all)")
             print(r.stdout)
@@ -124,12 +127,8 @@ import Testing
             let phases = try #require(saved["phases"] as? [[String: Any]])
             projections.append(phases.compactMap { $0["projectedSeconds"] as? Double }.reduce(0, +))
             #expect((saved["production"] as? [String: Any])?["files"] as? Int == 8000)
-        }
-        let projected = try #require(projections.min())
 
-        // The real run, twice from nothing, timed by the test's own clock.
-        var actuals: [Double] = []
-        for attempt in 0..<2 {
+            // The real run from nothing, timed by the test's own clock.
             if attempt > 0 {
                 try FileManager.default.removeItem(atPath: dir.sub("production-dst"))
                 // A new job: the state dir keeps only the rehearsal's projection and staging job.
@@ -142,6 +141,7 @@ import Testing
             actuals.append(Date().timeIntervalSince(t0))
             #expect(run.status == 0, "\(run.all)")
         }
+        let projected = try #require(projections.min())
         let actual = try #require(actuals.min())
         print("projected \(projections) s, actual \(actuals) s, ratio \(projected / actual)")
         #expect(abs(projected - actual) <= 0.25 * actual, "projected \(projected) s against \(actual) s")
