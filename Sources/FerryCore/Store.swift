@@ -348,6 +348,17 @@ public protocol RangeHashing: Store {
     func digests(of path: String, ranges: [ByteRange]) throws -> [RangeDigest]?
 }
 
+/// A store where every request is a round trip (a store on another host): small operations asked of many
+/// entries at once travel as one request. Each answer stands alone: one entry's failure is that entry's.
+public protocol Batching: Store {
+    /// `digests(of:ranges:)` for each request, in order.
+    func digests(ofEach requests: [(path: String, ranges: [ByteRange])]) throws -> [Result<[RangeDigest]?, any Error>]
+    /// Whether each path names an entry, in order.
+    func exist(_ paths: [String]) throws -> [Result<Bool, any Error>]
+    /// `makeDirectory` then `finishDirectory` for each entry, in order; nil where both were done.
+    func placeDirectories(_ entries: [Entry]) throws -> [(any Error)?]
+}
+
 /// Bytes a store moved across a network, beside the logical bytes they carried (a store on another host).
 public struct WireTotals: Sendable, Equatable {
     public var sent: Int64 = 0

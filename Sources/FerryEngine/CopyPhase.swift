@@ -195,10 +195,11 @@ final class CopyPhase: @unchecked Sendable {
                 let chunkBuffer =
                     buffer ?? UnsafeMutableRawBufferPointer.allocate(byteCount: Int(chunkSize), alignment: 4096)
                 buffer = chunkBuffer
+                let absent = try absentMergeTargets(page)
                 for item in page {
                     steering.holdWhilePaused(halted)
                     if stopped { break }
-                    try copyFile(item, buffer: chunkBuffer, hasher: hasher, group: &group)
+                    try copyFile(item, buffer: chunkBuffer, hasher: hasher, group: &group, absent: absent.contains(item.id))
                     if group.done.count >= Self.groupFiles || openTooLong(group) { try hand(&group) }
                 }
                 // A thread that parks for a lower concurrency hands over what it copied first.
@@ -255,9 +256,21 @@ final class CopyPhase: @unchecked Sendable {
         try committer?.flush()
     }
 
+    /// The page's files that a merging destination on another host does not hold, asked in one round trip
+    /// (instead of one per file before its merge). They are copied whole; one that a live daemon creates
+    /// meanwhile is not replaced: the far side's publish merges into it (`LocalStore.onExisting`).
+    private func absentMergeTargets(_ page: [ItemRecord]) throws -> Set<Int64> {
+        guard destination is any Merging, let batcher = destination as? any Batching, page.count > 1 else { return [] }
+        let found = try destinationCall("stat") { try batcher.exist(page.map(\.entry.path)) }
+        return Set(zip(page, found).compactMap { item, r in (try? r.get()) == false ? item.id : nil })
+    }
+
     /// Copies one file; source problems mark the item, destination problems throw (they stop the run).
-    private func copyFile(_ item: ItemRecord, buffer: UnsafeMutableRawBufferPointer, hasher: SHA256Hasher, group: inout Group) throws {
-        if let merger = destination as? any Merging, try merge(item, merger, group: &group) { return }
+    /// `absent`: the destination was just seen not to hold it (nothing to merge into).
+    private func copyFile(
+        _ item: ItemRecord, buffer: UnsafeMutableRawBufferPointer, hasher: SHA256Hasher, group: inout Group, absent: Bool = false
+    ) throws {
+        if !absent, let merger = destination as? any Merging, try merge(item, merger, group: &group) { return }
         if let server = destination as? any ServerSideCopying, item.entry.size > 0,
             try destinationCall("server-side copy", { try server.copyServerSide(item.entry, from: source) })
         {
@@ -702,9 +715,27 @@ final class CopyPhase: @unchecked Sendable {
 
     /// Creates every directory (including empty ones) and applies its mode and mtime, deepest first, after the
     /// files inside it are written (writing a file changes its directory's mtime).
+    /// A store on another host takes them in batches (one round trip per 512 directories), in the same order.
     private func finishDirectories() throws {
         var ids: [Int64] = []
+        var waiting: [ItemRecord] = []
+        func placed(_ item: ItemRecord, _ error: (any Error)?) throws {
+            if let e = error as? FerryError, e.code == .unsafePath { return try refuse(item, e) }
+            if let error { try destinationCall("directory") { throw error } }
+            if item.state == .pending { ids.append(item.id) }
+        }
+        func placeWaiting() throws {
+            guard let batcher = destination as? any Batching, !waiting.isEmpty else { return }
+            let errors = try destinationCall("mkdir") { try batcher.placeDirectories(waiting.map(\.entry)) }
+            for (item, error) in zip(waiting, errors) { try placed(item, error) }
+            waiting.removeAll(keepingCapacity: true)
+        }
         try ledger.forEachDirectoryDeepestFirst { item in
+            if destination is any Batching {
+                waiting.append(item)
+                if waiting.count >= 512 { try placeWaiting() }
+                return
+            }
             do {
                 try destinationCall("mkdir") { try destination.makeDirectory(item.entry) }
                 try destinationCall("directory metadata") { try destination.finishDirectory(item.entry) }
@@ -714,6 +745,7 @@ final class CopyPhase: @unchecked Sendable {
             }
             if item.state == .pending { ids.append(item.id) }
         }
+        try placeWaiting()
         try destinationCall("sync") { try destination.syncAll() }
         try ledger.setState(ids, .done)
     }

@@ -163,9 +163,11 @@ final class VerifyPhase: @unchecked Sendable {
                     if page.isEmpty { break }
                     // The page's items and chunk checksums in one read of the ledger.
                     let records = try ledger.itemsWithChunks(ids: page.map(\.item))
+                    let digests = try prefetchDigests(page.filter(\.sampled).compactMap { records[$0.item] })
                     for c in page {
                         guard let (item, chunks) = records[c.item] else { continue }
-                        let problem = try checkContent(item, chunks: chunks, sampled: c.sampled, buffer: buffer, hasher: hasher)
+                        let problem = try checkContent(
+                            item, chunks: chunks, sampled: c.sampled, buffer: buffer, hasher: hasher, digests: digests[item.id])
                         acc.withLock { a in
                             if let problem {
                                 a.problem("differs", item.entry.path, problem, item: item.id)
@@ -408,25 +410,47 @@ final class VerifyPhase: @unchecked Sendable {
     /// ledger's chunk ranges, and nothing past the end): then every point is the source's, and only digests
     /// cross the network. A file merged into, or written since by a live carbon, differs and is compared point
     /// by point.
-    private func sameBytesAsCopied(_ item: ItemRecord, chunks: [ChunkRecord]) throws -> Bool {
-        guard let far = destination as? any RangeHashing else { return false }
-        guard !chunks.isEmpty, chunks.reduce(Int64(0), { $0 + $1.length }) == item.entry.size else { return false }
-        let ranges = chunks.map { ByteRange(offset: $0.offset, length: $0.length) } + [ByteRange(offset: item.entry.size, length: 1)]
-        guard let digests = try? far.digests(of: item.entry.path, ranges: ranges), digests.count == ranges.count else { return false }
+    private func sameBytesAsCopied(_ item: ItemRecord, chunks: [ChunkRecord], digests prefetched: Digests?) throws -> Bool {
+        guard let far = destination as? any RangeHashing, let ranges = hashedRanges(item, chunks: chunks) else { return false }
+        let answer = prefetched ?? Result { try far.digests(of: item.entry.path, ranges: ranges) }
+        guard let digests = try? answer.get(), digests.count == ranges.count else { return false }
         guard digests.last?.length == 0 else { return false }
         return zip(chunks, digests).allSatisfy { $0.length == $1.length && $0.sha256 == $1.sha256 }
+    }
+
+    typealias Digests = Result<[RangeDigest]?, any Error>
+
+    /// The ranges a content check asks a range-hashing destination for: a metric file's chunks and one byte
+    /// past its end (nothing may be there) when the chunks cover it; another file's chunks.
+    private func hashedRanges(_ item: ItemRecord, chunks: [ChunkRecord]) -> [ByteRange]? {
+        guard destination is any RangeHashing, !chunks.isEmpty else { return nil }
+        let ranges = chunks.map { ByteRange(offset: $0.offset, length: $0.length) }
+        guard destination is any PointComparing else { return ranges }
+        guard chunks.reduce(Int64(0), { $0 + $1.length }) == item.entry.size else { return nil }
+        return ranges + [ByteRange(offset: item.entry.size, length: 1)]
+    }
+
+    /// The digests a page's content checks will ask a destination on another host for, in one round trip
+    /// (or as few as its bounds allow) instead of one per file.
+    private func prefetchDigests(_ records: [(ItemRecord, [ChunkRecord])]) throws -> [Int64: Digests] {
+        guard let batcher = destination as? any Batching else { return [:] }
+        let asked = records.compactMap { item, chunks in hashedRanges(item, chunks: chunks).map { (item, $0) } }
+        guard asked.count > 1 else { return [:] }
+        let answers = try batcher.digests(ofEach: asked.map { ($0.0.entry.path, $0.1) })
+        return Dictionary(zip(asked.map(\.0.id), answers), uniquingKeysWith: { a, _ in a })
     }
 
     /// Returns a problem description, or nil when the content matches.
     /// `chunks` are the item's chunk checksums from the ledger, in index order.
     private func checkContent(
-        _ item: ItemRecord, chunks: [ChunkRecord], sampled content: Bool, buffer: UnsafeMutableRawBufferPointer, hasher: SHA256Hasher
+        _ item: ItemRecord, chunks: [ChunkRecord], sampled content: Bool, buffer: UnsafeMutableRawBufferPointer, hasher: SHA256Hasher,
+        digests prefetched: Digests? = nil
     ) throws -> String? {
         let e = item.entry
         if let points = destination as? any PointComparing {
             // Metric files: the destination keeps live points, so parity is proven value by value.
             guard content else { return nil }
-            if try sameBytesAsCopied(item, chunks: chunks) { return nil }
+            if try sameBytesAsCopied(item, chunks: chunks, digests: prefetched) { return nil }
             do {
                 // With a tap, the last seconds before the snapshot are still on their way to the new side through
                 // it (its lag gates cover them): points are compared up to the snapshot less max_tap_lag.
@@ -469,7 +493,8 @@ final class VerifyPhase: @unchecked Sendable {
             // A store on another host hashes its own bytes: only the digests cross the network.
             let digests: [RangeDigest]
             do {
-                guard let d = try far.digests(of: e.path, ranges: chunks.map { ByteRange(offset: $0.offset, length: $0.length) }) else {
+                let ranges = chunks.map { ByteRange(offset: $0.offset, length: $0.length) }
+                guard let d = try (prefetched ?? Result { try far.digests(of: e.path, ranges: ranges) }).get() else {
                     return "missing at the destination"
                 }
                 digests = d

@@ -168,7 +168,7 @@ final class RemoteRequestHandler: ChannelInboundHandler {
 enum ServeMetrics {
     static let operations: Set<String> = [
         "hello", "walk", "stat", "read", "hash", "op", "writer/open", "writer/write", "writer/put", "writer/durable",
-        "writer/publish", "writer/discard", "merge", "compare", "fence", "remove", "points",
+        "writer/publish", "writer/discard", "merge", "compare", "fence", "remove", "points", "batch",
     ]
     static let refused = Counter(label: Telemetry.errors, dimensions: [("kind", "request")])
     static let bytesIn = Counter(label: Telemetry.serveBytesIn)

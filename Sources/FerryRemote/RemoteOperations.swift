@@ -13,7 +13,18 @@ extension RemoteServer {
                 throw Refusal(400, "badRequest", "missing or malformed \(Wire.Header.store) header")
             }
             let store = try self.store(ref)
-            return try perform(request, store: store, channel: channel)
+            var request = request
+            let jsonBodied = !Self.bytesBodied.contains(request.operation)
+            if jsonBodied, let encoding = request.headers[Wire.Header.encoding] {
+                // A compressed JSON body, decoded within the bound of any JSON body.
+                request.body = try Codec.decode(
+                    encoding: encoding, length: request.headers[Wire.Header.length], body: request.body, limit: Wire.maxJSON)
+            }
+            let reply = try perform(request, store: store, channel: channel)
+            if jsonBodied, request.headers[Wire.Header.accept] == "zstd", case .bytes(200, _, let body) = reply, body.count >= 512 {
+                return Codec.reply(body, zstd: true, level: 3)
+            }
+            return reply
         } catch let r as Refusal {
             return .failure(r.status, r.code, r.message)
         } catch let e as FerryError {
@@ -43,6 +54,10 @@ extension RemoteServer {
 
     private static let done = ServerReply.json(Wire.Done(ok: true))
 
+    /// Operations whose body (or answer) is bytes, their encoding said in headers; every other one takes and
+    /// answers JSON.
+    static let bytesBodied: Set<String> = ["read", "writer/write", "writer/put", "merge", "compare"]
+
     private func perform(_ request: ServerRequest, store: any Store, channel: any Channel) throws -> ServerReply {
         switch request.operation {
         case "hello":
@@ -57,7 +72,7 @@ extension RemoteServer {
                     version: Wire.version, abilities: abilities, keepsPOSIXMetadata: store.keepsPOSIXMetadata,
                     namesAreText: store.namesAreText, maxChunk: config.maxChunk, maxStaged: config.maxStaged))
         case "walk":
-            try walk(store, channel: channel)
+            try walk(store, zstd: (try? args(Wire.WalkArgs.self, request))?.zstd == true, channel: channel)
             return .streamed
         case "stat":
             let a = try args(Wire.PathArgs.self, request)
@@ -69,6 +84,8 @@ extension RemoteServer {
             return .json(Wire.Digests(digests: try hash(store, path: try checked(a.path), ranges: a.ranges)))
         case "op":
             return try mutate(store, request)
+        case "batch":
+            return try batch(request, channel: channel)
         case "writer/open":
             let a = try args(Wire.OpenWriterArgs.self, request)
             _ = try checked(a.entry.path)
@@ -122,14 +139,23 @@ extension RemoteServer {
 
     /// Streams the listing as JSON lines, 256 KiB at a time, each write awaited: a slow client slows the walk,
     /// it never makes the server buffer the tree.
-    private func walk(_ store: any Store, channel: any Channel) throws {
-        var headers = HTTPHeaders([("content-type", "application/x-ndjson"), ("transfer-encoding", "chunked")])
+    private func walk(_ store: any Store, zstd: Bool, channel: any Channel) throws {
+        var headers = HTTPHeaders([
+            ("content-type", zstd ? "application/x-ferry-zstd-frames" : "application/x-ndjson"), ("transfer-encoding", "chunked"),
+        ])
         headers.replaceOrAdd(name: "cache-control", value: "no-store")
         try channel.writeAndFlush(HTTPServerResponsePart.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers))).wait()
         var buffer: [UInt8] = []
+        let compressor = zstd ? ZstdCompressor(level: 3) : nil
         func flush() throws {
             guard !buffer.isEmpty else { return }
-            let piece = ByteBuffer(bytes: buffer)
+            var piece = ByteBuffer(bytes: buffer)
+            if let compressor {
+                let frame = compressor.compress(buffer)
+                piece = ByteBuffer()
+                piece.writeInteger(UInt32(frame.count), endianness: .big)
+                piece.writeBytes(frame)
+            }
             buffer.removeAll(keepingCapacity: true)
             try channel.writeAndFlush(HTTPServerResponsePart.body(.byteBuffer(piece))).wait()
         }
@@ -235,6 +261,32 @@ extension RemoteServer {
             w.discard()
             throw error
         }
+    }
+
+    /// Runs each call of a batch as the request it stands for (same headers, its own arguments as the body),
+    /// through `serve`, so every call is checked and refused exactly as alone. Only operations that answer
+    /// JSON are taken: no streamed walk, no bodies of bytes, no batch in a batch.
+    private func batch(_ request: ServerRequest, channel: any Channel) throws -> ServerReply {
+        let b = try args(Wire.Batch.self, request)
+        guard b.calls.count <= Wire.Batch.maxCalls else {
+            throw Refusal(400, "badRequest", "batch: \(b.calls.count) calls, more than the \(Wire.Batch.maxCalls) a batch takes")
+        }
+        if let other = b.calls.first(where: { !Wire.Batch.operations.contains($0.operation) }) {
+            throw Refusal(400, "badRequest", "batch: \"\(other.operation)\" cannot be batched (only stat, hash and op)")
+        }
+        var answers: [Wire.BatchAnswers.Answer] = []
+        answers.reserveCapacity(b.calls.count)
+        for call in b.calls {
+            // The batch's own headers but those of its body and answer: each call's arguments are plain JSON.
+            var headers = request.headers
+            for h in [Wire.Header.encoding, Wire.Header.length, Wire.Header.accept] { headers[h] = nil }
+            let sub = ServerRequest(operation: call.operation, headers: headers, body: Array(call.arguments.utf8))
+            guard case .bytes(let status, _, let body) = serve(sub, channel: channel) else {
+                throw Refusal(500, "other", "batch: \(call.operation) did not answer JSON")
+            }
+            answers.append(.init(status: status, body: String(decoding: body, as: UTF8.self)))
+        }
+        return .json(Wire.BatchAnswers(answers: answers))
     }
 
     private func mutate(_ store: any Store, _ request: ServerRequest) throws -> ServerReply {

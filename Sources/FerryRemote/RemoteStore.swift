@@ -41,7 +41,7 @@ public struct RemoteEndpoint: Sendable {
 /// A store on another host, through its `ferry serve`: every Store operation becomes one request. Chunks
 /// travel zstd-compressed (zero runs as their length), verify asks the far side for digests (`RangeHashing`),
 /// and the metric kinds merge and compare points on the far side, next to the live files.
-public class RemoteStore: Store, RangeHashing, WirePacing, @unchecked Sendable {
+public class RemoteStore: Store, RangeHashing, Batching, WirePacing, @unchecked Sendable {
     // @unchecked: configuration is immutable; the client pool and counters are behind Mutexes.
     public let endpoint: RemoteEndpoint
     let ref: Wire.StoreRef
@@ -165,29 +165,119 @@ public class RemoteStore: Store, RangeHashing, WirePacing, @unchecked Sendable {
         }
     }
 
-    func failure(_ operation: String, _ r: HTTPResponse) -> FerryError {
-        let f = try? JSONDecoder().decode(Wire.Failure.self, from: Data(r.body))
-        let message = f?.message ?? "HTTP \(r.status)"
+    func failure(_ operation: String, _ r: HTTPResponse) -> FerryError { failure(operation, status: r.status, body: r.body) }
+
+    func failure(_ operation: String, status: Int, body: [UInt8]) -> FerryError {
+        let f = try? JSONDecoder().decode(Wire.Failure.self, from: Data(body))
+        let message = f?.message ?? "HTTP \(status)"
         let code: FerryError.Code =
-            r.status == 401 ? .invalidPlan : f.map { FerryError.Code($0.code) } ?? (ref.role == "destination" ? .destinationIO : .sourceIO)
-        let hint = r.status == 401 ? " (check the plan's token: it must be the one ferry serve was started with)" : ""
+            status == 401 ? .invalidPlan : f.map { FerryError.Code($0.code) } ?? (ref.role == "destination" ? .destinationIO : .sourceIO)
+        let hint = status == 401 ? " (check the plan's token: it must be the one ferry serve was started with)" : ""
         return FerryError(code, "\(displayName): \(operation): \(message)\(hint)")
     }
 
+    // MARK: - batches
+
+    /// Calls of one operation, as few `batch` requests as the bounds allow: at most `Wire.Batch.maxCalls` calls
+    /// and 1 MiB of arguments each, and at most `weightLimit` of the calls' weights (the bytes the far side
+    /// hashes for them: a batch answers well inside the client's low-speed timeout). Each answer is decoded as
+    /// `T`, or is the call's own failure.
+    func batched<A: Encodable, T: Decodable>(
+        _ operation: String, _ arguments: [A], as type: T.Type, weights: [Int64]? = nil, weightLimit: Int64 = 256 << 20
+    ) throws -> [Result<T, any Error>] {
+        var out: [Result<T, any Error>] = []
+        out.reserveCapacity(arguments.count)
+        var calls: [Wire.Batch.Call] = []
+        var size = 0
+        var weight: Int64 = 0
+        func send() throws {
+            guard !calls.isEmpty else { return }
+            let answers = try json("batch", Wire.Batch(calls: calls), as: Wire.BatchAnswers.self).answers
+            guard answers.count == calls.count else {
+                throw FerryError(.other, "\(displayName): batch: \(answers.count) answers to \(calls.count) calls")
+            }
+            for a in answers {
+                let body = Array(a.body.utf8)
+                guard a.status == 200 else {
+                    out.append(.failure(failure(operation, status: a.status, body: body)))
+                    continue
+                }
+                out.append(Result { try Wire.decode(type, body, what: "\(displayName): \(operation)") })
+            }
+            calls.removeAll(keepingCapacity: true)
+            size = 0
+            weight = 0
+        }
+        for (i, a) in arguments.enumerated() {
+            let text = String(decoding: Wire.encode(a), as: UTF8.self)
+            let w = weights?[i] ?? 0
+            if !calls.isEmpty && (calls.count == Wire.Batch.maxCalls || size + text.utf8.count > 1 << 20 || weight + w > weightLimit) {
+                try send()
+            }
+            calls.append(.init(operation: operation, arguments: text))
+            size += text.utf8.count
+            weight += w
+        }
+        try send()
+        return out
+    }
+
+    public func digests(ofEach requests: [(path: String, ranges: [ByteRange])]) throws -> [Result<[RangeDigest]?, any Error>] {
+        try batched(
+            "hash", requests.map { Wire.HashArgs(path: $0.path, ranges: $0.ranges) }, as: Wire.Digests.self,
+            weights: requests.map { $0.ranges.reduce(0) { $0 + $1.length } }
+        ).map { $0.map(\.digests) }
+    }
+
+    public func exist(_ paths: [String]) throws -> [Result<Bool, any Error>] {
+        try batched("stat", paths.map { Wire.PathArgs(path: $0) }, as: Wire.MaybeEntry.self).map { $0.map { $0.entry != nil } }
+    }
+
+    public func placeDirectories(_ entries: [Entry]) throws -> [(any Error)?] {
+        let calls = entries.flatMap { [OpArgs(op: "makeDirectory", entry: $0), OpArgs(op: "finishDirectory", entry: $0)] }
+        let answers = try batched("op", calls, as: Wire.Done.self)
+        return stride(from: 0, to: answers.count, by: 2).map { i in
+            for a in answers[i...i + 1] { if case .failure(let e) = a { return e } }
+            return nil
+        }
+    }
+
     func json<A: Encodable, T: Decodable>(_ operation: String, _ arguments: A, as type: T.Type, idempotent: Bool = true) throws -> T {
-        let r = try call(operation, body: Wire.encode(arguments), idempotent: idempotent)
-        return try Wire.decode(type, r.body, what: "\(displayName): \(operation)")
+        var body = Wire.encode(arguments)
+        var extra: [(String, String)] = []
+        if compressionLevel != nil {
+            // A batch's arguments and answer are JSON of many entries: compressed when the plan compresses.
+            if body.count >= 1024 {
+                let (encoding, z) = body.withUnsafeBytes { Codec.encode($0, compressor: ZstdCompressor(level: 3)) }
+                if encoding == "zstd" {
+                    extra = [(Wire.Header.encoding, encoding), (Wire.Header.length, String(body.count))]
+                    body = z
+                }
+            }
+            if operation == "batch" { extra.append((Wire.Header.accept, "zstd")) }
+        }
+        let r = try call(operation, body: body, headers: extra, idempotent: idempotent)
+        var answer = r.body
+        if let encoding = r.headers[Wire.Header.encoding] {
+            do {
+                answer = try Codec.decode(encoding: encoding, length: r.headers[Wire.Header.length], body: r.body, limit: 64 << 20)
+            } catch let e as RemoteServer.Refusal {
+                throw FerryError(.other, "\(displayName): \(operation): an answer that does not decode: \(e.message)")
+            }
+        }
+        return try Wire.decode(type, answer, what: "\(displayName): \(operation)")
+    }
+
+    struct OpArgs: Encodable {
+        var op: String
+        var entry: Entry?
+        var path: String?
+        var kind: EntryKind?
+        var token: String?
     }
 
     func op(_ name: String, entry: Entry? = nil, path: String? = nil, kind: EntryKind? = nil, token: String? = nil) throws {
-        struct Op: Encodable {
-            var op: String
-            var entry: Entry?
-            var path: String?
-            var kind: EntryKind?
-            var token: String?
-        }
-        _ = try json("op", Op(op: name, entry: entry, path: path, kind: kind, token: token), as: Wire.Done.self)
+        _ = try json("op", OpArgs(op: name, entry: entry, path: path, kind: kind, token: token), as: Wire.Done.self)
     }
 
     func count(logical n: Int) { counters.withLock { $0.logical += Int64(n) } }
@@ -235,8 +325,10 @@ public class RemoteStore: Store, RangeHashing, WirePacing, @unchecked Sendable {
                     }
                     return true
                 }
-                let sink: (UnsafeRawBufferPointer) -> Bool = { piece in
-                    self.counters.withLock { $0.received += Int64(piece.count) }
+                let zstd = compressionLevel != nil
+                var framed: [UInt8] = []
+                let decompressor = ZstdDecompressor()
+                func lines(_ piece: UnsafeRawBufferPointer) -> Bool {
                     pending += piece
                     var start = 0
                     while let nl = pending[start...].firstIndex(of: 0x0A) {
@@ -251,8 +343,38 @@ public class RemoteStore: Store, RangeHashing, WirePacing, @unchecked Sendable {
                     }
                     return true
                 }
+                // Compressed, the listing is frames of whole lines: each decoded once it is all here.
+                func frames(_ piece: UnsafeRawBufferPointer) -> Bool {
+                    framed += piece
+                    var start = 0
+                    while framed.count - start >= 4 {
+                        let n = framed[start..<start + 4].reduce(0) { $0 << 8 | Int($1) }
+                        guard n <= Wire.WalkArgs.maxFrame else {
+                            failure = FerryError(.sourceIO, "\(self.displayName): walk: a listing frame of \(n) bytes")
+                            return false
+                        }
+                        guard framed.count - start - 4 >= n else { break }
+                        let decoded: [UInt8]
+                        do {
+                            decoded = try framed[start + 4..<start + 4 + n].withUnsafeBytes {
+                                try decompressor.decompress($0, limit: Wire.WalkArgs.maxFrame)
+                            }
+                        } catch {
+                            failure = FerryError(.sourceIO, "\(self.displayName): walk: a listing frame that does not decode", underlying: error)
+                            return false
+                        }
+                        start += 4 + n
+                        if !decoded.withUnsafeBytes({ lines($0) }) { return false }
+                    }
+                    framed.removeSubrange(0..<start)
+                    return true
+                }
+                let sink: (UnsafeRawBufferPointer) -> Bool = { piece in
+                    self.counters.withLock { $0.received += Int64(piece.count) }
+                    return zstd ? frames(piece) : lines(piece)
+                }
                 do {
-                    _ = try call("walk", body: Array("{}".utf8), idempotent: false, sink: sink)
+                    _ = try call("walk", body: Wire.encode(Wire.WalkArgs(zstd: zstd ? true : nil)), idempotent: false, sink: sink)
                 } catch {
                     if failure == nil { failure = error }
                 }

@@ -10,8 +10,8 @@ import Foundation
 /// Answers are JSON, the bytes of a range, or (walk) a stream of JSON lines ending with a terminator line,
 /// so a listing cut short is detected. Failures are a status and `{"code": ..., "message": ...}`.
 public enum Wire {
-    /// 2: the point codec (`points` encoding) and `writer/put`.
-    public static let version = 2
+    /// 2: the point codec (`points` encoding) and `writer/put`. 3: `batch`.
+    public static let version = 3
     /// JSON request bodies above this are refused (413).
     public static let maxJSON = 4 << 20
 
@@ -25,6 +25,9 @@ public enum Wire {
         public static let encoding = "x-ferry-encoding"
         /// JSON parameters of an operation whose body is bytes.
         public static let arguments = "x-ferry-arguments"
+        /// `zstd`: the client takes a JSON answer compressed (with `encoding` and `length`, as a range comes).
+        /// A JSON request body may come compressed the same way, said by its own `encoding` and `length`.
+        public static let accept = "x-ferry-accept"
     }
 
     /// The store a request is about.
@@ -66,6 +69,14 @@ public enum Wire {
         public var namesAreText: Bool
         public var maxChunk: Int
         public var maxStaged: Int
+    }
+
+    /// A walk's request. With `zstd`, the listing comes as frames: each a 4-byte big-endian length and a zstd
+    /// frame of whole lines (a listing is JSON: a tenth of it crosses the network).
+    public struct WalkArgs: Codable, Sendable {
+        public var zstd: Bool?
+        /// A frame, compressed or not, is at most this long (the server flushes every 256 KiB of lines).
+        public static let maxFrame = 16 << 20
     }
 
     /// One line of a walk.
@@ -141,6 +152,33 @@ public enum Wire {
         public var digests: [RangeDigest]?
     }
 
+    /// Several small operations in one request (`batch`): each call is an operation that answers JSON (`stat`,
+    /// `hash`, `op`) with its own JSON arguments, run in order. A call that fails fails alone: its answer is its
+    /// status and failure, the calls after it still run. Per request, a round trip and its headers are paid
+    /// once for up to `maxCalls` calls (a page of verify's hashes, a tree's directories).
+    public struct Batch: Codable, Sendable {
+        public static let maxCalls = 1024
+        public static let operations: Set<String> = ["stat", "hash", "op"]
+        public var calls: [Call]
+
+        public struct Call: Codable, Sendable {
+            public var operation: String
+            /// The call's JSON arguments, as the operation alone would take them in its body.
+            public var arguments: String
+        }
+    }
+
+    /// The answers of a batch, one per call in order: the status and the answer's JSON (a failure's when the
+    /// status is not 200).
+    public struct BatchAnswers: Codable, Sendable {
+        public var answers: [Answer]
+
+        public struct Answer: Codable, Sendable {
+            public var status: Int
+            public var body: String
+        }
+    }
+
     /// Merge and point comparison: the source object travels as the body (staged on the far side).
     public struct MetricArgs: Codable, Sendable {
         public var path: String
@@ -170,8 +208,11 @@ public enum Wire {
     }
 
     static func encode<T: Encodable>(_ value: T) -> [UInt8] {
+        // Keys in one order: lines of a listing alike enough for zstd (the encoder's own order changes per value).
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
         // Encoding a value of these plain types cannot fail.
-        (try? Array(JSONEncoder().encode(value))) ?? Array("{}".utf8)
+        return (try? Array(encoder.encode(value))) ?? Array("{}".utf8)
     }
 
     static func decode<T: Decodable>(_ type: T.Type, _ bytes: [UInt8], what: String) throws -> T {

@@ -107,6 +107,123 @@ import Testing
         #expect(files(outside).isEmpty, "written outside the root: \(files(outside))")
     }
 
+    /// A batch runs each call as that request alone would run: an unsafe call is refused alone (the others are
+    /// done), and what cannot be batched, too many calls or a batch in a batch, refuses the whole request.
+    @Test func aBatchRefusesEachCallAsAloneAndTakesOnlySmallOperations() throws {
+        let rig = try RemoteRig()
+        defer { rig.stop() }
+        let outside = rig.dir.sub("outside")
+        try FileManager.default.createDirectory(atPath: outside, withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: rig.root + "/tree", withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: rig.root + "/tree/up", withDestinationPath: outside)
+        try Data("hello".utf8).write(to: URL(fileURLWithPath: rig.root + "/tree/f"))
+        let r = try python(
+            rig,
+            """
+            import hashlib
+            def entry(p):
+                return {"path": p, "kind": "directory", "size": 0, "mtimeNs": 0, "mode": 493, "inode": 0, "uid": 0, "gid": 0,
+                        "rdev": 0, "links": 1, "xattrs": []}
+            def c(op, args):
+                return {"operation": op, "arguments": json.dumps(args)}
+            calls = [c("op", {"op": "makeDirectory", "entry": entry("a")}), c("op", {"op": "makeDirectory", "entry": entry("../x")}),
+                     c("op", {"op": "makeDirectory", "entry": entry("up/x")}), c("stat", {"path": "a"}), c("stat", {"path": "nothing"}),
+                     c("hash", {"path": "f", "ranges": [{"offset": 0, "length": 5}]}), {"operation": "stat", "arguments": "{not json"}]
+            status, body = call("batch", json.dumps({"calls": calls}))
+            out["mixed"] = [status, [[a["status"], json.loads(a["body"])] for a in body["answers"]]]
+            out["sha"] = hashlib.sha256(b"hello").hexdigest()
+            out["walk"] = call("batch", json.dumps({"calls": [c("walk", {})]}))
+            out["nested"] = call("batch", json.dumps({"calls": [c("batch", {"calls": []})]}))
+            out["put"] = call("batch", json.dumps({"calls": [c("writer/put", {})]}))
+            out["many"] = call("batch", json.dumps({"calls": [c("stat", {"path": "a"})] * 1025}))
+            out["no_token"] = call("batch", json.dumps({"calls": [c("op", {"op": "makeDirectory", "entry": entry("b")})]}), tok=None)
+            # Compressed both ways (zstd CLI on this side), and a body that decodes past its stated length refused.
+            import subprocess
+            plain = json.dumps({"calls": [c("stat", {"path": "a"})] * 200}).encode()
+            # (from a file: the frame states its size, which the server requires before it allocates)
+            import tempfile
+            with tempfile.NamedTemporaryFile() as tf:
+                tf.write(plain)
+                tf.flush()
+                z = subprocess.run(["zstd", "-q", "-c", "-3", tf.name], capture_output=True, check=True).stdout
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+            conn.request("POST", "/v1/batch", body=z, headers={"x-ferry-store": "fs;destination;tree", "Authorization": "Bearer " + token,
+                         "x-ferry-encoding": "zstd", "x-ferry-length": str(len(plain)), "x-ferry-accept": "zstd"})
+            resp = conn.getresponse()
+            data = resp.read()
+            conn.close()
+            dz = subprocess.run(["zstd", "-q", "-dc"], input=data, capture_output=True)
+            if dz.returncode != 0:
+                raise SystemExit("answer %d %r: %r" % (resp.status, resp.getheaders(), data[:300]))
+            answer = json.loads(dz.stdout)
+            out["zstd"] = [resp.status, resp.getheader("x-ferry-encoding"), len(answer["answers"]), len(data) < len(plain)]
+            out["bomb"] = call("batch", z, headers={"x-ferry-encoding": "zstd", "x-ferry-length": "100"})
+            """)
+        let mixed = try #require(r["mixed"] as? [Any], "\(r)")
+        #expect(mixed[0] as? Int == 200, "\(mixed)")
+        let answers = try #require(mixed[1] as? [[Any]], "\(mixed)")
+        #expect(answers.map { $0[0] as? Int } == [200, 403, 403, 200, 200, 200, 400], "\(answers)")
+        func body(_ i: Int) -> [String: Any] { answers[i][1] as? [String: Any] ?? [:] }
+        #expect(body(1)["code"] as? String == "unsafePath" && body(2)["code"] as? String == "unsafePath", "\(answers)")
+        #expect((body(3)["entry"] as? [String: Any])?["kind"] as? String == "directory", "\(answers)")
+        #expect(body(4)["entry"] == nil, "\(answers)")
+        let digest = (body(5)["digests"] as? [[String: Any]])?.first
+        #expect(digest?["sha256"] as? String == r["sha"] as? String && digest?["length"] as? Int == 5, "\(answers)")
+        #expect(FileManager.default.fileExists(atPath: rig.root + "/tree/a"))
+        for key in ["walk", "nested", "put", "many"] {
+            let pair = try #require(r[key] as? [Any], "\(key): \(r)")
+            #expect(pair[0] as? Int == 400 && (pair[1] as? [String: Any])?["code"] as? String == "badRequest", "\(key): \(pair)")
+        }
+        #expect((r["no_token"] as? [Any])?.first as? Int == 401)
+        let z = try #require(r["zstd"] as? [Any], "\(r)")
+        #expect(z[0] as? Int == 200 && z[1] as? String == "zstd" && z[2] as? Int == 200 && z[3] as? Bool == true, "\(z)")
+        #expect((r["bomb"] as? [Any])?.first as? Int == 400, "\(r)")
+        #expect(!FileManager.default.fileExists(atPath: rig.root + "/tree/b"))
+        #expect(files(outside).isEmpty, "written outside the root: \(files(outside))")
+    }
+
+    /// A walk asked with zstd comes as length-prefixed zstd frames of whole JSON lines, decoded here by the zstd
+    /// CLI (not by ferry): the same entries as the plain listing, in a fraction of its bytes.
+    @Test func aCompressedWalkIsFramesOfTheSameLines() throws {
+        let rig = try RemoteRig()
+        defer { rig.stop() }
+        for i in 0..<300 {
+            let d = rig.root + "/tree/dir\(i % 7)"
+            try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+            try Data("file \(i)".utf8).write(to: URL(fileURLWithPath: d + "/metric-\(i).wsp"))
+        }
+        let r = try python(
+            rig,
+            """
+            import subprocess
+            def raw(body):
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+                c.request("POST", "/v1/walk", body=body, headers={"x-ferry-store": "fs;source;tree", "Authorization": "Bearer " + token})
+                r = c.getresponse()
+                data = r.read()
+                c.close()
+                return r.getheader("content-type"), data
+            kind, plain = raw(b"{}")
+            zkind, framed = raw(b'{"zstd": true}')
+            frames, at = [], 0
+            while at < len(framed):
+                n = int.from_bytes(framed[at:at + 4], "big")
+                frames.append(framed[at + 4:at + 4 + n])
+                at += 4 + n
+            decoded = subprocess.run(["zstd", "-dc"], input=b"".join(frames), capture_output=True, check=True).stdout
+            out["types"] = [kind, zkind]
+            out["same"] = [json.loads(l) for l in decoded.splitlines()] == [json.loads(l) for l in plain.splitlines()]
+            out["frames"] = len(frames)
+            out["sizes"] = [len(plain), len(framed)]
+            out["entries"] = sum(1 for l in plain.splitlines() if json.loads(l).get("e"))
+            """)
+        #expect(r["types"] as? [String] == ["application/x-ndjson", "application/x-ferry-zstd-frames"], "\(r)")
+        #expect(r["same"] as? Bool == true, "\(r)")
+        #expect(r["entries"] as? Int == 307, "\(r)")  // 7 directories, 300 files
+        let sizes = try #require(r["sizes"] as? [Int])
+        #expect(sizes[1] * 4 < sizes[0], "compressed \(sizes[1]) of \(sizes[0]) bytes")
+    }
+
     @Test func oversizedBodiesAndDamagedChunksAreRefused() throws {
         let rig = try RemoteRig { $0.maxChunk = 1 << 20 }
         defer { rig.stop() }
