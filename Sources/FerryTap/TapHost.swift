@@ -19,7 +19,7 @@ public struct TapHost: Service {
     public func run() async throws {
         try tap.start()
         try? await gracefulShutdown()
-        logger.notice("shutting down: the tap stops accepting, then closes its journal")
+        logger.notice("\(tap.shutdownNotice)")
         tap.stop()
     }
 

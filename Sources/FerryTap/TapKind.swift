@@ -5,6 +5,12 @@ public import Logging
 public protocol TapService: AnyObject, Sendable {
     func start() throws
     func stop()
+    /// What the log says when the graceful shutdown begins.
+    var shutdownNotice: String { get }
+}
+
+extension TapService {
+    public var shutdownNotice: String { "shutting down: the tap stops accepting, then closes its journal" }
 }
 
 /// Where a tap keeps its queue and answers its control socket.

@@ -127,6 +127,8 @@ final class ServeService: TapService, @unchecked Sendable {
         self.socket = socket
     }
 
+    var shutdownNotice: String { "shutting down: ferry serve stops accepting, then ends its connections" }
+
     func start() throws {
         // Where it listens, on stdout, for whoever started it (a test with port 0, a job over SSH).
         if let socket {
