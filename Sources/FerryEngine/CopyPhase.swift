@@ -260,7 +260,7 @@ final class CopyPhase: @unchecked Sendable {
     /// (instead of one per file before its merge). They are copied whole; one that a live daemon creates
     /// meanwhile is not replaced: the far side's publish merges into it (`LocalStore.onExisting`).
     private func absentMergeTargets(_ page: [ItemRecord]) throws -> Set<Int64> {
-        guard destination is any Merging, let batcher = destination as? any Batching, page.count > 1 else { return [] }
+        guard destination is any Merging, let batcher = destination as? any Batching, !page.isEmpty else { return [] }
         let found = try destinationCall("stat") { try batcher.exist(page.map(\.entry.path)) }
         return Set(zip(page, found).compactMap { item, r in (try? r.get()) == false ? item.id : nil })
     }
