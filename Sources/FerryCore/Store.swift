@@ -294,6 +294,7 @@ public protocol SpecialMaking: Store {
 public protocol Merging: Store {
     /// Merges `path` from `source` into the existing destination object, considering data up to `until`.
     /// Returns how many values were written, or nil when the destination has no such object (copy it whole).
+    /// What it wrote is durable after the store's `syncAll`, which the engine runs before recording the merge.
     func merge(_ path: String, from source: any Store, until: Int, now: Int) throws -> Int?
 }
 

@@ -83,33 +83,34 @@ extension Whisper {
         let srcEnd = b.offset + b.size
         var dstOff = base == 0 ? -1 : slotOffset(a, base: base, interval: t)
         let dstEnd = a.offset + a.size
+        // One pointer on each side for the whole walk (not a buffer access per slot and per written point).
+        let pointSize = Self.pointSize
         source.bytes.withUnsafeBufferPointer { sp in
-            while t <= last {
-                let srcT = Int(UInt32(sp[srcOff]) << 24 | UInt32(sp[srcOff + 1]) << 16 | UInt32(sp[srcOff + 2]) << 8 | UInt32(sp[srcOff + 3]))
-                if srcT == t {
-                    var gap = true
-                    if dstOff >= 0 {
-                        // A slot holding this time, or a newer lap (live data past the ring's end), is kept.
-                        gap = Int(Self.u32(bytes, dstOff)) < t
-                    }
-                    if gap {
+            bytes.withUnsafeMutableBufferPointer { dp in
+                let src = sp.baseAddress!
+                let dst = dp.baseAddress!
+                func time(_ p: UnsafePointer<UInt8>) -> Int {
+                    Int(UInt32(p[0]) << 24 | UInt32(p[1]) << 16 | UInt32(p[2]) << 8 | UInt32(p[3]))
+                }
+                while t <= last {
+                    // A slot holding this time, or a newer lap (live data past the ring's end), is kept.
+                    if time(src + srcOff) == t && (dstOff < 0 || time(dst + dstOff) < t) {
                         if base == 0 {
+                            // The archive's first point: its slot is the first one (base = t).
                             base = t
-                            dstOff = slotOffset(a, base: base, interval: t)
+                            dstOff = a.offset
                         }
-                        bytes.withUnsafeMutableBufferPointer { dp in
-                            for k in 0..<Self.pointSize { dp[dstOff + k] = sp[srcOff + k] }
-                        }
+                        (dst + dstOff).update(from: src + srcOff, count: pointSize)
                         times.append(t)
                         written += 1
                     }
-                }
-                t += step
-                srcOff += Self.pointSize
-                if srcOff == srcEnd { srcOff = b.offset }
-                if dstOff >= 0 {
-                    dstOff += Self.pointSize
-                    if dstOff == dstEnd { dstOff = a.offset }
+                    t += step
+                    srcOff += pointSize
+                    if srcOff == srcEnd { srcOff = b.offset }
+                    if dstOff >= 0 {
+                        dstOff += pointSize
+                        if dstOff == dstEnd { dstOff = a.offset }
+                    }
                 }
             }
         }
@@ -125,8 +126,10 @@ extension Whisper {
         let lower = archives[index]
         let higher = archives[index - 1]
         // Sorted arrays walked side by side, not sets: hashing every interval was most of a merge's time.
-        let written = writtenHere.sorted()
-        let intervals = touchedBelow.map { $0 - Self.mod($0, lower.secondsPerPoint) }.sorted()
+        // Both come in ascending order from the walks that wrote them; sorted only if ever they do not.
+        func ascending(_ a: [Int]) -> [Int] { zip(a, a.dropFirst()).allSatisfy { $0 <= $1 } ? a : a.sorted() }
+        let written = ascending(writtenHere)
+        let intervals = ascending(touchedBelow.map { $0 - Self.mod($0, lower.secondsPerPoint) })
         var count = 0
         var w = 0
         var previous: Int?
@@ -194,23 +197,51 @@ public final class WhisperFile {
     public func read() throws -> Whisper {
         var st = stat()
         guard fstat(fd, &st) == 0 else { throw SystemCallError("fstat", errno: errno, path: path) }
-        var bytes = [UInt8](repeating: 0, count: Int(st.st_size))
-        let n = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, 0) }
-        guard n == bytes.count else { throw SystemCallError("read", errno: errno, path: path) }
-        return try Whisper(bytes: bytes, path: path)
+        return try Whisper(bytes: Self.readWhole(fd, size: Int(st.st_size), path: path), path: path)
     }
 
-    /// Writes back the bytes that differ from `original` (one contiguous range), then fdatasync.
-    public func write(_ db: Whisper, original: Whisper) throws {
+    /// The first `size` bytes of `fd`, read into an array that is not zero-filled first (a Whisper file is read
+    /// whole for every merge and compare); fewer bytes than that (the file shrank) is a read error.
+    static func readWhole(_ fd: Int32, size: Int, path: String) throws -> [UInt8] {
+        try [UInt8](unsafeUninitializedCapacity: size) { buffer, count in
+            count = 0
+            let n = try SystemCalls.preadFully(fd, into: UnsafeMutableRawBufferPointer(buffer), at: 0, what: path)
+            guard n == size else { throw SystemCallError("read", errno: EIO, path: path + " (ended after \(n) of \(size) bytes)") }
+            count = n
+        }
+    }
+
+    /// Writes back the bytes that differ from `original` (one contiguous range), then fdatasync unless `sync`
+    /// is false (the caller's own sync covers the file: the engine's group sync before it records the merge).
+    public func write(_ db: Whisper, original: Whisper, sync: Bool = true) throws {
         guard db.bytes.count == original.bytes.count else {
             throw FerryError(.destinationIO, "\(path): size changed under an update")
         }
-        guard let first = db.bytes.indices.first(where: { db.bytes[$0] != original.bytes[$0] }) else { return }
-        var last = db.bytes.count - 1
-        while db.bytes[last] == original.bytes[last] { last -= 1 }
+        let range: (first: Int, last: Int)? = db.bytes.withUnsafeBytes { a in
+            original.bytes.withUnsafeBytes { b in
+                // memcmp over 4 KiB blocks finds the changed range; bytes are compared one by one only inside
+                // the first and last differing blocks.
+                let n = a.count
+                let block = 4096
+                var lo = 0
+                while lo < n && memcmp(a.baseAddress! + lo, b.baseAddress! + lo, min(block, n - lo)) == 0 { lo += block }
+                guard lo < n else { return nil }
+                while a[lo] == b[lo] { lo += 1 }
+                var hi = n
+                while hi > lo {
+                    let start = max(lo, hi - block)
+                    if memcmp(a.baseAddress! + start, b.baseAddress! + start, hi - start) != 0 { break }
+                    hi = start
+                }
+                var last = hi - 1
+                while a[last] == b[last] { last -= 1 }
+                return (lo, last)
+            }
+        }
+        guard let (first, last) = range else { return }
         let n = db.bytes.withUnsafeBytes { pwrite(fd, $0.baseAddress! + first, last - first + 1, off_t(first)) }
         guard n == last - first + 1 else { throw SystemCallError("write", errno: errno, path: path) }
-        guard fdatasync(fd) == 0 else { throw SystemCallError("fdatasync", errno: errno, path: path) }
+        if sync { guard fdatasync(fd) == 0 else { throw SystemCallError("fdatasync", errno: errno, path: path) } }
     }
 }
 
