@@ -290,14 +290,7 @@ extension RemoteServer {
     }
 
     private func mutate(_ store: any Store, _ request: ServerRequest) throws -> ServerReply {
-        struct Op: Decodable {
-            var op: String
-            var entry: Entry?
-            var path: String?
-            var kind: EntryKind?
-            var token: String?
-        }
-        let op = try args(Op.self, request)
+        let op = try args(Wire.OpArgs.self, request)
         func entry() throws -> Entry {
             guard let e = op.entry else { throw Refusal(400, "badRequest", "\(op.op) needs an entry") }
             _ = try checked(e.path)

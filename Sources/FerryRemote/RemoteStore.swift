@@ -234,7 +234,7 @@ public class RemoteStore: Store, RangeHashing, Batching, WirePacing, @unchecked 
     }
 
     public func placeDirectories(_ entries: [Entry]) throws -> [(any Error)?] {
-        let calls = entries.flatMap { [OpArgs(op: "makeDirectory", entry: $0), OpArgs(op: "finishDirectory", entry: $0)] }
+        let calls = entries.flatMap { [Wire.OpArgs(op: "makeDirectory", entry: $0), Wire.OpArgs(op: "finishDirectory", entry: $0)] }
         let answers = try batched("op", calls, as: Wire.Done.self)
         return stride(from: 0, to: answers.count, by: 2).map { i in
             for a in answers[i...i + 1] { if case .failure(let e) = a { return e } }
@@ -268,16 +268,8 @@ public class RemoteStore: Store, RangeHashing, Batching, WirePacing, @unchecked 
         return try Wire.decode(type, answer, what: "\(displayName): \(operation)")
     }
 
-    struct OpArgs: Encodable {
-        var op: String
-        var entry: Entry?
-        var path: String?
-        var kind: EntryKind?
-        var token: String?
-    }
-
     func op(_ name: String, entry: Entry? = nil, path: String? = nil, kind: EntryKind? = nil, token: String? = nil) throws {
-        _ = try json("op", OpArgs(op: name, entry: entry, path: path, kind: kind, token: token), as: Wire.Done.self)
+        _ = try json("op", Wire.OpArgs(op: name, entry: entry, path: path, kind: kind, token: token), as: Wire.Done.self)
     }
 
     func count(logical n: Int) { counters.withLock { $0.logical += Int64(n) } }

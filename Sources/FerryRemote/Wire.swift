@@ -143,6 +143,15 @@ public enum Wire {
         public var token: String
     }
 
+    /// A store operation without a body of bytes (`op`): its name and what it needs of these.
+    public struct OpArgs: Codable, Sendable {
+        public var op: String
+        public var entry: Entry?
+        public var path: String?
+        public var kind: EntryKind?
+        public var token: String?
+    }
+
     public struct HashArgs: Codable, Sendable {
         public var path: String
         public var ranges: [ByteRange]
