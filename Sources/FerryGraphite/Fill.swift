@@ -9,7 +9,22 @@ public struct FillReport: Sendable, Equatable {
     public var skipped: [Int]
     /// Coarse slots recomputed from their finer archive because the fill completed the data they aggregate.
     public var recomputed: Int = 0
+    /// The bytes of the file the fill wrote, first through last (nil when it wrote none): what a merge writes back.
+    public var changed: ClosedRange<Int>?
     public var total: Int { filled.reduce(0, +) }
+}
+
+/// The span of offsets a fill has written, widened point by point.
+struct ChangedSpan {
+    var first = Int.max
+    var last = Int.min
+
+    @inline(__always) mutating func mark(_ offset: Int) {
+        if offset < first { first = offset }
+        if offset + Whisper.pointSize - 1 > last { last = offset + Whisper.pointSize - 1 }
+    }
+
+    var range: ClosedRange<Int>? { first <= last ? first...last : nil }
 }
 
 extension Whisper {
@@ -25,6 +40,7 @@ extension Whisper {
     public mutating func fill(from source: Whisper, until: Int, now: Int) -> FillReport {
         var report = FillReport(filled: Array(repeating: 0, count: archives.count), skipped: [])
         var touched: [Int] = []  // intervals written in the previous (finer) archive
+        var changed = ChangedSpan()
         for (index, a) in archives.enumerated() {
             let step = a.secondsPerPoint
             let same = source.archives.first { $0.secondsPerPoint == step }
@@ -42,7 +58,8 @@ extension Whisper {
             var base = baseInterval(a)
             var written = 0
             if from.secondsPerPoint == step {
-                written = fillSameStep(a, from: source, archive: from, first: t, last: last, base: &base, times: &writtenTimes)
+                written = fillSameStep(
+                    a, from: source, archive: from, first: t, last: last, base: &base, times: &writtenTimes, changed: &changed)
             } else {
                 while t <= last {
                     defer { t += step }
@@ -53,17 +70,20 @@ extension Whisper {
                     guard let value = source.aggregate(from, into: t, step: step, method: aggregation, xff: xFilesFactor)
                     else { continue }
                     if base == 0 { base = t }
-                    setPoint(at: slotOffset(a, base: base, interval: t), t, value)
+                    let offset = slotOffset(a, base: base, interval: t)
+                    setPoint(at: offset, t, value)
+                    changed.mark(offset)
                     writtenTimes.append(t)
                     written += 1
                 }
             }
             report.filled[index] = written
             if index > 0 {
-                report.recomputed += recomputeDerived(index, touchedBelow: touched, writtenHere: &writtenTimes)
+                report.recomputed += recomputeDerived(index, touchedBelow: touched, writtenHere: &writtenTimes, changed: &changed)
             }
             touched = writtenTimes
         }
+        report.changed = changed.range
         return report
     }
 
@@ -71,7 +91,7 @@ extension Whisper {
     /// instead of dividing per point, and copies the source's 12-byte point where the destination has a gap.
     private mutating func fillSameStep(
         _ a: WhisperArchive, from source: Whisper, archive b: WhisperArchive, first: Int, last: Int, base: inout Int,
-        times: inout [Int]
+        times: inout [Int], changed: inout ChangedSpan
     ) -> Int {
         guard first <= last else { return 0 }
         let srcBase = source.baseInterval(b)
@@ -101,6 +121,7 @@ extension Whisper {
                             dstOff = a.offset
                         }
                         (dst + dstOff).update(from: src + srcOff, count: pointSize)
+                        changed.mark(dstOff)
                         times.append(t)
                         written += 1
                     }
@@ -121,7 +142,7 @@ extension Whisper {
     /// live writes started inside its interval, from part of them. Once the fill has completed the finer archive
     /// there, the slot is recomputed from it as carbon's propagation does (method, xFilesFactor), which is what
     /// carbon would hold had it received every point. Slots the fill wrote from the source are left alone.
-    private mutating func recomputeDerived(_ index: Int, touchedBelow: [Int], writtenHere: inout [Int]) -> Int {
+    private mutating func recomputeDerived(_ index: Int, touchedBelow: [Int], writtenHere: inout [Int], changed: inout ChangedSpan) -> Int {
         guard !touchedBelow.isEmpty else { return 0 }
         let lower = archives[index]
         let higher = archives[index - 1]
@@ -142,7 +163,9 @@ extension Whisper {
             guard let v = aggregate(higher, into: start, step: lower.secondsPerPoint, method: aggregation, xff: xFilesFactor)
             else { continue }
             if v.bitPattern != current.bitPattern {
-                setPoint(at: slotOffset(lower, base: baseInterval(lower), interval: start), start, v)
+                let offset = slotOffset(lower, base: baseInterval(lower), interval: start)
+                setPoint(at: offset, start, v)
+                changed.mark(offset)
                 writtenHere.append(start)
                 count += 1
             }
@@ -209,6 +232,16 @@ public final class WhisperFile {
             guard n == size else { throw SystemCallError("read", errno: EIO, path: path + " (ended after \(n) of \(size) bytes)") }
             count = n
         }
+    }
+
+    /// Writes back `range` of `db` (the span a fill reports it wrote), then fdatasync unless `sync` is false.
+    /// A merge needs no copy of the file as it was to find what changed.
+    public func write(_ db: Whisper, range: ClosedRange<Int>?, sync: Bool = true) throws {
+        guard let range else { return }
+        guard range.upperBound < db.bytes.count else { throw FerryError(.destinationIO, "\(path): a write past the file's end") }
+        let n = db.bytes.withUnsafeBytes { pwrite(fd, $0.baseAddress! + range.lowerBound, range.count, off_t(range.lowerBound)) }
+        guard n == range.count else { throw SystemCallError("write", errno: errno, path: path) }
+        if sync { guard fdatasync(fd) == 0 else { throw SystemCallError("fdatasync", errno: errno, path: path) } }
     }
 
     /// Writes back the bytes that differ from `original` (one contiguous range), then fdatasync unless `sync`

@@ -16,11 +16,10 @@ public final class WhisperTreeStore: Store, Merging, PointComparing, @unchecked 
         tree = LocalStore(root: root) { staged, existing in
             let src = try Whisper(path: staged)
             let file = try WhisperFile(path: existing)
-            let original = try file.read()
-            var db = original
+            var db = try file.read()
             let now = Int(Date().timeIntervalSince1970)
-            _ = db.fill(from: src, until: now, now: now)
-            try file.write(db, original: original)
+            let report = db.fill(from: src, until: now, now: now)
+            try file.write(db, range: report.changed)
         }
     }
 
@@ -75,12 +74,11 @@ public final class WhisperTreeStore: Store, Merging, PointComparing, @unchecked 
         guard let src = try Self.load(path, from: source) else {
             throw FerryError(.sourceIO, "\(path) vanished from the source")
         }
-        let original = try file.read()
-        var db = original
+        var db = try file.read()
         let report = db.fill(from: src, until: until, now: now)
-        // Made durable by the engine's group sync (syncAll) before the merge is recorded, with the files copied
-        // beside it: no fdatasync per merged file.
-        try file.write(db, original: original, sync: false)
+        // Only the span the fill wrote goes back. Made durable by the engine's group sync (syncAll) before the
+        // merge is recorded, with the files copied beside it: no fdatasync per merged file.
+        try file.write(db, range: report.changed, sync: false)
         return report.total
     }
 

@@ -143,7 +143,12 @@ func writePoints(_ dir: TempDir, _ points: [(Int, Double)], name: String = "poin
             let original = try file.read()
             merged = original
             report = merged.fill(from: source, until: snapshot, now: now)
-            try file.write(merged, original: original)
+            // Written back as a merge does: only the span the fill says it wrote (the oracle reads the file).
+            try file.write(merged, range: report.changed)
+            // Every byte that differs lies in that span.
+            let differing = zip(original.bytes, merged.bytes).enumerated().filter { $0.element.0 != $0.element.1 }.map(\.offset)
+            let span = try #require(report.changed)
+            #expect(!differing.isEmpty && span.contains(differing.first!) && span.contains(differing.last!), "\(span)")
         }
         #expect(report.skipped == [])
         #expect(report.filled[0] > 0 && report.filled[1] > 0)
@@ -169,7 +174,8 @@ func writePoints(_ dir: TempDir, _ points: [(Int, Double)], name: String = "poin
         let again = try WhisperFile(path: dst)
         let o2 = try again.read()
         var m2 = o2
-        #expect(m2.fill(from: source, until: snapshot, now: now).total == 0)
+        let second = m2.fill(from: source, until: snapshot, now: now)
+        #expect(second.total == 0 && second.changed == nil)
     }
 
     @Test func coarserArchivesComeFromTheSourceCoarseArchiveNeverIntoFineSlots() throws {

@@ -38,10 +38,9 @@ struct MetricsFill: ParsableCommand {
 
     static func fillFile(_ src: Whisper, _ destination: String, until: Int, now: Int) throws -> FillReport {
         let file = try WhisperFile(path: destination)
-        let original = try file.read()
-        var db = original
+        var db = try file.read()
         let report = db.fill(from: src, until: until, now: now)
-        try file.write(db, original: original)
+        try file.write(db, range: report.changed)
         return report
     }
 
