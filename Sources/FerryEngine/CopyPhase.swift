@@ -736,14 +736,14 @@ final class CopyPhase: @unchecked Sendable {
                 if waiting.count >= 512 { try placeWaiting() }
                 return
             }
+            var failure: (any Error)?
             do {
                 try destinationCall("mkdir") { try destination.makeDirectory(item.entry) }
                 try destinationCall("directory metadata") { try destination.finishDirectory(item.entry) }
-            } catch let e as FerryError where e.code == .unsafePath {
-                try refuse(item, e)
-                return
+            } catch {
+                failure = error
             }
-            if item.state == .pending { ids.append(item.id) }
+            try placed(item, failure)
         }
         try placeWaiting()
         try destinationCall("sync") { try destination.syncAll() }

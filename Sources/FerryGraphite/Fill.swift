@@ -109,9 +109,7 @@ extension Whisper {
             bytes.withUnsafeMutableBufferPointer { dp in
                 let src = sp.baseAddress!
                 let dst = dp.baseAddress!
-                func time(_ p: UnsafePointer<UInt8>) -> Int {
-                    Int(UInt32(p[0]) << 24 | UInt32(p[1]) << 16 | UInt32(p[2]) << 8 | UInt32(p[3]))
-                }
+                func time(_ p: UnsafePointer<UInt8>) -> Int { Int(Self.u32(p)) }
                 while t <= last {
                     // A slot holding this time, or a newer lap (live data past the ring's end), is kept.
                     if time(src + srcOff) == t && (dstOff < 0 || time(dst + dstOff) < t) {
@@ -244,37 +242,16 @@ public final class WhisperFile {
         if sync { guard fdatasync(fd) == 0 else { throw SystemCallError("fdatasync", errno: errno, path: path) } }
     }
 
-    /// Writes back the bytes that differ from `original` (one contiguous range), then fdatasync unless `sync`
-    /// is false (the caller's own sync covers the file: the engine's group sync before it records the merge).
-    public func write(_ db: Whisper, original: Whisper, sync: Bool = true) throws {
+    /// Writes back the bytes that differ from `original` (one contiguous range), then fdatasync: an update
+    /// that does not know the span it wrote (`ferry metrics update`).
+    public func write(_ db: Whisper, original: Whisper) throws {
         guard db.bytes.count == original.bytes.count else {
             throw FerryError(.destinationIO, "\(path): size changed under an update")
         }
-        let range: (first: Int, last: Int)? = db.bytes.withUnsafeBytes { a in
-            original.bytes.withUnsafeBytes { b in
-                // memcmp over 4 KiB blocks finds the changed range; bytes are compared one by one only inside
-                // the first and last differing blocks.
-                let n = a.count
-                let block = 4096
-                var lo = 0
-                while lo < n && memcmp(a.baseAddress! + lo, b.baseAddress! + lo, min(block, n - lo)) == 0 { lo += block }
-                guard lo < n else { return nil }
-                while a[lo] == b[lo] { lo += 1 }
-                var hi = n
-                while hi > lo {
-                    let start = max(lo, hi - block)
-                    if memcmp(a.baseAddress! + start, b.baseAddress! + start, hi - start) != 0 { break }
-                    hi = start
-                }
-                var last = hi - 1
-                while a[last] == b[last] { last -= 1 }
-                return (lo, last)
-            }
-        }
-        guard let (first, last) = range else { return }
-        let n = db.bytes.withUnsafeBytes { pwrite(fd, $0.baseAddress! + first, last - first + 1, off_t(first)) }
-        guard n == last - first + 1 else { throw SystemCallError("write", errno: errno, path: path) }
-        if sync { guard fdatasync(fd) == 0 else { throw SystemCallError("fdatasync", errno: errno, path: path) } }
+        guard let first = db.bytes.indices.first(where: { db.bytes[$0] != original.bytes[$0] }) else { return }
+        var last = db.bytes.count - 1
+        while db.bytes[last] == original.bytes[last] { last -= 1 }
+        try write(db, range: first...last)
     }
 }
 

@@ -191,6 +191,13 @@ public struct Whisper: Sendable {
         UInt64(u32(b, at)) << 32 | UInt64(u32(b, at + 4))
     }
 
+    /// The same big-endian reads through a pointer (walks that hold one for a whole archive).
+    @inline(__always) static func u32(_ p: UnsafePointer<UInt8>) -> UInt32 {
+        UInt32(p[0]) << 24 | UInt32(p[1]) << 16 | UInt32(p[2]) << 8 | UInt32(p[3])
+    }
+
+    @inline(__always) static func u64(_ p: UnsafePointer<UInt8>) -> UInt64 { UInt64(u32(p)) << 32 | UInt64(u32(p + 4)) }
+
     static func put32(_ b: inout [UInt8], _ v: UInt32) {
         b += [UInt8(v >> 24), UInt8(truncatingIfNeeded: v >> 16), UInt8(truncatingIfNeeded: v >> 8), UInt8(truncatingIfNeeded: v)]
     }

@@ -141,14 +141,8 @@ extension WhisperTreeStore {
             dst.bytes.withUnsafeBufferPointer { dp in
                 let s = sp.baseAddress!
                 let d = dp.baseAddress!
-                func time(_ p: UnsafePointer<UInt8>) -> Int {
-                    Int(UInt32(p[0]) << 24 | UInt32(p[1]) << 16 | UInt32(p[2]) << 8 | UInt32(p[3]))
-                }
-                func value(_ p: UnsafePointer<UInt8>) -> Double {
-                    var bits: UInt64 = 0
-                    for k in 4..<12 { bits = bits << 8 | UInt64(p[k]) }
-                    return Double(bitPattern: bits)
-                }
+                func time(_ p: UnsafePointer<UInt8>) -> Int { Int(Whisper.u32(p)) }
+                func value(_ p: UnsafePointer<UInt8>) -> Double { Double(bitPattern: Whisper.u64(p + 4)) }
                 while t <= last {
                     let sp = s + sOff
                     if time(sp) == t {

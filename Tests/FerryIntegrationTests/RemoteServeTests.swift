@@ -71,14 +71,21 @@ import Testing
         #expect((r["good"] as? [Any])?.first as? Int == 200)
     }
 
+    /// A directory beside the served root (nothing may ever be written there), the store `tree` in the root,
+    /// and `tree/up`, a symlink out of the root to that directory.
+    func outsideTheRoot(_ rig: RemoteRig) throws -> String {
+        let outside = rig.dir.sub("outside")
+        try FileManager.default.createDirectory(atPath: outside, withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: rig.root + "/tree", withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: rig.root + "/tree/up", withDestinationPath: outside)
+        return outside
+    }
+
     @Test func storesAndEntriesOutsideTheRootAreRefused() throws {
         let rig = try RemoteRig()
         defer { rig.stop() }
-        let outside = rig.dir.sub("outside")
-        try FileManager.default.createDirectory(atPath: outside, withIntermediateDirectories: true)
+        let outside = try outsideTheRoot(rig)
         try FileManager.default.createSymbolicLink(atPath: rig.root + "/escape", withDestinationPath: outside)
-        try FileManager.default.createDirectory(atPath: rig.root + "/tree", withIntermediateDirectories: true)
-        try FileManager.default.createSymbolicLink(atPath: rig.root + "/tree/up", withDestinationPath: outside)
         func entry(_ path: String) -> String {
             #"{"entry": {"path": "\#(path)", "kind": "directory", "size": 0, "mtimeNs": 0, "mode": 493, "inode": 0, "uid": 0, "gid": 0, "rdev": 0, "links": 1, "xattrs": []}}"#
         }
@@ -112,10 +119,7 @@ import Testing
     @Test func aBatchRefusesEachCallAsAloneAndTakesOnlySmallOperations() throws {
         let rig = try RemoteRig()
         defer { rig.stop() }
-        let outside = rig.dir.sub("outside")
-        try FileManager.default.createDirectory(atPath: outside, withIntermediateDirectories: true)
-        try FileManager.default.createDirectory(atPath: rig.root + "/tree", withIntermediateDirectories: true)
-        try FileManager.default.createSymbolicLink(atPath: rig.root + "/tree/up", withDestinationPath: outside)
+        let outside = try outsideTheRoot(rig)
         try Data("hello".utf8).write(to: URL(fileURLWithPath: rig.root + "/tree/f"))
         let r = try python(
             rig,
