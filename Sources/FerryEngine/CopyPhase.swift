@@ -45,6 +45,8 @@ final class CopyPhase: @unchecked Sendable {
     var partialTag = "0"
     func token(_ id: Int64) -> String { "\(partialTag).\(id)" }
     static let maxAttempts = 3
+    /// How the ledger's error of a file that kept changing begins (a live mirror looks at such files again).
+    static let keptChanging = "kept changing while copied"
     /// Small files per group, at most; a group also closes before it would hold more than `chunkSize` bytes, and
     /// once it has been open for `groupSeconds`.
     static let groupFiles = 5000
@@ -316,7 +318,7 @@ final class CopyPhase: @unchecked Sendable {
                     try ledger.requeue(item.id, entry: now, countAttempt: true)
                     try ledger.fail(
                         item.id,
-                        error: "kept changing while copied (\(attempts) attempts); run `ferry run --catch-up` when it is quiet")
+                        error: "\(Self.keptChanging) (\(attempts) attempts); run `ferry run --catch-up` when it is quiet")
                     summary.withLock { $0.failed += 1 }
                     progress.addFailed()
                     return

@@ -57,32 +57,24 @@ extension Job {
             summary.removed = context.summary.removed
         }
         var copied = try copy(ledger)
-        // What changed again while it was copied (vanished, or a hard link whose first name moved or went) is
-        // looked at once more now, so nothing stays unsettled behind the tap: a vanished entry is removed or
-        // queued as it is now, and an impossible link is copied as bytes (the next change of that file links it).
-        for pass in 0..<3 {
-            var vanished: [ItemRecord] = []
-            var unlinkable: [ItemRecord] = []
-            try ledger.forEachItem(states: [.vanished]) { vanished.append($0) }
-            try ledger.forEachItem(states: [.failed], kind: .hardlink) { unlinkable.append($0) }
-            let unsettled = try ledger.unsettledCount()
-            if vanished.isEmpty && unlinkable.isEmpty && unsettled == 0 { break }
-            let context = MirrorContext(filter: EntryFilter(plan: plan, destination: destination), ledger: ledger)
-            for item in vanished { try look(item.entry.path, context) }
-            for item in unlinkable {
-                if pass < 2 {
-                    // Looked at again: its group's first name is chosen anew from what the ledger and the source
-                    // hold now (the one it was to be linked to may have moved or gone meanwhile).
-                    try look(item.entry.path, context)
-                    continue
-                }
-                guard var now = try source.stat(item.entry.path), now.kind == .file else { continue }
-                logger.warning(
-                    "a new name of a hard-linked file could not be linked at the destination; copied as its own file until the group changes again",
-                    metadata: ["path": "\(RawName.display(item.entry.path))", "error": "\(item.error ?? "?")"])
-                now.links = 1
-                try ledger.requeue(item.id, entry: now)
+        // What changed again while it was copied is looked at once more now, so that as little as possible stays
+        // unsettled behind the tap: a vanished entry is removed or queued as it is now, a file whose copy failed
+        // (it kept changing) is queued as it is now, and a hard link whose first name moved, went or is not at the
+        // destination has its group's first name chosen anew. What still cannot be settled stays unsettled (the
+        // tap reports it, retries it at its next settling look, and the cutover's gate refuses until it is). It
+        // is never settled some other way: a second name copied as a file of its own would split the group at
+        // the destination, and nothing would link it again once the application stops writing.
+        for _ in 0..<3 {
+            var again: [ItemRecord] = []
+            try ledger.forEachItem(states: [.vanished]) { again.append($0) }
+            try ledger.forEachItem(states: [.failed]) { item in
+                // Not a refusal that stands (an unsafe name, an unreadable file): those wait for their next change.
+                if item.entry.kind == .hardlink || item.error?.hasPrefix(CopyPhase.keptChanging) == true { again.append(item) }
             }
+            let unsettled = try ledger.unsettledCount()
+            if again.isEmpty && unsettled == 0 { break }
+            let context = MirrorContext(filter: EntryFilter(plan: plan, destination: destination), ledger: ledger)
+            for item in again { try look(item.entry.path, context) }
             try context.writer?.flush()
             copied.bytesCopied += try copy(ledger).bytesCopied
         }

@@ -64,4 +64,44 @@ import Testing
         #expect(TreeCompare.fileDigest(dir.sub("src/large/big-0.bin")) == TreeCompare.fileDigest(dir.sub("dst/large/big-0.bin")))
         #expect(try job.verify(ledger).ok)
     }
+    /// A live mirror settles a file whose copy failed because it kept changing, and keeps its hard-link group
+    /// whole. A new name appears for a file whose own copy failed, so the file is not at the destination; the
+    /// mirror's own second look, or the tap's settling look (an application with no changes, every two seconds),
+    /// copies the file again, and the destination's names are one inode. Before, such a file waited for its next
+    /// change, which never comes once the application stops writing (the cutover then waited forever), and a
+    /// name that could not be linked was copied as a file of its own, splitting the group for good. The
+    /// destination's inodes are the oracle (the kernel's stat).
+    @Test func aFileWhoseCopyFailedIsSettledByTheMirrorAndItsHardLinkGroupStaysWhole() throws {
+        let dir = TempDir()
+        try TreeGen.write(dir.sub("src/g/a.dat"), size: 70_000, seed: 5)
+        let job = try makeJob(dir)
+        let ledger = try job.openLedger(create: true)
+        try ledger.createJob(name: "job", planIdentity: job.plan.identity, chunkSize: job.plan.copy.chunkSize)
+        try job.snapshot(ledger)
+        _ = try job.copy(ledger)
+        func inode(_ path: String) -> UInt64? {
+            var st = stat()
+            return lstat(dir.sub(path), &st) == 0 ? UInt64(st.st_ino) : nil
+        }
+        #expect(inode("dst/g/a.dat") != nil)
+
+        // A second name appears while the file is being rewritten: its copy failed (kept changing), so the file
+        // is not at the destination to be linked to.
+        #expect(link(dir.sub("src/g/a.dat"), dir.sub("src/g/c.dat")) == 0)
+        let a = try #require(try ledger.item(path: "g/a.dat"))
+        try FileManager.default.removeItem(atPath: dir.sub("dst/g/a.dat"))
+        try ledger.setState([a.id], .failed, error: "\(CopyPhase.keptChanging) (3 attempts)")
+        _ = try job.mirror(LiveChanges(paths: ["g/c.dat"]), ledger: ledger)
+        // Whichever name is the group's file now, two names that are both settled are one inode at the destination.
+        let (a1, c1) = (try #require(try ledger.item(path: "g/a.dat")), try #require(try ledger.item(path: "g/c.dat")))
+        #expect([a1.entry.kind, c1.entry.kind].sorted { $0.rawValue < $1.rawValue } == [.file, .hardlink], "\(a1.entry.kind), \(c1.entry.kind)")
+        #expect(a1.state != .done || c1.state != .done || inode("dst/g/a.dat") == inode("dst/g/c.dat"))
+
+        // The settling look: no new changes. Everything is settled, and the names are one file.
+        let settled = try job.mirror(LiveChanges(), ledger: ledger)
+        #expect(settled.unsettled == 0, "\(settled.unsettled) entries unsettled")
+        let group = ["dst/g/a.dat", "dst/g/c.dat"].map(inode)
+        #expect(group[0] != nil && Set(group).count == 1, "the destination's group was split: inodes \(group)")
+        #expect(TreeCompare.fileDigest(dir.sub("src/g/a.dat")) == TreeCompare.fileDigest(dir.sub("dst/g/c.dat")))
+    }
 }
