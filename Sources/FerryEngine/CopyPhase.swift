@@ -240,6 +240,9 @@ final class CopyPhase: @unchecked Sendable {
         guard !done.isEmpty || !partial.isEmpty else { return }
         try destinationCall("sync") { try destination.syncAll() }
         let lost = Set(try ledger.commit(done, partialChunks: partial, worker: worker))
+        // A file of a hard-link group written anew is a new inode at the destination: the names linked to the
+        // one it replaced (a live mirror may have linked them before this copy) are linked again.
+        try ledger.requeueHardLinks(to: groups.flatMap(\.rewritten))
         if !lost.isEmpty {
             // This worker's lease expired and another took the files over: its commit counts, not this one.
             logger.warning("\(lost.count) files were taken over by another worker after this one's lease expired; its copies count")
@@ -394,6 +397,8 @@ final class CopyPhase: @unchecked Sendable {
             return .unreadable(error.operatorText)
         }
         guard opened.kind == .file else { return .unreadable("is no longer a regular file; run `ferry run --catch-up`") }
+        // The ledger does not keep link counts: whether the file has other names (`rewritten`) is asked of it now.
+        entry.links = opened.links
         if opened.changed(comparedTo: entry) || opened.mode != entry.mode {
             // Changed after the snapshot, before its copy started: copy what is there now and record that.
             var now = opened
@@ -485,6 +490,7 @@ final class CopyPhase: @unchecked Sendable {
             try destinationCall("write") { try Self.write(writer, data, at: 0, digest: digest.hex) }
         }
         try destinationCall("publish") { try writer.publish(entry) }
+        if entry.links > 1 { group.rewritten.append(entry.path) }
         group.done.append((id, chunks, nil))
         group.note(bytes: Int64(size))
         progress.add(files: 1, bytes: Int64(size))
@@ -639,6 +645,7 @@ final class CopyPhase: @unchecked Sendable {
             w.accept(chunkDigests: layout.map { digests[$0.index] ?? "" })
         }
         try destinationCall("publish") { try writer.publish(entry) }
+        if entry.links > 1 { group.rewritten.append(entry.path) }
         progress.add(files: 1)
         // Recorded now (one round of the committer), not with a later group: a kill before it would find the
         // partial file gone and copy the whole file again.

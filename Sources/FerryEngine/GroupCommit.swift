@@ -7,6 +7,8 @@ struct CommitGroup {
     var done: [(id: Int64, chunks: [ChunkRecord], entry: Entry?)] = []
     /// Chunks of large files still being written: recorded after the sync, so a resumed run continues after them.
     var partialChunks: [(id: Int64, chunk: ChunkRecord)] = []
+    /// Files of hard-link groups (more than one link) written anew: their group's other names are linked again.
+    var rewritten: [String] = []
     var bytes: Int64 = 0
     /// When the first entry went in (uptime nanoseconds), for closing a group that fills slowly.
     var openedAt: UInt64 = 0

@@ -297,6 +297,10 @@ public final class Ledger: Sendable {
                     """)
         }
         registerLeaseMigration(&m)
+        m.registerMigration("v5-link-targets") { db in
+            // The second names of a file, found by the file's path (`requeueHardLinks`).
+            try db.execute(sql: "CREATE INDEX items_hardlink_target ON items(link_target) WHERE kind = 'hardlink'")
+        }
         return m
     }
 
@@ -743,6 +747,21 @@ public final class Ledger: Sendable {
                     sql: "UPDATE items SET state = 'pending', error = NULL, attempts = attempts + ? WHERE id = ?",
                     arguments: [countAttempt ? 1 : 0, id])
                 if let e = entry { try Self.updateEntry(db, id, e) }
+            }
+        }
+    }
+
+    /// Hard links recorded as placed whose first name is one of `paths`, queued again: that file was just written
+    /// anew at the destination (a new inode), so the names linked to the file it replaced no longer name it.
+    public func requeueHardLinks(to paths: [String]) throws {
+        guard !paths.isEmpty else { return }
+        try wrap("requeue hard links") {
+            try db.write { db in
+                for p in paths {
+                    try db.execute(
+                        sql: "UPDATE items SET state = 'pending', error = NULL WHERE kind = 'hardlink' AND link_target = ? AND state = 'done'",
+                        arguments: [p])
+                }
             }
         }
     }

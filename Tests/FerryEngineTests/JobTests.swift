@@ -104,4 +104,38 @@ import Testing
         #expect(group[0] != nil && Set(group).count == 1, "the destination's group was split: inodes \(group)")
         #expect(TreeCompare.fileDigest(dir.sub("src/g/a.dat")) == TreeCompare.fileDigest(dir.sub("dst/g/c.dat")))
     }
+    /// A file of a hard-link group copied again (its bytes changed) is a new inode at the destination: the names
+    /// already linked to the old one are linked again, whatever queued the file (here only the file is queued,
+    /// as the mirror back's seed or a copy delayed by another worker's lease leaves it). Before, the second
+    /// name kept the old inode and its old bytes, and the group was split for good. The kernel's stat is the
+    /// oracle for the inodes, and the bytes are hashed on both sides.
+    @Test func aHardLinkedFileWrittenAnewHasItsOtherNamesLinkedAgain() throws {
+        let dir = TempDir()
+        try TreeGen.write(dir.sub("src/g/a.dat"), size: 70_000, seed: 5)
+        #expect(link(dir.sub("src/g/a.dat"), dir.sub("src/g/b.dat")) == 0)
+        let job = try makeJob(dir)
+        let ledger = try job.openLedger(create: true)
+        try ledger.createJob(name: "job", planIdentity: job.plan.identity, chunkSize: job.plan.copy.chunkSize)
+        try job.snapshot(ledger)
+        _ = try job.copy(ledger)
+        func inode(_ path: String) -> UInt64? {
+            var st = stat()
+            return lstat(dir.sub(path), &st) == 0 ? UInt64(st.st_ino) : nil
+        }
+        #expect(inode("dst/g/a.dat") != nil && inode("dst/g/a.dat") == inode("dst/g/b.dat"), "the first copy did not link the group")
+
+        // New bytes through the file's own inode (both names), and only the file queued again.
+        let handle = try #require(FileHandle(forWritingAtPath: dir.sub("src/g/a.dat")))
+        try handle.write(contentsOf: Data(repeating: 0x5A, count: 9000))
+        try handle.close()
+        // The group's file is the name the snapshot met first.
+        let file = try #require(try ["g/a.dat", "g/b.dat"].compactMap { try ledger.item(path: $0) }.first { $0.entry.kind == .file })
+        let now: Entry? = try job.source.stat(file.entry.path)
+        #expect(now?.size == 70_000 && now?.links == 2, "\(String(describing: now))")
+        try ledger.requeue(file.id, entry: now)
+        _ = try job.copy(ledger)
+        #expect(inode("dst/g/a.dat") != nil && inode("dst/g/a.dat") == inode("dst/g/b.dat"), "the group was split at the destination")
+        #expect(TreeCompare.fileDigest(dir.sub("dst/g/b.dat")) == TreeCompare.fileDigest(dir.sub("src/g/b.dat")))
+        #expect(try ledger.unsettledCount() == 0)
+    }
 }
