@@ -98,7 +98,7 @@ import Testing
 
     /// The projection is checked against the real run's time, so both must measure the projection, not the
     /// machine's noise. On tmpfs (no disk: this VM's sync latency alone moved the same copy between 3.1 and 6.0 s),
-    /// and each side is the faster of three tries, taken in turn (rehearsal, run, rehearsal, run, ...): other suites
+    /// and each side is the fastest of its tries, taken in turn (rehearsal, run, rehearsal, run, ...): other suites
     /// run beside this one and steal the CPU at random, and in bursts; two rehearsals first and two runs after
     /// once met the busy start of the suite on one side only (projected 4.4 s against 2.3 s).
     @Test func theProjectionMeetsALargerRunOfTheSameShapeWithin25Percent() throws {
@@ -119,7 +119,12 @@ import Testing
             """)
         var projections: [Double] = []
         var actuals: [Double] = []
-        for attempt in 0..<3 {
+        // Load only ever adds time, so the faster of each side approaches what the machine does unloaded; more
+        // pairs are taken (up to seven) while the two minima are still apart, as a suite that loads the machine
+        // in long bursts makes them (three pairs under load once gave 5.3 s projected against 2.75 s).
+        func within(_ p: Double, _ a: Double) -> Bool { abs(p - a) <= 0.25 * a }
+        for attempt in 0..<7 {
+            if attempt >= 2, let p = projections.min(), let a = actuals.min(), within(p, a) { break }
             let r = try Ferry.run(["rehearse", plan, "--set", "source.path=staging", "--set", "destination.path=staging-dst"])
             #expect(r.status == 0, "\(r.all)")
             print(r.stdout)
@@ -144,7 +149,7 @@ import Testing
         let projected = try #require(projections.min())
         let actual = try #require(actuals.min())
         print("projected \(projections) s, actual \(actuals) s, ratio \(projected / actual)")
-        #expect(abs(projected - actual) <= 0.25 * actual, "projected \(projected) s against \(actual) s")
+        #expect(within(projected, actual), "projected \(projected) s against \(actual) s")
 
         // ferry report shows the (last) projection.
         let html = dir.sub("report.html")
