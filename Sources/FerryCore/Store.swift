@@ -360,6 +360,38 @@ public protocol Batching: Store {
     func placeDirectories(_ entries: [Entry]) throws -> [(any Error)?]
 }
 
+/// A whole small object as a store on another host sends it: its entry and writer token, the SHA-256 and length
+/// of its bytes, and the bytes encoded the way the store sends them (compressed as it chose, when it was read).
+public struct WholeObject: Sendable {
+    public var entry: Entry
+    public var token: String
+    public var sha256: String
+    public var length: Int
+    /// The store's name for how `body` holds the bytes (its wire encoding).
+    public var encoding: String
+    public var body: [UInt8]
+
+    public init(entry: Entry, token: String, sha256: String, length: Int, encoding: String, body: [UInt8]) {
+        self.entry = entry
+        self.token = token
+        self.sha256 = sha256
+        self.length = length
+        self.encoding = encoding
+        self.body = body
+    }
+}
+
+/// A store on another host that writes several small objects in one round trip. Each object is encoded when it
+/// is read (`encodeWhole`, so what waits is the bytes that will travel), then a group of them is sent together
+/// (`putEach`). Each is written and published exactly as `openWriter`, `write` and `publish` would do it alone,
+/// with the same checks, and each one's failure is its own.
+public protocol ObjectBatching: Store {
+    /// `bytes` (the whole object) encoded for `putEach`; `pointRuns` says where its point arrays are, if known.
+    func encodeWhole(_ entry: Entry, token: String, bytes: UnsafeRawBufferPointer, sha256Hex: String, pointRuns: [ByteRange]) -> WholeObject
+    /// Writes and publishes each object, in order; one answer per object: nil when it was published, else why not.
+    func putEach(_ objects: [WholeObject]) throws -> [(any Error)?]
+}
+
 /// Bytes a store moved across a network, beside the logical bytes they carried (a store on another host).
 public struct WireTotals: Sendable, Equatable {
     public var sent: Int64 = 0

@@ -202,7 +202,7 @@ final class CopyPhase: @unchecked Sendable {
                     steering.holdWhilePaused(halted)
                     if stopped { break }
                     try copyFile(item, buffer: chunkBuffer, hasher: hasher, group: &group, absent: absent.contains(item.id))
-                    if group.done.count >= Self.groupFiles || openTooLong(group) { try hand(&group) }
+                    if group.done.count + group.puts.count >= Self.groupFiles || openTooLong(group) { try hand(&group) }
                 }
                 // A thread that parks for a lower concurrency hands over what it copied first.
                 if index >= steering.effectiveConcurrency { try hand(&group) }
@@ -220,12 +220,41 @@ final class CopyPhase: @unchecked Sendable {
         group.openedAt > 0 && Double(DispatchTime.now().uptimeNanoseconds - group.openedAt) / 1e9 >= Self.groupSeconds
     }
 
-    /// Hands the group to the committer (it is recorded once durable) and starts a new one.
+    /// Hands the group to the committer (it is recorded once durable) and starts a new one. Its small files not
+    /// sent yet are sent first, in one round trip.
     private func hand(_ group: inout Group) throws {
+        try sendPuts(&group)
         let full = group
         group = Group()
         guard let committer else { return try record([full]) }
         try committer.submit(full)
+    }
+
+    /// Sends the group's waiting small files to a destination that takes several at once. Each published one
+    /// joins the group's done files; one refused for its path is refused alone; any other failure stops the run,
+    /// after the published ones joined the group (they are recorded once durable, as always).
+    private func sendPuts(_ group: inout Group) throws {
+        guard !group.puts.isEmpty, let batcher = destination as? any ObjectBatching else { return }
+        let puts = group.puts
+        group.puts = []
+        group.putBytes = 0
+        let answers = try destinationCall("publish") { try batcher.putEach(puts.map(\.object)) }
+        var stop: (any Error)?
+        for (put, failure) in zip(puts, answers) {
+            guard let failure else {
+                if put.object.entry.links > 1 { group.rewritten.append(put.object.entry.path) }
+                group.done.append((put.id, put.chunks, nil))
+                progress.add(files: 1, bytes: Int64(put.object.length))
+                summary.withLock { $0.bytesCopied += Int64(put.object.length) }
+                continue
+            }
+            if let e = failure as? FerryError, e.code == .unsafePath {
+                try refuse(id: put.id, path: put.object.entry.path, e)
+            } else if stop == nil {
+                stop = failure
+            }
+        }
+        if let stop { try destinationCall("publish") { throw stop } }
     }
 
     /// Makes room for `bytes` more in the group: hands it over first when they would take it past a chunk.
@@ -333,11 +362,13 @@ final class CopyPhase: @unchecked Sendable {
     }
 
     /// Marks an entry that the destination cannot hold as failed with the destination's reason.
-    private func refuse(_ item: ItemRecord, _ e: FerryError) throws {
-        try ledger.fail(item.id, error: "refused by the destination: \(e.message)")
+    private func refuse(_ item: ItemRecord, _ e: FerryError) throws { try refuse(id: item.id, path: item.entry.path, e) }
+
+    private func refuse(id: Int64, path: String, _ e: FerryError) throws {
+        try ledger.fail(id, error: "refused by the destination: \(e.message)")
         summary.withLock { $0.failed += 1 }
         progress.addFailed()
-        logger.warning("refused by the destination", metadata: ["path": "\(RawName.display(item.entry.path))", "reason": "\(e.message)"])
+        logger.warning("refused by the destination", metadata: ["path": "\(RawName.display(path))", "reason": "\(e.message)"])
     }
 
     /// Merges into an existing destination object; false when there is none (the file is copied whole).
@@ -472,7 +503,8 @@ final class CopyPhase: @unchecked Sendable {
         hasher.update(data)
         let digest = hasher.finish()
         let token = token(id)
-        try makeRoom(Int64(size), in: &group)
+        let batcher = reader is any MetadataCarrying ? nil : destination as? any ObjectBatching
+        if batcher == nil { try makeRoom(Int64(size), in: &group) }
         let chunks = size > 0 ? [ChunkRecord(index: 0, offset: 0, length: Int64(size), sha256: digest.hex)] : []
         if !(reader is any MetadataCarrying), try alreadyThere(entry, buffer: buffer) {
             // Recorded with the group, after the sync that makes it durable; nothing is written.
@@ -480,6 +512,21 @@ final class CopyPhase: @unchecked Sendable {
             group.note(bytes: Int64(size))
             progress.add(files: 1, bytes: Int64(size))
             summary.withLock { $0.filesFound += 1 }
+            return .copied
+        }
+        if let batcher {
+            // Encoded now and sent with the group's other small files, in one round trip, before it is handed over.
+            // What waits is what will travel: a group takes up to a chunk of it (and four chunks of files), so
+            // compressible files share a request with more of their kind.
+            let runs = (source as? any PointLayoutProviding)?.pointRuns(reader) ?? []
+            throttle?.acquire(size)
+            let object = batcher.encodeWhole(entry, token: token, bytes: data, sha256Hex: digest.hex, pointRuns: runs)
+            if !group.isEmpty && (group.putBytes + Int64(object.body.count) > chunkSize || group.bytes + Int64(size) > 4 * chunkSize) {
+                try hand(&group)
+            }
+            group.puts.append((id, chunks, object))
+            group.putBytes += Int64(object.body.count)
+            group.note(bytes: Int64(size))
             return .copied
         }
         guard let writer = try destinationCall("create", { try destination.openWriter(for: entry, token: token, resume: false) })

@@ -7,13 +7,18 @@ struct CommitGroup {
     var done: [(id: Int64, chunks: [ChunkRecord], entry: Entry?)] = []
     /// Chunks of large files still being written: recorded after the sync, so a resumed run continues after them.
     var partialChunks: [(id: Int64, chunk: ChunkRecord)] = []
+    /// Small files read and encoded for a destination that takes several in one round trip, not sent yet: sent
+    /// (and moved to `done` if published) before the group is handed over.
+    var puts: [(id: Int64, chunks: [ChunkRecord], object: WholeObject)] = []
+    /// The encoded bytes of `puts`.
+    var putBytes: Int64 = 0
     /// Files of hard-link groups (more than one link) written anew: their group's other names are linked again.
     var rewritten: [String] = []
     var bytes: Int64 = 0
     /// When the first entry went in (uptime nanoseconds), for closing a group that fills slowly.
     var openedAt: UInt64 = 0
 
-    var isEmpty: Bool { done.isEmpty && partialChunks.isEmpty }
+    var isEmpty: Bool { done.isEmpty && partialChunks.isEmpty && puts.isEmpty }
 
     mutating func note(bytes n: Int64) {
         if openedAt == 0 { openedAt = DispatchTime.now().uptimeNanoseconds }

@@ -56,7 +56,7 @@ extension RemoteServer {
 
     /// Operations whose body (or answer) is bytes, their encoding said in headers; every other one takes and
     /// answers JSON.
-    static let bytesBodied: Set<String> = ["read", "writer/write", "writer/put", "merge", "compare"]
+    static let bytesBodied: Set<String> = ["read", "writer/write", "writer/put", "writer/puts", "merge", "compare"]
 
     private func perform(_ request: ServerRequest, store: any Store, channel: any Channel) throws -> ServerReply {
         switch request.operation {
@@ -97,6 +97,8 @@ extension RemoteServer {
         case "writer/put":
             try put(store, request)
             return Self.done
+        case "writer/puts":
+            return try puts(request, channel: channel)
         case "writer/durable":
             let a = try args(Wire.WriterRef.self, request)
             try writer(a.id ?? "").use { try $0.makeDurable() }
@@ -261,6 +263,61 @@ extension RemoteServer {
             w.discard()
             throw error
         }
+    }
+
+    /// Several whole objects (`Wire.PutsArgs`): each is run as the `writer/put` it stands for (its own arguments,
+    /// encoding, length and SHA-256 as headers beside the request's token and store, its bytes as the body)
+    /// through `serve`, so each is checked and refused exactly as alone. The request as a whole is refused when
+    /// its arguments are malformed, name more than `maxObjects` objects, or do not account for the body.
+    private func puts(_ request: ServerRequest, channel: any Channel) throws -> ServerReply {
+        guard let split = request.headers[Wire.Header.split].flatMap(Int.init), split >= 0, split <= request.body.count else {
+            throw Refusal(400, "badRequest", "writer/puts: missing or malformed \(Wire.Header.split)")
+        }
+        let head = Array(request.body[0..<split])
+        guard let encoding = request.headers[Wire.Header.encoding] else {
+            guard split <= Wire.maxJSON else { throw Refusal(413, "tooLarge", "writer/puts: arguments of more than \(Wire.maxJSON) bytes") }
+            return try puts(head, request, split: split, channel: channel)
+        }
+        let json = try Codec.decode(encoding: encoding, length: request.headers[Wire.Header.length], body: head, limit: Wire.maxJSON)
+        return try puts(json, request, split: split, channel: channel)
+    }
+
+    private func puts(_ json: [UInt8], _ request: ServerRequest, split: Int, channel: any Channel) throws -> ServerReply {
+        let a: Wire.PutsArgs
+        do {
+            a = try JSONDecoder().decode(Wire.PutsArgs.self, from: Data(json))
+        } catch {
+            throw Refusal(400, "badRequest", "writer/puts: malformed arguments")
+        }
+        guard a.objects.count <= Wire.PutsArgs.maxObjects else {
+            throw Refusal(400, "badRequest", "writer/puts: \(a.objects.count) objects, more than the \(Wire.PutsArgs.maxObjects) a request takes")
+        }
+        var total = 0
+        for o in a.objects {
+            guard o.size >= 0, o.size <= request.body.count else { total = -1; break }
+            total += o.size
+        }
+        guard total == request.body.count - split else {
+            throw Refusal(400, "badRequest", "writer/puts: the objects' sizes do not account for the body")
+        }
+        var answers: [Wire.BatchAnswers.Answer] = []
+        answers.reserveCapacity(a.objects.count)
+        var offset = split
+        for o in a.objects {
+            var headers = request.headers
+            for h in [Wire.Header.split, Wire.Header.accept] { headers[h] = nil }
+            headers[Wire.Header.encoding] = o.encoding
+            headers[Wire.Header.length] = String(o.length)
+            headers[Wire.Header.sha256] = o.sha256
+            headers[Wire.Header.arguments] = String(decoding: Wire.encode(o.put), as: UTF8.self)
+            let sub = ServerRequest(operation: "writer/put", headers: headers, body: Array(request.body[offset..<offset + o.size]))
+            offset += o.size
+            guard case .bytes(let status, _, let body) = serve(sub, channel: channel) else {
+                throw Refusal(500, "other", "writer/puts: a put did not answer JSON")
+            }
+            answers.append(.init(status: status, body: String(decoding: body, as: UTF8.self)))
+        }
+        return .json(Wire.BatchAnswers(answers: answers))
     }
 
     /// Runs each call of a batch as the request it stands for (same headers, its own arguments as the body),

@@ -170,6 +170,7 @@ public final class RemoteServer: @unchecked Sendable {
     func bodyLimit(_ uri: String) -> Int {
         switch Self.operation(uri) {
         case "writer/write", "writer/put": return config.maxChunk + config.maxChunk / 128 + 4096
+        case "writer/puts": return config.maxChunk + config.maxChunk / 128 + 4096 + Wire.maxJSON
         case "merge", "compare": return config.maxStaged + config.maxStaged / 128 + 4096
         default: return Wire.maxJSON
         }

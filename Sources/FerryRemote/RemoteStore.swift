@@ -41,7 +41,7 @@ public struct RemoteEndpoint: Sendable {
 /// A store on another host, through its `ferry serve`: every Store operation becomes one request. Chunks
 /// travel zstd-compressed (zero runs as their length), verify asks the far side for digests (`RangeHashing`),
 /// and the metric kinds merge and compare points on the far side, next to the live files.
-public class RemoteStore: Store, RangeHashing, Batching, WirePacing, @unchecked Sendable {
+public class RemoteStore: Store, RangeHashing, Batching, ObjectBatching, WirePacing, @unchecked Sendable {
     // @unchecked: configuration is immutable; the client pool and counters are behind Mutexes.
     public let endpoint: RemoteEndpoint
     let ref: Wire.StoreRef
@@ -238,6 +238,85 @@ public class RemoteStore: Store, RangeHashing, Batching, WirePacing, @unchecked 
         let answers = try batched("op", calls, as: Wire.Done.self)
         return stride(from: 0, to: answers.count, by: 2).map { i in
             for a in answers[i...i + 1] { if case .failure(let e) = a { return e } }
+            return nil
+        }
+    }
+
+    // MARK: - whole objects, several per request
+
+    /// Bytes of objects per `writer/puts` request, at most (one object bigger than this goes alone).
+    static let putsBytes = 8 << 20
+
+    public func encodeWhole(_ entry: Entry, token: String, bytes: UnsafeRawBufferPointer, sha256Hex: String, pointRuns: [ByteRange]) -> WholeObject {
+        let (encoding, body) = Codec.encode(bytes, compressor: compressionLevel.map { ZstdCompressor(level: $0) }, runs: pointCodec ? pointRuns : [])
+        return WholeObject(entry: entry, token: token, sha256: sha256Hex, length: bytes.count, encoding: encoding, body: body)
+    }
+
+    /// Sends the objects in as few `writer/puts` requests as the bounds allow (`Wire.PutsArgs.maxObjects`
+    /// objects, `putsBytes` of bodies). An object damaged on the way (the far side's SHA-256 check) is sent again,
+    /// up to three times; any other failure is that object's answer. A request is not retried once it may have
+    /// been sent (its objects may have landed), as a single put is not.
+    public func putEach(_ objects: [WholeObject]) throws -> [(any Error)?] {
+        var answers = [(any Error)?](repeating: nil, count: objects.count)
+        var todo = Array(objects.indices)
+        var attempt = 0
+        while !todo.isEmpty {
+            var again: [Int] = []
+            var start = 0
+            while start < todo.count {
+                var end = start
+                var bytes = 0
+                while end < todo.count, end - start < Wire.PutsArgs.maxObjects,
+                    end == start || bytes + objects[todo[end]].body.count <= Self.putsBytes
+                {
+                    bytes += objects[todo[end]].body.count
+                    end += 1
+                }
+                let part = Array(todo[start..<end])
+                for (i, failure) in zip(part, try puts(part.map { objects[$0] })) {
+                    if let e = failure as? FerryError, e.code.rawValue == "checksum", attempt < 3 {
+                        again.append(i)
+                    } else {
+                        answers[i] = failure
+                    }
+                }
+                start = end
+            }
+            todo = again
+            attempt += 1
+        }
+        return answers
+    }
+
+    /// One `writer/puts` request: the arguments (compressed when that is smaller), then every object's bytes.
+    private func puts(_ objects: [WholeObject]) throws -> [(any Error)?] {
+        let args = Wire.PutsArgs(
+            objects: objects.map {
+                .init(
+                    put: Wire.PutArgs(entry: $0.entry, publish: nil, token: $0.token), encoding: $0.encoding, sha256: $0.sha256,
+                    length: $0.length, size: $0.body.count)
+            })
+        var head = Wire.encode(args)
+        var headers: [(String, String)] = []
+        if let level = compressionLevel {
+            let (encoding, z) = head.withUnsafeBytes { Codec.encode($0, compressor: ZstdCompressor(level: level)) }
+            if encoding == "zstd" {
+                headers = [(Wire.Header.encoding, encoding), (Wire.Header.length, String(head.count))]
+                head = z
+            }
+        }
+        headers.append((Wire.Header.split, String(head.count)))
+        var body = head
+        body.reserveCapacity(head.count + objects.reduce(0) { $0 + $1.body.count })
+        for o in objects { body += o.body }
+        let r = try call("writer/puts", body: body, headers: headers, idempotent: false)
+        let answers = try Wire.decode(Wire.BatchAnswers.self, r.body, what: "\(displayName): writer/puts").answers
+        guard answers.count == objects.count else {
+            throw FerryError(.other, "\(displayName): writer/puts: \(answers.count) answers to \(objects.count) objects")
+        }
+        return zip(objects, answers).map { o, a in
+            guard a.status == 200 else { return failure("writer/put \(RawName.display(o.entry.path))", status: a.status, body: Array(a.body.utf8)) }
+            count(logical: o.length)
             return nil
         }
     }

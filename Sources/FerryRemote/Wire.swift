@@ -10,8 +10,8 @@ import Foundation
 /// Answers are JSON, the bytes of a range, or (walk) a stream of JSON lines ending with a terminator line,
 /// so a listing cut short is detected. Failures are a status and `{"code": ..., "message": ...}`.
 public enum Wire {
-    /// 2: the point codec (`points` encoding) and `writer/put`. 3: `batch`.
-    public static let version = 3
+    /// 2: the point codec (`points` encoding) and `writer/put`. 3: `batch`. 4: `writer/puts`.
+    public static let version = 4
     /// JSON request bodies above this are refused (413).
     public static let maxJSON = 4 << 20
 
@@ -28,6 +28,8 @@ public enum Wire {
         /// `zstd`: the client takes a JSON answer compressed (with `encoding` and `length`, as a range comes).
         /// A JSON request body may come compressed the same way, said by its own `encoding` and `length`.
         public static let accept = "x-ferry-accept"
+        /// `writer/puts`: how many bytes of the body are its (encoded) arguments; the objects' bytes follow.
+        public static let split = "x-ferry-split"
     }
 
     /// The store a request is about.
@@ -141,6 +143,24 @@ public enum Wire {
         /// Absent when it is `entry`.
         public var publish: Entry?
         public var token: String
+    }
+
+    /// Several whole objects in one request (`writer/puts`). The body is the arguments (JSON, zstd-compressed
+    /// when that is smaller: `encoding` and `length` say so, `split` says how long they are), then each object's
+    /// encoded bytes in order. Each object is a `writer/put` of its own on the far side, with the same checks;
+    /// the answers (`BatchAnswers`) are one per object, so a refusal is that object's alone.
+    public struct PutsArgs: Codable, Sendable {
+        public static let maxObjects = Batch.maxCalls
+        public var objects: [Object]
+
+        public struct Object: Codable, Sendable {
+            public var put: PutArgs
+            /// The object's bytes as they travel: encoding, SHA-256 and length of the decoded bytes, bytes in the body.
+            public var encoding: String
+            public var sha256: String
+            public var length: Int
+            public var size: Int
+        }
     }
 
     /// A store operation without a body of bytes (`op`): its name and what it needs of these.

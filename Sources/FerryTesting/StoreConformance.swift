@@ -1,4 +1,5 @@
 public import FerryCore
+import FerryDigest
 import Foundation
 
 /// The behaviour every store kind must have, run as one body against each (after rclone's `fstests.Run`):
@@ -179,6 +180,29 @@ public enum StoreConformance {
                 let s = try store.stat("link")
                 try expect(s?.kind == .symlink && s?.linkTarget == "dir/../elsewhere", "stat of a symlink: \(String(describing: s))")
                 try store.remove("link", kind: .symlink)
+            }
+        }
+        if let batcher = store as? any ObjectBatching {
+            check("several whole objects in one round trip, each refused alone") {
+                let names = [options.name("whole-a"), "../" + options.name("escaped"), options.name("whole-b")]
+                let contents = [try options.content(5, 20_000), try options.content(6, 3_000), try options.content(7, 4096)]
+                let objects = zip(names, contents).enumerated().map { i, pair in
+                    pair.1.withUnsafeBytes { b in
+                        batcher.encodeWhole(
+                            fileEntry(pair.0, pair.1.count), token: "whole\(i)", bytes: b, sha256Hex: SHA256Hasher.digest(pair.1).hex, pointRuns: [])
+                    }
+                }
+                let answers = try batcher.putEach(objects)
+                try expect(answers.count == 3, "\(answers.count) answers to 3 objects")
+                try expect(answers[0] == nil && answers[2] == nil, "published objects failed: \(answers)")
+                try expect(
+                    (answers[1] as? FerryError)?.code == .unsafePath, "an unsafe name was not refused for its path: \(String(describing: answers[1]))"
+                )
+                for i in [0, 2] {
+                    try expect(try store.stat(names[i])?.size == Int64(contents[i].count), "stat of \(names[i]) after putEach")
+                    try expect(try readAll(names[i]) == contents[i], "the bytes of \(names[i]) after putEach")
+                    try store.remove(names[i], kind: .file)
+                }
             }
         }
         check("remove is idempotent") {

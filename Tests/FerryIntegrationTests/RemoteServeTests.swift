@@ -186,6 +186,87 @@ import Testing
         #expect(files(outside).isEmpty, "written outside the root: \(files(outside))")
     }
 
+    /// `writer/puts`: several whole objects in one request, each the `writer/put` it stands for. Driven by Python's
+    /// http.client (bodies compressed by the zstd CLI, SHA-256 by hashlib): objects that are fine land with their
+    /// bytes, while an unsafe name, a name through a symlink out of the root, a damaged object and an object
+    /// claiming more than a chunk are each refused alone. Requests that do not account for their body, name too
+    /// many objects, have malformed arguments or carry no token are refused whole, and nothing is written
+    /// outside the root.
+    @Test func severalWholeObjectsInOneRequestAreEachPutAsAlone() throws {
+        let rig = try RemoteRig()
+        defer { rig.stop() }
+        let outside = try outsideTheRoot(rig)
+        let r = try python(
+            rig,
+            """
+            import hashlib, subprocess, tempfile, os
+            root = \(String(reflecting: rig.root + "/tree"))
+            def entry(p, n):
+                return {"path": p, "kind": "file", "size": n, "mtimeNs": 1700000000000000000, "mode": 416, "inode": 0, "uid": 0, "gid": 0,
+                        "rdev": 0, "links": 1, "xattrs": []}
+            def zstd(data):
+                with tempfile.NamedTemporaryFile() as tf:
+                    tf.write(data)
+                    tf.flush()
+                    return subprocess.run(["zstd", "-q", "-c", "-3", tf.name], capture_output=True, check=True).stdout
+            def obj(path, data, encoding="none", body=None, sha=None, length=None):
+                body = data if body is None else body
+                return ({"put": {"entry": entry(path, len(data)), "token": "t-" + path.replace("/", "_")}, "encoding": encoding,
+                         "sha256": sha or hashlib.sha256(data).hexdigest(), "length": len(data) if length is None else length,
+                         "size": len(body)}, body)
+            def puts(objects, args=None, headers=None, tok=token, split=None):
+                a = json.dumps({"objects": [o for o, _ in objects]}).encode() if args is None else args
+                h = {"x-ferry-split": str(len(a) if split is None else split)}
+                h.update(headers or {})
+                return call("writer/puts", a + b"".join(b for _, b in objects), headers=h, tok=tok)
+            text = b"plain bytes " * 50
+            metric = bytes(range(256)) * 40
+            zeros = bytes(8192)
+            objects = [obj("plain.txt", text), obj("packed.bin", metric, "zstd", zstd(metric)), obj("../escaped", b"x" * 10),
+                       obj("up/through-link", b"y" * 10), obj("damaged", b"z" * 100, sha=hashlib.sha256(b"other").hexdigest()),
+                       obj("zeros.bin", zeros, "zero", b""), obj("huge", b"", "zero", b"", sha="0" * 64, length=1 << 40)]
+            status, body = puts(objects)
+            out["mixed"] = [status, [[a["status"], json.loads(a["body"])] for a in body["answers"]] if status == 200 else body]
+            def digest(n):
+                p = os.path.join(root, n)
+                return hashlib.sha256(open(p, "rb").read()).hexdigest() if os.path.exists(p) else None
+            out["landed"] = {n: digest(n) == hashlib.sha256(d).hexdigest() for n, d in [("plain.txt", text), ("packed.bin", metric), ("zeros.bin", zeros)]}
+            out["absent"] = [n for n in ["damaged", "huge"] if os.path.exists(os.path.join(root, n))]
+            # The arguments compressed too (said by encoding and length, as a JSON body is).
+            a = json.dumps({"objects": [obj("late.txt", text)[0]]}).encode()
+            za = zstd(a)
+            out["zargs"] = puts([(None, text)], args=za, headers={"x-ferry-encoding": "zstd", "x-ferry-length": str(len(a))})
+            out["late"] = digest("late.txt") == hashlib.sha256(text).hexdigest()
+            # Whole requests refused.
+            out["short"] = puts([obj("s1", text)], split=10 ** 9)
+            two = [obj("s2", text)]
+            out["unaccounted"] = call("writer/puts", json.dumps({"objects": [o for o, _ in two]}).encode() + text + b"extra",
+                                      headers={"x-ferry-split": str(len(json.dumps({"objects": [o for o, _ in two]})))})
+            out["many"] = puts([obj("m", b"")] * 1025)
+            out["malformed"] = puts([], args=b"{not json")
+            out["nosplit"] = call("writer/puts", b"{}")
+            out["no_token"] = puts([obj("nt", text)], tok=None)
+            out["written"] = sorted(os.listdir(root))
+            """)
+        let mixed = try #require(r["mixed"] as? [Any], "\(r)")
+        #expect(mixed[0] as? Int == 200, "\(mixed)")
+        let answers = try #require(mixed[1] as? [[Any]], "\(mixed)")
+        #expect(answers.map { $0[0] as? Int } == [200, 200, 403, 403, 422, 200, 400], "\(answers)")
+        func code(_ i: Int) -> String? { (answers[i][1] as? [String: Any])?["code"] as? String }
+        #expect([code(2), code(3), code(4), code(6)] == ["unsafePath", "unsafePath", "checksum", "badRequest"], "\(answers)")
+        #expect(r["landed"] as? [String: Bool] == ["plain.txt": true, "packed.bin": true, "zeros.bin": true], "\(r)")
+        #expect((r["absent"] as? [String])?.isEmpty == true, "\(r)")
+        let z = try #require(r["zargs"] as? [Any], "\(r)")
+        #expect(z[0] as? Int == 200 && r["late"] as? Bool == true, "\(z)")
+        for key in ["short", "unaccounted", "many", "malformed", "nosplit"] {
+            let pair = try #require(r[key] as? [Any], "\(key): \(r)")
+            #expect(pair[0] as? Int == 400 && (pair[1] as? [String: Any])?["code"] as? String == "badRequest", "\(key): \(pair)")
+        }
+        #expect((r["no_token"] as? [Any])?.first as? Int == 401, "\(r)")
+        #expect(r["written"] as? [String] == ["late.txt", "packed.bin", "plain.txt", "up", "zeros.bin"], "\(r)")
+        #expect(files(outside).isEmpty, "written outside the root: \(files(outside))")
+    }
+
     /// A walk asked with zstd comes as length-prefixed zstd frames of whole JSON lines, decoded here by the zstd
     /// CLI (not by ferry): the same entries as the plain listing, in a fraction of its bytes.
     @Test func aCompressedWalkIsFramesOfTheSameLines() throws {
