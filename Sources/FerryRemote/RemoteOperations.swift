@@ -21,7 +21,8 @@ extension RemoteServer {
                     encoding: encoding, length: request.headers[Wire.Header.length], body: request.body, limit: Wire.maxJSON)
             }
             let reply = try perform(request, store: store, channel: channel)
-            if jsonBodied, request.headers[Wire.Header.accept] == "zstd", case .bytes(200, _, let body) = reply, body.count >= 512 {
+            let jsonAnswer = jsonBodied || request.operation == "writer/puts"
+            if jsonAnswer, request.headers[Wire.Header.accept] == "zstd", case .bytes(200, _, let body) = reply, body.count >= 512 {
                 return Codec.reply(body, zstd: true, level: 3)
             }
             return reply

@@ -306,11 +306,12 @@ public class RemoteStore: Store, RangeHashing, Batching, ObjectBatching, WirePac
             }
         }
         headers.append((Wire.Header.split, String(head.count)))
+        if compressionLevel != nil { headers.append((Wire.Header.accept, "zstd")) }
         var body = head
         body.reserveCapacity(head.count + objects.reduce(0) { $0 + $1.body.count })
         for o in objects { body += o.body }
         let r = try call("writer/puts", body: body, headers: headers, idempotent: false)
-        let answers = try Wire.decode(Wire.BatchAnswers.self, r.body, what: "\(displayName): writer/puts").answers
+        let answers = try Wire.decode(Wire.BatchAnswers.self, try answer(r, "writer/puts"), what: "\(displayName): writer/puts").answers
         guard answers.count == objects.count else {
             throw FerryError(.other, "\(displayName): writer/puts: \(answers.count) answers to \(objects.count) objects")
         }
@@ -336,15 +337,17 @@ public class RemoteStore: Store, RangeHashing, Batching, ObjectBatching, WirePac
             if operation == "batch" { extra.append((Wire.Header.accept, "zstd")) }
         }
         let r = try call(operation, body: body, headers: extra, idempotent: idempotent)
-        var answer = r.body
-        if let encoding = r.headers[Wire.Header.encoding] {
-            do {
-                answer = try Codec.decode(encoding: encoding, length: r.headers[Wire.Header.length], body: r.body, limit: 64 << 20)
-            } catch let e as RemoteServer.Refusal {
-                throw FerryError(.other, "\(displayName): \(operation): an answer that does not decode: \(e.message)")
-            }
+        return try Wire.decode(type, try answer(r, operation), what: "\(displayName): \(operation)")
+    }
+
+    /// A JSON answer's bytes, decoded when it came compressed.
+    private func answer(_ r: HTTPResponse, _ operation: String) throws -> [UInt8] {
+        guard let encoding = r.headers[Wire.Header.encoding] else { return r.body }
+        do {
+            return try Codec.decode(encoding: encoding, length: r.headers[Wire.Header.length], body: r.body, limit: 64 << 20)
+        } catch let e as RemoteServer.Refusal {
+            throw FerryError(.other, "\(displayName): \(operation): an answer that does not decode: \(e.message)")
         }
-        return try Wire.decode(type, answer, what: "\(displayName): \(operation)")
     }
 
     func op(_ name: String, entry: Entry? = nil, path: String? = nil, kind: EntryKind? = nil, token: String? = nil) throws {

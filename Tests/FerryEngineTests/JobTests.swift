@@ -34,6 +34,22 @@ import Testing
         return (job, ledger)
     }
 
+    /// A job over what `src` holds now, snapshotted and copied.
+    func copied(_ dir: TempDir) throws -> (Job, Ledger) {
+        let job = try makeJob(dir)
+        let ledger = try job.openLedger(create: true)
+        try ledger.createJob(name: "job", planIdentity: job.plan.identity, chunkSize: job.plan.copy.chunkSize)
+        try job.snapshot(ledger)
+        _ = try job.copy(ledger)
+        return (job, ledger)
+    }
+
+    /// The inode at `path` (the kernel's lstat), nil when there is nothing.
+    static func inode(_ path: String) -> UInt64? {
+        var st = stat()
+        return lstat(path, &st) == 0 ? UInt64(st.st_ino) : nil
+    }
+
     @Test func fileVanishingBetweenSnapshotAndCopyIsRecordedNotFatal() throws {
         let dir = TempDir()
         let (job, ledger) = try snapshotted(dir, files: 30, large: 200_000)
@@ -74,15 +90,8 @@ import Testing
     @Test func aFileWhoseCopyFailedIsSettledByTheMirrorAndItsHardLinkGroupStaysWhole() throws {
         let dir = TempDir()
         try TreeGen.write(dir.sub("src/g/a.dat"), size: 70_000, seed: 5)
-        let job = try makeJob(dir)
-        let ledger = try job.openLedger(create: true)
-        try ledger.createJob(name: "job", planIdentity: job.plan.identity, chunkSize: job.plan.copy.chunkSize)
-        try job.snapshot(ledger)
-        _ = try job.copy(ledger)
-        func inode(_ path: String) -> UInt64? {
-            var st = stat()
-            return lstat(dir.sub(path), &st) == 0 ? UInt64(st.st_ino) : nil
-        }
+        let (job, ledger) = try copied(dir)
+        func inode(_ path: String) -> UInt64? { Self.inode(dir.sub(path)) }
         #expect(inode("dst/g/a.dat") != nil)
 
         // A second name appears while the file is being rewritten: its copy failed (kept changing), so the file
@@ -113,15 +122,8 @@ import Testing
         let dir = TempDir()
         try TreeGen.write(dir.sub("src/g/a.dat"), size: 70_000, seed: 5)
         #expect(link(dir.sub("src/g/a.dat"), dir.sub("src/g/b.dat")) == 0)
-        let job = try makeJob(dir)
-        let ledger = try job.openLedger(create: true)
-        try ledger.createJob(name: "job", planIdentity: job.plan.identity, chunkSize: job.plan.copy.chunkSize)
-        try job.snapshot(ledger)
-        _ = try job.copy(ledger)
-        func inode(_ path: String) -> UInt64? {
-            var st = stat()
-            return lstat(dir.sub(path), &st) == 0 ? UInt64(st.st_ino) : nil
-        }
+        let (job, ledger) = try copied(dir)
+        func inode(_ path: String) -> UInt64? { Self.inode(dir.sub(path)) }
         #expect(inode("dst/g/a.dat") != nil && inode("dst/g/a.dat") == inode("dst/g/b.dat"), "the first copy did not link the group")
 
         // New bytes through the file's own inode (both names), and only the file queued again.

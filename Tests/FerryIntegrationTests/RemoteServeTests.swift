@@ -237,6 +237,21 @@ import Testing
             za = zstd(a)
             out["zargs"] = puts([(None, text)], args=za, headers={"x-ferry-encoding": "zstd", "x-ferry-length": str(len(a))})
             out["late"] = digest("late.txt") == hashlib.sha256(text).hexdigest()
+            # The answers compressed when asked for (decoded here by the zstd CLI).
+            many = [obj("many-%d.txt" % i, text) for i in range(20)]
+            a = json.dumps({"objects": [o for o, _ in many]}).encode()
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+            conn.request("POST", "/v1/writer/puts", body=a + b"".join(b for _, b in many), headers={
+                "x-ferry-store": "fs;destination;tree", "Authorization": "Bearer " + token, "x-ferry-split": str(len(a)),
+                "x-ferry-accept": "zstd"})
+            resp = conn.getresponse()
+            data = resp.read()
+            conn.close()
+            dz = subprocess.run(["zstd", "-q", "-dc"], input=data, capture_output=True)
+            out["zanswer"] = [resp.status, resp.getheader("x-ferry-encoding"),
+                              [x["status"] for x in json.loads(dz.stdout)["answers"]] if dz.returncode == 0 else None]
+            for i in range(20):
+                os.unlink(os.path.join(root, "many-%d.txt" % i))
             # Whole requests refused.
             out["short"] = puts([obj("s1", text)], split=10 ** 9)
             two = [obj("s2", text)]
@@ -258,6 +273,8 @@ import Testing
         #expect((r["absent"] as? [String])?.isEmpty == true, "\(r)")
         let z = try #require(r["zargs"] as? [Any], "\(r)")
         #expect(z[0] as? Int == 200 && r["late"] as? Bool == true, "\(z)")
+        let za = try #require(r["zanswer"] as? [Any], "\(r)")
+        #expect(za[0] as? Int == 200 && za[1] as? String == "zstd" && za[2] as? [Int] == Array(repeating: 200, count: 20), "\(za)")
         for key in ["short", "unaccounted", "many", "malformed", "nosplit"] {
             let pair = try #require(r[key] as? [Any], "\(key): \(r)")
             #expect(pair[0] as? Int == 400 && (pair[1] as? [String: Any])?["code"] as? String == "badRequest", "\(key): \(pair)")
