@@ -64,12 +64,15 @@ extension Job {
         // tap reports it, retries it at its next settling look, and the cutover's gate refuses until it is). It
         // is never settled some other way: a second name copied as a file of its own would split the group at
         // the destination, and nothing would link it again once the application stops writing.
-        for _ in 0..<3 {
+        for pass in 0..<3 {
             var again: [ItemRecord] = []
             try ledger.forEachItem(states: [.vanished]) { again.append($0) }
             try ledger.forEachItem(states: [.failed]) { item in
                 // Not a refusal that stands (an unsafe name, an unreadable file): those wait for their next change.
-                if item.entry.kind == .hardlink || item.error?.hasPrefix(CopyPhase.keptChanging) == true { again.append(item) }
+                // A file that kept changing is read again once per application (each try reads it up to three
+                // times): a file that is always being written is not read nine times every two seconds.
+                let keptChanging = item.error?.hasPrefix(CopyPhase.keptChanging) == true
+                if item.entry.kind == .hardlink || (keptChanging && pass == 0) { again.append(item) }
             }
             let unsettled = try ledger.unsettledCount()
             if again.isEmpty && unsettled == 0 { break }
