@@ -242,10 +242,7 @@ final class CopyPhase: @unchecked Sendable {
         var stop: (any Error)?
         for (put, failure) in zip(puts, answers) {
             guard let failure else {
-                if put.object.entry.links > 1 { group.rewritten.append(put.object.entry.path) }
-                group.done.append((put.id, put.chunks, nil))
-                progress.add(files: 1, bytes: Int64(put.object.length))
-                summary.withLock { $0.bytesCopied += Int64(put.object.length) }
+                published(put.id, put.object.entry, chunks: put.chunks, in: &group)
                 continue
             }
             if let e = failure as? FerryError, e.code == .unsafePath {
@@ -309,10 +306,9 @@ final class CopyPhase: @unchecked Sendable {
                 let ahead = try ledger.items(states: [.pending], kind: .file, after: first - 1, limit: Self.existenceWindow)
                 let found = try destinationCall("stat") { try batcher.exist(ahead.map(\.entry.path)) }
                 window.from = first
-                // A page past the window's last pending file (none were left to ask about) is asked alone next time.
-                window.through = max(last, ahead.last?.id ?? last)
+                // A short answer asked about every pending file from here on: it covers every later page.
+                window.through = ahead.count < Self.existenceWindow ? Int64.max : max(last, ahead.last?.id ?? last)
                 window.absent = Set(zip(ahead, found).compactMap { item, r in (try? r.get()) == false ? item.id : nil })
-                if ahead.count < Self.existenceWindow { window.through = Int64.max }
             }
             return Set(page.map(\.id).filter { window.absent.contains($0) })
         }
@@ -560,12 +556,17 @@ final class CopyPhase: @unchecked Sendable {
             try destinationCall("write") { try Self.write(writer, data, at: 0, digest: digest.hex) }
         }
         try destinationCall("publish") { try writer.publish(entry) }
+        group.note(bytes: Int64(size))
+        published(id, entry, chunks: chunks, in: &group)
+        return .copied
+    }
+
+    /// A small file published whole (alone, or with others in one request): done with its group, counted.
+    private func published(_ id: Int64, _ entry: Entry, chunks: [ChunkRecord], in group: inout Group) {
         if entry.links > 1 { group.rewritten.append(entry.path) }
         group.done.append((id, chunks, nil))
-        group.note(bytes: Int64(size))
-        progress.add(files: 1, bytes: Int64(size))
-        summary.withLock { $0.bytesCopied += Int64(size) }
-        return .copied
+        progress.add(files: 1, bytes: entry.size)
+        summary.withLock { $0.bytesCopied += entry.size }
     }
 
     /// Whether the destination already holds exactly this file (metadata as publishing would leave it, and the

@@ -16,12 +16,15 @@ enum ServerReply: Sendable {
     case bytes(status: Int, headers: [(String, String)], body: [UInt8])
     case streamed
 
+    /// The header of an answer that is JSON.
+    static let jsonType = ("content-type", "application/json")
+
     static func json<T: Encodable>(_ value: T) -> ServerReply {
-        .bytes(status: 200, headers: [("content-type", "application/json")], body: Wire.encode(value))
+        .bytes(status: 200, headers: [jsonType], body: Wire.encode(value))
     }
 
     static func failure(_ status: Int, _ code: String, _ message: String) -> ServerReply {
-        .bytes(status: status, headers: [("content-type", "application/json")], body: Wire.encode(Wire.Failure(code: code, message: message)))
+        .bytes(status: status, headers: [jsonType], body: Wire.encode(Wire.Failure(code: code, message: message)))
     }
 }
 

@@ -21,8 +21,10 @@ extension RemoteServer {
                     encoding: encoding, length: request.headers[Wire.Header.length], body: request.body, limit: Wire.maxJSON)
             }
             let reply = try perform(request, store: store, channel: channel)
-            let jsonAnswer = jsonBodied || request.operation == "writer/puts"
-            if jsonAnswer, request.headers[Wire.Header.accept] == "zstd", case .bytes(200, _, let body) = reply, body.count >= 512 {
+            // Any JSON answer (a `batch`'s, a `writer/puts`'s) comes compressed when the client takes it so.
+            if request.headers[Wire.Header.accept] == "zstd", case .bytes(200, let headers, let body) = reply,
+                headers.contains(where: { $0 == ServerReply.jsonType }), body.count >= 512
+            {
                 return Codec.reply(body, zstd: true, level: 3)
             }
             return reply
@@ -275,15 +277,13 @@ extension RemoteServer {
             throw Refusal(400, "badRequest", "writer/puts: missing or malformed \(Wire.Header.split)")
         }
         let head = Array(request.body[0..<split])
-        guard let encoding = request.headers[Wire.Header.encoding] else {
+        let json: [UInt8]
+        if let encoding = request.headers[Wire.Header.encoding] {
+            json = try Codec.decode(encoding: encoding, length: request.headers[Wire.Header.length], body: head, limit: Wire.maxJSON)
+        } else {
             guard split <= Wire.maxJSON else { throw Refusal(413, "tooLarge", "writer/puts: arguments of more than \(Wire.maxJSON) bytes") }
-            return try puts(head, request, split: split, channel: channel)
+            json = head
         }
-        let json = try Codec.decode(encoding: encoding, length: request.headers[Wire.Header.length], body: head, limit: Wire.maxJSON)
-        return try puts(json, request, split: split, channel: channel)
-    }
-
-    private func puts(_ json: [UInt8], _ request: ServerRequest, split: Int, channel: any Channel) throws -> ServerReply {
         let a: Wire.PutsArgs
         do {
             a = try JSONDecoder().decode(Wire.PutsArgs.self, from: Data(json))

@@ -296,15 +296,7 @@ public class RemoteStore: Store, RangeHashing, Batching, ObjectBatching, WirePac
                     put: Wire.PutArgs(entry: $0.entry, publish: nil, token: $0.token), encoding: $0.encoding, sha256: $0.sha256,
                     length: $0.length, size: $0.body.count)
             })
-        var head = Wire.encode(args)
-        var headers: [(String, String)] = []
-        if let level = compressionLevel {
-            let (encoding, z) = head.withUnsafeBytes { Codec.encode($0, compressor: ZstdCompressor(level: level)) }
-            if encoding == "zstd" {
-                headers = [(Wire.Header.encoding, encoding), (Wire.Header.length, String(head.count))]
-                head = z
-            }
-        }
+        var (headers, head) = compressed(Wire.encode(args), level: compressionLevel, atLeast: 0)
         headers.append((Wire.Header.split, String(head.count)))
         if compressionLevel != nil { headers.append((Wire.Header.accept, "zstd")) }
         var body = head
@@ -323,21 +315,20 @@ public class RemoteStore: Store, RangeHashing, Batching, ObjectBatching, WirePac
     }
 
     func json<A: Encodable, T: Decodable>(_ operation: String, _ arguments: A, as type: T.Type, idempotent: Bool = true) throws -> T {
-        var body = Wire.encode(arguments)
-        var extra: [(String, String)] = []
-        if compressionLevel != nil {
-            // A batch's arguments and answer are JSON of many entries: compressed when the plan compresses.
-            if body.count >= 1024 {
-                let (encoding, z) = body.withUnsafeBytes { Codec.encode($0, compressor: ZstdCompressor(level: 3)) }
-                if encoding == "zstd" {
-                    extra = [(Wire.Header.encoding, encoding), (Wire.Header.length, String(body.count))]
-                    body = z
-                }
-            }
-            if operation == "batch" { extra.append((Wire.Header.accept, "zstd")) }
-        }
+        // A batch's arguments and answer are JSON of many entries: compressed when the plan compresses.
+        var (extra, body) = compressed(Wire.encode(arguments), level: compressionLevel.map { _ in 3 }, atLeast: 1024)
+        if compressionLevel != nil && operation == "batch" { extra.append((Wire.Header.accept, "zstd")) }
         let r = try call(operation, body: body, headers: extra, idempotent: idempotent)
         return try Wire.decode(type, try answer(r, operation), what: "\(displayName): \(operation)")
+    }
+
+    /// JSON arguments as they travel: zstd at `level` (none: plain) when they are at least `minimum` bytes and
+    /// that is smaller, with the `encoding` and `length` headers that say so.
+    private func compressed(_ json: [UInt8], level: Int32?, atLeast minimum: Int) -> ([(String, String)], [UInt8]) {
+        guard let level, json.count >= minimum else { return ([], json) }
+        let (encoding, z) = json.withUnsafeBytes { Codec.encode($0, compressor: ZstdCompressor(level: level)) }
+        guard encoding == "zstd" else { return ([], json) }
+        return ([(Wire.Header.encoding, encoding), (Wire.Header.length, String(json.count))], z)
     }
 
     /// A JSON answer's bytes, decoded when it came compressed.
