@@ -117,6 +117,9 @@ func printReport(_ r: VerifyReport, stateDirectory: String, plan: String = "PLAN
     out(
         "verify: \(what), fresh walks of both sides (\(r.sourceEntries) source entries, \(r.destinationEntries) at the "
             + "destination), \(r.filesContentChecked) files hashed (\(Units.formatBytes(r.bytesChecked))) in \(Units.formatElapsed(r.seconds))")
+    if r.filesReadBackDuringCopy > 0 {
+        out("read back while copied, unchanged since (same device, inode, size, mtime and change time): \(r.filesReadBackDuringCopy) of them")
+    }
     if r.filesCheckedByStoredHash > 0 { out("proven by stored SHA-256 (not read back): \(r.filesCheckedByStoredHash) files") }
     if r.filesUnverified > 0 {
         out("not content-checked this round (outside the sample): \(r.filesUnverified) files; later rounds cover them")

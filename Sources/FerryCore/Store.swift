@@ -321,6 +321,42 @@ public protocol ChecksumProviding: Store {
     func storedChunkListSHA256(_ path: String) throws -> (chunkSize: Int64, sha256: String)?
 }
 
+/// What identifies one state of a file's content: its device, inode, size, modification time and change time.
+/// Every write to the file, every truncate and every rename onto its name gives another stamp: the kernel sets
+/// the change time to the current time and no caller can set it. Bytes hashed under a stamp are therefore still
+/// those bytes while the file shows the same stamp, provided the stamp's change time lies clearly before the hash
+/// began (`changedNs`): a write within the same clock tick as the change before it may leave the time as it was.
+public struct ChangeStamp: Sendable, Equatable {
+    public var device: UInt64
+    public var inode: UInt64
+    public var size: Int64
+    public var mtimeNs: Int64
+    /// The change time (st_ctime), nanoseconds since the epoch.
+    public var changedNs: Int64
+
+    public init(device: UInt64, inode: UInt64, size: Int64, mtimeNs: Int64, changedNs: Int64) {
+        self.device = device
+        self.inode = inode
+        self.size = size
+        self.mtimeNs = mtimeNs
+        self.changedNs = changedNs
+    }
+
+    /// One line, as the ledger keeps it.
+    public var text: String { "\(device):\(inode):\(size):\(mtimeNs):\(changedNs)" }
+}
+
+/// A store whose files carry a `ChangeStamp` (a local filesystem), so content proven once (read back and hashed)
+/// stays proven while the file shows the same stamp.
+public protocol ChangeStamping: Store {
+    /// The stamp of the file at `path` now; nil when there is no such file.
+    func changeStamp(_ path: String) throws -> ChangeStamp?
+}
+
+/// A reader of a `ChangeStamping` store: the stamp of the very file it reads (before and after reading it).
+public protocol ChangeStampedReader: ObjectReader {
+    func changeStamp() throws -> ChangeStamp
+}
 /// One range of an object's bytes.
 public struct ByteRange: Sendable, Codable, Equatable {
     public var offset: Int64

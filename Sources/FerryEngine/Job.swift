@@ -98,7 +98,7 @@ public final class Job {
                     let now = Date().timeIntervalSince1970
                     guard try ledger.pendingFiles() == 0, try ledger.liveLeases(excluding: worker, now: now) == 0 else { return nil }
                     try finishCopy(ledger)
-                    let report = try verify(ledger, removeLeftovers: true)
+                    let report = try verify(ledger, asRun: true)
                     try ledger.setLastError(nil)
                     return report.ok ? .ready(report) : .mismatches(report)
                 }
@@ -359,8 +359,14 @@ public final class Job {
     /// The whole copy in this process (files, then links, specials and directories).
     func copy(_ ledger: Ledger) throws -> CopySummary { try withCopyPhase(ledger) { try $0.run() } }
 
-    /// The files this run can lease.
-    func copyFiles(_ ledger: Ledger) throws -> CopySummary { try withCopyPhase(ledger) { try $0.copyFiles() } }
+    /// The files this run can lease. With a full verify to follow, a local destination's files are read back
+    /// while the copy goes on (`ContentReadBack`); not with a tap, whose live writes change them again.
+    func copyFiles(_ ledger: Ledger) throws -> CopySummary {
+        try withCopyPhase(ledger) { phase in
+            phase.readBack = plan.verify.mode == .full && plan.tap == nil
+            return try phase.copyFiles()
+        }
+    }
 
     /// Links, specials and directories, once every file is copied.
     func finishCopy(_ ledger: Ledger) throws { _ = try withCopyPhase(ledger) { try $0.finish() } }
@@ -424,13 +430,17 @@ public final class Job {
     }
 
     /// Runs verify and moves the job to `ready` or `verify-failed`.
-    /// `removeLeftovers`: partial files of this job's interrupted copies found at the destination are removed
-    /// (`ferry run`); `ferry verify` only reports them.
-    public func verify(_ ledger: Ledger, removeLeftovers: Bool = false) throws -> VerifyReport {
+    /// `asRun`: the verify step of `ferry run`. Partial files of this job's interrupted copies found at the
+    /// destination are removed (`ferry verify` only reports them), and files the copy read back and that show
+    /// the same change stamp count as checked (`ferry verify` reads every file again).
+    public func verify(_ ledger: Ledger, asRun: Bool = false) throws -> VerifyReport {
         try ledger.setPhase(.verify)
         let phase = VerifyPhase(
             plan: plan, source: source, destination: destination, ledger: ledger, progress: progress, logger: logger)
-        if removeLeftovers { phase.removeLeftoversTagged = try ledger.partialTag() }
+        if asRun {
+            phase.removeLeftoversTagged = try ledger.partialTag()
+            phase.useReadBack = true
+        }
         let record = wireRecorder(ledger)
         let stop = progress.startReporting(heartbeat: heartbeat(ledger, record))
         let report: VerifyReport
@@ -443,6 +453,7 @@ public final class Job {
             }
             report = try phase.run()
         }
+        if asRun { try ledger.clearReadBack() }
         try ledger.setPhase(report.ok ? .ready : .verifyFailed, note: "\(report.mismatches) mismatches")
         return report
     }

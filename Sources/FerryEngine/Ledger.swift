@@ -301,6 +301,11 @@ public final class Ledger: Sendable {
             // The second names of a file, found by the file's path (`requeueHardLinks`).
             try db.execute(sql: "CREATE INDEX items_hardlink_target ON items(link_target) WHERE kind = 'hardlink'")
         }
+        m.registerMigration("v6-read-back") { db in
+            // Files the copy read back at the destination (`ContentProver`): the file's change stamp then, and the
+            // digest of the chunk checksums its bytes matched.
+            try db.execute(sql: "CREATE TABLE read_back (item_id INTEGER PRIMARY KEY, stamp TEXT NOT NULL, chunk_list TEXT NOT NULL)")
+        }
         return m
     }
 
@@ -818,6 +823,39 @@ public final class Ledger: Sendable {
                 return out
             }
         }
+    }
+
+    // MARK: - read back during the copy
+
+    /// Keeps what the copy's read-back proved: for each item, the destination file's change stamp and the digest
+    /// of the chunk checksums its bytes matched.
+    public func addReadBack(_ proofs: [(item: Int64, stamp: String, chunkList: String)]) throws {
+        guard !proofs.isEmpty else { return }
+        try wrap("record read-back") {
+            try db.write { db in
+                let stmt = try db.cachedStatement(sql: "INSERT OR REPLACE INTO read_back (item_id, stamp, chunk_list) VALUES (?, ?, ?)")
+                for p in proofs { try stmt.execute(arguments: [p.item, p.stamp, p.chunkList]) }
+            }
+        }
+    }
+
+    /// The read-back records of `ids` that exist: stamp and chunk-list digest by item.
+    public func readBack(ids: [Int64]) throws -> [Int64: (stamp: String, chunkList: String)] {
+        guard !ids.isEmpty else { return [:] }
+        let list = ids.map(String.init).joined(separator: ",")
+        return try wrap("read read-back") {
+            try db.read { db in
+                var out: [Int64: (stamp: String, chunkList: String)] = [:]
+                let rows = try Row.fetchCursor(db, sql: "SELECT item_id, stamp, chunk_list FROM read_back WHERE item_id IN (\(list))")
+                while let r = try rows.next() { out[r[0]] = (r[1], r[2]) }
+                return out
+            }
+        }
+    }
+
+    /// Forgets every read-back record (once the verify that used them is done).
+    public func clearReadBack() throws {
+        try wrap("clear read-back") { try db.write { db in try db.execute(sql: "DELETE FROM read_back") } }
     }
 
     // MARK: - counts

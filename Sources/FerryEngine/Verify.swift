@@ -50,6 +50,9 @@ public struct VerifyReport: Codable, Sendable {
     public var bytesChecked: Int64
     /// Files whose content was proven by the hash stored beside them at the destination (not read back).
     public var filesCheckedByStoredHash: Int64
+    /// Files among `filesContentChecked` whose bytes were read back and hashed while the copy went on, and which
+    /// showed the same change stamp (device, inode, size, mtime, change time) at this verify's walk.
+    public var filesReadBackDuringCopy: Int64
     /// Files whose content this verify did not prove (outside the sample, no stored hash): never counted as
     /// matching; a later round of the rotating sample covers them.
     public var filesUnverified: Int64
@@ -87,6 +90,9 @@ final class VerifyPhase: @unchecked Sendable {
     var snapshotTime: Int = Int(Date().timeIntervalSince1970)
     /// `ferry run` passes the job's partial tag: partial files of this job found at the destination are removed.
     var removeLeftoversTagged: String?
+    /// Whether a file the copy of this run read back (`ContentReadBack`) counts as checked while its change stamp
+    /// is the same (`ferry run`); `ferry verify` reads every file again.
+    var useReadBack = false
 
     private let cursor = Mutex<Int64>(0)
     private let acc = Mutex<Accumulator>(Accumulator())
@@ -100,6 +106,7 @@ final class VerifyPhase: @unchecked Sendable {
         var bytes: Int64 = 0
         var entries: Int64 = 0
         var byHash: Int64 = 0
+        var readBack: Int64 = 0
         var unverified: Int64 = 0
         var counts = VerifyReport.Counts()
         var policy: [VerifyReport.Problem] = []
@@ -164,10 +171,12 @@ final class VerifyPhase: @unchecked Sendable {
                     // The page's items and chunk checksums in one read of the ledger.
                     let records = try ledger.itemsWithChunks(ids: page.map(\.item))
                     let digests = try prefetchDigests(page.filter(\.sampled).compactMap { records[$0.item] })
+                    let readBack = useReadBack ? try ledger.readBack(ids: page.filter(\.sampled).map(\.item)) : [:]
                     for c in page {
                         guard let (item, chunks) = records[c.item] else { continue }
                         let problem = try checkContent(
-                            item, chunks: chunks, sampled: c.sampled, buffer: buffer, hasher: hasher, digests: digests[item.id])
+                            item, chunks: chunks, sampled: c.sampled, buffer: buffer, hasher: hasher, digests: digests[item.id],
+                            readBack: readBack[item.id])
                         acc.withLock { a in
                             if let problem {
                                 a.problem("differs", item.entry.path, problem, item: item.id)
@@ -192,6 +201,7 @@ final class VerifyPhase: @unchecked Sendable {
             startedAt: iso.string(from: started), finishedAt: iso.string(from: finished),
             seconds: finished.timeIntervalSince(started), sourceEntries: listed.source, destinationEntries: listed.destination,
             entries: a.entries, filesContentChecked: a.files, bytesChecked: a.bytes, filesCheckedByStoredHash: a.byHash,
+            filesReadBackDuringCopy: a.readBack,
             filesUnverified: a.unverified, mismatches: a.mismatches, counts: a.counts,
             problems: a.problems.sorted { $0.path < $1.path }, problemsTruncated: a.mismatches > Int64(a.problems.count),
             skippedByPolicy: a.policy, policies: policies(), drift: a.drift, ok: a.mismatches == 0)
@@ -420,6 +430,15 @@ final class VerifyPhase: @unchecked Sendable {
 
     typealias Digests = Result<[RangeDigest]?, any Error>
 
+    /// Whether what the copy read back still proves the destination's file: it hashed to the same chunk checksums
+    /// as the ledger's now, and the file shows the same change stamp (so nothing wrote to it since).
+    private func readBackHolds(_ proof: (stamp: String, chunkList: String), _ path: String, chunks: [ChunkRecord]) -> Bool {
+        guard let stamping = destination as? any ChangeStamping, let list = SHA256Hasher.chunkListDigest(chunks.map(\.sha256)),
+            list.hex == proof.chunkList, let now = try? stamping.changeStamp(path)
+        else { return false }
+        return now.text == proof.stamp
+    }
+
     /// The ranges a content check asks a range-hashing destination for: a metric file's chunks and one byte
     /// past its end (nothing may be there) when the chunks cover it; another file's chunks.
     private func hashedRanges(_ item: ItemRecord, chunks: [ChunkRecord]) -> [ByteRange]? {
@@ -444,7 +463,7 @@ final class VerifyPhase: @unchecked Sendable {
     /// `chunks` are the item's chunk checksums from the ledger, in index order.
     private func checkContent(
         _ item: ItemRecord, chunks: [ChunkRecord], sampled content: Bool, buffer: UnsafeMutableRawBufferPointer, hasher: SHA256Hasher,
-        digests prefetched: Digests? = nil
+        digests prefetched: Digests? = nil, readBack: (stamp: String, chunkList: String)? = nil
     ) throws -> String? {
         let e = item.entry
         if let points = destination as? any PointComparing {
@@ -489,6 +508,10 @@ final class VerifyPhase: @unchecked Sendable {
         let itemChunk = (destination as? any ChunkSizing)?.chunkSize(forSize: e.size, planned: planned) ?? planned
         let layout = ChunkLayout.chunks(size: e.size, chunkSize: e.size <= planned ? planned : itemChunk)
         if chunks.count != layout.count { return "ledger holds \(chunks.count) of \(layout.count) chunk checksums" }
+        if let readBack, readBackHolds(readBack, e.path, chunks: chunks) {
+            acc.withLock { $0.readBack += 1 }
+            return nil
+        }
         if let far = destination as? any RangeHashing {
             // A store on another host hashes its own bytes: only the digests cross the network.
             let digests: [RangeDigest]

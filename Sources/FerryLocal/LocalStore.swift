@@ -11,7 +11,7 @@ import Darwin
 /// A directory tree on a local filesystem. Every path is resolved component by component from the root's
 /// descriptor with `O_NOFOLLOW`, so no symbolic link in the tree, old or swapped in later, leads a read or a
 /// write outside it.
-public final class LocalStore: Store, HardLinking, SpecialMaking, SubtreeWalking, FenceChecking, ExistingCopyFinding, PartialsKept,
+public final class LocalStore: Store, ChangeStamping, HardLinking, SpecialMaking, SubtreeWalking, FenceChecking, ExistingCopyFinding, PartialsKept,
     @unchecked Sendable
 {
     // @unchecked: the root path is immutable; the cached root descriptor is behind a Mutex.
@@ -402,6 +402,22 @@ public final class LocalStore: Store, HardLinking, SpecialMaking, SubtreeWalking
         return LocalReader(fd: fd, path: path)
     }
 
+    public func changeStamp(_ path: String) throws -> ChangeStamp? {
+        guard let fd = try openDescriptor(path, ferry_o_path()) else { return nil }
+        defer { close(fd) }
+        return Self.changeStamp(fd)
+    }
+
+    /// The stamp of the regular file open as `fd`; nil for anything else.
+    static func changeStamp(_ fd: Int32) -> ChangeStamp? {
+        var st = Glibc.stat()
+        guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG else { return nil }
+        return ChangeStamp(
+            device: UInt64(st.st_dev), inode: UInt64(st.st_ino), size: Int64(st.st_size),
+            mtimeNs: Int64(st.st_mtim.tv_sec) * 1_000_000_000 + Int64(st.st_mtim.tv_nsec),
+            changedNs: Int64(st.st_ctim.tv_sec) * 1_000_000_000 + Int64(st.st_ctim.tv_nsec))
+    }
+
     /// Opens an existing file below the root with `flags` (O_RDONLY, O_RDWR, ...; O_NOFOLLOW and O_CLOEXEC are
     /// added), refusing a symbolic link anywhere on the way (openat2 RESOLVE_BENEATH, else component by
     /// component). nil when there is no such file. The metric stores open their files only through this: a
@@ -606,7 +622,7 @@ public final class LocalStore: Store, HardLinking, SpecialMaking, SubtreeWalking
     }
 }
 
-final class LocalReader: ObjectReader {
+final class LocalReader: ChangeStampedReader {
     private var fd: Int32
     let path: String
 
@@ -627,6 +643,13 @@ final class LocalReader: ObjectReader {
             throw SystemCallError("fstat", errno: errno, path: RawName.display(path))
         }
         return e
+    }
+
+    func changeStamp() throws -> ChangeStamp {
+        guard let stamp = LocalStore.changeStamp(fd) else {
+            throw SystemCallError("fstat", errno: errno, path: RawName.display(path))
+        }
+        return stamp
     }
 
     func close() {

@@ -50,6 +50,65 @@ import Testing
         return lstat(path, &st) == 0 ? UInt64(st.st_ino) : nil
     }
 
+    /// Files read back at the destination while the copy went on count as checked by the run's verify only while
+    /// nothing wrote to them since. Two files are changed after the read-back, keeping their size and mtime (so
+    /// the metadata comparison passes): one rewritten in place (its change time moves), one replaced by a renamed
+    /// copy (its inode changes). The run's verify finds exactly those two different, and takes only the others
+    /// from the read-back; `ferry verify` (not the run's) reads every file again. The oracle is the SHA-256 of both
+    /// trees' files, computed by the test.
+    @Test func aFileWrittenAfterItWasReadBackIsReadAgainByTheRunsVerify() throws {
+        let dir = TempDir()
+        let (job, ledger) = try snapshotted(dir, files: 40, large: 300_000)
+        _ = try job.copy(ledger)
+        let files = try ledger.items(states: [.done], kind: .file, after: 0, limit: 1000).filter { $0.entry.size > 0 }
+        let readBack = ContentReadBack(destination: LocalStore(root: dir.sub("dst")), ledger: ledger, logger: Logger(label: "test"))
+        readBack.start()
+        readBack.offer(files.map(\.id))
+        let allRead = try waitUntil(timeout: 30) { try ledger.readBack(ids: files.map(\.id)).count == files.count }
+        readBack.stop()
+        #expect(allRead, "every copied file was read back")
+
+        // Same size and mtime, other bytes: in place, and through a renamed copy.
+        func keepMtime(_ path: String, _ change: (String) throws -> Void) throws {
+            var st = stat()
+            #expect(lstat(path, &st) == 0)
+            try change(path)
+            var times = [st.st_atim, st.st_mtim]
+            #expect(utimensat(AT_FDCWD, path, &times, 0) == 0, "the nanosecond mtime is put back")
+        }
+        let inPlace = try #require(files.first { $0.entry.size > 10 && $0.entry.kind == .file && !$0.entry.path.hasPrefix("large") })
+        try keepMtime(dir.sub("dst/" + inPlace.entry.path)) { p in
+            let h = try #require(FileHandle(forUpdatingAtPath: p))
+            try h.seek(toOffset: 5)
+            let old = try #require(try h.read(upToCount: 1)).first ?? 0
+            try h.seek(toOffset: 5)
+            try h.write(contentsOf: Data([old ^ 0xff]))
+            try h.close()
+        }
+        let replaced = "large/big-0.bin"
+        try keepMtime(dir.sub("dst/" + replaced)) { p in
+            var bytes = try #require(FileManager.default.contents(atPath: p))
+            bytes[200_000] ^= 0x01
+            try bytes.write(to: URL(fileURLWithPath: p + ".new"))
+            #expect(rename(p + ".new", p) == 0)
+        }
+        let differing = Set(
+            files.map(\.entry.path).filter {
+                TreeCompare.fileDigest(dir.sub("src/" + $0)) != TreeCompare.fileDigest(dir.sub("dst/" + $0))
+            })
+        #expect(differing == [inPlace.entry.path, replaced], "the oracle sees the two changed files")
+
+        let again = try job.verify(ledger)
+        #expect(again.filesReadBackDuringCopy == 0, "ferry verify reads every file again")
+        #expect(Set(again.problems.filter { $0.reason.hasPrefix("content differs") }.map(\.path)) == differing, "\(again.problems)")
+
+        let report = try job.verify(ledger, asRun: true)
+        #expect(!report.ok)
+        #expect(Set(report.problems.filter { $0.reason.hasPrefix("content differs") }.map(\.path)) == differing, "\(report.problems)")
+        #expect(report.filesReadBackDuringCopy == Int64(files.count - differing.count), "the unchanged ones count as read back")
+        #expect(try ledger.readBack(ids: files.map(\.id)).isEmpty, "the run's verify used them up")
+    }
+
     @Test func fileVanishingBetweenSnapshotAndCopyIsRecordedNotFatal() throws {
         let dir = TempDir()
         let (job, ledger) = try snapshotted(dir, files: 30, large: 200_000)
