@@ -56,15 +56,13 @@ final class CopyPhase: @unchecked Sendable {
     var worker = "local"
     /// How long a lease holds without renewal; renewed every third of it while this process works.
     var leaseTTL: Double = 30
-    /// Whether recorded files are read back at the destination while the copy goes on (`ContentReadBack`), for the
-    /// full verify that follows in the same run.
-    var readBack = false
     private let fatal: FatalError
     private let summary = Mutex(CopySummary())
     /// Records the copy threads' groups once durable; set while `copyFiles` runs.
     private var committer: GroupCommitter?
-    /// Reads recorded files back while `copyFiles` runs, when `readBack` is asked for.
-    private var readingBack: ContentReadBack?
+    /// Reads back the files this phase records, for the full verify that follows in the same run (started and
+    /// stopped by the job, so that it goes on while the job finishes and verify lists both sides).
+    var readingBack: ContentReadBack?
 
     init(
         source: any Store, destination: any Store, ledger: Ledger, chunkSize: Int64, steering: Steering,
@@ -132,11 +130,6 @@ final class CopyPhase: @unchecked Sendable {
             budget: recoverable ? 2 * roundBytes : perThreads, roundBytes: roundBytes, roundSeconds: recoverable ? 0.25 : 0
         ) { [self] in try record($0) }
         self.committer = committer
-        // A destination whose files carry change stamps, and whose bytes are compared byte for byte.
-        if readBack, let stamping = destination as? any ChangeStamping, !(destination is any PointComparing) {
-            readingBack = ContentReadBack(destination: stamping, ledger: ledger, logger: logger)
-            readingBack?.start()
-        }
         committer.start()
         // Threads beyond the concurrency in force wait parked, so `ferry ctl concurrency` can raise it live.
         steering.beginCopy()
@@ -144,8 +137,6 @@ final class CopyPhase: @unchecked Sendable {
         do { try committer.flush() } catch { stop(error) }
         committer.close()
         self.committer = nil
-        readingBack?.stop()
-        readingBack = nil
         finished.signal()
         if let error = fatal.error {
             try? ledger.release(worker: worker)

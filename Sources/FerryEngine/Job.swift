@@ -80,7 +80,10 @@ public final class Job {
         }
         try ledger.registerWorker(worker, pid: Int(getpid()), now: Date().timeIntervalSince1970)
         let stopFollowing = followControl(ledger)
-        defer { stopFollowing() }
+        defer {
+            stopFollowing()
+            stopReadingBack()
+        }
         do {
             while true {
                 let summary = try copyFiles(ledger)
@@ -360,12 +363,27 @@ public final class Job {
     func copy(_ ledger: Ledger) throws -> CopySummary { try withCopyPhase(ledger) { try $0.run() } }
 
     /// The files this run can lease. With a full verify to follow, a local destination's files are read back
-    /// while the copy goes on (`ContentReadBack`); not with a tap, whose live writes change them again.
+    /// while the copy goes on (`ContentReadBack`; not with a tap, whose live writes change them again, nor for a
+    /// metric store, compared point by point). The read-back goes on until verify starts its content checks.
     func copyFiles(_ ledger: Ledger) throws -> CopySummary {
-        try withCopyPhase(ledger) { phase in
-            phase.readBack = plan.verify.mode == .full && plan.tap == nil
+        if readingBack == nil, plan.verify.mode == .full, plan.tap == nil, !(destination is any PointComparing),
+            let stamping = destination as? any ChangeStamping
+        {
+            readingBack = ContentReadBack(destination: stamping, ledger: ledger, logger: logger)
+            readingBack?.start()
+        }
+        return try withCopyPhase(ledger) { phase in
+            phase.readingBack = readingBack
             return try phase.copyFiles()
         }
+    }
+
+    /// This run's read-back of copied files, while it goes on.
+    var readingBack: ContentReadBack?
+
+    func stopReadingBack() {
+        readingBack?.stop()
+        readingBack = nil
     }
 
     /// Links, specials and directories, once every file is copied.
@@ -440,6 +458,7 @@ public final class Job {
         if asRun {
             phase.removeLeftoversTagged = try ledger.partialTag()
             phase.useReadBack = true
+            phase.readBackToStop = readingBack
         }
         let record = wireRecorder(ledger)
         let stop = progress.startReporting(heartbeat: heartbeat(ledger, record))

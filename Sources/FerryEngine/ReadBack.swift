@@ -56,7 +56,8 @@ final class ContentReadBack: @unchecked Sendable {
         condition.broadcast()
     }
 
-    /// Stops reading back (what is still queued is left to verify) and waits until what was proven is recorded.
+    /// Stops reading back (what is still queued, and the file being read, are left to verify) and waits until
+    /// what was proven is recorded.
     func stop() {
         condition.lock()
         stopping = true
@@ -131,6 +132,7 @@ final class ContentReadBack: @unchecked Sendable {
             return prove(item, chunks, buffer: buffer, hasher: hasher, waited: true)
         }
         for c in chunks {
+            if isStopping { return nil }  // verify is about to read it anyway
             var done: Int64 = 0
             while done < c.length {
                 let want = Int(min(Int64(buffer.count), c.length - done))

@@ -93,6 +93,8 @@ final class VerifyPhase: @unchecked Sendable {
     /// Whether a file the copy of this run read back (`ContentReadBack`) counts as checked while its change stamp
     /// is the same (`ferry run`); `ferry verify` reads every file again.
     var useReadBack = false
+    /// The run's read-back, still going while both sides are listed: stopped before the content checks begin.
+    var readBackToStop: ContentReadBack?
 
     private let cursor = Mutex<Int64>(0)
     private let acc = Mutex<Accumulator>(Accumulator())
@@ -155,6 +157,7 @@ final class VerifyPhase: @unchecked Sendable {
         progress.begin(phase: "verify: listing", filesTotal: 0, bytesTotal: 0)
         let listed = try listBothSides(scratch)
         let toCheck = try classify(scratch, round: round, rate: rate)
+        readBackToStop?.stop()
         progress.begin(phase: "verify", filesTotal: toCheck.files, bytesTotal: toCheck.bytes)
         runThreads(plan.copy.concurrency, name: "ferry-verify") { [self] _ in
             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(chunkSize), alignment: 4096)
