@@ -51,7 +51,7 @@ public struct VerifyReport: Codable, Sendable {
     /// Files whose content was proven by the hash stored beside them at the destination (not read back).
     public var filesCheckedByStoredHash: Int64
     /// Files among `filesContentChecked` whose bytes were read back and hashed while the copy went on, and which
-    /// showed the same change stamp (device, inode, size, mtime, change time) at this verify's walk.
+    /// showed the same change stamp (device, inode, size, mtime, change time) when this verify came to them.
     public var filesReadBackDuringCopy: Int64
     /// Files whose content this verify did not prove (outside the sample, no stored hash): never counted as
     /// matching; a later round of the rotating sample covers them.
