@@ -239,10 +239,28 @@ final class VerifyPhase: @unchecked Sendable {
         return try enc.encode(report)
     }
 
-    /// Walks both sides afresh into the scratch database, the destination first: an entry written to both sides
-    /// while the walks run (a live tap) then shows as new at the source (drift), never as an extra at the
-    /// destination. The source side is classified by the plan's policies.
+    /// Walks both sides afresh into the scratch database. Where something else writes both sides (a live tap, a
+    /// metric tree's daemon) the destination is walked first: an entry written to both sides while the walks run
+    /// then shows as new at the source (drift), never as an extra at the destination. Elsewhere nothing writes
+    /// the destination during a verify, and the two walks run at once. The source side is classified by the
+    /// plan's policies.
     private func listBothSides(_ scratch: WalkScratch) throws -> (source: Int64, destination: Int64) {
+        guard plan.tap == nil && !(destination is any Merging) else {
+            let d = try listDestination(scratch)
+            return (try listSource(scratch), d)
+        }
+        let counts = Mutex<[Int: Result<Int64, any Error>]>([:])
+        runThreads(2, name: "ferry-verify-walk") { [self] side in
+            let count = Result { try side == 0 ? listDestination(scratch) : listSource(scratch) }
+            counts.withLock { $0[side] = count }
+        }
+        let (d, s) = counts.withLock { ($0[0], $0[1]) }
+        guard let d, let s else { throw FerryError(.other, "verify: a walk ended without a result") }
+        return (try s.get(), try d.get())
+    }
+
+    /// Lists the destination into the scratch table `dst`; returns how many entries it holds.
+    private func listDestination(_ scratch: WalkScratch) throws -> Int64 {
         let dst = scratch.writer(table: "dst")
         if let root = try destination.stat("") { try dst.add(root, verdict: "copy", reason: nil) }
         var unlisted: [SkippedEntry] = []
@@ -256,6 +274,11 @@ final class VerifyPhase: @unchecked Sendable {
         acc.withLock { a in
             for s in unlisted { a.problem("unverifiable", s.path, "cannot be listed at the destination: \(s.reason)", item: nil) }
         }
+        return dst.count
+    }
+
+    /// Lists the source into the scratch table `src`, each entry with the plan's verdict; returns how many.
+    private func listSource(_ scratch: WalkScratch) throws -> Int64 {
         var filter = EntryFilter(plan: plan, destination: destination)
         let src = scratch.writer(table: "src")
         if let root = try source.stat("") { try src.add(root, verdict: "copy", reason: nil) }
@@ -273,7 +296,7 @@ final class VerifyPhase: @unchecked Sendable {
                     verdict: s.category == .policy ? "policy" : "refused", reason: s.reason)
             })
         try src.flush()
-        return (src.count, dst.count)
+        return src.count
     }
 
     /// Joins the two listings with the manifest and records every finding; returns how much content to check.
