@@ -302,7 +302,7 @@ public final class Ledger: Sendable {
             try db.execute(sql: "CREATE INDEX items_hardlink_target ON items(link_target) WHERE kind = 'hardlink'")
         }
         m.registerMigration("v6-read-back") { db in
-            // Files the copy read back at the destination (`ContentProver`): the file's change stamp then, and the
+            // Files the copy read back at the destination (`ContentReadBack`): the file's change stamp then, and the
             // digest of the chunk checksums its bytes matched.
             try db.execute(sql: "CREATE TABLE read_back (item_id INTEGER PRIMARY KEY, stamp TEXT NOT NULL, chunk_list TEXT NOT NULL)")
         }

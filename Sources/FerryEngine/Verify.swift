@@ -159,6 +159,8 @@ final class VerifyPhase: @unchecked Sendable {
         let toCheck = try classify(scratch, round: round, rate: rate)
         readBackToStop?.stop()
         progress.begin(phase: "verify", filesTotal: toCheck.files, bytesTotal: toCheck.bytes)
+        // Only a destination with change stamps can hold read-back records: no ledger query per page elsewhere.
+        let readsBack = useReadBack && destination is any ChangeStamping
         runThreads(plan.copy.concurrency, name: "ferry-verify") { [self] _ in
             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(chunkSize), alignment: 4096)
             defer { buffer.deallocate() }
@@ -174,7 +176,7 @@ final class VerifyPhase: @unchecked Sendable {
                     // The page's items and chunk checksums in one read of the ledger.
                     let records = try ledger.itemsWithChunks(ids: page.map(\.item))
                     let digests = try prefetchDigests(page.filter(\.sampled).compactMap { records[$0.item] })
-                    let readBack = useReadBack ? try ledger.readBack(ids: page.filter(\.sampled).map(\.item)) : [:]
+                    let readBack = readsBack ? try ledger.readBack(ids: page.filter(\.sampled).map(\.item)) : [:]
                     for c in page {
                         guard let (item, chunks) = records[c.item] else { continue }
                         let problem = try checkContent(
