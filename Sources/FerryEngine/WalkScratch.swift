@@ -17,6 +17,8 @@ final class WalkScratch: @unchecked Sendable {
             config.prepareDatabase { db in
                 try db.execute(sql: "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA temp_store = FILE")
             }
+            // The join attaches the ledger, which the run's read-back may be writing at that moment.
+            config.busyMode = .timeout(10)
             db = try DatabaseQueue(path: path, configuration: config)
             try db.write { db in
                 for table in ["src", "dst"] {
@@ -132,12 +134,16 @@ final class WalkScratch: @unchecked Sendable {
 
     /// Calls `body` for every path in either listing or in the manifest (present states); what `body` returns is
     /// queued for a content check: (item id, whether the file is in this round's sample).
+    ///
+    /// The transaction is deferred: it writes only the scratch's `checks` and reads the ledger from one WAL
+    /// snapshot, so writers of the ledger (the run's read-back) go on beside it. An immediate one would take the
+    /// ledger's write lock too, for the whole join, and fail at once if a writer held it.
     func join(ledgerPath: String, _ body: (Row) throws -> (Int64, Bool)?) throws {
         try wrap("join the listings") {
             try db.writeWithoutTransaction { db in
                 try db.execute(sql: "ATTACH DATABASE ? AS l", arguments: [ledgerPath])
                 defer { try? db.execute(sql: "DETACH DATABASE l") }
-                try db.inTransaction {
+                try db.inTransaction(.deferred) {
                     let insert = try db.makeStatement(sql: "INSERT INTO checks (item, sampled) VALUES (?, ?)")
                     let both = try GRDB.Row.fetchCursor(
                         db,

@@ -98,6 +98,56 @@ import Testing
         #expect(try ledger.beginVerify(mode: "full", sample: 1).round == 1)
     }
 
+    /// Verify joins its listings with the ledger while the run's read-back still writes the ledger: the join
+    /// reads from a snapshot and neither waits for nor blocks that writer (once, the join's transaction took the
+    /// ledger's write lock as well and failed with "database is locked").
+    @Test func verifysJoinGoesOnWhileAWriterHoldsTheLedger() throws {
+        let dir = TempDir()
+        let ledger = try Ledger(stateDirectory: dir.path, create: true)
+        try ledger.createJob(name: "t", planIdentity: "id", chunkSize: 4)
+        let w = ledger.manifestWriter(batch: 10)
+        for p in ["a", "b"] { try w.add(entry(p)) }
+        try w.flush()
+        let scratch = try WalkScratch(stateDirectory: dir.path)
+        defer { scratch.remove() }
+        let src = scratch.writer(table: "src")
+        try src.add(entry("a"), verdict: "copy", reason: nil)
+        try src.flush()
+
+        let holding = DispatchSemaphore(value: 0)
+        let release = DispatchSemaphore(value: 0)
+        let writerDone = DispatchSemaphore(value: 0)
+        // Written by the writer thread before `writerDone`, read only after it.
+        final class ErrorBox: @unchecked Sendable { var error: (any Error)? }
+        let writerError = ErrorBox()
+        Thread.detachNewThread {
+            do {
+                try ledger.db.write { db in
+                    try db.execute(sql: "UPDATE job SET updated_at = updated_at + 1")
+                    holding.signal()
+                    release.wait()
+                }
+            } catch {
+                writerError.error = error
+                holding.signal()
+            }
+            writerDone.signal()
+        }
+        holding.wait()
+        var seen: [String: Bool] = [:]
+        let joined = Result {
+            try scratch.join(ledgerPath: ledger.path) { row in
+                seen[row.path] = row.item != nil
+                return nil
+            }
+        }
+        release.signal()
+        writerDone.wait()
+        #expect(writerError.error == nil)
+        #expect(throws: Never.self) { try joined.get() }
+        #expect(seen == ["a": true, "b": true], "a in the listing and the manifest; b in the manifest only")
+    }
+
     @Test func openingWithoutStateSaysSo() throws {
         let dir = TempDir()
         #expect(throws: FerryError.self) { _ = try Ledger(stateDirectory: dir.sub("none"), create: false) }
