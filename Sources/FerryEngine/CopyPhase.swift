@@ -227,12 +227,12 @@ final class CopyPhase: @unchecked Sendable {
 
     /// Hands the group to the committer (it is recorded once durable) and starts a new one. Its small files not
     /// sent yet are sent first, in one round trip.
-    private func hand(_ group: inout Group) throws {
+    private func hand(_ group: inout Group, startRound: Bool = false) throws {
         try sendPuts(&group)
         let full = group
         group = Group()
         guard let committer else { return try record([full]) }
-        try committer.submit(full)
+        try committer.submit(full, startRound: startRound)
     }
 
     /// Sends the group's waiting small files to a destination that takes several at once. Each published one
@@ -724,11 +724,11 @@ final class CopyPhase: @unchecked Sendable {
         try destinationCall("publish") { try writer.publish(entry) }
         if entry.links > 1 { group.rewritten.append(entry.path) }
         progress.add(files: 1)
-        // Recorded now (one round of the committer), not with a later group: a kill before it would find the
-        // partial file gone and copy the whole file again.
+        // Recorded by a round that starts now, not with a later group: a kill before it would find the partial
+        // file gone and copy the whole file again. This thread goes on meanwhile (waiting for the round, a sync of
+        // everything the other threads wrote too, left it idle and kept the window just as long).
         group.done.append((id, [], nil))
-        try hand(&group)
-        try committer?.flush()
+        try hand(&group, startRound: true)
         return .copied
     }
 

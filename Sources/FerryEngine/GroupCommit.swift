@@ -51,6 +51,8 @@ final class GroupCommitter: @unchecked Sendable {
     private var failure: (any Error)?
     private var thread: Thread?
     private var urgent = 0
+    /// Set by a group handed over with `startRound`: the next round starts without gathering.
+    private var roundAsked = false
     private var firstQueuedAt: Date?
     private let budget: Int64
     private let roundBytes: Int64
@@ -73,8 +75,9 @@ final class GroupCommitter: @unchecked Sendable {
     }
 
     /// Hands `group` over (nothing when it is empty), then waits while the bytes waiting to be recorded exceed
-    /// the budget. Throws the error that stopped the committer.
-    func submit(_ group: CommitGroup) throws {
+    /// the budget. With `startRound`, a round starts at once (without gathering), and this thread does not wait
+    /// for it. Throws the error that stopped the committer.
+    func submit(_ group: CommitGroup, startRound: Bool = false) throws {
         condition.lock()
         defer { condition.unlock() }
         if let failure { throw failure }
@@ -83,6 +86,7 @@ final class GroupCommitter: @unchecked Sendable {
         queued.append(group)
         waitingBytes += group.bytes
         waitingFiles += group.done.count
+        if startRound { roundAsked = true }
         condition.broadcast()
         while (waitingBytes > budget || waitingFiles > 4 * Self.roundFiles) && failure == nil { condition.wait() }
         if let failure { throw failure }
@@ -116,11 +120,14 @@ final class GroupCommitter: @unchecked Sendable {
             if queued.isEmpty { break }
             // Gather: a round is worth its sync once enough waits, or something waited long enough.
             let due = (firstQueuedAt ?? Date()).addingTimeInterval(roundSeconds)
-            while waitingBytes < roundBytes && waitingFiles < Self.roundFiles && urgent == 0 && !closed && Date() < due {
+            while waitingBytes < roundBytes && waitingFiles < Self.roundFiles && urgent == 0 && !roundAsked && !closed
+                && Date() < due
+            {
                 _ = condition.wait(until: due)
             }
             let batch = queued
             queued = []
+            roundAsked = false
             busy = true
             let failed = failure != nil
             condition.unlock()
