@@ -169,10 +169,16 @@ final class CopyPhase: @unchecked Sendable {
             if left < 0 { left = try ledger.pendingFiles() }
             return max(1, min(128, left / (4 * steering.effectiveConcurrency)))
         }
-        let page = try ledger.lease(limit: limit, worker: worker, ttl: leaseTTL, now: Date().timeIntervalSince1970)
+        let page = try ledger.lease(
+            limit: limit, maxBytes: Self.pageChunks * chunkSize, worker: worker, ttl: leaseTTL, now: Date().timeIntervalSince1970)
         remaining.withLock { $0 = page.isEmpty ? -1 : max(0, $0 - page.count) }
         return page
     }
+
+    /// A page holds at most this many chunks' bytes (and at least one file): the large files of a tree, listed
+    /// side by side, are copied by different threads (all four of the fs-copy trees' went to one thread, which
+    /// then copied half the bytes alone while the others ran out of work).
+    static let pageChunks: Int64 = 16
 
     /// Pending files not yet leased by this run, estimated; -1 until counted.
     private let remaining = Mutex<Int>(-1)

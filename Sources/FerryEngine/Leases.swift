@@ -74,6 +74,12 @@ extension Ledger: WorkLeasing {
     }
 
     public func lease(limit: Int, worker: String, ttl: Double, now: Double) throws -> [ItemRecord] {
+        try lease(limit: limit, maxBytes: nil, worker: worker, ttl: ttl, now: now)
+    }
+
+    /// As `lease`, with the page also ending before the file that would take it past `maxBytes` (its first file
+    /// is always taken): large files next to each other in the listing go to different threads instead of one.
+    public func lease(limit: Int, maxBytes: Int64?, worker: String, ttl: Double, now: Double) throws -> [ItemRecord] {
         try immediate("lease files") { db in
             let rows = try Row.fetchAll(
                 db,
@@ -82,7 +88,17 @@ extension Ledger: WorkLeasing {
                     WHERE items.state = 'pending' AND items.kind = 'file' AND (leases.item_id IS NULL OR leases.expires < ?)
                     ORDER BY items.id LIMIT ?
                     """, arguments: [now, limit])
-            let items = rows.map(Self.item)
+            var items = rows.map(Self.item)
+            if let maxBytes {
+                var bytes: Int64 = 0
+                var taken = 0
+                for item in items {
+                    if taken > 0 && bytes + item.entry.size > maxBytes { break }
+                    bytes += item.entry.size
+                    taken += 1
+                }
+                items.removeSubrange(taken...)
+            }
             let ins = try db.cachedStatement(sql: "INSERT OR REPLACE INTO leases (item_id, worker, expires) VALUES (?, ?, ?)")
             for item in items { try ins.execute(arguments: [item.id, worker, now + ttl]) }
             return items

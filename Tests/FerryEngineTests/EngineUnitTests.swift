@@ -148,6 +148,25 @@ import Testing
         #expect(seen == ["a": true, "b": true], "a in the listing and the manifest; b in the manifest only")
     }
 
+    /// A page ends before the file that would take it past the byte bound (its first file is always taken), and
+    /// what it left is leased by the next page: nothing is skipped or leased twice.
+    @Test func aPageEndsAtItsByteBound() throws {
+        let dir = TempDir()
+        let ledger = try Ledger(stateDirectory: dir.path, create: true)
+        try ledger.createJob(name: "t", planIdentity: "id", chunkSize: 4)
+        let w = ledger.manifestWriter(batch: 10)
+        for (p, size) in [("a", 100), ("b", 50), ("c", 30), ("d", 10), ("e", 500)] { try w.add(entry(p, size: Int64(size))) }
+        try w.flush()
+        try ledger.finishSnapshot(root: "/src", at: 100)
+        var pages: [[String]] = []
+        while true {
+            let page = try ledger.lease(limit: 10, maxBytes: 120, worker: "w", ttl: 30, now: 100)
+            if page.isEmpty { break }
+            pages.append(page.map(\.entry.path))
+        }
+        #expect(pages == [["a"], ["b", "c", "d"], ["e"]])
+    }
+
     @Test func openingWithoutStateSaysSo() throws {
         let dir = TempDir()
         #expect(throws: FerryError.self) { _ = try Ledger(stateDirectory: dir.sub("none"), create: false) }
